@@ -1,0 +1,48 @@
+//! The Google Cloud clients, built once per process from the configuration.
+//!
+//! Neither official crate reads `PUBSUB_EMULATOR_HOST` / `STORAGE_EMULATOR_HOST`, so the emulator
+//! switch lives here: with an emulator address the client gets that endpoint (plain `http://`,
+//! which also means gRPC without TLS for Pub/Sub) and anonymous credentials; without one it uses
+//! the production endpoint and Application Default Credentials, as on Cloud Run.
+
+use crate::config::Config;
+use anyhow::Context as _;
+use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
+use google_cloud_gax::retry_policy::RetryPolicyExt as _;
+use google_cloud_pubsub::client::Subscriber;
+use google_cloud_storage::client::Storage;
+use google_cloud_storage::retry_policy::RetryableErrors;
+use std::time::Duration;
+
+/// How long the storage client retries one write (with its exponential backoff) before the
+/// worker gives up on this delivery and nacks it.
+pub const WRITE_RETRY_LIMIT: Duration = Duration::from_secs(60);
+
+/// The Pub/Sub subscriber client.
+pub async fn subscriber(config: &Config) -> anyhow::Result<Subscriber> {
+    let mut builder = Subscriber::builder();
+    if let Some(host) = &config.pubsub_emulator_host {
+        builder = builder
+            .with_endpoint(format!("http://{host}"))
+            .with_credentials(Anonymous::new().build());
+    }
+    builder
+        .build()
+        .await
+        .context("the Pub/Sub client could not be created")
+}
+
+/// The one storage client the whole process shares: it keeps the connection pool and the token.
+pub async fn storage(config: &Config) -> anyhow::Result<Storage> {
+    let mut builder =
+        Storage::builder().with_retry_policy(RetryableErrors.with_time_limit(WRITE_RETRY_LIMIT));
+    if let Some(url) = &config.storage_emulator_url {
+        builder = builder
+            .with_endpoint(url)
+            .with_credentials(Anonymous::new().build());
+    }
+    builder
+        .build()
+        .await
+        .context("the Cloud Storage client could not be created")
+}

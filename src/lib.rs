@@ -1,0 +1,31 @@
+//! `pubsub-gcs-worker` turns a Pub/Sub subscription into Cloud Storage objects: one object per
+//! message, acked only after the object exists, nacked when it could not be written.
+//!
+//! # Layout
+//!
+//! A message flows through the modules in this order:
+//!
+//! - [`config`]: the environment, validated into a [`config::Config`] (the only reader of it).
+//! - [`telemetry`]: JSON logs for Cloud Logging, or text on a terminal.
+//! - [`clients`]: the Pub/Sub and Cloud Storage clients, pointed at emulators when asked.
+//! - [`worker`]: opens the StreamingPull stream with flow control and lease extension, runs the
+//!   pipeline, logs progress and the final summary.
+//! - [`pipeline`]: takes a write permit, receives a message, spawns its task; ack or nack; the
+//!   drain on shutdown.
+//! - [`object`]: the message's object name, content type and metadata (pure functions).
+//! - [`sink`]: the create-only write, and what a failure means.
+//! - [`stats`]: the counters behind the progress line.
+//! - [`shutdown`]: SIGTERM/SIGINT; a second signal exits at once.
+
+pub mod clients;
+pub mod config;
+pub mod object;
+pub mod pipeline;
+pub mod shutdown;
+pub mod sink;
+pub mod stats;
+pub mod telemetry;
+pub mod worker;
+
+pub use config::Config;
+pub use worker::Worker;

@@ -1,0 +1,300 @@
+//! The message pipeline: receive, write with bounded concurrency, ack or nack, drain.
+//!
+//! One loop takes a write permit, then the next message from the StreamingPull stream, and spawns
+//! a task that writes the object and then acks (or nacks on failure). The permit caps the writes
+//! running at once; the stream's own flow control caps how many messages are leased. On shutdown
+//! the loop stops receiving and [`Pipeline::drain`] gives in-flight writes the shutdown budget,
+//! nacks whatever is still running when it runs out, and waits for the client to flush acks.
+
+use crate::object::ObjectSpec;
+use crate::sink::{Sink, Written};
+use crate::stats::Stats;
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::MessageStream;
+use google_cloud_pubsub::subscriber::handler::Handler;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, sleep, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+/// Part of the shutdown budget kept for flushing acks and nacks after the writes.
+const MAX_FLUSH_RESERVE: Duration = Duration::from_secs(2);
+
+/// Why the pipeline stopped other than by a shutdown signal.
+#[derive(Debug)]
+pub enum PipelineError {
+    /// The stream failed with a permanent error (missing subscription, no permission, ...).
+    Stream(google_cloud_pubsub::Error),
+    /// The stream ended although nobody asked it to.
+    StreamEnded,
+}
+
+impl fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PipelineError::Stream(e) => write!(f, "the subscription stream failed: {e}"),
+            PipelineError::StreamEnded => write!(f, "the subscription stream ended unexpectedly"),
+        }
+    }
+}
+
+impl std::error::Error for PipelineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PipelineError::Stream(e) => Some(e),
+            PipelineError::StreamEnded => None,
+        }
+    }
+}
+
+/// Everything a message task needs, shared by all of them.
+#[derive(Debug)]
+pub struct Pipeline {
+    sink: Sink,
+    stats: Arc<Stats>,
+    object_prefix: String,
+    subscription: String,
+    max_concurrent_writes: usize,
+    shutdown_timeout: Duration,
+    backoff: FailureBackoff,
+}
+
+impl Pipeline {
+    pub fn new(
+        sink: Sink,
+        stats: Arc<Stats>,
+        object_prefix: String,
+        subscription: String,
+        max_concurrent_writes: usize,
+        shutdown_timeout: Duration,
+    ) -> Self {
+        Self {
+            sink,
+            stats,
+            object_prefix,
+            subscription,
+            max_concurrent_writes,
+            shutdown_timeout,
+            backoff: FailureBackoff::default(),
+        }
+    }
+
+    /// Consumes `stream` until `shutdown` resolves or the stream fails, then drains.
+    ///
+    /// Returns only after in-flight messages were acked or nacked and the acks flushed, or the
+    /// shutdown budget ran out.
+    pub async fn run(
+        self: Arc<Self>,
+        mut stream: MessageStream,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), PipelineError> {
+        let flush = stream.shutdown_token();
+        let tasks = TaskTracker::new();
+        let abandon = CancellationToken::new();
+        let permits = Arc::new(Semaphore::new(self.max_concurrent_writes));
+        tokio::pin!(shutdown);
+
+        let result = loop {
+            // Take the permit first: a message is only pulled from the stream when a write can
+            // start at once, so nothing waits in this process without a lease being extended.
+            let permit = tokio::select! {
+                biased;
+                () = &mut shutdown => break Ok(()),
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    // The semaphore is never closed.
+                    Err(_) => break Ok(()),
+                },
+            };
+            let next = tokio::select! {
+                biased;
+                () = &mut shutdown => break Ok(()),
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok((message, handler))) => {
+                    self.stats.received();
+                    tasks.spawn(
+                        self.clone()
+                            .handle(message, handler, abandon.clone(), permit),
+                    );
+                }
+                Some(Err(e)) => break Err(PipelineError::Stream(e)),
+                None => break Err(PipelineError::StreamEnded),
+            }
+        };
+        // Dropping the stream cancels it: the client stops pulling and closes the gRPC call,
+        // while the lease loop keeps extending leases of the messages still being written.
+        drop(stream);
+        self.drain(flush, tasks, abandon).await;
+        result
+    }
+
+    /// Waits for in-flight writes within the shutdown budget, nacks the rest, flushes.
+    async fn drain(
+        &self,
+        flush: google_cloud_pubsub::subscriber::ShutdownToken,
+        tasks: TaskTracker,
+        abandon: CancellationToken,
+    ) {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        let reserve = MAX_FLUSH_RESERVE.min(self.shutdown_timeout / 4);
+        tasks.close();
+        info!(
+            in_flight = tasks.len(),
+            timeout_ms = self.shutdown_timeout.as_millis() as u64,
+            "stopped receiving; finishing in-flight writes"
+        );
+        if timeout_at(deadline - reserve, tasks.wait()).await.is_err() {
+            warn!(
+                unfinished = tasks.len(),
+                "shutdown budget spent; nacking unfinished writes so they are redelivered at once"
+            );
+            abandon.cancel();
+            let _ = timeout_at(deadline, tasks.wait()).await;
+        }
+        // Every handler is now consumed, so the client acks what was acked, nacks anything it
+        // still leases (messages it had read but not handed out) and waits for those RPCs.
+        if timeout_at(deadline, flush.shutdown()).await.is_err() {
+            warn!(
+                "acks were not confirmed within the shutdown budget; \
+                 unconfirmed messages will be redelivered and land on their existing objects"
+            );
+        }
+    }
+
+    /// Writes one message and settles it: ack after the object exists, nack otherwise.
+    async fn handle(
+        self: Arc<Self>,
+        mut message: Message,
+        handler: Handler,
+        abandon: CancellationToken,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let delivery_attempt = handler.delivery_attempt();
+        let spec = ObjectSpec::for_message(
+            &message,
+            &self.object_prefix,
+            &self.subscription,
+            delivery_attempt,
+        );
+        if !spec.is_text() {
+            warn!(
+                message_id = %message.message_id,
+                object = %spec.name,
+                "message data is not valid UTF-8; storing the bytes unchanged as application/octet-stream"
+            );
+        }
+        let data = std::mem::take(&mut message.data);
+        let size = data.len();
+        let result = tokio::select! {
+            biased;
+            () = abandon.cancelled() => {
+                handler.nack();
+                self.stats.nacked();
+                debug!(message_id = %message.message_id, object = %spec.name, "write abandoned at shutdown; nacked");
+                return;
+            }
+            result = self.sink.write(&spec, data) => result,
+        };
+        match result {
+            Ok(written) => {
+                handler.ack();
+                self.backoff.success();
+                match written {
+                    Written::Created => self.stats.written(size),
+                    Written::AlreadyExisted => {
+                        self.stats.duplicate();
+                        debug!(
+                            message_id = %message.message_id,
+                            object = %spec.name,
+                            "object already exists from an earlier delivery; acked"
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                let delay = self.backoff.failure(delivery_attempt);
+                error!(
+                    message_id = %message.message_id,
+                    delivery_attempt,
+                    object = %spec.name,
+                    reason = e.kind.as_str(),
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "object write failed; nacking for redelivery"
+                );
+                // Holding the message (and its write permit) for a moment before the nack keeps
+                // a broken bucket from turning into a tight redelivery loop.
+                tokio::select! {
+                    () = abandon.cancelled() => {}
+                    () = sleep(delay) => {}
+                }
+                handler.nack();
+                self.stats.nacked();
+            }
+        }
+    }
+}
+
+/// Delay before nacking a failed write: grows with consecutive failures across the worker (the
+/// bucket is down for everyone) and with the message's own delivery attempt when the
+/// subscription reports it; resets on the first success.
+#[derive(Debug, Default)]
+struct FailureBackoff {
+    consecutive: AtomicU32,
+}
+
+impl FailureBackoff {
+    const BASE: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn failure(&self, delivery_attempt: Option<i32>) -> Duration {
+        let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        let attempt = delivery_attempt.unwrap_or(1).max(1) as u32;
+        Self::delay(consecutive.max(attempt))
+    }
+
+    fn success(&self) {
+        self.consecutive.store(0, Ordering::Relaxed);
+    }
+
+    fn delay(n: u32) -> Duration {
+        Self::BASE
+            .saturating_mul(1u32 << (n.clamp(1, 16) - 1))
+            .min(Self::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_backoff_doubles_up_to_the_cap_and_resets_on_success() {
+        let b = FailureBackoff::default();
+        assert_eq!(b.failure(None), Duration::from_millis(100));
+        assert_eq!(b.failure(None), Duration::from_millis(200));
+        assert_eq!(b.failure(None), Duration::from_millis(400));
+        for _ in 0..20 {
+            b.failure(None);
+        }
+        assert_eq!(b.failure(None), Duration::from_secs(10));
+        b.success();
+        assert_eq!(b.failure(None), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn failure_backoff_follows_the_delivery_attempt() {
+        let b = FailureBackoff::default();
+        assert_eq!(b.failure(Some(4)), Duration::from_millis(800));
+        b.success();
+        assert_eq!(b.failure(Some(1000)), Duration::from_secs(10));
+    }
+}

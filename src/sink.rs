@@ -1,0 +1,125 @@
+//! The sink: writes one message to one Cloud Storage object, create-only.
+//!
+//! The write carries `ifGenerationMatch=0`, so it succeeds only if no object of that name exists.
+//! Because the name is a function of the message ([`crate::object`]), a precondition failure means
+//! an earlier delivery already stored this message: that is reported as
+//! [`Written::AlreadyExisted`] and the caller acks, which is how redelivery never duplicates data.
+
+use crate::object::ObjectSpec;
+use bytes::Bytes;
+use google_cloud_storage::client::Storage;
+use std::fmt;
+
+/// What a successful write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The object was created by this write.
+    Created,
+    /// The object already existed: a previous delivery of the same message wrote it.
+    AlreadyExisted,
+}
+
+/// Why a write failed, in the terms the pipeline and the logs need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The bucket does not exist (HTTP 404). Needs an operator; redelivery succeeds once fixed.
+    BucketNotFound,
+    /// Credentials lack `storage.objects.create` on the bucket (HTTP 401/403).
+    PermissionDenied,
+    /// The service refused the request for good (another 4xx): the same write will fail again.
+    Rejected,
+    /// Network trouble, timeouts, throttling or 5xx, after the client's own retries.
+    Transient,
+}
+
+impl FailureKind {
+    /// A stable name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::BucketNotFound => "bucket_not_found",
+            FailureKind::PermissionDenied => "permission_denied",
+            FailureKind::Rejected => "rejected",
+            FailureKind::Transient => "transient",
+        }
+    }
+}
+
+/// A failed write; the message must be nacked.
+#[derive(Debug)]
+pub struct WriteError {
+    pub kind: FailureKind,
+    source: google_cloud_storage::Error,
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.source)
+    }
+}
+
+impl std::error::Error for WriteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Writes objects into one bucket through one shared storage client.
+#[derive(Clone, Debug)]
+pub struct Sink {
+    client: Storage,
+    /// The bucket in the form the client wants: `projects/_/buckets/NAME`.
+    bucket_path: String,
+}
+
+impl Sink {
+    pub fn new(client: Storage, bucket: &str) -> Self {
+        Self {
+            client,
+            bucket_path: format!("projects/_/buckets/{bucket}"),
+        }
+    }
+
+    /// Creates the object described by `spec` with `data` as its body, unless it exists.
+    ///
+    /// `data` is the message's own buffer (`Bytes` is reference-counted), so no copy is made.
+    pub async fn write(&self, spec: &ObjectSpec, data: Bytes) -> Result<Written, WriteError> {
+        let result = self
+            .client
+            .write_object(&self.bucket_path, &spec.name, data)
+            .set_if_generation_match(0)
+            .set_content_type(spec.content_type)
+            .set_metadata(spec.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // Below the client's resumable threshold (16 MiB; Pub/Sub messages are at most
+            // 10 MB) this is a single multipart upload.
+            .send_buffered()
+            .await;
+        match result {
+            Ok(_) => Ok(Written::Created),
+            Err(e) if is_precondition_failure(&e) => Ok(Written::AlreadyExisted),
+            Err(e) => Err(WriteError {
+                kind: classify(&e),
+                source: e,
+            }),
+        }
+    }
+}
+
+fn is_precondition_failure(e: &google_cloud_storage::Error) -> bool {
+    use google_cloud_gax::error::rpc::Code;
+    e.http_status_code() == Some(412)
+        || e.status()
+            .is_some_and(|s| s.code == Code::FailedPrecondition)
+}
+
+fn classify(e: &google_cloud_storage::Error) -> FailureKind {
+    use google_cloud_gax::error::rpc::Code;
+    match (e.http_status_code(), e.status().map(|s| s.code)) {
+        (Some(404), _) | (_, Some(Code::NotFound)) => FailureKind::BucketNotFound,
+        (Some(401 | 403), _) | (_, Some(Code::PermissionDenied | Code::Unauthenticated)) => {
+            FailureKind::PermissionDenied
+        }
+        (Some(408 | 429), _) => FailureKind::Transient,
+        (Some(code), _) if (400..500).contains(&code) => FailureKind::Rejected,
+        _ => FailureKind::Transient,
+    }
+}

@@ -1,0 +1,132 @@
+//! The worker: builds the clients once, opens the subscription stream and runs the pipeline
+//! until shutdown. `main` and the tests both go through [`Worker::build`] and
+//! [`Worker::run_until_stopped`], so the tests run exactly what ships.
+
+use crate::clients;
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+use crate::sink::Sink;
+use crate::stats::{Snapshot, Stats};
+use google_cloud_pubsub::client::Subscriber;
+use google_cloud_pubsub::subscriber::ShutdownBehavior;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// A configured worker, ready to run.
+pub struct Worker {
+    config: Config,
+    subscriber: Subscriber,
+    pipeline: Arc<Pipeline>,
+    stats: Arc<Stats>,
+}
+
+impl Worker {
+    /// Creates the Pub/Sub and Cloud Storage clients. Nothing is pulled yet.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let subscriber = clients::subscriber(&config).await?;
+        let storage = clients::storage(&config).await?;
+        let stats = Arc::new(Stats::default());
+        let pipeline = Arc::new(Pipeline::new(
+            Sink::new(storage, &config.bucket),
+            stats.clone(),
+            config.object_prefix.clone(),
+            config.subscription.clone(),
+            config.max_concurrent_writes,
+            config.shutdown_timeout,
+        ));
+        Ok(Self {
+            config,
+            subscriber,
+            pipeline,
+            stats,
+        })
+    }
+
+    /// The live counters, for callers that watch a running worker.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Consumes the subscription until `shutdown` resolves (then drains) or the stream fails.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<Snapshot> {
+        let c = &self.config;
+        info!(
+            subscription = %c.subscription,
+            bucket = %c.bucket,
+            object_prefix = %c.object_prefix,
+            max_outstanding_messages = c.max_outstanding_messages,
+            max_outstanding_bytes = c.max_outstanding_bytes,
+            max_concurrent_writes = c.max_concurrent_writes,
+            max_lease_extension_secs = c.max_lease_extension.as_secs(),
+            shutdown_timeout_secs = c.shutdown_timeout.as_secs(),
+            pubsub_emulator = c.pubsub_emulator_host.as_deref().unwrap_or("none"),
+            storage_emulator = c.storage_emulator_url.as_deref().unwrap_or("none"),
+            version = env!("CARGO_PKG_VERSION"),
+            "starting"
+        );
+        let stream = self
+            .subscriber
+            .subscribe(c.subscription.clone())
+            .set_max_outstanding_messages(c.max_outstanding_messages)
+            .set_max_outstanding_bytes(c.max_outstanding_bytes)
+            .set_max_lease_extension(c.max_lease_extension)
+            // Keep extending leases of messages being written after the stream is cancelled;
+            // the drain decides when to give up on them.
+            .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
+            .build();
+
+        let progress = CancellationToken::new();
+        if let Some(period) = c.progress_interval {
+            tokio::spawn(report_progress(
+                self.stats.clone(),
+                period,
+                progress.clone(),
+            ));
+        }
+        let result = self.pipeline.clone().run(stream, shutdown).await;
+        progress.cancel();
+
+        let summary = self.stats.snapshot();
+        info!(
+            received = summary.received,
+            written = summary.written,
+            duplicates = summary.duplicates,
+            acked = summary.acked,
+            nacked = summary.nacked,
+            bytes_written = summary.bytes_written,
+            in_flight = summary.in_flight,
+            "stopped"
+        );
+        result?;
+        Ok(summary)
+    }
+}
+
+/// Logs the counters every `period` until `stop` is cancelled.
+async fn report_progress(stats: Arc<Stats>, period: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let s = stats.snapshot();
+        info!(
+            received = s.received,
+            written = s.written,
+            duplicates = s.duplicates,
+            acked = s.acked,
+            nacked = s.nacked,
+            in_flight = s.in_flight,
+            "progress"
+        );
+    }
+}
