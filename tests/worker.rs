@@ -1,0 +1,656 @@
+//! End-to-end tests against the real emulators: Google's Pub/Sub emulator and fake-gcs-server.
+//!
+//! Each test gets its own topic, subscription and bucket on emulators shared by the process
+//! ([`support::Emulators::shared`]). Logs stay quiet unless `TEST_LOG` is set.
+
+mod support;
+
+use pubsub_gcs_worker::object::{BINARY, TEXT};
+use pubsub_gcs_worker::stats::{Snapshot, Stats};
+use pubsub_gcs_worker::{Config, Worker};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{Emulators, Gcs, Mode, OutMessage, Proxy, PubSub, unique_name};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep};
+
+type Result<T = ()> = anyhow::Result<T>;
+
+/// The stream ack deadline the tests give the worker (the minimum Pub/Sub allows), so that a
+/// message that is not acked comes back within seconds.
+const LEASE_SECS: &str = "10";
+/// Longer than [`LEASE_SECS`]: after this, an un-acked message would have been redelivered.
+const REDELIVERY_WINDOW: Duration = Duration::from_secs(13);
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+/// N messages of mixed sizes and encodings become exactly N objects with byte-exact bodies,
+/// the right names, content types and metadata, and nothing is left to redeliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
+    const N: usize = 600;
+    let fx = Fixture::new(true).await?;
+    let proxy = Proxy::start(fx.emulators.storage_addr()).await?;
+    let worker = fx
+        .start_worker(&proxy.url(), &[("OBJECT_PREFIX", "test/")])
+        .await?;
+
+    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
+    let ids = fx.pubsub.publish(&fx.topic, &messages).await?;
+    let published: BTreeMap<String, &OutMessage> = ids.iter().cloned().zip(&messages).collect();
+    assert_eq!(published.len(), N, "message ids are unique");
+
+    let objects = fx
+        .gcs
+        .wait_for_objects(&fx.bucket, N, Duration::from_secs(120))
+        .await?;
+    assert_eq!(objects.len(), N, "exactly one object per message");
+
+    let uploads: BTreeMap<String, String> = proxy
+        .recorded_uploads()
+        .iter()
+        .filter_map(|u| {
+            Some((
+                u["name"].as_str()?.into(),
+                u["contentType"].as_str()?.into(),
+            ))
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for object in &objects {
+        let id = object
+            .metadata
+            .get("message_id")
+            .expect("message_id metadata");
+        let sent = published.get(id).expect("object for a published message");
+        assert!(seen.insert(id.clone()), "second object for message {id}");
+
+        let publish_time = object.metadata.get("publish_time").expect("publish_time");
+        let text = std::str::from_utf8(&sent.data).is_ok();
+        let want_name = format!(
+            "test/message_{}_{id}.{}",
+            name_stamp(publish_time),
+            if text { "txt" } else { "bin" }
+        );
+        assert_eq!(object.name, want_name);
+        assert_eq!(
+            object.metadata.get("subscription"),
+            Some(&fx.pubsub.subscription_path(&fx.subscription))
+        );
+        for (key, value) in &sent.attributes {
+            assert_eq!(object.metadata.get(key), Some(value), "attribute {key}");
+        }
+        let body = fx.gcs.download(&fx.bucket, &object.name).await?;
+        assert_eq!(body, sent.data, "body of {}", object.name);
+        assert_eq!(
+            uploads.get(&object.name).map(String::as_str),
+            Some(if text { TEXT } else { BINARY }),
+            "content type of {}",
+            object.name
+        );
+    }
+    assert_eq!(seen.len(), N);
+
+    // Nothing left to redeliver: an un-acked message would be back within the window.
+    sleep(REDELIVERY_WINDOW).await;
+    let summary = worker.stop().await?;
+    assert_eq!(summary.received, N as u64, "no redelivery: {summary:?}");
+    assert_eq!(summary.written, N as u64, "{summary:?}");
+    assert_eq!(summary.acked, N as u64, "{summary:?}");
+    assert_eq!(
+        (summary.duplicates, summary.nacked, summary.in_flight),
+        (0, 0, 0)
+    );
+    assert_eq!(fx.gcs.list_objects(&fx.bucket).await?.len(), N);
+    Ok(())
+}
+
+/// A redelivered message whose object already exists is acked without a second object and
+/// without overwriting the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_message_with_existing_object_is_acked_once() -> Result {
+    let fx = Fixture::new(true).await?;
+    fx.pubsub
+        .publish(&fx.topic, &[OutMessage::new("second delivery")])
+        .await?;
+
+    // A first delivery that wrote the object and died before acking: pull the message, write
+    // its object, and hand the message back for redelivery.
+    let first = fx.pubsub.pull(&fx.subscription, 1).await?;
+    let [first] = first.as_slice() else {
+        anyhow::bail!("expected one message, got {first:?}");
+    };
+    let name = format!(
+        "message_{}_{}.txt",
+        name_stamp(&first.publish_time),
+        first.message_id
+    );
+    fx.gcs
+        .put_object(&fx.bucket, &name, b"written by the first delivery")
+        .await?;
+    fx.pubsub
+        .modify_ack_deadline(&fx.subscription, std::slice::from_ref(&first.ack_id), 0)
+        .await?;
+
+    let worker = fx.start_worker(&fx.emulators.storage_url(), &[]).await?;
+    wait_for(
+        Duration::from_secs(60),
+        "the redelivery to be acked",
+        || worker.stats.snapshot().acked == 1,
+    )
+    .await?;
+    sleep(REDELIVERY_WINDOW).await;
+    let summary = worker.stop().await?;
+    assert_eq!(
+        (
+            summary.received,
+            summary.duplicates,
+            summary.written,
+            summary.acked
+        ),
+        (1, 1, 0, 1),
+        "{summary:?}"
+    );
+    let objects = fx.gcs.list_objects(&fx.bucket).await?;
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    assert_eq!(objects[0].name, name);
+    assert_eq!(
+        fx.gcs.download(&fx.bucket, &name).await?,
+        b"written by the first delivery",
+        "a create-only write never overwrites"
+    );
+    Ok(())
+}
+
+/// A write that fails (the bucket does not exist yet) is nacked and redelivered, and once the
+/// bucket exists every message ends up as exactly one object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_write_is_nacked_and_redelivered_until_it_succeeds() -> Result {
+    const N: usize = 5;
+    let fx = Fixture::new(false).await?;
+    let worker = fx.start_worker(&fx.emulators.storage_url(), &[]).await?;
+    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
+    fx.pubsub.publish(&fx.topic, &messages).await?;
+
+    wait_for(
+        Duration::from_secs(60),
+        "every message to be nacked",
+        || worker.stats.snapshot().nacked >= N as u64,
+    )
+    .await?;
+    assert_eq!(worker.stats.snapshot().written, 0);
+
+    fx.gcs.create_bucket(&fx.bucket).await?;
+    let objects = fx
+        .gcs
+        .wait_for_objects(&fx.bucket, N, Duration::from_secs(60))
+        .await?;
+    wait_for(Duration::from_secs(30), "every message to be acked", || {
+        worker.stats.snapshot().acked == N as u64
+    })
+    .await?;
+    let summary = worker.stop().await?;
+    assert_eq!(objects.len(), N);
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    for o in &objects {
+        bodies.push(fx.gcs.download(&fx.bucket, &o.name).await?);
+    }
+    bodies.sort();
+    let mut sent: Vec<Vec<u8>> = messages.into_iter().map(|m| m.data).collect();
+    sent.sort();
+    assert_eq!(bodies, sent);
+    assert_eq!(summary.written, N as u64, "{summary:?}");
+    assert!(summary.nacked >= N as u64, "{summary:?}");
+    Ok(())
+}
+
+/// SIGTERM to the real binary while writes are in flight: exit 0 within the shutdown timeout,
+/// every acked message has its object and never comes back, and a restarted worker completes
+/// the set with exactly one object per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Result {
+    const N: usize = 2000;
+    const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
+    let fx = Fixture::new(true).await?;
+    // Slow storage keeps writes in flight at the moment of the signal.
+    let proxy = Proxy::start(fx.emulators.storage_addr()).await?;
+    proxy.set_mode(Mode::Delay(Duration::from_millis(150)));
+    let messages: Vec<OutMessage> = (0..N)
+        .map(|i| OutMessage::new(format!("{i:06} {}", "x".repeat(250))))
+        .collect();
+    let ids: BTreeSet<String> = fx
+        .pubsub
+        .publish(&fx.topic, &messages)
+        .await?
+        .into_iter()
+        .collect();
+
+    let env = fx.binary_env(&proxy.url());
+    let mut first = BinaryWorker::spawn(&env, "first")?;
+    fx.gcs
+        .wait_for_objects(&fx.bucket, 300, Duration::from_secs(120))
+        .await?;
+    let signalled = Instant::now();
+    first.signal(libc::SIGTERM);
+    let status = first
+        .wait(SHUTDOWN_TIMEOUT + Duration::from_secs(5))
+        .await?;
+    let elapsed = signalled.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        first.log()
+    );
+    assert!(elapsed <= SHUTDOWN_TIMEOUT, "took {elapsed:?} to exit");
+
+    let lines = first.log_lines();
+    let drain = find_line(&lines, "stopped receiving; finishing in-flight writes");
+    assert!(
+        drain["in_flight"].as_u64().unwrap_or(0) > 0,
+        "the signal should catch writes in flight: {drain}"
+    );
+    let summary = find_line(&lines, "stopped");
+    let acked_first = settled_message_ids(&lines);
+    assert_eq!(summary["acked"].as_u64(), Some(acked_first.len() as u64));
+    assert!(acked_first.len() < N, "the signal came before the end");
+    let objects_after_first = object_message_ids(&fx.gcs, &fx.bucket).await?;
+    assert!(
+        acked_first.is_subset(&objects_after_first),
+        "every acked message has its object"
+    );
+
+    proxy.set_mode(Mode::Pass);
+    let mut second = BinaryWorker::spawn(&env, "second")?;
+    fx.gcs
+        .wait_for_objects(&fx.bucket, N, Duration::from_secs(240))
+        .await?;
+    // Let the second worker ack the last writes before stopping it.
+    wait_for(
+        Duration::from_secs(30),
+        "the second worker to settle",
+        || acked_first.len() + settled_message_ids(&second.log_lines()).len() >= N,
+    )
+    .await?;
+    second.signal(libc::SIGTERM);
+    let status = second
+        .wait(SHUTDOWN_TIMEOUT + Duration::from_secs(5))
+        .await?;
+    assert!(status.success(), "exit status {status:?}");
+
+    let settled_second = settled_message_ids(&second.log_lines());
+    assert!(
+        acked_first.is_disjoint(&settled_second),
+        "an acked message came back: {:?}",
+        acked_first
+            .intersection(&settled_second)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let all: BTreeSet<String> = acked_first.union(&settled_second).cloned().collect();
+    assert_eq!(all, ids, "every message acked by one of the two workers");
+    let objects = fx.gcs.list_objects(&fx.bucket).await?;
+    assert_eq!(objects.len(), N, "exactly one object per message");
+    let object_ids = object_message_ids(&fx.gcs, &fx.bucket).await?;
+    assert_eq!(object_ids, ids);
+    assert!(
+        objects_after_first.is_subset(&all),
+        "every object written by the first worker was acked or redelivered"
+    );
+    Ok(())
+}
+
+/// Writes that cannot finish within the shutdown budget (storage hangs) are nacked, not acked,
+/// and a later worker writes them: nothing is lost, nothing is written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_unfinished_at_the_shutdown_deadline_are_nacked_and_redelivered() -> Result {
+    const N: usize = 40;
+    let fx = Fixture::new(true).await?;
+    let proxy = Proxy::start(fx.emulators.storage_addr()).await?;
+    proxy.set_mode(Mode::Hang);
+    let worker = fx
+        .start_worker(&proxy.url(), &[("SHUTDOWN_TIMEOUT_SECS", "2")])
+        .await?;
+    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
+    fx.pubsub.publish(&fx.topic, &messages).await?;
+    wait_for(
+        Duration::from_secs(30),
+        "every message to be in flight",
+        || worker.stats.snapshot().in_flight == N as u64,
+    )
+    .await?;
+
+    let stopping = Instant::now();
+    let summary = worker.stop().await?;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(
+        (summary.acked, summary.nacked, summary.in_flight),
+        (0, N as u64, 0),
+        "{summary:?}"
+    );
+
+    proxy.set_mode(Mode::Pass);
+    let again = fx.start_worker(&proxy.url(), &[]).await?;
+    let objects = fx
+        .gcs
+        .wait_for_objects(&fx.bucket, N, Duration::from_secs(120))
+        .await?;
+    wait_for(Duration::from_secs(30), "every message to be acked", || {
+        again.stats.snapshot().acked == N as u64
+    })
+    .await?;
+    let summary = again.stop().await?;
+    assert_eq!(objects.len(), N);
+    assert_eq!(summary.acked, N as u64, "{summary:?}");
+    Ok(())
+}
+
+/// Missing configuration: a non-zero exit and one line naming every missing variable.
+#[tokio::test]
+async fn missing_configuration_exits_non_zero_naming_the_variables() -> Result {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pubsub-gcs-worker"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("BUCKET_NAME", "fine-bucket")
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("PROJECT_ID is not set"), "{stderr}");
+    assert!(stderr.contains("SUBSCRIPTION_ID is not set"), "{stderr}");
+    assert!(!stderr.contains("BUCKET_NAME"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    Ok(())
+}
+
+/// A subscription that does not exist: a clear error and a non-zero exit, not a retry loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_subscription_exits_non_zero_with_a_clear_error() -> Result {
+    let emulators = Emulators::shared().await;
+    let mut env = emulators.worker_env();
+    env.extend(vars(&[
+        ("SUBSCRIPTION_ID", &unique_name("absent")),
+        ("BUCKET_NAME", &unique_name("bucket")),
+        ("LOG_FORMAT", "json"),
+    ]));
+    let mut worker = BinaryWorker::spawn(&env, "missing-subscription")?;
+    let status = worker.wait(Duration::from_secs(60)).await?;
+    assert_eq!(status.code(), Some(1), "log:\n{}", worker.log());
+    let lines = worker.log_lines();
+    let error = find_line(&lines, "worker stopped with an error");
+    assert_eq!(error["severity"], "ERROR");
+    let text = error["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        text.contains("subscription") && text.contains("not found"),
+        "{error}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh topic, subscription and (optionally) bucket on the shared emulators.
+struct Fixture {
+    emulators: &'static Emulators,
+    pubsub: PubSub,
+    gcs: Gcs,
+    topic: String,
+    subscription: String,
+    bucket: String,
+}
+
+impl Fixture {
+    async fn new(create_bucket: bool) -> Result<Self> {
+        init_test_logs();
+        let emulators = Emulators::shared().await;
+        let fx = Fixture {
+            emulators,
+            pubsub: emulators.pubsub(),
+            gcs: emulators.gcs(),
+            topic: unique_name("topic"),
+            subscription: unique_name("sub"),
+            bucket: unique_name("bucket"),
+        };
+        fx.pubsub.create_topic(&fx.topic).await?;
+        fx.pubsub
+            .create_subscription(&fx.topic, &fx.subscription, 10, None)
+            .await?;
+        if create_bucket {
+            fx.gcs.create_bucket(&fx.bucket).await?;
+        }
+        Ok(fx)
+    }
+
+    /// The worker's environment, with storage reached at `storage_url`.
+    fn env(&self, storage_url: &str) -> Vec<(String, String)> {
+        let mut env = self.emulators.worker_env();
+        env.retain(|(k, _)| k != "STORAGE_EMULATOR_HOST");
+        env.extend(vars(&[
+            ("STORAGE_EMULATOR_HOST", storage_url),
+            ("SUBSCRIPTION_ID", &self.subscription),
+            ("BUCKET_NAME", &self.bucket),
+            ("MAX_LEASE_EXTENSION_SECS", LEASE_SECS),
+            ("PROGRESS_INTERVAL_SECS", "0"),
+        ]));
+        env
+    }
+
+    /// The environment for the real binary: JSON logs with one line per settled message.
+    fn binary_env(&self, storage_url: &str) -> Vec<(String, String)> {
+        let mut env = self.env(storage_url);
+        env.extend(vars(&[
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "info,pubsub_gcs_worker=debug"),
+            ("MAX_OUTSTANDING_MESSAGES", "200"),
+        ]));
+        env
+    }
+
+    /// Runs the worker in this process, as `main` would, until [`RunningWorker::stop`].
+    async fn start_worker(
+        &self,
+        storage_url: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<RunningWorker> {
+        let mut env = self.env(storage_url);
+        env.extend(vars(extra));
+        let config = Config::from_vars(env)?;
+        let worker = Worker::build(config).await?;
+        let stats = worker.stats();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(worker.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Ok(RunningWorker {
+            stats,
+            stop,
+            handle,
+        })
+    }
+}
+
+/// A worker running inside the test process.
+struct RunningWorker {
+    stats: Arc<Stats>,
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<anyhow::Result<Snapshot>>,
+}
+
+impl RunningWorker {
+    /// Signals shutdown and returns the final counters.
+    async fn stop(self) -> Result<Snapshot> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(15), self.handle).await??
+    }
+}
+
+/// The real binary, with its JSON log in a file.
+struct BinaryWorker {
+    child: tokio::process::Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl BinaryWorker {
+    fn spawn(env: &[(String, String)], name: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pubsub-gcs-worker"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Self {
+            child,
+            log,
+            _dir: dir,
+        })
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) with a pid we own; no memory is shared.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        }
+    }
+
+    async fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => anyhow::bail!("no exit within {limit:?}; log:\n{}", self.log()),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn log_lines(&self) -> Vec<Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// The ids of messages the worker logged as acked (written or already existing).
+fn settled_message_ids(lines: &[Value]) -> BTreeSet<String> {
+    lines
+        .iter()
+        .filter(|l| {
+            matches!(
+                l["message"].as_str(),
+                Some("object written; acked")
+                    | Some("object already exists from an earlier delivery; acked")
+            )
+        })
+        .filter_map(|l| l["message_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn find_line<'a>(lines: &'a [Value], message: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["message"] == message)
+        .unwrap_or_else(|| panic!("no log line {message:?} in {lines:#?}"))
+}
+
+async fn object_message_ids(gcs: &Gcs, bucket: &str) -> Result<BTreeSet<String>> {
+    Ok(gcs
+        .list_objects(bucket)
+        .await?
+        .into_iter()
+        .filter_map(|o| o.metadata.get("message_id").cloned())
+        .collect())
+}
+
+/// Mixed sizes (empty to 100 KiB), some invalid UTF-8, some with attributes.
+fn sample_message(i: usize) -> OutMessage {
+    let data: Vec<u8> = match i % 6 {
+        0 => Vec::new(),
+        1 => format!("message {i}").into_bytes(),
+        2 => format!("{i:05} ünïcödé ✓ ").repeat(60).into_bytes(),
+        3 => format!("{i:05} ").repeat(16 * 1024 / 6).into_bytes(),
+        4 => format!("{i:05}\n").repeat(100 * 1024 / 6).into_bytes(),
+        _ => {
+            let mut bytes = vec![0xff, 0xfe, 0x00, (i % 256) as u8];
+            bytes.extend((0..300).map(|b| (b * 7 + i) as u8));
+            bytes
+        }
+    };
+    let message = OutMessage::new(data);
+    if i.is_multiple_of(3) {
+        message
+            .attr("index", i.to_string())
+            .attr("origin", "tests/worker.rs")
+            .attr("note", "ünïcödé, spaces & symbols =/?")
+    } else {
+        message
+    }
+}
+
+/// `2026-11-23T18:44:40.854Z` (publish time as Pub/Sub prints it) -> `20261123_184440_854000`.
+fn name_stamp(rfc3339: &str) -> String {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("publish time {rfc3339:?}: {e}"));
+    format!(
+        "{:04}{:02}{:02}_{:02}{:02}{:02}_{:06}",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Polls `done` every 50 ms until it holds or `limit` passes.
+async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Result {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {limit:?} waiting for {what}");
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Worker logs for debugging a test: `TEST_LOG=1 cargo test` (filter with `RUST_LOG`).
+fn init_test_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
