@@ -1,0 +1,263 @@
+# shellcheck shell=bash
+# Shared helpers for the deploy/* scripts (sourced, never executed).
+#
+# Conventions:
+#   * Configuration comes from the env file: $ENV_FILE, default <repo>/.env (copy .env.example).
+#     The file is sourced by bash, so values with spaces need quotes.
+#   * DRY_RUN=1 prints every command a script would run instead of running it, one per line on
+#     stdout, as "+ " followed by the command, each word shell-quoted so that the line (without
+#     the "+ ") can be pasted into a shell. Notes go to stderr, prefixed with "# ".
+#     Read-only probes of the local gcloud (`--help` output) still run.
+#   * Without DRY_RUN every command is echoed to stderr the same way before it runs.
+#   * GCLOUD overrides the gcloud binary that is run (printed commands always say "gcloud").
+
+DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$DEPLOY_DIR/.." && pwd)"
+
+# The worker's variables passed to the worker pool: exactly the worker section of .env.example.
+WORKER_VARS=(
+  PROJECT_ID SUBSCRIPTION_ID BUCKET_NAME OBJECT_PREFIX
+  MAX_OUTSTANDING_MESSAGES MAX_OUTSTANDING_BYTES MAX_CONCURRENT_WRITES
+  MAX_LEASE_EXTENSION_SECS SHUTDOWN_TIMEOUT_SECS PROGRESS_INTERVAL_SECS
+  LOG_FORMAT RUST_LOG
+)
+# Read by the worker for local runs only; never passed to the worker pool.
+LOCAL_ONLY_VARS=(PUBSUB_EMULATOR_HOST STORAGE_EMULATOR_HOST)
+
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+
+note() {
+  printf '# %s\n' "$*" >&2
+}
+
+is_dry_run() {
+  case "${DRY_RUN:-}" in
+    "" | 0 | false | no) return 1 ;;
+    *) return 0 ;;
+  esac
+}
+
+# Prints one word so that a POSIX shell reads it back unchanged.
+quote_word() {
+  local word=$1
+  if [[ -n $word && $word =~ ^[A-Za-z0-9_./:=@,+%^-]+$ ]]; then
+    printf '%s' "$word"
+  else
+    printf "'%s'" "${word//\'/\'\\\'\'}"
+  fi
+}
+
+# Prints a command line: "+ " and the quoted words.
+print_cmd() {
+  local line="+" word
+  for word in "$@"; do
+    line+=" $(quote_word "$word")"
+  done
+  printf '%s\n' "$line"
+}
+
+# Runs the command, or prints it when DRY_RUN is set. A leading "gcloud" runs $GCLOUD.
+run() {
+  if is_dry_run; then
+    print_cmd "$@"
+    return 0
+  fi
+  print_cmd "$@" >&2
+  if [[ $1 == gcloud ]]; then
+    "${GCLOUD:-gcloud}" "${@:2}"
+  else
+    "$@"
+  fi
+}
+
+# Like run, but a failure is reported and remembered (FAILURES) instead of stopping the script.
+FAILURES=0
+run_or_warn() {
+  if ! run "$@"; then
+    note "FAILED (continuing): $(print_cmd "$@")"
+    FAILURES=$((FAILURES + 1))
+  fi
+}
+
+# Like run, retried a few times: IAM bindings for a service account created seconds ago can fail
+# until the account has propagated.
+run_retry() {
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    if run "$@"; then
+      return 0
+    fi
+    if [[ $attempt -lt 5 ]]; then
+      note "retrying in $((attempt * 5)) s"
+      sleep $((attempt * 5))
+    fi
+  done
+  die "gave up after 5 attempts: $(print_cmd "$@")"
+}
+
+# exists CMD...: true when the describe command CMD succeeds (its output is discarded).
+# In DRY_RUN, prints CMD and answers with DRY_RUN_EXISTS (default "no").
+exists() {
+  if is_dry_run; then
+    print_cmd "$@"
+    [[ ${DRY_RUN_EXISTS:-0} == 1 ]]
+    return
+  fi
+  print_cmd "$@" >&2
+  "${GCLOUD:-gcloud}" "${@:2}" >/dev/null 2>&1
+}
+
+# ensure WHAT DESCRIBE... -- CREATE...: runs CREATE unless DESCRIBE says WHAT exists.
+# In DRY_RUN both are printed.
+ensure() {
+  local what=$1
+  shift
+  local describe=() create=()
+  while [[ $# -gt 0 && $1 != -- ]]; do
+    describe+=("$1")
+    shift
+  done
+  [[ $# -gt 0 ]] || die "ensure: missing -- between the describe and create commands"
+  shift
+  create=("$@")
+  if exists "${describe[@]}"; then
+    note "$what exists, not created"
+  else
+    run "${create[@]}"
+  fi
+}
+
+# delete_if_exists WHAT DESCRIBE... -- DELETE...: runs DELETE when DESCRIBE says WHAT exists
+# (in DRY_RUN both are printed); a failed delete is reported and counted (FAILURES) so that teardown goes on.
+delete_if_exists() {
+  local what=$1
+  shift
+  local describe=() delete=()
+  while [[ $# -gt 0 && $1 != -- ]]; do
+    describe+=("$1")
+    shift
+  done
+  [[ $# -gt 0 ]] || die "delete_if_exists: missing -- between the describe and delete commands"
+  shift
+  delete=("$@")
+  # In DRY_RUN, assume it exists so that the delete is printed too.
+  if DRY_RUN_EXISTS=1 exists "${describe[@]}"; then
+    run_or_warn "${delete[@]}"
+  else
+    is_dry_run || note "$what not found, nothing to delete"
+  fi
+}
+
+# Loads the env file. The worker's own variables are taken from the file only (never inherited
+# from the calling shell), so what is deployed is exactly what the file says.
+load_env() {
+  local file="${ENV_FILE:-$REPO_ROOT/.env}"
+  [[ -f $file ]] || die "no env file at $file: run 'cp .env.example .env' and edit it (or set ENV_FILE)"
+  local name
+  for name in "${WORKER_VARS[@]}" "${LOCAL_ONLY_VARS[@]}"; do
+    unset "$name"
+  done
+  set -a
+  # shellcheck source=/dev/null
+  source "$file"
+  set +a
+
+  # Defaults of the deploy variables: the same values as .env.example.
+  : "${REGION:=us-central1}"
+  : "${WORKER_POOL:=pubsub-gcs-worker}"
+  : "${INSTANCES:=1}"
+  : "${CPU:=1}"
+  : "${MEMORY:=512Mi}"
+  : "${SERVICE_ACCOUNT:=pubsub-gcs-worker}"
+  : "${TOPIC_ID:=pubsub-gcs-worker}"
+  : "${ACK_DEADLINE:=60}"
+  : "${MIN_RETRY_DELAY:=10s}"
+  : "${MAX_RETRY_DELAY:=600s}"
+  : "${DEAD_LETTER_TOPIC_ID:=pubsub-gcs-worker-dead-letter}"
+  : "${DEAD_LETTER_SUBSCRIPTION_ID:=pubsub-gcs-worker-dead-letter}"
+  : "${MAX_DELIVERY_ATTEMPTS:=5}"
+  : "${BUCKET_LOCATION:=$REGION}"
+  : "${ARTIFACT_REPO:=pubsub-gcs-worker}"
+  : "${IMAGE_NAME:=pubsub-gcs-worker}"
+  : "${IMAGE_TAG:=}"
+  : "${BUILD_MACHINE_TYPE:=e2-highcpu-8}"
+  : "${BUILD_TIMEOUT:=3600s}"
+  : "${SCALING_FLAG:=}"
+  : "${PROJECT_NUMBER:=}"
+
+  require PROJECT_ID SUBSCRIPTION_ID BUCKET_NAME REGION WORKER_POOL SERVICE_ACCOUNT
+  is_count "$INSTANCES" || die "INSTANCES must be a whole number, got '$INSTANCES'"
+
+  # Derived names, used by the scripts that source this file.
+  # shellcheck disable=SC2034
+  if [[ $SERVICE_ACCOUNT == *@* ]]; then
+    SA_EMAIL=$SERVICE_ACCOUNT
+  else
+    SA_EMAIL="$SERVICE_ACCOUNT@$PROJECT_ID.iam.gserviceaccount.com"
+  fi
+  # shellcheck disable=SC2034
+  IMAGE_URL="$REGION-docker.pkg.dev/$PROJECT_ID/$ARTIFACT_REPO/$IMAGE_NAME"
+  # shellcheck disable=SC2034
+  BUCKET_URL="gs://$BUCKET_NAME"
+}
+
+# require NAME...: each variable must be set and non-empty.
+require() {
+  local name missing=()
+  for name in "$@"; do
+    [[ -n ${!name:-} ]] || missing+=("$name")
+  done
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    die "not set in the env file: ${missing[*]}"
+  fi
+}
+
+is_count() {
+  [[ $1 =~ ^[0-9]+$ ]]
+}
+
+# Writes the worker's variables as a YAML map for --env-vars-file (all values quoted strings).
+# Variables left unset in the env file are not written, so the worker uses its defaults.
+write_worker_env_file() {
+  local file=$1 name value
+  : >"$file"
+  for name in "${WORKER_VARS[@]}"; do
+    [[ -n ${!name+set} ]] || continue
+    value=${!name}
+    [[ $value != *$'\n'* ]] || die "$name contains a newline"
+    printf "%s: '%s'\n" "$name" "${value//\'/\'\'}" >>"$file"
+  done
+  for name in "${LOCAL_ONLY_VARS[@]}"; do
+    if [[ -n ${!name:-} ]]; then
+      note "$name is set in the env file; it is for local runs and is not passed to the worker pool"
+    fi
+  done
+}
+
+# The flag that sets a worker pool's instance count: older gcloud releases have --scaling=N,
+# newer ones --instances=N. SCALING_FLAG in the env file overrides the probe.
+# $1: the worker-pools command whose --help is read (deploy or update).
+scaling_flag() {
+  local command=$1 help
+  case "$SCALING_FLAG" in
+    --instances | --scaling)
+      printf '%s\n' "$SCALING_FLAG"
+      return 0
+      ;;
+    "") ;;
+    *) die "SCALING_FLAG must be --instances or --scaling (or empty to ask gcloud), got '$SCALING_FLAG'" ;;
+  esac
+  help="$("${GCLOUD:-gcloud}" beta run worker-pools "$command" --help 2>/dev/null)" ||
+    die "'gcloud beta run worker-pools $command --help' failed: is gcloud (with the beta component) installed?"
+  # The help text may carry terminal bold codes right after the flag name, hence [^a-z-].
+  if grep -Eq -- '--instances([^a-z-]|$)' <<<"$help"; then
+    printf '%s\n' --instances
+  elif grep -Eq -- '--scaling([^a-z-]|$)' <<<"$help"; then
+    printf '%s\n' --scaling
+  else
+    die "'gcloud beta run worker-pools $command --help' lists neither --instances nor --scaling"
+  fi
+}
