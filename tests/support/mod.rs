@@ -27,6 +27,9 @@ pub mod emulators;
 pub mod gcs;
 pub mod proxy;
 pub mod pubsub;
+// Needs the worker binary's path, which Cargo gives integration tests only, not examples.
+#[cfg(test)]
+pub mod worker;
 
 pub use emulators::Emulators;
 pub use gcs::{Gcs, ObjectInfo};

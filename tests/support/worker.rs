@@ -1,0 +1,479 @@
+//! The worker under test: a fresh fixture (topic, subscription, bucket), the worker run in
+//! this process ([`RunningWorker`]) or as the real binary with JSON logs ([`BinaryWorker`]),
+//! and the checks the end-to-end test binaries share.
+//!
+//! Only integration tests compile this module (it needs `CARGO_BIN_EXE_*`), not the examples.
+
+use super::{Emulators, Gcs, OutMessage, PubSub, unique_name};
+use anyhow::Context as _;
+use pubsub_gcs_worker::stats::{Snapshot, Stats};
+use pubsub_gcs_worker::{Config, Worker};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep};
+
+pub type Result<T = ()> = anyhow::Result<T>;
+
+/// The stream ack deadline the tests give the worker (the minimum Pub/Sub allows), so that a
+/// message that is not acked comes back within seconds.
+pub const LEASE_SECS: &str = "10";
+/// Longer than [`LEASE_SECS`]: after this, an un-acked message would have been redelivered.
+pub const REDELIVERY_WINDOW: Duration = Duration::from_secs(13);
+
+/// A fresh topic, subscription and (optionally) bucket on a pair of emulators.
+pub struct Fixture<'a> {
+    pub emulators: &'a Emulators,
+    pub pubsub: PubSub,
+    pub gcs: Gcs,
+    pub topic: String,
+    pub subscription: String,
+    pub bucket: String,
+}
+
+impl Fixture<'static> {
+    /// A fixture on the emulators shared by the test process.
+    pub async fn new(create_bucket: bool) -> Result<Self> {
+        Fixture::on(Emulators::shared().await, create_bucket).await
+    }
+}
+
+impl<'a> Fixture<'a> {
+    /// A fixture on `emulators`, e.g. a private pair that the test stops and restarts.
+    pub async fn on(emulators: &'a Emulators, create_bucket: bool) -> Result<Fixture<'a>> {
+        init_test_logs();
+        let fx = Fixture {
+            emulators,
+            pubsub: emulators.pubsub(),
+            gcs: emulators.gcs(),
+            topic: unique_name("topic"),
+            subscription: unique_name("sub"),
+            bucket: unique_name("bucket"),
+        };
+        fx.create_topic_and_subscription().await?;
+        if create_bucket {
+            fx.gcs.create_bucket(&fx.bucket).await?;
+        }
+        Ok(fx)
+    }
+
+    /// Creates the topic and the subscription (again, after a Pub/Sub emulator restart).
+    pub async fn create_topic_and_subscription(&self) -> Result {
+        self.pubsub.create_topic(&self.topic).await?;
+        self.pubsub
+            .create_subscription(&self.topic, &self.subscription, 10, None)
+            .await
+    }
+
+    /// The worker's environment, with storage reached at `storage_url`.
+    pub fn env(&self, storage_url: &str) -> Vec<(String, String)> {
+        let mut env = self.emulators.worker_env();
+        env.retain(|(k, _)| k != "STORAGE_EMULATOR_HOST");
+        env.extend(vars(&[
+            ("STORAGE_EMULATOR_HOST", storage_url),
+            ("SUBSCRIPTION_ID", &self.subscription),
+            ("BUCKET_NAME", &self.bucket),
+            ("MAX_LEASE_EXTENSION_SECS", LEASE_SECS),
+            ("PROGRESS_INTERVAL_SECS", "0"),
+        ]));
+        env
+    }
+
+    /// The environment for the real binary: JSON logs with one line per settled message.
+    pub fn binary_env(&self, storage_url: &str) -> Vec<(String, String)> {
+        let mut env = self.env(storage_url);
+        env.extend(vars(&[
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "info,pubsub_gcs_worker=debug"),
+            ("MAX_OUTSTANDING_MESSAGES", "200"),
+        ]));
+        env
+    }
+
+    /// Runs the worker in this process, as `main` would, until [`RunningWorker::stop`].
+    pub async fn start_worker(
+        &self,
+        storage_url: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<RunningWorker> {
+        let mut env = self.env(storage_url);
+        env.extend(vars(extra));
+        let config = Config::from_vars(env)?;
+        let worker = Worker::build(config).await?;
+        let stats = worker.stats();
+        let health = worker.health_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(worker.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Ok(RunningWorker {
+            stats,
+            health,
+            stop,
+            handle,
+        })
+    }
+
+    /// Publishes `messages` and returns what each id was sent with.
+    pub async fn publish(&self, messages: &[OutMessage]) -> Result<BTreeMap<String, OutMessage>> {
+        let ids = self.pubsub.publish(&self.topic, messages).await?;
+        Ok(ids.into_iter().zip(messages.iter().cloned()).collect())
+    }
+
+    /// Checks that the bucket holds exactly one object per published message, no other
+    /// object, with the message's bytes and attributes; returns the number of objects.
+    pub async fn assert_exactly_once(&self, published: &BTreeMap<String, OutMessage>) -> Result {
+        let objects = self.gcs.list_objects(&self.bucket).await?;
+        let mut by_id: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for o in &objects {
+            let id = o
+                .metadata
+                .get("message_id")
+                .with_context(|| format!("object {} without message_id", o.name))?;
+            by_id.entry(id).or_default().push(&o.name);
+        }
+        let duplicated: Vec<_> = by_id.iter().filter(|(_, names)| names.len() > 1).collect();
+        anyhow::ensure!(
+            duplicated.is_empty(),
+            "{} messages have several objects, e.g. {:?}",
+            duplicated.len(),
+            duplicated.iter().take(3).collect::<Vec<_>>()
+        );
+        let stray: Vec<_> = by_id
+            .keys()
+            .filter(|id| !published.contains_key(**id))
+            .collect();
+        anyhow::ensure!(stray.is_empty(), "objects of unknown messages: {stray:?}");
+        let missing: Vec<_> = published
+            .keys()
+            .filter(|id| !by_id.contains_key(id.as_str()))
+            .collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "{} of {} messages have no object, e.g. {:?}",
+            missing.len(),
+            published.len(),
+            missing.iter().take(5).collect::<Vec<_>>()
+        );
+        for o in &objects {
+            let sent = &published[&o.metadata["message_id"]];
+            anyhow::ensure!(
+                o.size == sent.data.len() as u64,
+                "{}: {} bytes, sent {}",
+                o.name,
+                o.size,
+                sent.data.len()
+            );
+            for (key, value) in &sent.attributes {
+                anyhow::ensure!(
+                    o.metadata.get(key) == Some(value),
+                    "{}: attribute {key:?} is {:?}, sent {value:?}",
+                    o.name,
+                    o.metadata.get(key)
+                );
+            }
+        }
+        // Bodies, a few at a time: the listing already proved the sizes.
+        use futures::{StreamExt as _, TryStreamExt as _};
+        futures::stream::iter(&objects)
+            .map(|o| async move {
+                let body = self.gcs.download(&self.bucket, &o.name).await?;
+                let sent = &published[&o.metadata["message_id"]];
+                anyhow::ensure!(body == sent.data, "body of {} differs", o.name);
+                Ok(())
+            })
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+}
+
+/// A worker running inside the test process.
+pub struct RunningWorker {
+    pub stats: Arc<Stats>,
+    /// The health endpoint's address, when the test asked for one with `HEALTH_PORT`.
+    pub health: Option<std::net::SocketAddr>,
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<anyhow::Result<Snapshot>>,
+}
+
+impl RunningWorker {
+    /// Signals shutdown and returns the final counters.
+    pub async fn stop(self) -> Result<Snapshot> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(15), self.handle).await??
+    }
+}
+
+/// The real binary, with its JSON log in a file.
+pub struct BinaryWorker {
+    child: tokio::process::Child,
+    pid: u32,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl BinaryWorker {
+    pub fn spawn(env: &[(String, String)], name: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pubsub-gcs-worker"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().context("the worker has no pid")?;
+        Ok(Self {
+            child,
+            pid,
+            log,
+            _dir: dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn signal(&self, signal: i32) {
+        if self.child.id().is_some() {
+            // SAFETY: kill(2) with a pid we own and have not reaped; no memory is shared.
+            unsafe {
+                libc::kill(self.pid as i32, signal);
+            }
+        }
+    }
+
+    pub async fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => anyhow::bail!("no exit within {limit:?}; log:\n{}", self.log_tail()),
+        }
+    }
+
+    /// Fails if the worker exited or logged a panic: the faults in these tests must not
+    /// stop it.
+    pub fn assert_running(&mut self) -> Result {
+        if let Some(status) = self.child.try_wait()? {
+            anyhow::bail!("the worker exited ({status}); log:\n{}", self.log_tail());
+        }
+        self.assert_no_panic()
+    }
+
+    pub fn assert_no_panic(&self) -> Result {
+        let log = self.log();
+        anyhow::ensure!(!log.contains("panicked"), "the worker panicked:\n{log}");
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last 60 lines of the log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    pub fn log_lines(&self) -> Vec<Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The counters of the last `progress` (or final `stopped`) line; needs
+    /// `PROGRESS_INTERVAL_SECS` set.
+    pub fn counters(&self) -> Snapshot {
+        let log = self.log();
+        log.lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["message"] == "progress" || l["message"] == "stopped")
+            .map(|l| snapshot(&l))
+            .unwrap_or_default()
+    }
+
+    /// CPU time, memory, threads and open files of the process, from `/proc`.
+    pub fn proc(&self) -> Result<ProcStats> {
+        ProcStats::read(self.pid)
+    }
+}
+
+/// The counters of a `progress` or `stopped` log line.
+pub fn snapshot(line: &Value) -> Snapshot {
+    let n = |k: &str| line[k].as_u64().unwrap_or(0);
+    Snapshot {
+        received: n("received"),
+        written: n("written"),
+        duplicates: n("duplicates"),
+        acked: n("acked"),
+        nacked: n("nacked"),
+        bytes_written: n("bytes_written"),
+        in_flight: n("in_flight"),
+    }
+}
+
+/// A process's resource use, read from `/proc/PID/{stat,status,fd}`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcStats {
+    /// User plus system CPU time so far.
+    pub cpu: Duration,
+    /// Resident set size now, KiB.
+    pub rss_kib: u64,
+    /// Peak resident set size (VmHWM), KiB.
+    pub peak_rss_kib: u64,
+    pub threads: u64,
+    pub open_fds: u64,
+}
+
+impl ProcStats {
+    pub fn read(pid: u32) -> Result<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // The command name may contain spaces; the fields after it do not. utime and stime
+        // are fields 14 and 15, i.e. the 12th and 13th after the ")".
+        let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        // SAFETY: sysconf only reads a constant.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(ProcStats {
+            cpu: Duration::from_millis(ticks * 1000 / per_sec),
+            rss_kib: field("VmRSS:"),
+            peak_rss_kib: field("VmHWM:"),
+            threads: field("Threads:"),
+            open_fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64,
+        })
+    }
+}
+
+/// The ids of messages the worker logged as acked (written or already existing).
+pub fn settled_message_ids(lines: &[Value]) -> BTreeSet<String> {
+    lines
+        .iter()
+        .filter(|l| {
+            matches!(
+                l["message"].as_str(),
+                Some("object written; acked")
+                    | Some("object already exists from an earlier delivery; acked")
+            )
+        })
+        .filter_map(|l| l["message_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+pub fn find_line<'a>(lines: &'a [Value], message: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["message"] == message)
+        .unwrap_or_else(|| panic!("no log line {message:?} in {lines:#?}"))
+}
+
+pub async fn object_message_ids(gcs: &Gcs, bucket: &str) -> Result<BTreeSet<String>> {
+    Ok(gcs
+        .list_objects(bucket)
+        .await?
+        .into_iter()
+        .filter_map(|o| o.metadata.get("message_id").cloned())
+        .collect())
+}
+
+/// Mixed sizes (empty to 100 KiB), some invalid UTF-8, some with attributes.
+pub fn sample_message(i: usize) -> OutMessage {
+    let data: Vec<u8> = match i % 6 {
+        0 => Vec::new(),
+        1 => format!("message {i}").into_bytes(),
+        2 => format!("{i:05} ünïcödé ✓ ").repeat(60).into_bytes(),
+        3 => format!("{i:05} ").repeat(16 * 1024 / 6).into_bytes(),
+        4 => format!("{i:05}\n").repeat(100 * 1024 / 6).into_bytes(),
+        _ => {
+            let mut bytes = vec![0xff, 0xfe, 0x00, (i % 256) as u8];
+            bytes.extend((0..300).map(|b| (b * 7 + i) as u8));
+            bytes
+        }
+    };
+    let message = OutMessage::new(data);
+    if i.is_multiple_of(3) {
+        message
+            .attr("index", i.to_string())
+            .attr("origin", "tests/worker.rs")
+            .attr("note", "ünïcödé, spaces & symbols =/?")
+    } else {
+        message
+    }
+}
+
+/// `2026-11-23T18:44:40.854Z` (publish time as Pub/Sub prints it) -> `20261123_184440_854000`.
+pub fn name_stamp(rfc3339: &str) -> String {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("publish time {rfc3339:?}: {e}"));
+    format!(
+        "{:04}{:02}{:02}_{:02}{:02}{:02}_{:06}",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `env` with each of `pairs` set, replacing an earlier value of the same variable.
+pub fn with_vars(mut env: Vec<(String, String)>, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.retain(|(k, _)| !pairs.iter().any(|(name, _)| k == name));
+    env.extend(vars(pairs));
+    env
+}
+
+/// Polls `done` every 50 ms until it holds or `limit` passes.
+pub async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Result {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {limit:?} waiting for {what}");
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Worker logs for debugging a test: `TEST_LOG=1 cargo test` (filter with `RUST_LOG`).
+pub fn init_test_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
