@@ -19,7 +19,7 @@ WORKER_VARS=(
   PROJECT_ID SUBSCRIPTION_ID BUCKET_NAME OBJECT_PREFIX
   MAX_OUTSTANDING_MESSAGES MAX_OUTSTANDING_BYTES MAX_CONCURRENT_WRITES
   MAX_LEASE_EXTENSION_SECS SHUTDOWN_TIMEOUT_SECS PROGRESS_INTERVAL_SECS
-  LOG_FORMAT RUST_LOG
+  LOG_FORMAT RUST_LOG HEALTH_PORT HEALTH_HOST LIVENESS_STALL_SECS STARTUP_CHECK
 )
 # Read by the worker for local runs only; never passed to the worker pool.
 LOCAL_ONLY_VARS=(PUBSUB_EMULATOR_HOST STORAGE_EMULATOR_HOST)
@@ -235,6 +235,14 @@ write_worker_env_file() {
       note "$name is set in the env file; it is for local runs and is not passed to the worker pool"
     fi
   done
+}
+
+# Whether `gcloud beta run worker-pools $1 --help` lists the flag $2 (releases differ).
+gcloud_has_flag() {
+  local help
+  help="$("${GCLOUD:-gcloud}" beta run worker-pools "$1" --help 2>/dev/null)" || return 1
+  # The help text may carry terminal bold codes right after the flag name, hence [^a-z-].
+  grep -Eq -- "$2([^a-z-]|\$)" <<<"$help"
 }
 
 # The flag that sets a worker pool's instance count: older gcloud releases have --scaling=N,

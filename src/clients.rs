@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
 use google_cloud_gax::retry_policy::RetryPolicyExt as _;
 use google_cloud_pubsub::client::Subscriber;
-use google_cloud_storage::client::Storage;
+use google_cloud_storage::client::{Storage, StorageControl};
 use google_cloud_storage::retry_policy::RetryableErrors;
 use std::time::Duration;
 
@@ -45,4 +45,18 @@ pub async fn storage(config: &Config) -> anyhow::Result<Storage> {
         .build()
         .await
         .context("the Cloud Storage client could not be created")
+}
+
+/// The storage control client, used once at start for the self-check.
+pub async fn storage_control(config: &Config) -> anyhow::Result<StorageControl> {
+    let mut builder = StorageControl::builder();
+    if let Some(url) = &config.storage_emulator_url {
+        builder = builder
+            .with_endpoint(url)
+            .with_credentials(Anonymous::new().build());
+    }
+    builder
+        .build()
+        .await
+        .context("the Cloud Storage control client could not be created")
 }

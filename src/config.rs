@@ -39,6 +39,12 @@ pub struct Config {
     pub pubsub_emulator_host: Option<String>,
     /// `http://host:port` of a Cloud Storage emulator; switches to anonymous credentials.
     pub storage_emulator_url: Option<String>,
+    /// Where the health probes and `/metrics` listen; `None` (the default) serves nothing.
+    pub health_addr: Option<std::net::SocketAddr>,
+    /// The liveness probe fails when messages are in flight and none settled for this long.
+    pub liveness_stall: Duration,
+    /// Whether to check at start that the credentials may create objects in the bucket.
+    pub startup_check: bool,
 }
 
 /// Log output format.
@@ -80,6 +86,9 @@ pub const DEFAULT_MAX_LEASE_EXTENSION_SECS: u64 = 60;
 /// Below Cloud Run's 10 s between SIGTERM and SIGKILL, with room for the process to exit.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 8;
 pub const DEFAULT_PROGRESS_INTERVAL_SECS: u64 = 30;
+/// Longer than one write may legitimately take: the storage client's 60 s of retries plus the
+/// 10 s failure backoff.
+pub const DEFAULT_LIVENESS_STALL_SECS: u64 = 120;
 
 impl Config {
     /// Reads the process environment.
@@ -122,6 +131,10 @@ struct RawEnv {
     rust_log: Option<String>,
     pubsub_emulator_host: Option<String>,
     storage_emulator_host: Option<String>,
+    health_port: Option<String>,
+    health_host: Option<String>,
+    liveness_stall_secs: Option<String>,
+    startup_check: Option<String>,
 }
 
 /// Collects problems while each variable is checked.
@@ -289,6 +302,41 @@ impl RawEnv {
             }
         };
 
+        let health_addr = match non_empty(self.health_port) {
+            None => None,
+            Some(port) => {
+                let port = c.number("HEALTH_PORT", Some(port), 0u16, 0..=u16::MAX);
+                let host = non_empty(self.health_host).unwrap_or_else(|| "0.0.0.0".into());
+                match host.trim().parse::<std::net::IpAddr>() {
+                    Ok(ip) => Some(std::net::SocketAddr::new(ip, port)),
+                    Err(_) => {
+                        c.problem(format!(
+                            "HEALTH_HOST={host:?} is invalid (expected an IP address, e.g. 0.0.0.0)"
+                        ));
+                        None
+                    }
+                }
+            }
+        };
+        let liveness_stall_secs = c.number(
+            "LIVENESS_STALL_SECS",
+            self.liveness_stall_secs,
+            DEFAULT_LIVENESS_STALL_SECS,
+            1..=86_400,
+        );
+        // By default the check runs against the real service only: emulators lack the API.
+        let startup_check = match non_empty(self.startup_check).as_deref().map(str::trim) {
+            None | Some("auto") => storage_emulator_url.is_none(),
+            Some("on") => true,
+            Some("off") => false,
+            Some(other) => {
+                c.problem(format!(
+                    "STARTUP_CHECK={other:?} is invalid (expected auto, on or off)"
+                ));
+                false
+            }
+        };
+
         if !c.problems.is_empty() {
             return Err(ConfigError {
                 problems: c.problems,
@@ -310,6 +358,9 @@ impl RawEnv {
             log_filter: non_empty(self.rust_log).unwrap_or_else(|| "info".to_string()),
             pubsub_emulator_host,
             storage_emulator_url,
+            health_addr,
+            liveness_stall: Duration::from_secs(liveness_stall_secs),
+            startup_check,
         })
     }
 }
@@ -381,6 +432,52 @@ mod tests {
         assert_eq!(config.log_filter, "info");
         assert_eq!(config.pubsub_emulator_host, None);
         assert_eq!(config.storage_emulator_url, None);
+        assert_eq!(config.health_addr, None, "nothing listens unless asked");
+        assert_eq!(config.liveness_stall, Duration::from_secs(120));
+        assert!(config.startup_check, "on against the real service");
+    }
+
+    #[test]
+    fn health_endpoint_and_startup_check_settings() {
+        let v = env(&[
+            ("HEALTH_PORT", "8080"),
+            ("LIVENESS_STALL_SECS", "30"),
+            ("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1"),
+        ]);
+        let config = Config::from_vars(v).expect("valid");
+        assert_eq!(
+            config.health_addr,
+            Some("0.0.0.0:8080".parse().expect("addr"))
+        );
+        assert_eq!(config.liveness_stall, Duration::from_secs(30));
+        assert!(!config.startup_check, "off by default against an emulator");
+
+        let v = env(&[
+            ("HEALTH_PORT", "0"),
+            ("HEALTH_HOST", "127.0.0.1"),
+            ("STARTUP_CHECK", "off"),
+        ]);
+        let config = Config::from_vars(v).expect("valid");
+        assert_eq!(
+            config.health_addr,
+            Some("127.0.0.1:0".parse().expect("addr"))
+        );
+        assert!(!config.startup_check);
+
+        let v = env(&[
+            ("HEALTH_PORT", "http"),
+            ("HEALTH_HOST", "localhost"),
+            ("STARTUP_CHECK", "yes"),
+        ]);
+        let err = Config::from_vars(v).expect_err("invalid");
+        let line = err.to_string();
+        for name in [
+            "HEALTH_PORT=\"http\"",
+            "HEALTH_HOST=\"localhost\"",
+            "STARTUP_CHECK=\"yes\"",
+        ] {
+            assert!(line.contains(name), "missing {name} in {line}");
+        }
     }
 
     #[test]

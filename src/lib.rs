@@ -14,13 +14,17 @@
 //!   drain on shutdown.
 //! - [`object`]: the message's object name, content type and metadata (pure functions).
 //! - [`sink`]: the create-only write, and what a failure means.
-//! - [`stats`]: the counters behind the progress line.
+//! - [`stats`]: the metrics behind the progress line, the summary, the probes and `/metrics`.
 //! - [`shutdown`]: SIGTERM/SIGINT; a second signal exits at once.
+//! - [`self_check`]: at start, may the credentials create objects in the bucket?
+//! - [`health`]: opt-in HTTP endpoint with the startup and liveness probes and `/metrics`.
 
 pub mod clients;
 pub mod config;
+pub mod health;
 pub mod object;
 pub mod pipeline;
+pub mod self_check;
 pub mod shutdown;
 pub mod sink;
 pub mod stats;

@@ -8,7 +8,7 @@
 
 use crate::object::ObjectSpec;
 use crate::sink::{Sink, Written};
-use crate::stats::Stats;
+use crate::stats::{NackReason, Stats};
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::MessageStream;
 use google_cloud_pubsub::subscriber::handler::Handler;
@@ -119,7 +119,7 @@ impl Pipeline {
             };
             match next {
                 Some(Ok((message, handler))) => {
-                    self.stats.received();
+                    self.stats.received(handler.delivery_attempt());
                     tasks.spawn(
                         self.clone()
                             .handle(message, handler, abandon.clone(), permit),
@@ -193,11 +193,12 @@ impl Pipeline {
         }
         let data = std::mem::take(&mut message.data);
         let size = data.len();
+        let started = Instant::now();
         let result = tokio::select! {
             biased;
             () = abandon.cancelled() => {
                 handler.nack();
-                self.stats.nacked();
+                self.stats.nacked(NackReason::Shutdown, None);
                 debug!(message_id = %message.message_id, object = %spec.name, "write abandoned at shutdown; nacked");
                 return;
             }
@@ -209,11 +210,11 @@ impl Pipeline {
                 self.backoff.success();
                 match written {
                     Written::Created => {
-                        self.stats.written(size);
+                        self.stats.written(size, started.elapsed());
                         debug!(message_id = %message.message_id, object = %spec.name, "object written; acked");
                     }
                     Written::AlreadyExisted => {
-                        self.stats.duplicate();
+                        self.stats.duplicate(started.elapsed());
                         debug!(
                             message_id = %message.message_id,
                             object = %spec.name,
@@ -223,6 +224,7 @@ impl Pipeline {
                 }
             }
             Err(e) => {
+                let took = started.elapsed();
                 let delay = self.backoff.failure(delivery_attempt);
                 error!(
                     message_id = %message.message_id,
@@ -240,7 +242,8 @@ impl Pipeline {
                     () = sleep(delay) => {}
                 }
                 handler.nack();
-                self.stats.nacked();
+                self.stats
+                    .nacked(NackReason::WriteFailed(e.kind.as_str()), Some(took));
             }
         }
     }

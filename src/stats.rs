@@ -1,20 +1,53 @@
-//! Counters for the progress line, the final summary and the tests.
+//! The worker's counters: the progress line, the final summary, the liveness probe and the
+//! Prometheus `/metrics` page all read the same metrics, so they cannot disagree.
 //!
-//! Plain relaxed atomics: each counter is exact on its own, and a snapshot taken while messages
-//! are moving may be a few messages apart between counters, which is fine for a progress line.
+//! Each metric is an atomic; a snapshot taken while messages are moving may be a few messages
+//! apart between counters, which is fine for a progress line.
 
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-/// Live counters, shared by the pipeline's tasks.
-#[derive(Debug, Default)]
+/// Why a message was nacked, as the `reason` label of `messages_nacked_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NackReason {
+    /// The write failed; the string is [`crate::sink::FailureKind::as_str`].
+    WriteFailed(&'static str),
+    /// The shutdown budget ran out before the write finished.
+    Shutdown,
+}
+
+impl NackReason {
+    fn label(self) -> &'static str {
+        match self {
+            NackReason::WriteFailed(kind) => kind,
+            NackReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Live metrics, shared by the pipeline's tasks.
+#[derive(Debug)]
 pub struct Stats {
-    received: AtomicU64,
-    written: AtomicU64,
-    duplicates: AtomicU64,
-    acked: AtomicU64,
-    nacked: AtomicU64,
-    bytes_written: AtomicU64,
+    registry: Registry,
+    received: IntCounter,
+    written: IntCounter,
+    duplicates: IntCounter,
+    acked: IntCounter,
+    nacked: IntCounterVec,
+    bytes_written: IntCounter,
+    in_flight: IntGauge,
+    write_seconds: Histogram,
+    delivery_attempt: Histogram,
+    /// When a message last settled (acked or nacked), or work started after an idle spell, in
+    /// milliseconds since `epoch`: the liveness probe's notion of progress.
+    last_progress_ms: AtomicU64,
+    epoch: Instant,
 }
 
 /// A copy of the counters at one moment.
@@ -36,57 +69,210 @@ pub struct Snapshot {
     pub in_flight: u64,
 }
 
+const NAMESPACE: &str = "pubsub_gcs_worker";
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Stats {
-    pub fn received(&self) {
-        self.received.fetch_add(1, Ordering::Relaxed);
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))
+                .expect("valid metric options");
+            register(&registry, c.clone());
+            c
+        };
+        let received = counter(
+            "messages_received_total",
+            "Messages delivered by the subscription, redeliveries included.",
+        );
+        let written = counter("objects_written_total", "Objects created.");
+        let duplicates = counter(
+            "duplicates_skipped_total",
+            "Messages whose object already existed (written by an earlier delivery); acked.",
+        );
+        let acked = counter("messages_acked_total", "Messages acked.");
+        let bytes_written = counter(
+            "bytes_written_total",
+            "Bytes of message data in created objects.",
+        );
+        let nacked = IntCounterVec::new(
+            Opts::new(
+                "messages_nacked_total",
+                "Messages nacked, by reason: bucket_not_found, permission_denied, rejected, \
+                 transient (write failures) or shutdown (unfinished at the shutdown deadline).",
+            )
+            .namespace(NAMESPACE),
+            &["reason"],
+        )
+        .expect("valid metric options");
+        register(&registry, nacked.clone());
+        let in_flight = IntGauge::with_opts(
+            Opts::new(
+                "messages_in_flight",
+                "Messages received and not yet acked or nacked.",
+            )
+            .namespace(NAMESPACE),
+        )
+        .expect("valid metric options");
+        register(&registry, in_flight.clone());
+        let write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "write_duration_seconds",
+                "Time to write one object, retries included, successful or not.",
+            )
+            .namespace(NAMESPACE)
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )
+        .expect("valid metric options");
+        register(&registry, write_seconds.clone());
+        let delivery_attempt = Histogram::with_opts(
+            HistogramOpts::new(
+                "delivery_attempt",
+                "Delivery attempt of received messages (only known when the subscription has \
+                 a dead-letter policy).",
+            )
+            .namespace(NAMESPACE)
+            .buckets(vec![1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
+        )
+        .expect("valid metric options");
+        register(&registry, delivery_attempt.clone());
+        register(
+            &registry,
+            prometheus::process_collector::ProcessCollector::for_self(),
+        );
+        Self {
+            registry,
+            received,
+            written,
+            duplicates,
+            acked,
+            nacked,
+            bytes_written,
+            in_flight,
+            write_seconds,
+            delivery_attempt,
+            last_progress_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
     }
 
-    pub fn written(&self, bytes: usize) {
-        self.written.fetch_add(1, Ordering::Relaxed);
-        self.bytes_written
-            .fetch_add(bytes as u64, Ordering::Relaxed);
-        self.acked.fetch_add(1, Ordering::Relaxed);
+    pub fn received(&self, delivery_attempt: Option<i32>) {
+        self.received.inc();
+        if self.in_flight.get() == 0 {
+            // Work after an idle spell: the stall clock starts now, not at the last settle.
+            self.touch();
+        }
+        self.in_flight.inc();
+        if let Some(attempt) = delivery_attempt {
+            self.delivery_attempt.observe(f64::from(attempt));
+        }
     }
 
-    pub fn duplicate(&self) {
-        self.duplicates.fetch_add(1, Ordering::Relaxed);
-        self.acked.fetch_add(1, Ordering::Relaxed);
+    pub fn written(&self, bytes: usize, took: Duration) {
+        self.written.inc();
+        self.bytes_written.inc_by(bytes as u64);
+        self.write_seconds.observe(took.as_secs_f64());
+        self.settled();
+        self.acked.inc();
     }
 
-    pub fn nacked(&self) {
-        self.nacked.fetch_add(1, Ordering::Relaxed);
+    pub fn duplicate(&self, took: Duration) {
+        self.duplicates.inc();
+        self.write_seconds.observe(took.as_secs_f64());
+        self.settled();
+        self.acked.inc();
+    }
+
+    /// A nack; `took` is the failed write's duration (none for an abandoned one).
+    pub fn nacked(&self, reason: NackReason, took: Option<Duration>) {
+        if let Some(took) = took {
+            self.write_seconds.observe(took.as_secs_f64());
+        }
+        self.nacked.with_label_values(&[reason.label()]).inc();
+        self.settled();
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let received = self.received.load(Ordering::Relaxed);
-        let acked = self.acked.load(Ordering::Relaxed);
-        let nacked = self.nacked.load(Ordering::Relaxed);
+        let nacked = self
+            .nacked
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum();
         Snapshot {
-            received,
-            written: self.written.load(Ordering::Relaxed),
-            duplicates: self.duplicates.load(Ordering::Relaxed),
-            acked,
+            received: self.received.get(),
+            written: self.written.get(),
+            duplicates: self.duplicates.get(),
+            acked: self.acked.get(),
             nacked,
-            bytes_written: self.bytes_written.load(Ordering::Relaxed),
-            in_flight: received.saturating_sub(acked + nacked),
+            bytes_written: self.bytes_written.get(),
+            in_flight: self.in_flight.get().max(0) as u64,
         }
     }
+
+    /// How long messages have been in flight without any of them settling; `None` when nothing
+    /// is in flight (an idle subscription is healthy).
+    pub fn stalled_for(&self) -> Option<Duration> {
+        if self.in_flight.get() <= 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed));
+        Some(self.epoch.elapsed().saturating_sub(last))
+    }
+
+    /// The metrics in Prometheus' text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn settled(&self) {
+        self.in_flight.dec();
+        self.touch();
+    }
+
+    fn touch(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_progress_ms.store(now, Ordering::Relaxed);
+    }
+}
+
+/// Registration fails only for duplicate or inconsistent descriptors, which the fixed set above
+/// never has; the process collector also fails harmlessly where `/proc` is missing.
+fn register(registry: &Registry, collector: impl Collector + 'static) {
+    let _ = registry.register(Box::new(collector));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
     fn acks_are_writes_plus_duplicates_and_in_flight_is_the_rest() {
-        let stats = Stats::default();
+        let stats = Stats::new();
         for _ in 0..5 {
-            stats.received();
+            stats.received(None);
         }
-        stats.written(10);
-        stats.written(5);
-        stats.duplicate();
-        stats.nacked();
+        stats.written(10, MS);
+        stats.written(5, MS);
+        stats.duplicate(MS);
+        stats.nacked(NackReason::WriteFailed("transient"), Some(MS));
         let s = stats.snapshot();
         assert_eq!(
             s,
@@ -100,5 +286,44 @@ mod tests {
                 in_flight: 1,
             }
         );
+    }
+
+    #[test]
+    fn metrics_page_has_every_metric_with_its_labels() {
+        let stats = Stats::new();
+        stats.received(Some(3));
+        stats.received(None);
+        stats.written(7, MS);
+        stats.nacked(NackReason::Shutdown, None);
+        let page = stats.render();
+        for line in [
+            "pubsub_gcs_worker_messages_received_total 2",
+            "pubsub_gcs_worker_objects_written_total 1",
+            "pubsub_gcs_worker_messages_acked_total 1",
+            "pubsub_gcs_worker_duplicates_skipped_total 0",
+            "pubsub_gcs_worker_bytes_written_total 7",
+            "pubsub_gcs_worker_messages_in_flight 0",
+            "pubsub_gcs_worker_messages_nacked_total{reason=\"shutdown\"} 1",
+            "pubsub_gcs_worker_write_duration_seconds_count 1",
+            "pubsub_gcs_worker_delivery_attempt_bucket{le=\"3\"} 1",
+            "pubsub_gcs_worker_delivery_attempt_count 1",
+            "process_resident_memory_bytes ",
+        ] {
+            assert!(page.contains(line), "missing {line:?} in\n{page}");
+        }
+    }
+
+    #[test]
+    fn stall_clock_runs_only_while_messages_are_in_flight() {
+        let stats = Stats::new();
+        assert_eq!(stats.stalled_for(), None, "idle is not stalled");
+        stats.received(None);
+        assert!(
+            stats
+                .stalled_for()
+                .is_some_and(|d| d < Duration::from_secs(1))
+        );
+        stats.written(1, MS);
+        assert_eq!(stats.stalled_for(), None);
     }
 }

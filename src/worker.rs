@@ -4,12 +4,16 @@
 
 use crate::clients;
 use crate::config::Config;
+use crate::health::{Health, HealthServer};
 use crate::pipeline::Pipeline;
+use crate::self_check;
 use crate::sink::Sink;
 use crate::stats::{Snapshot, Stats};
+use anyhow::Context as _;
 use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::subscriber::ShutdownBehavior;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -21,13 +25,20 @@ pub struct Worker {
     subscriber: Subscriber,
     pipeline: Arc<Pipeline>,
     stats: Arc<Stats>,
+    health: Arc<Health>,
+    health_server: Option<HealthServer>,
 }
 
 impl Worker {
-    /// Creates the Pub/Sub and Cloud Storage clients. Nothing is pulled yet.
+    /// Creates the clients, runs the start-up check and binds the health endpoint. Nothing is
+    /// pulled yet.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let subscriber = clients::subscriber(&config).await?;
         let storage = clients::storage(&config).await?;
+        if config.startup_check {
+            let control = clients::storage_control(&config).await?;
+            self_check::check_bucket(&control, &config.bucket).await?;
+        }
         let stats = Arc::new(Stats::default());
         let pipeline = Arc::new(Pipeline::new(
             Sink::new(storage, &config.bucket),
@@ -37,12 +48,30 @@ impl Worker {
             config.max_concurrent_writes,
             config.shutdown_timeout,
         ));
+        let health = Arc::new(Health::new(stats.clone(), config.liveness_stall));
+        let health_server = match config.health_addr {
+            Some(addr) => Some(
+                HealthServer::bind(addr)
+                    .await
+                    .with_context(|| format!("the health endpoint could not listen on {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             config,
             subscriber,
             pipeline,
             stats,
+            health,
+            health_server,
         })
+    }
+
+    /// Where the health endpoint listens, if it was asked for (useful with port 0).
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_server
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
     }
 
     /// The live counters, for callers that watch a running worker.
@@ -52,7 +81,7 @@ impl Worker {
 
     /// Consumes the subscription until `shutdown` resolves (then drains) or the stream fails.
     pub async fn run_until_stopped(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<Snapshot> {
         let c = &self.config;
@@ -67,6 +96,8 @@ impl Worker {
             shutdown_timeout_secs = c.shutdown_timeout.as_secs(),
             pubsub_emulator = c.pubsub_emulator_host.as_deref().unwrap_or("none"),
             storage_emulator = c.storage_emulator_url.as_deref().unwrap_or("none"),
+            health_endpoint = %self.health_addr().map_or("off".to_string(), |a| a.to_string()),
+            startup_check = c.startup_check,
             version = env!("CARGO_PKG_VERSION"),
             "starting"
         );
@@ -81,16 +112,22 @@ impl Worker {
             .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
             .build();
 
-        let progress = CancellationToken::new();
+        let background = CancellationToken::new();
+        if let Some(server) = self.health_server.take() {
+            tokio::spawn(server.serve(self.health.clone(), background.clone()));
+        }
+        // Clients built, bucket checked, stream configured: the startup probe may pass. The
+        // stream itself connects on the first pull; a missing subscription ends the run.
+        self.health.set_started();
         if let Some(period) = c.progress_interval {
             tokio::spawn(report_progress(
                 self.stats.clone(),
                 period,
-                progress.clone(),
+                background.clone(),
             ));
         }
         let result = self.pipeline.clone().run(stream, shutdown).await;
-        progress.cancel();
+        background.cancel();
 
         let summary = self.stats.snapshot();
         info!(

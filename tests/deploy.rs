@@ -25,23 +25,23 @@ fn repo_root() -> PathBuf {
 
 const SCRIPTS: [&str; 5] = ["setup", "deploy", "scale", "status", "teardown"];
 
-/// The variables the worker reads (the contract's table).
-const CONTRACT_VARS: [&str; 14] = [
-    "PROJECT_ID",
-    "SUBSCRIPTION_ID",
-    "BUCKET_NAME",
-    "OBJECT_PREFIX",
-    "MAX_OUTSTANDING_MESSAGES",
-    "MAX_OUTSTANDING_BYTES",
-    "MAX_CONCURRENT_WRITES",
-    "MAX_LEASE_EXTENSION_SECS",
-    "SHUTDOWN_TIMEOUT_SECS",
-    "PROGRESS_INTERVAL_SECS",
-    "LOG_FORMAT",
-    "RUST_LOG",
-    "PUBSUB_EMULATOR_HOST",
-    "STORAGE_EMULATOR_HOST",
-];
+/// The variables the worker reads, taken from the code itself: the fields of `RawEnv` in
+/// `src/config.rs` (the only code that reads the environment), upper-cased as `envy` reads them.
+fn contract_vars() -> Vec<String> {
+    let source = fs::read_to_string(repo_root().join("src/config.rs")).expect("src/config.rs");
+    let body = source
+        .split("struct RawEnv {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .expect("struct RawEnv in src/config.rs");
+    let vars: Vec<String> = body
+        .lines()
+        .filter_map(|line| line.trim().split_once(": Option<String>"))
+        .map(|(name, _)| name.to_uppercase())
+        .collect();
+    assert!(vars.len() >= 14, "RawEnv fields: {vars:?}");
+    vars
+}
 /// Contract variables for local runs only: never passed to the worker pool.
 const LOCAL_ONLY_VARS: [&str; 2] = ["PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"];
 
@@ -900,6 +900,64 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
     );
 }
 
+/// With HEALTH_PORT set, deploy adds the startup and liveness probes when this gcloud has the
+/// flags, and otherwise deploys without them and says how to add them; either way every command
+/// passes gcloud's parser.
+#[test]
+fn health_port_wires_probes_or_explains_how() {
+    let sandbox = Sandbox::new("probes");
+    let env_file = sandbox.env_example_with("probes.env", "HEALTH_PORT=8080");
+    let run = dry_run(&sandbox, &env_file, &["deploy"], &[]);
+    run.assert_ok();
+    let commands = gcloud_commands(&run);
+    let deploy = commands
+        .iter()
+        .find(|c| c.starts_with(&words("gcloud beta run worker-pools deploy")))
+        .expect("a worker-pools deploy command");
+    let help = {
+        let mut cmd = Command::new(gcloud());
+        let out = hermetic(&mut cmd, &sandbox)
+            .args(["beta", "run", "worker-pools", "deploy", "--help"])
+            .output()
+            .expect("gcloud help");
+        text(&out.stdout)
+    };
+    let has_probe_flags = help.contains("--startup-probe") && help.contains("--liveness-probe");
+    let startup = deploy.iter().find(|w| w.starts_with("--startup-probe="));
+    let liveness = deploy.iter().find(|w| w.starts_with("--liveness-probe="));
+    if has_probe_flags {
+        let startup = startup.expect("startup probe flag");
+        let liveness = liveness.expect("liveness probe flag");
+        assert!(
+            startup.contains("httpGet.path=/healthz/startup,httpGet.port=8080"),
+            "{startup}"
+        );
+        assert!(
+            liveness.contains("httpGet.path=/healthz/live,httpGet.port=8080"),
+            "{liveness}"
+        );
+    } else {
+        assert!(startup.is_none() && liveness.is_none(), "{deploy:?}");
+        assert!(
+            text(&run.out.stderr).contains("worker-pools replace"),
+            "a note says how"
+        );
+    }
+    assert_eq!(
+        deployed_env(&run).get("HEALTH_PORT").map(String::as_str),
+        Some("8080")
+    );
+    for command in commands
+        .iter()
+        .filter(|c| !c.contains(&"--help".to_string()))
+    {
+        match gcloud_verdict(&sandbox, command) {
+            Verdict::Parsed => {}
+            other => panic!("{command:?}: {other:?}"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The worker pool's environment.
 
@@ -907,10 +965,11 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
 fn worker_env_vars_are_exactly_the_worker_section() {
     let (worker_section, deploy_section) = env_example_sections();
     let worker: BTreeSet<String> = assigned_names(&worker_section).into_iter().collect();
-    let contract: BTreeSet<String> = CONTRACT_VARS
+    let contract_vars = contract_vars();
+    let contract: BTreeSet<String> = contract_vars
         .iter()
-        .filter(|v| !LOCAL_ONLY_VARS.contains(v))
-        .map(|v| v.to_string())
+        .filter(|v| !LOCAL_ONLY_VARS.contains(&v.as_str()))
+        .cloned()
         .collect();
     assert_eq!(
         worker, contract,
@@ -925,7 +984,7 @@ fn worker_env_vars_are_exactly_the_worker_section() {
     }
     for var in assigned_names(&deploy_section) {
         assert!(
-            !CONTRACT_VARS.contains(&var.as_str()),
+            !contract_vars.contains(&var),
             "{var} belongs to the worker section"
         );
     }

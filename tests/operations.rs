@@ -1,0 +1,170 @@
+//! Operating the worker: the health probes, `/metrics` and the start-up check, against the real
+//! emulators (helpers in `support/worker.rs`).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::worker::{BinaryWorker, Fixture, Result, find_line, vars};
+use support::{Mode, OutMessage, Proxy};
+use tokio::time::{Instant, sleep};
+
+/// The liveness probe fails while storage hangs with messages in flight, and passes again once
+/// storage recovers and the messages are written; the startup probe passes once running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_fails_while_storage_hangs_and_recovers_with_it() -> Result {
+    const N: usize = 10;
+    let fx = Fixture::new(true).await?;
+    let proxy = Proxy::start(fx.emulators.storage_addr()).await?;
+    proxy.set_mode(Mode::Hang);
+    let worker = fx
+        .start_worker(
+            &proxy.url(),
+            &[
+                ("HEALTH_PORT", "0"),
+                ("HEALTH_HOST", "127.0.0.1"),
+                ("LIVENESS_STALL_SECS", "2"),
+            ],
+        )
+        .await?;
+    let base = format!(
+        "http://{}",
+        worker.health.expect("health endpoint asked for")
+    );
+    let http = reqwest::Client::new();
+    wait_for_status(&http, &format!("{base}/healthz/startup"), 200).await?;
+    assert_eq!(
+        get(&http, &format!("{base}/healthz/live")).await?.0,
+        200,
+        "idle is live"
+    );
+
+    let messages: Vec<OutMessage> = (0..N).map(|i| OutMessage::new(format!("m{i}"))).collect();
+    fx.pubsub.publish(&fx.topic, &messages).await?;
+    let (_, reason) = wait_for_status(&http, &format!("{base}/healthz/live"), 503).await?;
+    assert!(reason.contains("in flight"), "{reason}");
+
+    proxy.set_mode(Mode::Pass);
+    fx.gcs
+        .wait_for_objects(&fx.bucket, N, Duration::from_secs(120))
+        .await?;
+    wait_for_status(&http, &format!("{base}/healthz/live"), 200).await?;
+    let summary = worker.stop().await?;
+    assert_eq!(summary.acked, N as u64, "{summary:?}");
+    Ok(())
+}
+
+/// `/metrics` counts exactly what the test published and the worker wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_what_was_published_and_written() -> Result {
+    const N: usize = 50;
+    let fx = Fixture::new(true).await?;
+    let worker = fx
+        .start_worker(
+            &fx.emulators.storage_url(),
+            &[("HEALTH_PORT", "0"), ("HEALTH_HOST", "127.0.0.1")],
+        )
+        .await?;
+    let base = format!(
+        "http://{}",
+        worker.health.expect("health endpoint asked for")
+    );
+    let messages: Vec<OutMessage> = (0..N)
+        .map(|i| OutMessage::new("x".repeat((i + 1) * 10)))
+        .collect();
+    let bytes: usize = messages.iter().map(|m| m.data.len()).sum();
+    fx.pubsub.publish(&fx.topic, &messages).await?;
+    fx.gcs
+        .wait_for_objects(&fx.bucket, N, Duration::from_secs(60))
+        .await?;
+
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (status, page) = get(&http, &format!("{base}/metrics")).await?;
+        assert_eq!(status, 200);
+        let metrics = parse_metrics(&page);
+        if metrics.get("pubsub_gcs_worker_messages_acked_total") == Some(&(N as f64))
+            || Instant::now() >= deadline
+        {
+            break metrics;
+        }
+        sleep(Duration::from_millis(100)).await;
+    };
+    let n = N as f64;
+    for (name, want) in [
+        ("pubsub_gcs_worker_messages_received_total", n),
+        ("pubsub_gcs_worker_objects_written_total", n),
+        ("pubsub_gcs_worker_messages_acked_total", n),
+        ("pubsub_gcs_worker_duplicates_skipped_total", 0.0),
+        ("pubsub_gcs_worker_bytes_written_total", bytes as f64),
+        ("pubsub_gcs_worker_messages_in_flight", 0.0),
+        ("pubsub_gcs_worker_write_duration_seconds_count", n),
+    ] {
+        assert_eq!(metrics.get(name), Some(&want), "{name}");
+    }
+    assert!(
+        metrics
+            .get("process_resident_memory_bytes")
+            .is_some_and(|rss| *rss > 0.0),
+        "process metrics"
+    );
+    worker.stop().await?;
+    Ok(())
+}
+
+/// With the start-up check forced on against an emulator that lacks the API, the binary stops
+/// at start with one error line that names the bucket and how to skip the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_startup_check_stops_the_worker_with_one_clear_line() -> Result {
+    let fx = Fixture::new(true).await?;
+    let mut env = fx.binary_env(&fx.emulators.storage_url());
+    env.extend(vars(&[("STARTUP_CHECK", "on")]));
+    let mut worker = BinaryWorker::spawn(&env, "startup-check")?;
+    let status = worker.wait(Duration::from_secs(60)).await?;
+    assert_eq!(status.code(), Some(1), "log:\n{}", worker.log());
+    let lines = worker.log_lines();
+    let error = find_line(&lines, "worker stopped with an error");
+    let text = error["error"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(&format!("gs://{}", fx.bucket)) && text.contains("STARTUP_CHECK=off"),
+        "{error}"
+    );
+    assert!(
+        !lines.iter().any(|l| l["message"] == "starting"),
+        "nothing consumed before the check passed"
+    );
+    Ok(())
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> Result<(u16, String)> {
+    let response = http.get(url).send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+/// Polls `url` until it answers `want`; returns the last answer.
+async fn wait_for_status(http: &reqwest::Client, url: &str, want: u16) -> Result<(u16, String)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = get(http, url).await?;
+        if answer.0 == want {
+            return Ok(answer);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("{url} still answers {answer:?}, expected {want}");
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `name{labels} value` lines of the text format, keyed by `name{labels}`.
+fn parse_metrics(page: &str) -> BTreeMap<String, f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
