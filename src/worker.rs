@@ -130,16 +130,7 @@ impl Worker {
         background.cancel();
 
         let summary = self.stats.snapshot();
-        info!(
-            received = summary.received,
-            written = summary.written,
-            duplicates = summary.duplicates,
-            acked = summary.acked,
-            nacked = summary.nacked,
-            bytes_written = summary.bytes_written,
-            in_flight = summary.in_flight,
-            "stopped"
-        );
+        log_counters(&summary, "stopped");
         result?;
         Ok(summary)
     }
@@ -155,15 +146,20 @@ async fn report_progress(stats: Arc<Stats>, period: Duration, stop: Cancellation
             () = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let s = stats.snapshot();
-        info!(
-            received = s.received,
-            written = s.written,
-            duplicates = s.duplicates,
-            acked = s.acked,
-            nacked = s.nacked,
-            in_flight = s.in_flight,
-            "progress"
-        );
+        log_counters(&stats.snapshot(), "progress");
     }
+}
+
+/// One log line with every counter, as `progress` or the final `stopped` summary.
+fn log_counters(s: &Snapshot, message: &'static str) {
+    info!(
+        received = s.received,
+        written = s.written,
+        duplicates = s.duplicates,
+        acked = s.acked,
+        nacked = s.nacked,
+        bytes_written = s.bytes_written,
+        in_flight = s.in_flight,
+        "{message}"
+    );
 }
