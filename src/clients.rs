@@ -12,11 +12,6 @@ use google_cloud_gax::retry_policy::RetryPolicyExt as _;
 use google_cloud_pubsub::client::Subscriber;
 use google_cloud_storage::client::{Storage, StorageControl};
 use google_cloud_storage::retry_policy::RetryableErrors;
-use std::time::Duration;
-
-/// How long the storage client retries one write (with its exponential backoff) before the
-/// worker gives up on this delivery and nacks it.
-pub const WRITE_RETRY_LIMIT: Duration = Duration::from_secs(60);
 
 /// The Pub/Sub subscriber client.
 pub async fn subscriber(config: &Config) -> anyhow::Result<Subscriber> {
@@ -34,8 +29,9 @@ pub async fn subscriber(config: &Config) -> anyhow::Result<Subscriber> {
 
 /// The one storage client the whole process shares: it keeps the connection pool and the token.
 pub async fn storage(config: &Config) -> anyhow::Result<Storage> {
+    // No new attempt starts after WRITE_TIMEOUT_SECS; the sink bounds the running one.
     let mut builder =
-        Storage::builder().with_retry_policy(RetryableErrors.with_time_limit(WRITE_RETRY_LIMIT));
+        Storage::builder().with_retry_policy(RetryableErrors.with_time_limit(config.write_timeout));
     if let Some(url) = &config.storage_emulator_url {
         builder = builder
             .with_endpoint(url)

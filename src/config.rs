@@ -41,6 +41,8 @@ pub struct Config {
     pub storage_emulator_url: Option<String>,
     /// Where the health probes and `/metrics` listen; `None` (the default) serves nothing.
     pub health_addr: Option<std::net::SocketAddr>,
+    /// Bound on one object write, the storage client's retries included.
+    pub write_timeout: Duration,
     /// The liveness probe fails when messages are in flight and none settled for this long.
     pub liveness_stall: Duration,
     /// Whether to check at start that the credentials may create objects in the bucket.
@@ -86,8 +88,10 @@ pub const DEFAULT_MAX_LEASE_EXTENSION_SECS: u64 = 60;
 /// Below Cloud Run's 10 s between SIGTERM and SIGKILL, with room for the process to exit.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 8;
 pub const DEFAULT_PROGRESS_INTERVAL_SECS: u64 = 30;
-/// Longer than one write may legitimately take: the storage client's 60 s of retries plus the
-/// 10 s failure backoff.
+/// A 10 MB upload takes well under a second on Cloud Run; this leaves room for the storage
+/// client's retries with backoff through a short outage.
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 60;
+/// Longer than one write may take (`WRITE_TIMEOUT_SECS`) plus the 10 s failure backoff.
 pub const DEFAULT_LIVENESS_STALL_SECS: u64 = 120;
 
 impl Config {
@@ -131,6 +135,7 @@ struct RawEnv {
     rust_log: Option<String>,
     pubsub_emulator_host: Option<String>,
     storage_emulator_host: Option<String>,
+    write_timeout_secs: Option<String>,
     health_port: Option<String>,
     health_host: Option<String>,
     liveness_stall_secs: Option<String>,
@@ -318,6 +323,12 @@ impl RawEnv {
                 }
             }
         };
+        let write_timeout_secs = c.number(
+            "WRITE_TIMEOUT_SECS",
+            self.write_timeout_secs,
+            DEFAULT_WRITE_TIMEOUT_SECS,
+            1..=3600,
+        );
         let liveness_stall_secs = c.number(
             "LIVENESS_STALL_SECS",
             self.liveness_stall_secs,
@@ -359,6 +370,7 @@ impl RawEnv {
             pubsub_emulator_host,
             storage_emulator_url,
             health_addr,
+            write_timeout: Duration::from_secs(write_timeout_secs),
             liveness_stall: Duration::from_secs(liveness_stall_secs),
             startup_check,
         })
@@ -434,6 +446,7 @@ mod tests {
         assert_eq!(config.storage_emulator_url, None);
         assert_eq!(config.health_addr, None, "nothing listens unless asked");
         assert_eq!(config.liveness_stall, Duration::from_secs(120));
+        assert_eq!(config.write_timeout, Duration::from_secs(60));
         assert!(config.startup_check, "on against the real service");
     }
 

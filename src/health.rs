@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -133,7 +133,11 @@ impl HealthServer {
                         }))
                     }
                 });
+                // One request per connection, and a client that sends nothing is dropped: the
+                // tasks stay bounded by the probe rate.
                 let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(5))
                     .keep_alive(false)
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::select! {

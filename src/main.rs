@@ -1,11 +1,14 @@
 //! The binary: configuration, logging, then the worker until SIGTERM or SIGINT.
 
-use anyhow::Context as _;
 use pubsub_gcs_worker::{Config, Worker, shutdown::Signals, telemetry};
 use std::process::ExitCode;
+use std::time::Duration;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// How long the runtime may wait, after the worker returned, for blocking tasks (a stuck DNS
+/// lookup, say) before the process exits anyway: the drain has already used the budget.
+const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
+
+fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -17,20 +20,55 @@ async fn main() -> ExitCode {
         eprintln!("pubsub-gcs-worker: {e:#}");
         return ExitCode::from(2);
     }
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "worker stopped with an error");
-            ExitCode::FAILURE
+            eprintln!("pubsub-gcs-worker: the async runtime could not start: {e}");
+            return ExitCode::FAILURE;
         }
+    };
+    let code = runtime.block_on(run(config));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+    code
+}
+
+async fn run(config: Config) -> ExitCode {
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            return failed(anyhow::anyhow!(
+                "signal handlers could not be installed: {e}"
+            ));
+        }
+    };
+    // Start-up (clients, the bucket check) can take a while against a slow endpoint; a signal
+    // then means "never mind", not "wait until it is done".
+    let worker = tokio::select! {
+        worker = Worker::build(config) => worker,
+        name = signals.recv() => {
+            tracing::info!(signal = name, "shutdown signal received during start-up; exiting");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let result = match worker {
+        Ok(worker) => {
+            worker
+                .run_until_stopped(signals.first_then_exit_on_second())
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => failed(e),
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let signals = Signals::install().context("signal handlers could not be installed")?;
-    let worker = Worker::build(config).await?;
-    worker
-        .run_until_stopped(signals.first_then_exit_on_second())
-        .await?;
-    Ok(())
+/// Logs the error chain once, where it is handled, and picks the exit code.
+fn failed(e: anyhow::Error) -> ExitCode {
+    tracing::error!(error = format!("{e:#}"), "worker stopped with an error");
+    ExitCode::FAILURE
 }

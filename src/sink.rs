@@ -9,6 +9,7 @@ use crate::object::ObjectSpec;
 use bytes::Bytes;
 use google_cloud_storage::client::Storage;
 use std::fmt;
+use std::time::Duration;
 
 /// What a successful write did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,8 +29,10 @@ pub enum FailureKind {
     PermissionDenied,
     /// The service refused the request for good (another 4xx): the same write will fail again.
     Rejected,
-    /// Network trouble, timeouts, throttling or 5xx, after the client's own retries.
+    /// Network trouble, throttling or 5xx, after the client's own retries.
     Transient,
+    /// The write, retries included, took longer than `WRITE_TIMEOUT_SECS` (a hung connection).
+    Timeout,
 }
 
 impl FailureKind {
@@ -40,6 +43,7 @@ impl FailureKind {
             FailureKind::PermissionDenied => "permission_denied",
             FailureKind::Rejected => "rejected",
             FailureKind::Transient => "transient",
+            FailureKind::Timeout => "timeout",
         }
     }
 }
@@ -69,13 +73,18 @@ pub struct Sink {
     client: Storage,
     /// The bucket in the form the client wants: `projects/_/buckets/NAME`.
     bucket_path: String,
+    /// Bound on one write, retries included. The client's retry policy stops starting attempts
+    /// after a time limit, but has no per-attempt timeout: a connection that hangs would hold
+    /// the message (and a write permit) until its lease ran out.
+    write_timeout: Duration,
 }
 
 impl Sink {
-    pub fn new(client: Storage, bucket: &str) -> Self {
+    pub fn new(client: Storage, bucket: &str, write_timeout: Duration) -> Self {
         Self {
             client,
             bucket_path: format!("projects/_/buckets/{bucket}"),
+            write_timeout,
         }
     }
 
@@ -83,7 +92,7 @@ impl Sink {
     ///
     /// `data` is the message's own buffer (`Bytes` is reference-counted), so no copy is made.
     pub async fn write(&self, spec: &ObjectSpec, data: Bytes) -> Result<Written, WriteError> {
-        let result = self
+        let write = self
             .client
             .write_object(&self.bucket_path, &spec.name, data)
             .set_if_generation_match(0)
@@ -91,8 +100,16 @@ impl Sink {
             .set_metadata(spec.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             // Below the client's resumable threshold (16 MiB; Pub/Sub messages are at most
             // 10 MB) this is a single multipart upload.
-            .send_buffered()
-            .await;
+            .send_buffered();
+        let Ok(result) = tokio::time::timeout(self.write_timeout, write).await else {
+            return Err(WriteError {
+                kind: FailureKind::Timeout,
+                source: google_cloud_storage::Error::timeout(format!(
+                    "no answer within {:?} (WRITE_TIMEOUT_SECS)",
+                    self.write_timeout
+                )),
+            });
+        };
         match result {
             Ok(_) => Ok(Written::Created),
             Err(e) if is_precondition_failure(&e) => Ok(Written::AlreadyExisted),
@@ -104,11 +121,18 @@ impl Sink {
     }
 }
 
+/// Only a precondition failure proves the object exists: HTTP 412 on the JSON API (whatever
+/// status name its body carries), or `FAILED_PRECONDITION` on gRPC, which has no HTTP status.
+/// Any other error with a `FAILED_PRECONDITION` body must not be mistaken for it, or a message
+/// would be acked without its object.
 fn is_precondition_failure(e: &google_cloud_storage::Error) -> bool {
     use google_cloud_gax::error::rpc::Code;
-    e.http_status_code() == Some(412)
-        || e.status()
-            .is_some_and(|s| s.code == Code::FailedPrecondition)
+    match e.http_status_code() {
+        Some(code) => code == 412,
+        None => e
+            .status()
+            .is_some_and(|s| s.code == Code::FailedPrecondition),
+    }
 }
 
 fn classify(e: &google_cloud_storage::Error) -> FailureKind {
@@ -121,5 +145,61 @@ fn classify(e: &google_cloud_storage::Error) -> FailureKind {
         (Some(408 | 429), _) => FailureKind::Transient,
         (Some(code), _) if (400..500).contains(&code) => FailureKind::Rejected,
         _ => FailureKind::Transient,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use google_cloud_gax::error::rpc::{Code, Status};
+    use google_cloud_storage::Error;
+
+    fn http(code: u16, status: &str) -> Error {
+        let body = format!(r#"{{"error":{{"code":{code},"message":"m","status":"{status}"}}}}"#);
+        Error::http(code, Default::default(), Bytes::from(body))
+    }
+
+    fn grpc(code: Code) -> Error {
+        Error::service(Status::default().set_code(code).set_message("m"))
+    }
+
+    #[test]
+    fn only_a_412_or_a_grpc_failed_precondition_means_already_written() {
+        assert!(is_precondition_failure(&http(412, "FAILED_PRECONDITION")));
+        assert!(is_precondition_failure(&grpc(Code::FailedPrecondition)));
+        assert!(!is_precondition_failure(&http(400, "FAILED_PRECONDITION")));
+        assert!(!is_precondition_failure(&http(409, "ABORTED")));
+        assert!(!is_precondition_failure(&http(503, "UNAVAILABLE")));
+    }
+
+    #[test]
+    fn failures_are_classified_for_logs_and_metrics() {
+        assert_eq!(
+            classify(&http(404, "NOT_FOUND")),
+            FailureKind::BucketNotFound
+        );
+        assert_eq!(classify(&grpc(Code::NotFound)), FailureKind::BucketNotFound);
+        assert_eq!(
+            classify(&http(403, "PERMISSION_DENIED")),
+            FailureKind::PermissionDenied
+        );
+        assert_eq!(
+            classify(&http(401, "UNAUTHENTICATED")),
+            FailureKind::PermissionDenied
+        );
+        assert_eq!(
+            classify(&http(400, "INVALID_ARGUMENT")),
+            FailureKind::Rejected
+        );
+        assert_eq!(
+            classify(&http(429, "RESOURCE_EXHAUSTED")),
+            FailureKind::Transient
+        );
+        assert_eq!(classify(&http(503, "UNAVAILABLE")), FailureKind::Transient);
+        assert_eq!(classify(&grpc(Code::Unavailable)), FailureKind::Transient);
+        assert_eq!(
+            classify(&Error::io("connection reset")),
+            FailureKind::Transient
+        );
     }
 }

@@ -104,7 +104,7 @@ impl Stats {
             Opts::new(
                 "messages_nacked_total",
                 "Messages nacked, by reason: bucket_not_found, permission_denied, rejected, \
-                 transient (write failures) or shutdown (unfinished at the shutdown deadline).",
+                 transient, timeout (write failures) or shutdown (unfinished at the shutdown deadline).",
             )
             .namespace(NAMESPACE),
             &["reason"],

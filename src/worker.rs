@@ -41,7 +41,7 @@ impl Worker {
         }
         let stats = Arc::new(Stats::default());
         let pipeline = Arc::new(Pipeline::new(
-            Sink::new(storage, &config.bucket),
+            Sink::new(storage, &config.bucket, config.write_timeout),
             stats.clone(),
             config.object_prefix.clone(),
             config.subscription.clone(),

@@ -54,6 +54,47 @@ async fn liveness_fails_while_storage_hangs_and_recovers_with_it() -> Result {
     Ok(())
 }
 
+/// A write that hangs (storage accepts the connection and never answers) is abandoned after
+/// `WRITE_TIMEOUT_SECS` and nacked with reason `timeout`, so the message is not stuck for its
+/// whole lease; once storage answers again it is written exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_write_times_out_is_nacked_and_written_after_recovery() -> Result {
+    const N: usize = 3;
+    let fx = Fixture::new(true).await?;
+    let proxy = Proxy::start(fx.emulators.storage_addr()).await?;
+    proxy.set_mode(Mode::Hang);
+    let worker = fx
+        .start_worker(&proxy.url(), &[("WRITE_TIMEOUT_SECS", "1")])
+        .await?;
+    let messages: Vec<OutMessage> = (0..N).map(|i| OutMessage::new(format!("m{i}"))).collect();
+    fx.pubsub.publish(&fx.topic, &messages).await?;
+    support::worker::wait_for(
+        Duration::from_secs(60),
+        "timed-out writes to be nacked",
+        || worker.stats.snapshot().nacked >= N as u64,
+    )
+    .await?;
+    let page = worker.stats.render();
+    assert!(
+        page.contains("pubsub_gcs_worker_messages_nacked_total{reason=\"timeout\"}"),
+        "{page}"
+    );
+    assert_eq!(worker.stats.snapshot().written, 0, "storage is still hung");
+
+    proxy.set_mode(Mode::Pass);
+    let objects = fx
+        .gcs
+        .wait_for_objects(&fx.bucket, N, Duration::from_secs(120))
+        .await?;
+    support::worker::wait_for(Duration::from_secs(30), "every message to be acked", || {
+        worker.stats.snapshot().acked == N as u64
+    })
+    .await?;
+    worker.stop().await?;
+    assert_eq!(objects.len(), N);
+    Ok(())
+}
+
 /// `/metrics` counts exactly what the test published and the worker wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_match_what_was_published_and_written() -> Result {

@@ -99,6 +99,13 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
         (0, 0, 0)
     );
     assert_eq!(fx.gcs.list_objects(&fx.bucket).await?.len(), N);
+
+    // The acks reached the service: a new worker on the subscription gets nothing back, even
+    // after the leases the first one held would have run out.
+    let second = fx.start_worker(&proxy.url(), &[]).await?;
+    sleep(REDELIVERY_WINDOW * 2).await;
+    let again = second.stop().await?;
+    assert_eq!(again.received, 0, "acked messages came back: {again:?}");
     Ok(())
 }
 
@@ -176,6 +183,12 @@ async fn failed_write_is_nacked_and_redelivered_until_it_succeeds() -> Result {
     )
     .await?;
     assert_eq!(worker.stats.snapshot().written, 0);
+    // The failure backoff keeps a missing bucket from becoming a tight redelivery loop: without
+    // it the emulator redelivers at once and the nacks run into the hundreds per second.
+    let before = worker.stats.snapshot().nacked;
+    sleep(Duration::from_secs(3)).await;
+    let during = worker.stats.snapshot().nacked - before;
+    assert!(during < 40, "{during} nacks in 3 s: no backoff?");
 
     fx.gcs.create_bucket(&fx.bucket).await?;
     let objects = fx
@@ -245,6 +258,19 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
     assert!(
         drain["in_flight"].as_u64().unwrap_or(0) > 0,
         "the signal should catch writes in flight: {drain}"
+    );
+    // The writes in flight at the signal were allowed to finish, not abandoned.
+    let signal_at = lines
+        .iter()
+        .position(|l| l["signal"] == "SIGTERM")
+        .expect("the signal is logged");
+    let finished_in_drain = settled_message_ids(&lines[signal_at..]).len();
+    assert!(finished_in_drain > 0, "no write finished during the drain");
+    assert!(
+        !lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("shutdown budget spent"))),
+        "a 150 ms write cannot need the 8 s budget"
     );
     let summary = find_line(&lines, "stopped");
     let acked_first = settled_message_ids(&lines);
