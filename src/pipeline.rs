@@ -1,10 +1,15 @@
 //! The message pipeline: receive, write with bounded concurrency, ack or nack, drain.
 //!
-//! One loop takes a write permit, then the next message from the StreamingPull stream, and spawns
-//! a task that writes the object and then acks (or nacks on failure). The permit caps the writes
-//! running at once; the stream's own flow control caps how many messages are leased. On shutdown
-//! the loop stops receiving and [`Pipeline::drain`] gives in-flight writes the shutdown budget,
-//! nacks whatever is still running when it runs out, and waits for the client to flush acks.
+//! One loop reads the StreamingPull stream as fast as messages arrive and spawns a task per
+//! message; the task waits for a write permit, writes the object and then acks (or nacks on
+//! failure). Reading eagerly matters: the client extends the lease of a message only once it has
+//! been read, so a message left unread in the stream while every permit is busy would expire and
+//! be redelivered. The permits cap the writes running at once; the stream's flow control
+//! (`MAX_OUTSTANDING_MESSAGES`/`_BYTES`, enforced by the service) caps how many messages are
+//! leased, and a [`Budget`] of the same size caps the messages held here even if the service
+//! sends more (the emulator ignores flow control). On shutdown the loop stops receiving, messages still waiting for a permit
+//! are nacked at once, and [`Pipeline::drain`] gives in-flight writes the shutdown budget, nacks
+//! whatever is still running when it runs out, and waits for the client to flush acks.
 
 use crate::object::ObjectSpec;
 use crate::sink::{Sink, Written};
@@ -60,9 +65,20 @@ pub struct Pipeline {
     stats: Arc<Stats>,
     object_prefix: String,
     subscription: String,
-    max_concurrent_writes: usize,
+    limits: Limits,
     shutdown_timeout: Duration,
     backoff: FailureBackoff,
+}
+
+/// How much work the pipeline takes on at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Object writes running at once (`MAX_CONCURRENT_WRITES`).
+    pub max_concurrent_writes: usize,
+    /// Messages held at once, waiting for a write or being written (`MAX_OUTSTANDING_MESSAGES`).
+    pub max_outstanding_messages: i64,
+    /// Bytes of message data held at once (`MAX_OUTSTANDING_BYTES`).
+    pub max_outstanding_bytes: i64,
 }
 
 impl Pipeline {
@@ -71,7 +87,7 @@ impl Pipeline {
         stats: Arc<Stats>,
         object_prefix: String,
         subscription: String,
-        max_concurrent_writes: usize,
+        limits: Limits,
         shutdown_timeout: Duration,
     ) -> Self {
         Self {
@@ -79,7 +95,7 @@ impl Pipeline {
             stats,
             object_prefix,
             subscription,
-            max_concurrent_writes,
+            limits,
             shutdown_timeout,
             backoff: FailureBackoff::default(),
         }
@@ -97,38 +113,51 @@ impl Pipeline {
         let flush = stream.shutdown_token();
         let tasks = TaskTracker::new();
         let abandon = CancellationToken::new();
-        let permits = Arc::new(Semaphore::new(self.max_concurrent_writes));
+        let stopping = CancellationToken::new();
+        let writes = Arc::new(Semaphore::new(self.limits.max_concurrent_writes));
+        let budget = Budget::new(&self.limits);
         tokio::pin!(shutdown);
 
         let result = loop {
-            // Take the permit first: a message is only pulled from the stream when a write can
-            // start at once, so nothing waits in this process without a lease being extended.
-            let permit = tokio::select! {
-                biased;
-                () = &mut shutdown => break Ok(()),
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    // The semaphore is never closed.
-                    Err(_) => break Ok(()),
-                },
-            };
+            // Read as soon as the service sends: a read message is leased (its deadline is
+            // extended) while it waits for a write permit; an unread one is not.
             let next = tokio::select! {
                 biased;
                 () = &mut shutdown => break Ok(()),
                 next = stream.next() => next,
             };
-            match next {
-                Some(Ok((message, handler))) => {
-                    self.stats.received(handler.delivery_attempt());
-                    tasks.spawn(
-                        self.clone()
-                            .handle(message, handler, abandon.clone(), permit),
-                    );
-                }
+            let (message, handler) = match next {
+                Some(Ok(received)) => received,
                 Some(Err(e)) => break Err(PipelineError::Stream(e)),
                 None => break Err(PipelineError::StreamEnded),
-            }
+            };
+            self.stats.received(handler.delivery_attempt());
+            let held = tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    handler.nack();
+                    self.stats.nacked(NackReason::Shutdown, None);
+                    break Ok(());
+                }
+                held = budget.reserve(message.data.len()) => held,
+            };
+            let Ok(held) = held else {
+                // The budget is never closed.
+                break Ok(());
+            };
+            tasks.spawn(self.clone().handle(
+                message,
+                handler,
+                Permits {
+                    writes: writes.clone(),
+                    _held: held,
+                },
+                stopping.clone(),
+                abandon.clone(),
+            ));
         };
+        // Messages that have not started their write are nacked now, for redelivery at once.
+        stopping.cancel();
         // Dropping the stream cancels it: the client stops pulling and closes the gRPC call,
         // while the lease loop keeps extending leases of the messages still being written.
         drop(stream);
@@ -174,9 +203,21 @@ impl Pipeline {
         self: Arc<Self>,
         mut message: Message,
         handler: Handler,
+        permits: Permits,
+        stopping: CancellationToken,
         abandon: CancellationToken,
-        _permit: OwnedSemaphorePermit,
     ) {
+        let write = tokio::select! {
+            biased;
+            () = stopping.cancelled() => None,
+            permit = permits.writes.clone().acquire_owned() => permit.ok(),
+        };
+        let Some(_write) = write else {
+            handler.nack();
+            self.stats.nacked(NackReason::Shutdown, None);
+            debug!(message_id = %message.message_id, "write not started before shutdown; nacked");
+            return;
+        };
         let delivery_attempt = handler.delivery_attempt();
         let spec = ObjectSpec::for_message(
             &message,
@@ -246,6 +287,51 @@ impl Pipeline {
                     .nacked(NackReason::WriteFailed(e.kind.as_str()), Some(took));
             }
         }
+    }
+}
+
+/// What a message task holds: its share of the [`Budget`] for its whole life, and the write
+/// permits to take one from.
+struct Permits {
+    writes: Arc<Semaphore>,
+    _held: Held,
+}
+
+/// The stream's flow control, held by the worker as well: the service stops sending at
+/// `MAX_OUTSTANDING_MESSAGES`/`_BYTES`, the emulator does not, and reading stops here instead.
+struct Budget {
+    messages: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_bytes: u32,
+}
+
+/// One message's share of the [`Budget`], returned when dropped.
+struct Held {
+    _message: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
+impl Budget {
+    fn new(limits: &Limits) -> Self {
+        let max_messages = limits.max_outstanding_messages.clamp(1, 1 << 40) as usize;
+        let max_bytes = limits.max_outstanding_bytes.clamp(1, i64::from(u32::MAX)) as u32;
+        Self {
+            messages: Arc::new(Semaphore::new(max_messages)),
+            bytes: Arc::new(Semaphore::new(max_bytes as usize)),
+            max_bytes,
+        }
+    }
+
+    /// Waits until a message of `size` bytes fits; one larger than the whole budget waits for
+    /// all of it.
+    async fn reserve(&self, size: usize) -> Result<Held, tokio::sync::AcquireError> {
+        let message = self.messages.clone().acquire_owned().await?;
+        let size = size.clamp(1, self.max_bytes as usize) as u32;
+        let bytes = self.bytes.clone().acquire_many_owned(size).await?;
+        Ok(Held {
+            _message: message,
+            _bytes: bytes,
+        })
     }
 }
 

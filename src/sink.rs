@@ -92,15 +92,19 @@ impl Sink {
     ///
     /// `data` is the message's own buffer (`Bytes` is reference-counted), so no copy is made.
     pub async fn write(&self, spec: &ObjectSpec, data: Bytes) -> Result<Written, WriteError> {
-        let write = self
-            .client
-            .write_object(&self.bucket_path, &spec.name, data)
-            .set_if_generation_match(0)
-            .set_content_type(spec.content_type)
-            .set_metadata(spec.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            // Below the client's resumable threshold (16 MiB; Pub/Sub messages are at most
-            // 10 MB) this is a single multipart upload.
-            .send_buffered();
+        // Boxed: the client's upload future is about 32 KB. Inline, it would make every message
+        // task that large from the moment it is spawned (and be copied on each move); boxed,
+        // those bytes are allocated only while the write runs.
+        let write = Box::pin(
+            self.client
+                .write_object(&self.bucket_path, &spec.name, data)
+                .set_if_generation_match(0)
+                .set_content_type(spec.content_type)
+                .set_metadata(spec.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                // Below the client's resumable threshold (16 MiB; Pub/Sub messages are at most
+                // 10 MB) this is a single multipart upload.
+                .send_buffered(),
+        );
         let Ok(result) = tokio::time::timeout(self.write_timeout, write).await else {
             return Err(WriteError {
                 kind: FailureKind::Timeout,

@@ -5,7 +5,7 @@
 use crate::clients;
 use crate::config::Config;
 use crate::health::{Health, HealthServer};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Limits, Pipeline};
 use crate::self_check;
 use crate::sink::Sink;
 use crate::stats::{Snapshot, Stats};
@@ -45,7 +45,11 @@ impl Worker {
             stats.clone(),
             config.object_prefix.clone(),
             config.subscription.clone(),
-            config.max_concurrent_writes,
+            Limits {
+                max_concurrent_writes: config.max_concurrent_writes,
+                max_outstanding_messages: config.max_outstanding_messages,
+                max_outstanding_bytes: config.max_outstanding_bytes,
+            },
             config.shutdown_timeout,
         ));
         let health = Arc::new(Health::new(stats.clone(), config.liveness_stall));

@@ -4,8 +4,9 @@
 //!
 //! Only integration tests compile this module (it needs `CARGO_BIN_EXE_*`), not the examples.
 
-use super::{Emulators, Gcs, OutMessage, PubSub, unique_name};
+use super::{Emulators, Gcs, ObjectInfo, OutMessage, PubSub, unique_name};
 use anyhow::Context as _;
+use pubsub_gcs_worker::object::RESERVED_KEYS;
 use pubsub_gcs_worker::stats::{Snapshot, Stats};
 use pubsub_gcs_worker::{Config, Worker};
 use serde_json::Value;
@@ -126,8 +127,18 @@ impl<'a> Fixture<'a> {
     }
 
     /// Checks that the bucket holds exactly one object per published message, no other
-    /// object, with the message's bytes and attributes; returns the number of objects.
+    /// object, with the message's bytes and attributes.
     pub async fn assert_exactly_once(&self, published: &BTreeMap<String, OutMessage>) -> Result {
+        self.assert_exactly_once_sampling(published, 1).await
+    }
+
+    /// [`Fixture::assert_exactly_once`], downloading only every `every`-th object (in name
+    /// order) to compare bodies; the listing still checks every object's size and attributes.
+    pub async fn assert_exactly_once_sampling(
+        &self,
+        published: &BTreeMap<String, OutMessage>,
+        every: usize,
+    ) -> Result {
         let objects = self.gcs.list_objects(&self.bucket).await?;
         let mut by_id: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for o in &objects {
@@ -169,18 +180,11 @@ impl<'a> Fixture<'a> {
                 o.size,
                 sent.data.len()
             );
-            for (key, value) in &sent.attributes {
-                anyhow::ensure!(
-                    o.metadata.get(key) == Some(value),
-                    "{}: attribute {key:?} is {:?}, sent {value:?}",
-                    o.name,
-                    o.metadata.get(key)
-                );
-            }
+            check_attributes(o, sent)?;
         }
         // Bodies, a few at a time: the listing already proved the sizes.
         use futures::{StreamExt as _, TryStreamExt as _};
-        futures::stream::iter(&objects)
+        futures::stream::iter(objects.iter().step_by(every.max(1)))
             .map(|o| async move {
                 let body = self.gcs.download(&self.bucket, &o.name).await?;
                 let sent = &published[&o.metadata["message_id"]];
@@ -192,6 +196,38 @@ impl<'a> Fixture<'a> {
             .await?;
         Ok(())
     }
+}
+
+/// Checks that the object's metadata carries the message's attributes: an attribute named like
+/// one of the worker's own keys is stored as `attribute_{name}`, and attributes past Cloud
+/// Storage's 8 KiB metadata limit are left out and counted in `attributes_omitted`.
+pub fn check_attributes(object: &ObjectInfo, sent: &OutMessage) -> Result {
+    let mut missing = 0;
+    for (key, value) in &sent.attributes {
+        let stored = if RESERVED_KEYS.contains(&key.as_str()) || key == "attributes_omitted" {
+            format!("attribute_{key}")
+        } else {
+            key.clone()
+        };
+        match object.metadata.get(&stored) {
+            Some(v) => anyhow::ensure!(
+                v == value,
+                "{}: attribute {key:?} is {v:?}, sent {value:?}",
+                object.name
+            ),
+            None => missing += 1,
+        }
+    }
+    let omitted: usize = object
+        .metadata
+        .get("attributes_omitted")
+        .map_or(Ok(0), |n| n.parse())?;
+    anyhow::ensure!(
+        missing == omitted,
+        "{}: {missing} attributes missing, {omitted} reported omitted",
+        object.name
+    );
+    Ok(())
 }
 
 /// A worker running inside the test process.
@@ -307,9 +343,46 @@ impl BinaryWorker {
             .unwrap_or_default()
     }
 
+    /// Waits until nothing is in flight and the counters have stayed put for longer than the
+    /// stream ack deadline ([`REDELIVERY_WINDOW`]): an un-acked message would have come back
+    /// by then. Needs `PROGRESS_INTERVAL_SECS=1`. Returns the counters.
+    pub async fn wait_quiet(&mut self, limit: Duration) -> Result<Snapshot> {
+        let deadline = Instant::now() + limit;
+        let mut last = self.counters();
+        let mut since = Instant::now();
+        loop {
+            sleep(Duration::from_secs(1)).await;
+            self.assert_running()?;
+            let now = self.counters();
+            if now != last || now.in_flight > 0 {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() > REDELIVERY_WINDOW {
+                return Ok(now);
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("the worker did not settle within {limit:?}: {now:?}");
+            }
+        }
+    }
+
     /// CPU time, memory, threads and open files of the process, from `/proc`.
     pub fn proc(&self) -> Result<ProcStats> {
         ProcStats::read(self.pid)
+    }
+}
+
+impl Drop for BinaryWorker {
+    /// With `KEEP_WORKER_LOGS=DIR`, keeps the log as `DIR/{pid}-{name}` for debugging.
+    fn drop(&mut self) {
+        if let Some(dir) = std::env::var_os("KEEP_WORKER_LOGS") {
+            let name = self.log.file_name().unwrap_or_default().to_string_lossy();
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(
+                &self.log,
+                std::path::Path::new(&dir).join(format!("{}-{name}", self.pid)),
+            );
+        }
     }
 }
 
