@@ -1,0 +1,905 @@
+//! Throughput, memory and shutdown benchmark: `cargo run --release --example bench`.
+//!
+//! ```text
+//! cargo run --release --example bench -- [--messages N] [--size BYTES] [--runs R] [--worker PATH]
+//! ```
+//!
+//! It starts the emulators (as the tests do), then for each run, on a fresh topic, subscription
+//! and bucket each:
+//!
+//! 1. **Pub/Sub ceiling**: a backlog of N messages is received with the worker's own subscriber
+//!    client and settings, in this process, and acked at once (no writes).
+//! 2. **Cloud Storage ceiling**: N create-only uploads of the same size through the worker's own
+//!    storage client and [`Sink`], `MAX_CONCURRENT_WRITES` at a time (no Pub/Sub).
+//! 3. **Worker**: a backlog of N messages is published, then the release binary is started with
+//!    its defaults and timed until the N-th object exists; its peak RSS (`VmHWM`) and CPU time
+//!    are read from `/proc`, then it gets SIGTERM while idle.
+//! 4. **Busy shutdown**: a second backlog, a second worker process, SIGTERM while it writes.
+//!
+//! Objects are counted as fake-gcs-server renames them into the bucket's directory (inotify),
+//! so the worker is measured from outside. Rates are "overall" (start to the last object) and
+//! "steady" (between the 10% and the 90% object). The worker's rate is compared with the lower
+//! of the two ceilings measured in the same run. Everything stays on loopback; every wait has a
+//! deadline. The last line is `BENCH {json}` with the medians, for scripts.
+//!
+//! The worker binary is built first (`cargo build --bin pubsub-gcs-worker` in the profile this
+//! example was built with), so a fresh clone needs nothing else. The worker's tuning variables
+//! (`MAX_CONCURRENT_WRITES`, `MAX_OUTSTANDING_MESSAGES`, ...) pass through from the environment
+//! for experiments; without them the worker runs with its defaults.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use pubsub_gcs_worker::object::{ObjectSpec, TEXT};
+use pubsub_gcs_worker::sink::Sink;
+use pubsub_gcs_worker::{Config, clients};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{Emulators, OutMessage, unique_name};
+use tokio::sync::Semaphore;
+
+/// Worker variables passed through from this process's environment when set.
+const PASS_THROUGH: [&str; 6] = [
+    "MAX_OUTSTANDING_MESSAGES",
+    "MAX_OUTSTANDING_BYTES",
+    "MAX_CONCURRENT_WRITES",
+    "MAX_LEASE_EXTENSION_SECS",
+    "RUST_LOG",
+    "TOKIO_WORKER_THREADS",
+];
+
+struct Args {
+    messages: usize,
+    size: usize,
+    runs: usize,
+    worker: Option<PathBuf>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        messages: 20_000,
+        size: 256,
+        runs: 3,
+        worker: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--messages" => args.messages = value()?.parse().context("--messages")?,
+            "--size" => args.size = value()?.parse().context("--size")?,
+            "--runs" => args.runs = value()?.parse().context("--runs")?,
+            "--worker" => args.worker = Some(PathBuf::from(value()?)),
+            "-h" | "--help" => {
+                println!(
+                    "usage: cargo run --release --example bench -- \
+                     [--messages N (20000)] [--size BYTES (256)] [--runs R (3)] [--worker PATH]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if !(100..=1_000_000).contains(&args.messages) {
+        bail!("--messages must be from 100 to 1000000");
+    }
+    if !(1..=1_000_000).contains(&args.size) {
+        bail!("--size must be from 1 to 1000000");
+    }
+    if !(1..=20).contains(&args.runs) {
+        bail!("--runs must be from 1 to 20");
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let worker_bin = match &args.worker {
+        Some(path) => path.clone(),
+        None => build_worker()?,
+    };
+    let binary_size = std::fs::metadata(&worker_bin)
+        .with_context(|| format!("worker binary {}", worker_bin.display()))?
+        .len();
+    let overrides: Vec<(String, String)> = PASS_THROUGH
+        .iter()
+        .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+        .collect();
+    eprintln!(
+        "bench: {} messages of {} B, {} run(s); worker {} ({:.1} MB){}",
+        args.messages,
+        args.size,
+        args.runs,
+        worker_bin.display(),
+        binary_size as f64 / 1e6,
+        if overrides.is_empty() {
+            String::new()
+        } else {
+            format!("; overrides {overrides:?}")
+        }
+    );
+    eprintln!("bench: starting the emulators...");
+    let emu = Emulators::start().await.context("starting the emulators")?;
+    let mut env = emu.worker_env();
+    env.extend(overrides.iter().cloned());
+    // The configuration the worker will build from the same variables (plus its two names).
+    let config = Config::from_vars(env.iter().cloned().chain([
+        ("SUBSCRIPTION_ID".into(), "unused".into()),
+        ("BUCKET_NAME".into(), "unused".into()),
+    ]))?;
+    let bench = Bench {
+        emu: &emu,
+        env,
+        config,
+        worker_bin,
+        size: args.size,
+    };
+
+    // Warm the emulators up (the JVM's JIT above all), so the first run is not the odd one out.
+    let warm = args.messages.min(2000);
+    eprintln!("bench: warming the emulators up with {warm} messages...");
+    bench.pubsub_ceiling(warm).await?;
+    bench.storage_ceiling(warm).await?;
+
+    let mut runs = Vec::new();
+    for run in 1..=args.runs {
+        let r = bench.run(args.messages).await?;
+        eprintln!("run {run}/{}: {}", args.runs, brief(&r));
+        runs.push(r);
+    }
+    report(&args, binary_size, &overrides, &runs);
+    Ok(())
+}
+
+/// Builds the worker in this example's profile and returns its path (next to `examples/`).
+fn build_worker() -> anyhow::Result<PathBuf> {
+    let release = !cfg!(debug_assertions);
+    if !release {
+        eprintln!("bench: WARNING: a debug build; use `cargo run --release --example bench`");
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "build",
+        "--quiet",
+        "--bin",
+        "pubsub-gcs-worker",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --bin pubsub-gcs-worker failed ({status})");
+    }
+    // target/<profile>/examples/bench -> target/<profile>/pubsub-gcs-worker
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("locating the target directory")?;
+    Ok(dir.join("pubsub-gcs-worker"))
+}
+
+struct Bench<'a> {
+    emu: &'a Emulators,
+    env: Vec<(String, String)>,
+    config: Config,
+    worker_bin: PathBuf,
+    size: usize,
+}
+
+/// The rates of one phase, from the completion time of each message.
+#[derive(Clone, Copy)]
+struct Rates {
+    /// Messages per second from the start of the phase to the last completion.
+    overall: f64,
+    /// Messages per second between the 10% and the 90% completion.
+    steady: f64,
+    /// Seconds to the first completion.
+    first: f64,
+    /// Seconds to the last completion.
+    total: f64,
+    count: usize,
+}
+
+impl Rates {
+    fn new(start: Instant, mut done: Vec<Instant>) -> Self {
+        done.sort();
+        let at = |i: usize| (done[i] - start).as_secs_f64();
+        let n = done.len();
+        let (a, b) = (n / 10, n * 9 / 10 - 1);
+        Self {
+            overall: n as f64 / at(n - 1),
+            steady: (b - a) as f64 / (at(b) - at(a)),
+            first: at(0),
+            total: at(n - 1),
+            count: n,
+        }
+    }
+
+    /// Two measurements of the same thing, as one: total count over total time.
+    fn combine(self, other: Self) -> Self {
+        Self {
+            overall: (self.count + other.count) as f64 / (self.total + other.total),
+            steady: (self.steady + other.steady) / 2.0,
+            first: self.first.min(other.first),
+            total: self.total + other.total,
+            count: self.count + other.count,
+        }
+    }
+}
+
+impl Bench<'_> {
+    fn payload(&self, i: usize) -> Vec<u8> {
+        // Text (the worker's common case), distinct per message.
+        let mut data = format!("{i:010} ").into_bytes();
+        data.resize(self.size, b'x');
+        data
+    }
+
+    async fn fresh_subscription(&self, n: usize) -> anyhow::Result<(String, String)> {
+        let ps = self.emu.pubsub();
+        let (topic, sub) = (unique_name("bench"), unique_name("bench"));
+        ps.create_topic(&topic).await?;
+        ps.create_subscription(&topic, &sub, 60, None).await?;
+        self.publish(&topic, 0, n).await?;
+        Ok((topic, sub))
+    }
+
+    async fn publish(&self, topic: &str, from: usize, n: usize) -> anyhow::Result<()> {
+        let ps = self.emu.pubsub();
+        let messages: Vec<OutMessage> = (from..from + n)
+            .map(|i| OutMessage::new(self.payload(i)))
+            .collect();
+        ps.publish(topic, &messages).await?;
+        // Let the JVM settle (GC after the publish burst) before anything is timed.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(())
+    }
+
+    async fn drop_subscription(&self, topic: &str, sub: &str) {
+        let ps = self.emu.pubsub();
+        let _ = ps.delete_subscription(sub).await;
+        let _ = ps.delete_topic(topic).await;
+    }
+
+    /// A new bucket and a watcher that timestamps every object created in it.
+    async fn fresh_bucket(&self) -> anyhow::Result<(String, ObjectWatch)> {
+        let bucket = unique_name("bench");
+        self.emu.gcs().create_bucket(&bucket).await?;
+        let dir = self.emu.log_dir().join("gcs-root").join(&bucket);
+        std::fs::create_dir_all(&dir)?;
+        Ok((bucket, ObjectWatch::start(&dir)?))
+    }
+
+    /// Receive-and-ack rate of the worker's own subscriber client and settings.
+    async fn pubsub_ceiling(&self, n: usize) -> anyhow::Result<Phase> {
+        let (topic, sub) = self.fresh_subscription(n).await?;
+        let cpu = EmulatorCpu::now();
+        let own = own_cpu();
+        let start = Instant::now();
+        let subscriber = clients::subscriber(&self.config).await?;
+        let mut stream = subscriber
+            .subscribe(self.emu.pubsub().subscription_path(&sub))
+            .set_max_outstanding_messages(self.config.max_outstanding_messages)
+            .set_max_outstanding_bytes(self.config.max_outstanding_bytes)
+            .set_max_lease_extension(self.config.max_lease_extension)
+            .build();
+        let token = stream.shutdown_token();
+        let mut times = Vec::with_capacity(n);
+        let deadline = start + phase_budget(n);
+        while times.len() < n {
+            let next = tokio::time::timeout_at(deadline.into(), stream.next())
+                .await
+                .with_context(|| {
+                    format!(
+                        "pubsub ceiling: {} of {n} messages by the deadline",
+                        times.len()
+                    )
+                })?;
+            match next {
+                Some(Ok((_message, handler))) => {
+                    handler.ack();
+                    times.push(Instant::now());
+                }
+                Some(Err(e)) => bail!("pubsub ceiling: stream failed: {e}"),
+                None => bail!("pubsub ceiling: stream ended"),
+            }
+        }
+        drop(stream);
+        let _ = tokio::time::timeout(Duration::from_secs(10), token.shutdown()).await;
+        let phase = Phase {
+            rates: Rates::new(start, times),
+            emulator_cpu: cpu.since(),
+            client_cpu: own_cpu() - own,
+        };
+        self.drop_subscription(&topic, &sub).await;
+        Ok(phase)
+    }
+
+    /// Create-only upload rate of the worker's own storage client and sink, at its concurrency.
+    async fn storage_ceiling(&self, n: usize) -> anyhow::Result<Phase> {
+        let (bucket, _watch) = self.fresh_bucket().await?;
+        let config = &self.config;
+        let sink = Arc::new(Sink::new(
+            clients::storage(config).await?,
+            &bucket,
+            config.write_timeout,
+        ));
+        let permits = Arc::new(Semaphore::new(self.config.max_concurrent_writes));
+        let times = Arc::new(Mutex::new(Vec::with_capacity(n)));
+        let subscription = format!("projects/{}/subscriptions/bench", self.emu.project());
+        let cpu = EmulatorCpu::now();
+        let own = own_cpu();
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let permit = permits.clone().acquire_owned().await?;
+            // What the worker builds per message: a name, the content type and metadata.
+            let spec = ObjectSpec {
+                name: format!("message_20250101_000000_{i:06}_{i}.txt"),
+                content_type: TEXT,
+                metadata: BTreeMap::from([
+                    ("message_id".to_string(), i.to_string()),
+                    (
+                        "publish_time".to_string(),
+                        "2025-01-01T00:00:00.000000Z".to_string(),
+                    ),
+                    ("subscription".to_string(), subscription.clone()),
+                ]),
+            };
+            let data = Bytes::from(self.payload(i));
+            let (sink, times) = (sink.clone(), times.clone());
+            tasks.spawn(async move {
+                let result = sink.write(&spec, data).await;
+                drop(permit);
+                if result.is_ok() {
+                    times.lock().expect("lock").push(Instant::now());
+                }
+                result.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
+            });
+            while let Some(done) = tasks.try_join_next() {
+                done??;
+            }
+        }
+        let deadline = start + phase_budget(n);
+        while let Some(done) = tokio::time::timeout_at(deadline.into(), tasks.join_next())
+            .await
+            .context("storage ceiling: uploads not finished by the deadline")?
+        {
+            done??;
+        }
+        let client_cpu = own_cpu() - own;
+        let times = std::mem::take(&mut *times.lock().expect("lock"));
+        Ok(Phase {
+            rates: Rates::new(start, times),
+            emulator_cpu: cpu.since(),
+            client_cpu,
+        })
+    }
+
+    fn spawn_worker(
+        &self,
+        sub: &str,
+        bucket: &str,
+        log: &Path,
+    ) -> anyhow::Result<tokio::process::Child> {
+        let log = std::fs::File::create(log)?;
+        let child = tokio::process::Command::new(&self.worker_bin)
+            .env_clear()
+            .envs(self.env.iter().cloned())
+            .env("SUBSCRIPTION_ID", sub)
+            .env("BUCKET_NAME", bucket)
+            .env("LOG_FORMAT", "json")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.worker_bin.display()))?;
+        Ok(child)
+    }
+
+    /// One run: both ceilings, the worker on a backlog, then a busy shutdown.
+    async fn run(&self, n: usize) -> anyhow::Result<Run> {
+        let load_before = load_average();
+        let pubsub = self.pubsub_ceiling(n).await?;
+        // The storage ceiling is measured in two halves, before and after the worker, so that
+        // a change of load on the machine during the run affects both sides alike.
+        let storage_before = self.storage_ceiling(n / 2).await?;
+
+        let (topic, sub) = self.fresh_subscription(n).await?;
+        let (bucket, watch) = self.fresh_bucket().await?;
+        let log = self.emu.log_dir().join(format!("{bucket}.worker.log"));
+        let cpu = EmulatorCpu::now();
+        let start = Instant::now();
+        let mut child = self.spawn_worker(&sub, &bucket, &log)?;
+        let pid = child.id().context("worker pid")?;
+        watch
+            .wait_for(n, start + phase_budget(n), &mut child)
+            .await
+            .with_context(|| format!("worker log: {}", log.display()))?;
+        let emulator_cpu = cpu.since();
+        let rates = Rates::new(start, watch.times());
+        // Let the acks flush and the process go idle, then read its peak memory and CPU time.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let peak_rss_kb = vm_hwm_kb(pid)?;
+        let cpu_s = cpu_seconds(pid)?;
+        let threads = threads(pid)?;
+        let rss_anon_kb = status_field(pid, "RssAnon:")?;
+        let rss_file_kb = status_field(pid, "RssFile:")?;
+        let idle_exit = terminate(&mut child, pid).await?;
+        let summary = stopped_summary(&log);
+        if summary.get("written").and_then(Value::as_u64) != Some(n as u64) {
+            bail!(
+                "the worker did not report {n} objects written: {summary} (log {})",
+                log.display()
+            );
+        }
+        let worker = Phase {
+            rates,
+            emulator_cpu,
+            client_cpu: cpu_s,
+        };
+        let storage = storage_before.combine(self.storage_ceiling(n - n / 2).await?);
+
+        // Busy shutdown: a second process on a fresh backlog gets SIGTERM mid-stream.
+        let busy_n = (n / 4).max(1000);
+        self.publish(&topic, n, busy_n).await?;
+        let before = watch.count();
+        let log_b = self.emu.log_dir().join(format!("{bucket}.busy.log"));
+        let started_b = Instant::now();
+        let mut child_b = self.spawn_worker(&sub, &bucket, &log_b)?;
+        let pid_b = child_b.id().context("worker pid")?;
+        watch
+            .wait_for(
+                before + busy_n / 4,
+                started_b + phase_budget(busy_n),
+                &mut child_b,
+            )
+            .await
+            .with_context(|| format!("busy worker log: {}", log_b.display()))?;
+        let busy_exit = terminate(&mut child_b, pid_b).await?;
+        let busy_summary = stopped_summary(&log_b);
+        drop(watch);
+        self.drop_subscription(&topic, &sub).await;
+
+        Ok(Run {
+            pubsub,
+            storage,
+            worker,
+            peak_rss_mb: peak_rss_kb as f64 / 1024.0,
+            rss_anon_mb: rss_anon_kb as f64 / 1024.0,
+            rss_file_mb: rss_file_kb as f64 / 1024.0,
+            threads,
+            idle_exit_s: idle_exit,
+            busy_exit_s: busy_exit,
+            busy_in_flight: busy_summary.get("in_flight").and_then(Value::as_u64),
+            busy_nacked: busy_summary.get("nacked").and_then(Value::as_u64),
+            load: [load_before, load_average()],
+        })
+    }
+}
+
+/// A deadline for one phase: generous, but a stuck phase fails the benchmark.
+fn phase_budget(n: usize) -> Duration {
+    Duration::from_secs(120) + Duration::from_millis(n as u64 * 10)
+}
+
+/// Sends SIGTERM and returns the seconds until the process exited (successfully).
+async fn terminate(child: &mut tokio::process::Child, pid: u32) -> anyhow::Result<f64> {
+    let sent = Instant::now();
+    // SAFETY: plain syscall on our own child, which has not been reaped yet.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
+        bail!("kill: {}", std::io::Error::last_os_error());
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .context("the worker did not exit within 30 s of SIGTERM")??;
+    let took = sent.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("the worker exited with {status} after SIGTERM");
+    }
+    Ok(took)
+}
+
+/// The counters of the worker's final `stopped` log line.
+fn stopped_summary(log: &Path) -> Value {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .rfind(|v| v["message"] == "stopped")
+        .unwrap_or(Value::Null)
+}
+
+struct Phase {
+    rates: Rates,
+    /// CPU seconds of the Pub/Sub emulator and fake-gcs-server during the phase.
+    emulator_cpu: (f64, f64),
+    /// CPU seconds of the client: this process for the ceilings, the worker process for it.
+    client_cpu: f64,
+}
+
+struct Run {
+    pubsub: Phase,
+    storage: Phase,
+    worker: Phase,
+    peak_rss_mb: f64,
+    /// Resident memory at the end, when idle: heap and stacks, and mapped files (the binary).
+    rss_anon_mb: f64,
+    rss_file_mb: f64,
+    threads: u64,
+    idle_exit_s: f64,
+    busy_exit_s: f64,
+    busy_in_flight: Option<u64>,
+    busy_nacked: Option<u64>,
+    load: [f64; 2],
+}
+
+impl Phase {
+    fn combine(self, other: Self) -> Self {
+        Self {
+            rates: self.rates.combine(other.rates),
+            emulator_cpu: (
+                self.emulator_cpu.0 + other.emulator_cpu.0,
+                self.emulator_cpu.1 + other.emulator_cpu.1,
+            ),
+            client_cpu: self.client_cpu + other.client_cpu,
+        }
+    }
+}
+
+impl Run {
+    fn ceiling(&self) -> f64 {
+        self.pubsub.rates.overall.min(self.storage.rates.overall)
+    }
+
+    fn ceiling_steady(&self) -> f64 {
+        self.pubsub.rates.steady.min(self.storage.rates.steady)
+    }
+
+    /// Every figure of the run, by name.
+    fn metrics(&self) -> Vec<(&'static str, f64)> {
+        let w = &self.worker;
+        vec![
+            ("worker_msgs_per_s", w.rates.overall),
+            ("worker_steady_msgs_per_s", w.rates.steady),
+            ("pubsub_ceiling_msgs_per_s", self.pubsub.rates.overall),
+            ("pubsub_ceiling_steady", self.pubsub.rates.steady),
+            ("gcs_ceiling_msgs_per_s", self.storage.rates.overall),
+            ("gcs_ceiling_steady", self.storage.rates.steady),
+            ("ratio", w.rates.overall / self.ceiling()),
+            ("ratio_steady", w.rates.steady / self.ceiling_steady()),
+            ("peak_rss_mb", self.peak_rss_mb),
+            ("idle_rss_anon_mb", self.rss_anon_mb),
+            ("idle_rss_file_mb", self.rss_file_mb),
+            ("worker_cpu_s", w.client_cpu),
+            ("worker_first_object_s", w.rates.first),
+            ("idle_exit_s", self.idle_exit_s),
+            ("busy_exit_s", self.busy_exit_s),
+            ("threads", self.threads as f64),
+            ("pubsub_emulator_cpu_s_worker", w.emulator_cpu.0),
+            ("gcs_emulator_cpu_s_worker", w.emulator_cpu.1),
+            ("pubsub_emulator_cpu_s_ceiling", self.pubsub.emulator_cpu.0),
+            ("gcs_emulator_cpu_s_ceiling", self.storage.emulator_cpu.1),
+            ("pubsub_ceiling_client_cpu_s", self.pubsub.client_cpu),
+            ("gcs_ceiling_client_cpu_s", self.storage.client_cpu),
+            ("load_1m", self.load[0].max(self.load[1])),
+        ]
+    }
+}
+
+fn brief(r: &Run) -> String {
+    format!(
+        "worker {:.0} msg/s (steady {:.0}); ceilings pubsub {:.0}, gcs {:.0} msg/s; ratio {:.2}; \
+         peak RSS {:.1} MB; CPU {:.2} s; exit idle {:.3} s, busy {:.3} s \
+         (in flight {}, nacked {}); load {:.2}",
+        r.worker.rates.overall,
+        r.worker.rates.steady,
+        r.pubsub.rates.overall,
+        r.storage.rates.overall,
+        r.worker.rates.overall / r.ceiling(),
+        r.peak_rss_mb,
+        r.worker.client_cpu,
+        r.idle_exit_s,
+        r.busy_exit_s,
+        r.busy_in_flight.map_or("?".into(), |v| v.to_string()),
+        r.busy_nacked.map_or("?".into(), |v| v.to_string()),
+        r.load[0].max(r.load[1]),
+    )
+}
+
+fn report(args: &Args, binary_size: u64, overrides: &[(String, String)], runs: &[Run]) {
+    let names: Vec<&str> = runs[0].metrics().iter().map(|(k, _)| *k).collect();
+    println!(
+        "\n{} messages x {} B, {} run(s), {} cores, {}",
+        args.messages,
+        args.size,
+        runs.len(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
+    println!("{:<32} {:>10} {:>10} {:>10}", "", "min", "median", "max");
+    let mut medians = serde_json::Map::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut values: Vec<f64> = runs.iter().map(|r| r.metrics()[i].1).collect();
+        values.sort_by(f64::total_cmp);
+        let median = values[values.len() / 2];
+        println!(
+            "{name:<32} {:>10} {:>10} {:>10}",
+            fmt(values[0]),
+            fmt(median),
+            fmt(values[values.len() - 1])
+        );
+        medians.insert(name.to_string(), json!((median * 1000.0).round() / 1000.0));
+    }
+    let summary = json!({
+        "messages": args.messages,
+        "size": args.size,
+        "runs": runs.len(),
+        "binary_mb": (binary_size as f64 / 1e5).round() / 10.0,
+        "overrides": overrides.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        "median": medians,
+    });
+    println!("BENCH {summary}");
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Timestamps objects as fake-gcs-server creates them: its filesystem backend writes a
+/// temporary `.name123` file and renames it to the object's name, so every `IN_MOVED_TO` of a
+/// name without a leading dot is one object (names of the worker's objects never start with
+/// a dot, and the worker's default prefix is empty, so they all land in this directory).
+struct ObjectWatch {
+    times: Arc<Mutex<Vec<Instant>>>,
+    error: Arc<Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ObjectWatch {
+    fn start(dir: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::ffi::OsStrExt as _;
+        // SAFETY: plain syscalls; the fd is owned by the thread below, which closes it.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            bail!("inotify_init1: {}", std::io::Error::last_os_error());
+        }
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+        // SAFETY: `path` is a valid C string for the duration of the call.
+        if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_MOVED_TO) } < 0 {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: closing the fd we opened.
+            unsafe { libc::close(fd) };
+            bail!("inotify_add_watch {}: {e}", dir.display());
+        }
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let error = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, e, s) = (times.clone(), error.clone(), stop.clone());
+        let thread = std::thread::spawn(move || watch_loop(fd, &t, &e, &s));
+        Ok(Self {
+            times,
+            error,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn count(&self) -> usize {
+        self.times.lock().expect("lock").len()
+    }
+
+    fn times(&self) -> Vec<Instant> {
+        self.times.lock().expect("lock").clone()
+    }
+
+    /// Waits until `n` objects exist; fails at `deadline` or when the worker exits.
+    async fn wait_for(
+        &self,
+        n: usize,
+        deadline: Instant,
+        child: &mut tokio::process::Child,
+    ) -> anyhow::Result<()> {
+        loop {
+            if let Some(e) = self.error.lock().expect("lock").clone() {
+                bail!("watching the bucket failed: {e}");
+            }
+            let count = self.count();
+            if count >= n {
+                return Ok(());
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("the worker exited ({status}) after {count} of {n} objects");
+            }
+            if Instant::now() > deadline {
+                bail!("{count} of {n} objects by the deadline");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ObjectWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch_loop(
+    fd: libc::c_int,
+    times: &Mutex<Vec<Instant>>,
+    error: &Mutex<Option<String>>,
+    stop: &AtomicBool,
+) {
+    const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+    let mut buf = vec![0u8; 256 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 50) };
+        // SAFETY: `buf` is writable for its length.
+        let len = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if len <= 0 {
+            continue;
+        }
+        let now = Instant::now();
+        let mut at = 0;
+        let mut found = 0;
+        while at + HEADER <= len as usize {
+            // SAFETY: the kernel wrote a whole event at `at`; read_unaligned copes with the
+            // byte buffer's alignment.
+            let event: libc::inotify_event =
+                unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+            let name = &buf[at + HEADER..at + HEADER + event.len as usize];
+            if event.mask & libc::IN_Q_OVERFLOW != 0 {
+                *error.lock().expect("lock") = Some("inotify queue overflow".into());
+            } else if event.mask & libc::IN_MOVED_TO != 0 && name.first() != Some(&b'.') {
+                found += 1;
+            }
+            at += HEADER + event.len as usize;
+        }
+        times.lock().expect("lock").extend((0..found).map(|_| now));
+    }
+    // SAFETY: closing the fd this thread owns.
+    unsafe { libc::close(fd) };
+}
+
+/// CPU seconds (user + system) of a process, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the `(comm)`, which may contain spaces: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+fn own_cpu() -> f64 {
+    cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
+fn status_field(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("{field} in /proc/{pid}/status"))
+}
+
+/// Peak resident set size in KiB.
+fn vm_hwm_kb(pid: u32) -> anyhow::Result<u64> {
+    status_field(pid, "VmHWM:")
+}
+
+fn threads(pid: u32) -> anyhow::Result<u64> {
+    status_field(pid, "Threads:")
+}
+
+/// CPU seconds used by the emulators (children of this process named `java`, the Pub/Sub
+/// emulator, and `fake-gcs-server`), sampled at the start of a phase.
+struct EmulatorCpu {
+    at_start: (f64, f64),
+}
+
+impl EmulatorCpu {
+    fn now() -> Self {
+        Self {
+            at_start: emulator_cpu(),
+        }
+    }
+
+    fn since(&self) -> (f64, f64) {
+        let now = emulator_cpu();
+        (now.0 - self.at_start.0, now.1 - self.at_start.1)
+    }
+}
+
+fn emulator_cpu() -> (f64, f64) {
+    let me = std::process::id().to_string();
+    let (mut pubsub, mut gcs) = (0.0, 0.0);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return (0.0, 0.0);
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map_or("", |(_, c)| c);
+        let ppid = rest.split_whitespace().nth(1).unwrap_or("");
+        if ppid != me {
+            continue;
+        }
+        let cpu = cpu_seconds(pid).unwrap_or(0.0);
+        match comm {
+            "java" => pubsub += cpu,
+            "fake-gcs-server" => gcs += cpu,
+            _ => {}
+        }
+    }
+    (pubsub, gcs)
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                Some(
+                    l.strip_prefix("model name")?
+                        .split_once(':')?
+                        .1
+                        .trim()
+                        .to_string(),
+                )
+            })
+        })
+        .unwrap_or_default()
+}
