@@ -898,7 +898,9 @@ async fn soak_at_a_steady_rate_keeps_memory_files_and_threads_flat() -> Result {
     let fds = (max(early, |p| p.open_fds), max(late, |p| p.open_fds));
     let threads = (max(early, |p| p.threads), max(late, |p| p.threads));
     assert!(rss.1 <= rss.0 + rss.0 / 5, "RSS grew: {rss:?} KiB");
-    assert!(fds.1 <= fds.0 + 8, "open files grew: {fds:?}");
+    // Pooled storage connections come and go with load (up to one per write permit); a leak
+    // of one descriptor per message would show thousands here.
+    assert!(fds.1 <= fds.0 + 16, "open files grew: {fds:?}");
     assert!(threads.1 <= threads.0 + 2, "threads grew: {threads:?}");
     let rates: Vec<u64> = samples
         .windows(2)
