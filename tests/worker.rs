@@ -22,14 +22,22 @@ use tokio::time::{Instant, sleep};
 // ---------------------------------------------------------------------------------------------
 
 /// N messages of mixed sizes and encodings become exactly N objects with byte-exact bodies,
-/// the right names, content types and metadata, and nothing is left to redeliver.
+/// the right names, content types and metadata, and nothing is left to redeliver. The uploads
+/// share a pool of connections: at most one per write permit, never one per message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     const N: usize = 600;
+    const WRITES: u64 = 16;
     let fx = Fixture::new(true).await?;
     let proxy = Proxy::start(fx.emulators.storage_addr()).await?;
     let worker = fx
-        .start_worker(&proxy.url(), &[("OBJECT_PREFIX", "test/")])
+        .start_worker(
+            &proxy.url(),
+            &[
+                ("OBJECT_PREFIX", "test/"),
+                ("MAX_CONCURRENT_WRITES", &WRITES.to_string()),
+            ],
+        )
         .await?;
 
     let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
@@ -87,6 +95,11 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
         );
     }
     assert_eq!(seen.len(), N);
+    let connections = proxy.accepted_connections();
+    assert!(
+        connections <= WRITES,
+        "{connections} storage connections for {N} uploads, {WRITES} at a time"
+    );
 
     // Nothing left to redeliver: an un-acked message would be back within the window.
     sleep(REDELIVERY_WINDOW).await;
