@@ -10,7 +10,8 @@
 //! 1. **Pub/Sub ceiling**: a backlog of N messages is received with the worker's own subscriber
 //!    client and settings, in this process, and acked at once (no writes).
 //! 2. **Cloud Storage ceiling**: N create-only uploads of the same size through the worker's own
-//!    storage client and [`Sink`], `MAX_CONCURRENT_WRITES` at a time (no Pub/Sub).
+//!    storage client and [`Sink`], `MAX_CONCURRENT_WRITES` at a time (no Pub/Sub); half before
+//!    and half after the worker, so a change of load on the machine meets both sides alike.
 //! 3. **Worker**: a backlog of N messages is published, then the release binary is started with
 //!    its defaults and timed until the N-th object exists; its peak RSS (`VmHWM`) and CPU time
 //!    are read from `/proc`, then it gets SIGTERM while idle.
