@@ -23,7 +23,7 @@ use tokio::time::{Instant, sleep};
 
 /// N messages of mixed sizes and encodings become exactly N objects with byte-exact bodies,
 /// the right names, content types and metadata, and nothing is left to redeliver. The uploads
-/// share a pool of connections: at most one per write permit, never one per message.
+/// share a pool of connections, about one per write permit, never one per message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     const N: usize = 600;
@@ -95,9 +95,12 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
         );
     }
     assert_eq!(seen.len(), N);
+    // One connection per write permit (16 in every run so far). The bound leaves room for the
+    // HTTP client's pool hand-over: a finished connection goes back to the pool from a spawned
+    // task, so a write that starts in between may open a new one. One per message would be 600.
     let connections = proxy.accepted_connections();
     assert!(
-        connections <= WRITES,
+        connections <= 2 * WRITES,
         "{connections} storage connections for {N} uploads, {WRITES} at a time"
     );
 
