@@ -81,6 +81,33 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Every variable the worker reads, in the order the README documents them. The deploy scripts
+/// pass exactly these (less [`EMULATOR_VARIABLES`]) to the worker pool, and their tests check it.
+pub const VARIABLES: [&str; 19] = [
+    "PROJECT_ID",
+    "SUBSCRIPTION_ID",
+    "BUCKET_NAME",
+    "OBJECT_PREFIX",
+    "MAX_OUTSTANDING_MESSAGES",
+    "MAX_OUTSTANDING_BYTES",
+    "MAX_CONCURRENT_WRITES",
+    "MAX_LEASE_EXTENSION_SECS",
+    "SHUTDOWN_TIMEOUT_SECS",
+    "PROGRESS_INTERVAL_SECS",
+    "LOG_FORMAT",
+    "RUST_LOG",
+    "WRITE_TIMEOUT_SECS",
+    "HEALTH_PORT",
+    "HEALTH_HOST",
+    "LIVENESS_STALL_SECS",
+    "STARTUP_CHECK",
+    "PUBSUB_EMULATOR_HOST",
+    "STORAGE_EMULATOR_HOST",
+];
+
+/// The variables that point the worker at local emulators: never deployed.
+pub const EMULATOR_VARIABLES: [&str; 2] = ["PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"];
+
 pub const DEFAULT_MAX_OUTSTANDING_MESSAGES: i64 = 1000;
 pub const DEFAULT_MAX_OUTSTANDING_BYTES: i64 = 100 * 1024 * 1024;
 pub const DEFAULT_MAX_CONCURRENT_WRITES: usize = 64;
