@@ -20,12 +20,8 @@ const METADATA_LIMIT: usize = 8 * 1024;
 
 /// Metadata keys this worker sets itself; an attribute with one of these names is stored under
 /// `attribute_{name}` instead, so it can neither hide nor be hidden by the worker's own keys.
-pub const RESERVED_KEYS: [&str; 4] = [
-    "message_id",
-    "publish_time",
-    "delivery_attempt",
-    "subscription",
-];
+pub const RESERVED_KEYS: [&str; 4] =
+    ["message_id", "publish_time", "delivery_attempt", "subscription"];
 
 /// The object a message is written to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,12 +42,7 @@ impl ObjectSpec {
     ) -> Self {
         let text = is_text(&message.data);
         Self {
-            name: object_name(
-                prefix,
-                message.publish_time.as_ref(),
-                &message.message_id,
-                text,
-            ),
+            name: object_name(prefix, message.publish_time.as_ref(), &message.message_id, text),
             content_type: if text { TEXT } else { BINARY },
             metadata: metadata(message, subscription, delivery_attempt),
         }
@@ -90,13 +81,7 @@ pub fn object_name(
         .unwrap_or_else(|| "00000000_000000_000000".to_string());
     let id: String = message_id
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
         .collect();
     let extension = if text { "txt" } else { "bin" };
     format!("{prefix}message_{stamp}_{id}.{extension}")
@@ -114,11 +99,8 @@ pub fn metadata(
 ) -> BTreeMap<String, String> {
     let mut metadata = BTreeMap::new();
     metadata.insert("message_id".to_string(), message.message_id.clone());
-    if let Some(time) = message
-        .publish_time
-        .as_ref()
-        .and_then(to_datetime)
-        .and_then(|t| t.format(&Rfc3339).ok())
+    if let Some(time) =
+        message.publish_time.as_ref().and_then(to_datetime).and_then(|t| t.format(&Rfc3339).ok())
     {
         metadata.insert("publish_time".to_string(), time);
     }
@@ -171,10 +153,7 @@ mod tests {
         // 2024-02-29T23:59:58.123456789Z
         let m = message("1234567890", 1_709_251_198, 123_456_789, b"hi");
         let spec = ObjectSpec::for_message(&m, "in/", "projects/p/subscriptions/s", None);
-        assert_eq!(
-            spec.name,
-            "in/message_20240229_235958_123456_1234567890.txt"
-        );
+        assert_eq!(spec.name, "in/message_20240229_235958_123456_1234567890.txt");
     }
 
     #[test]
@@ -212,14 +191,8 @@ mod tests {
         let text = message("1", 0, 0, "héllo ✓".as_bytes());
         let empty = message("2", 0, 0, b"");
         let binary = message("3", 0, 0, &[0xff, 0xfe, 0x00, 0x80]);
-        assert_eq!(
-            ObjectSpec::for_message(&text, "", "s", None).content_type,
-            TEXT
-        );
-        assert_eq!(
-            ObjectSpec::for_message(&empty, "", "s", None).content_type,
-            TEXT
-        );
+        assert_eq!(ObjectSpec::for_message(&text, "", "s", None).content_type, TEXT);
+        assert_eq!(ObjectSpec::for_message(&empty, "", "s", None).content_type, TEXT);
         let spec = ObjectSpec::for_message(&binary, "", "s", None);
         assert_eq!(spec.content_type, BINARY);
         assert!(!spec.is_text());

