@@ -463,6 +463,7 @@ fn check_layout(pieces: &[Piece<'_>]) -> Result<usize, TemplateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// Message 1234567890, published 2024-02-29T23:59:58.123456789Z, text, subscription `sub`.
     fn fields(attributes: &HashMap<String, String>) -> NameFields<'_> {
@@ -672,5 +673,82 @@ mod tests {
         );
         let want = "in/dt=2024-02-29/..%2F../c7/1234567890.txt";
         assert_eq!(template.render(&fields(&hostile)), want);
+    }
+
+    /// What Cloud Storage accepts and recommends.
+    fn assert_valid(name: &str) {
+        assert!(
+            (1..=NAME_MAX).contains(&name.len()),
+            "{} bytes: {name:?}",
+            name.len()
+        );
+        assert!(
+            !name.contains(|c: char| c.is_control() || "#[]*?".contains(c)),
+            "{name:?}"
+        );
+        assert!(!name.split('/').any(|s| s == "." || s == ".."), "{name:?}");
+    }
+
+    /// Valid pieces, with `{message_id}` at least once.
+    fn template() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            1 => Just("{ext}".to_string()),
+            1 => Just("{publish_time}".to_string()),
+            1 => Just("{publish_time:%Y/%m/%d/%H}".to_string()),
+            1 => Just("{message_id}".to_string()),
+            1 => (1..=8usize).prop_map(|n| format!("{{hash:{n}}}")),
+            3 => "[a-z0-9=./_{}-]{0,6}".prop_map(|t| t.replace('{', "{{").replace('}', "}}")),
+            // Many values, so that some names need shortening.
+            3 => Just("{subscription}/{ordering_key}".to_string()),
+            3 => "[a-c]".prop_map(|k| format!("{{attributes.{k}}}")),
+            3 => "[a-c]".prop_map(|k| format!("{{attributes.{k}|d}}")),
+        ];
+        let pieces = prop::collection::vec(piece, 0..16);
+        (pieces, any::<prop::sample::Index>()).prop_map(|(mut pieces, at)| {
+            pieces.insert(at.index(pieces.len() + 1), "{message_id}".to_string());
+            pieces.concat()
+        })
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![2 => any::<String>(), 1 => "[./]{0,3}", 1 => "[0-9]{1,20}", 3 => ".{30,300}"]
+    }
+
+    const NANOS: i128 = 1_000_000_000;
+
+    proptest! {
+        #[test]
+        fn names_are_valid_deterministic_and_unique_per_id(
+            (template, prefix) in (template(), "[a-z/]{0,8}"),
+            (id, other_id, ordering_key, subscription_id) in (text(), text(), text(), text()),
+            keys in prop::collection::vec(prop_oneof![3 => "[a-c]", 1 => any::<String>()], 0..8),
+            values in prop::collection::vec(text(), 8),
+            nanos in proptest::option::of(-377_705_116_800_000_000_000i128..253_402_300_800 * NANOS),
+            text in any::<bool>(),
+        ) {
+            prop_assume!(id != other_id);
+            let template = NameTemplate::parse(&template, &prefix);
+            prop_assume!(template.is_ok(), "refused: {:?}", template);
+            let template = template.expect("checked");
+            let attributes = keys.into_iter().zip(values).collect();
+            let publish_time = nanos.and_then(|n| OffsetDateTime::from_unix_timestamp_nanos(n).ok());
+            let mut f = NameFields {
+                message_id: &id, publish_time, attributes: &attributes,
+                ordering_key: &ordering_key, subscription_id: &subscription_id, text,
+            };
+            let name = template.render(&f);
+            assert_valid(&name);
+            prop_assert_eq!(&name, &template.render(&f));
+            let mut encoded_id = String::new();
+            push_id(&mut encoded_id, &id);
+            prop_assert!(name.contains(&encoded_id), "{} lacks {}", name, encoded_id);
+            f.message_id = &other_id;
+            prop_assert_ne!(name, template.render(&f));
+        }
+
+        #[test]
+        fn parse_never_panics(template in any::<String>(), prefix in any::<String>()) {
+            let _ = NameTemplate::parse(&template, &prefix);
+        }
     }
 }
