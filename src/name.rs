@@ -97,8 +97,9 @@ const TOO_LONG: &str = "counting 128 per {message_id} and 12 per other value, th
 #[derive(Debug, Clone, Copy)]
 pub struct NameFields<'a> {
     pub message_id: &'a str,
-    /// `None` never comes from Pub/Sub; it renders as 1970-01-01T00:00:00Z, except that
-    /// `{publish_time}` renders `00000000_000000_000000` as earlier versions did.
+    /// Rendered in UTC, whatever its offset. `None` never comes from Pub/Sub; it renders as
+    /// 1970-01-01T00:00:00Z, except that `{publish_time}` gives `00000000_000000_000000`, as
+    /// earlier versions did.
     pub publish_time: Option<OffsetDateTime>,
     pub attributes: &'a HashMap<String, String>,
     pub ordering_key: &'a str,
