@@ -79,6 +79,8 @@ pub enum TemplateError {
     ForbiddenInPrefix(char),
     #[error("can give a path segment that is only {0:?}, which names must avoid ({DOT_FIX})")]
     DotSegment(String),
+    #[error("has {{message_id}} next to values of varying width in its path segment: {NOT_ALONE}")]
+    IdNotAlone,
     #[error("takes {0} bytes before any value: {TOO_LONG}")]
     TooLong(usize),
 }
@@ -90,6 +92,8 @@ const TOKENS: &str = "{message_id}, {ext}, {subscription}, {ordering_key}, {publ
 const PLAIN: &str = "at most 128 of A-Z a-z 0-9 - . _ ~, and not . or ..";
 const FORBIDDEN: &str = "object names must not contain (control characters, #, [, ], * or ?)";
 const DOT_FIX: &str = "add text, a token that is never empty, or a default to the attribute";
+const NOT_ALONE: &str = "two messages could get the same name ({a}{message_id} gives 123 for a=1 \
+    and id 23, and for a=12 and id 3); put a / between them, or use {publish_time} or {hash:N}";
 const TOO_LONG: &str = "counting 128 per {message_id} and 12 per other value, the fixed part \
     may take at most 512 bytes, half of a name, so that values keep the other half";
 
@@ -129,12 +133,25 @@ enum Part {
 /// A part as the parse-time checks see it.
 enum Piece<'a> {
     Fixed(&'a str),
-    /// Never empty, at most this many bytes.
-    Token(usize),
+    Id,
+    /// Never empty, at most this many bytes, of a width that may vary.
+    Token {
+        max: usize,
+        varies: bool,
+    },
     /// Encoded, shortened when needed.
     Value {
         may_be_empty: bool,
     },
+}
+
+/// What the parse-time checks track of each path segment.
+#[derive(Default)]
+struct Segment {
+    text: String,
+    never_empty: bool,
+    id: bool,
+    varies: bool,
 }
 
 impl NameTemplate {
@@ -254,10 +271,20 @@ impl Part {
     fn pieces<'a>(&'a self, out: &mut Vec<Piece<'a>>) {
         out.push(match self {
             Part::Text(text) => Piece::Fixed(text),
-            Part::MessageId => Piece::Token(ID_MAX),
-            Part::Hash(n) => Piece::Token(*n),
-            Part::Ext => Piece::Token(3),
-            Part::Stamp => Piece::Token(STAMP_MAX),
+            Part::MessageId => Piece::Id,
+            Part::Hash(n) => Piece::Token {
+                max: *n,
+                varies: false,
+            },
+            Part::Ext => Piece::Token {
+                max: 3,
+                varies: false,
+            },
+            // Only before year 0 is it wider, and no message was published then.
+            Part::Stamp => Piece::Token {
+                max: STAMP_MAX,
+                varies: false,
+            },
             Part::Time(format) => {
                 // `time_format` checked that this succeeds.
                 let _ = time_pieces(format, out);
@@ -406,7 +433,10 @@ fn time_format(format: &str) -> Result<OwnedFormatItem, TemplateError> {
 fn time_pieces<'a>(item: &'a OwnedFormatItem, out: &mut Vec<Piece<'a>>) -> Result<(), String> {
     match item {
         OwnedFormatItem::StringLiteral(text) => out.push(Piece::Fixed(text)),
-        OwnedFormatItem::Component(_) => out.push(Piece::Token(TIME_FIELD_MAX)),
+        OwnedFormatItem::Component(_) => out.push(Piece::Token {
+            max: TIME_FIELD_MAX,
+            varies: true,
+        }),
         OwnedFormatItem::Compound(items) => {
             for item in items {
                 time_pieces(item, out)?;
@@ -417,43 +447,56 @@ fn time_pieces<'a>(item: &'a OwnedFormatItem, out: &mut Vec<Piece<'a>>) -> Resul
     Ok(())
 }
 
-/// Refuses `.`/`..` segments and fixed parts over [`FIXED_MAX`]; returns the value budget.
+/// Refuses what could repeat a name or break one; returns the value budget.
+///
+/// Values and ids never hold a `/`, so the n-th segment of a name always comes from the same part
+/// of the template. In a segment where `{message_id}` has only neighbours of fixed width, the
+/// encoded id's place and length are fixed too: the name gives it away, so messages with
+/// different ids get different names, whatever else they hold.
 ///
 /// A segment can only be `.` or `..` if its fixed text is, and every value in it can be empty:
 /// a value that is not empty either holds a character other than `.` or is at least `...`.
 fn check_layout(pieces: &[Piece<'_>]) -> Result<usize, TemplateError> {
-    let (mut fixed, mut values, mut segment, mut solid) = (0, 0, String::new(), false);
-    let dots = |segment: &str, solid: bool| {
-        if !solid && (segment == "." || segment == "..") {
-            return Err(TemplateError::DotSegment(segment.to_string()));
-        }
-        Ok(())
-    };
+    let (mut fixed, mut values) = (0, 0);
+    let mut segments = vec![Segment::default()];
     for piece in pieces {
+        let Some(segment) = segments.last_mut() else {
+            continue;
+        };
         match piece {
-            Piece::Token(width) => {
-                fixed += width;
-                solid = true;
+            Piece::Id => {
+                fixed += ID_MAX;
+                (segment.never_empty, segment.id) = (true, true);
+            }
+            Piece::Token { max, varies } => {
+                fixed += max;
+                segment.never_empty = true;
+                segment.varies |= varies;
             }
             Piece::Value { may_be_empty } => {
                 values += 1;
-                solid |= !may_be_empty;
+                segment.never_empty |= !may_be_empty;
+                segment.varies = true;
             }
             Piece::Fixed(text) => {
                 fixed += text.len();
-                for c in text.chars() {
-                    if c == '/' {
-                        dots(&segment, solid)?;
-                        segment.clear();
-                        solid = false;
-                    } else if segment.len() < 3 {
-                        segment.push(c);
-                    }
-                }
+                let mut parts = text.split('/');
+                segment.text.extend(parts.next());
+                segments.extend(parts.map(|text| Segment {
+                    text: text.to_string(),
+                    ..Segment::default()
+                }));
             }
         }
     }
-    dots(&segment, solid)?;
+    for segment in &segments {
+        if !segment.never_empty && (segment.text == "." || segment.text == "..") {
+            return Err(TemplateError::DotSegment(segment.text.clone()));
+        }
+    }
+    if !segments.iter().any(|s| s.id && !s.varies) {
+        return Err(TemplateError::IdNotAlone);
+    }
     let reserved = fixed + values * VALUE_MIN;
     if reserved > FIXED_MAX {
         return Err(TemplateError::TooLong(reserved));
@@ -589,6 +632,9 @@ mod tests {
             ("../{message_id}", "", DotSegment("..".into()), "only \"..\""),
             ("{message_id}", "a/./", DotSegment(".".into()), "only \".\""),
             ("{ordering_key}./{message_id}", "", DotSegment(".".into()), "default"),
+            ("{attributes.a}{message_id}", "", IdNotAlone, "a=12 and id 3"),
+            ("{message_id}-{ordering_key}", "", IdNotAlone, "put a / between them"),
+            ("{publish_time:%Y%m%d}_{message_id}", "", IdNotAlone, "varying width"),
             (&too_long, "", TooLong(528), "takes 528 bytes"),
             (&too_long, "in/{message_id}", TooLong(543), "takes 543 bytes"),
         ];
@@ -690,24 +736,38 @@ mod tests {
         assert!(!name.split('/').any(|s| s == "." || s == ".."), "{name:?}");
     }
 
-    /// Valid pieces, with `{message_id}` at least once.
+    /// Valid pieces around a path segment with `{message_id}` and fixed-width tokens.
     fn template() -> impl Strategy<Value = String> {
-        let piece = prop_oneof![
-            1 => Just("{ext}".to_string()),
-            1 => Just("{publish_time}".to_string()),
-            1 => Just("{publish_time:%Y/%m/%d/%H}".to_string()),
-            1 => Just("{message_id}".to_string()),
-            1 => (1..=8usize).prop_map(|n| format!("{{hash:{n}}}")),
-            3 => "[a-z0-9=./_{}-]{0,6}".prop_map(|t| t.replace('{', "{{").replace('}', "}}")),
-            // Many values, so that some names need shortening.
-            3 => Just("{subscription}/{ordering_key}".to_string()),
-            3 => "[a-c]".prop_map(|k| format!("{{attributes.{k}}}")),
-            3 => "[a-c]".prop_map(|k| format!("{{attributes.{k}|d}}")),
+        let fixed_width = prop_oneof![
+            Just("{ext}".to_string()),
+            Just("{publish_time}".to_string()),
+            Just("{message_id}".to_string()),
+            (1..=8usize).prop_map(|n| format!("{{hash:{n}}}")),
+            "[a-z0-9=._{}-]{0,4}".prop_map(|t| t.replace('{', "{{").replace('}', "}}")),
         ];
-        let pieces = prop::collection::vec(piece, 0..16);
-        (pieces, any::<prop::sample::Index>()).prop_map(|(mut pieces, at)| {
-            pieces.insert(at.index(pieces.len() + 1), "{message_id}".to_string());
-            pieces.concat()
+        let any_piece = prop_oneof![
+            1 => fixed_width.clone(),
+            1 => Just("{publish_time:%Y/%m/%d/%H}".to_string()),
+            1 => "[a-z0-9=./_-]{0,6}",
+            // Many values, so that some names need shortening.
+            2 => Just("{subscription}/{ordering_key}".to_string()),
+            2 => "[a-c]".prop_map(|k| format!("{{attributes.{k}}}")),
+            2 => "[a-c]".prop_map(|k| format!("{{attributes.{k}|d}}")),
+        ];
+        let pieces = || prop::collection::vec(any_piece.clone(), 0..8).prop_map(|p| p.concat());
+        let id_segment = prop::collection::vec(fixed_width, 0..4);
+        let at = any::<prop::sample::Index>();
+        (pieces(), id_segment, at, pieces()).prop_map(|(before, mut segment, at, after)| {
+            segment.insert(at.index(segment.len() + 1), "{message_id}".to_string());
+            let slash = |s: &str| if s.is_empty() { "" } else { "/" };
+            [
+                &before,
+                slash(&before),
+                &segment.concat(),
+                slash(&after),
+                &after,
+            ]
+            .concat()
         })
     }
 
@@ -717,21 +777,24 @@ mod tests {
 
     const NANOS: i128 = 1_000_000_000;
 
+    fn message() -> impl Strategy<Value = (String, String, String, HashMap<String, String>)> {
+        let key = prop_oneof![3 => "[a-c]", 1 => any::<String>()];
+        let attributes = prop::collection::hash_map(key, text(), 0..8);
+        (text(), text(), text(), attributes)
+    }
+
     proptest! {
         #[test]
         fn names_are_valid_deterministic_and_unique_per_id(
             (template, prefix) in (template(), "[a-z/]{0,8}"),
-            (id, other_id, ordering_key, subscription_id) in (text(), text(), text(), text()),
-            keys in prop::collection::vec(prop_oneof![3 => "[a-c]", 1 => any::<String>()], 0..8),
-            values in prop::collection::vec(text(), 8),
-            nanos in proptest::option::of(-377_705_116_800_000_000_000i128..253_402_300_800 * NANOS),
+            ((id, ordering_key, subscription_id, attributes), other) in (message(), message()),
+            // From year 0: nothing was published before, and `{publish_time}` is wider there.
+            nanos in proptest::option::of(-62_167_219_200 * NANOS..253_402_300_800 * NANOS),
             text in any::<bool>(),
         ) {
-            prop_assume!(id != other_id);
             let template = NameTemplate::parse(&template, &prefix);
             prop_assume!(template.is_ok(), "refused: {:?}", template);
             let template = template.expect("checked");
-            let attributes = keys.into_iter().zip(values).collect();
             let publish_time = nanos.and_then(|n| OffsetDateTime::from_unix_timestamp_nanos(n).ok());
             let mut f = NameFields {
                 message_id: &id, publish_time, attributes: &attributes,
@@ -743,8 +806,14 @@ mod tests {
             let mut encoded_id = String::new();
             push_id(&mut encoded_id, &id);
             prop_assert!(name.contains(&encoded_id), "{} lacks {}", name, encoded_id);
-            f.message_id = &other_id;
-            prop_assert_ne!(name, template.render(&f));
+            // Another id, alone or with everything else different too.
+            let (other_id, other_key, other_subscription, other_attributes) = &other;
+            prop_assume!(id != *other_id);
+            f.message_id = other_id;
+            prop_assert_ne!(&name, &template.render(&f));
+            (f.ordering_key, f.subscription_id) = (other_key, other_subscription);
+            (f.attributes, f.text, f.publish_time) = (other_attributes, !text, None);
+            prop_assert_ne!(&name, &template.render(&f));
         }
 
         #[test]
