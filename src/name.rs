@@ -35,19 +35,17 @@ const VALUE_MAX: usize = 128;
 const VALUE_MIN: usize = 12;
 
 /// Everything but RFC 3986's unreserved characters `A-Z a-z 0-9 - . _ ~` is percent-encoded.
-const ENCODED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const ENCODED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 /// `%s` at year -9999 is the widest a strftime field renders.
 const TIME_FIELD_MAX: usize = 13;
 /// `{publish_time}` with the widest year, -9999.
 const STAMP_MAX: usize = 23;
 
 /// A parsed `OBJECT_PREFIX` + `OBJECT_NAME`, ready to name messages.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameTemplate {
+    /// The prefix and the template as given, for the start-up log line.
+    source: String,
     prefix: String,
     parts: Vec<Part>,
     /// What values may take in total, so that a name is at most [`NAME_MAX`] bytes with any id.
@@ -113,7 +111,7 @@ pub struct NameFields<'a> {
     pub text: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Text(String),
     MessageId,
@@ -194,11 +192,12 @@ impl NameTemplate {
         parts.iter().for_each(|part| part.pieces(&mut pieces));
         let value_budget = check_layout(&pieces)?;
         let prefix = prefix.to_string();
-        Ok(Self {
-            prefix,
-            parts,
-            value_budget,
-        })
+        Ok(Self { source: format!("{prefix}{template}"), prefix, parts, value_budget })
+    }
+
+    /// The prefix and the template as given.
+    pub fn template(&self) -> &str {
+        &self.source
     }
 
     /// The object name for a message: at most 1024 bytes, whatever the message holds.
@@ -228,9 +227,7 @@ impl NameTemplate {
     /// The name with values capped at `cap` bytes each, and the bytes the values took.
     fn write(&self, fields: &NameFields<'_>, cap: usize) -> (String, usize) {
         let (mut out, mut used) = (self.prefix.clone(), 0);
-        let time = fields
-            .publish_time
-            .and_then(|t| t.checked_to_offset(UtcOffset::UTC));
+        let time = fields.publish_time.and_then(|t| t.checked_to_offset(UtcOffset::UTC));
         for part in &self.parts {
             let value = match part {
                 Part::Subscription => fields.subscription_id,
@@ -248,6 +245,19 @@ impl NameTemplate {
             used += out.len() - start;
         }
         (out, used)
+    }
+}
+
+/// The names of earlier versions: `message_{publish_time}_{message_id}.{ext}`, no prefix.
+impl Default for NameTemplate {
+    fn default() -> Self {
+        // Parsing the default cannot fail (a test says so); a bare id would still be unique.
+        Self::parse(DEFAULT_TEMPLATE, "").unwrap_or_else(|_| Self {
+            source: "{message_id}".into(),
+            prefix: String::new(),
+            parts: vec![Part::MessageId],
+            value_budget: 0,
+        })
     }
 }
 
@@ -272,28 +282,17 @@ impl Part {
         out.push(match self {
             Part::Text(text) => Piece::Fixed(text),
             Part::MessageId => Piece::Id,
-            Part::Hash(n) => Piece::Token {
-                max: *n,
-                varies: false,
-            },
-            Part::Ext => Piece::Token {
-                max: 3,
-                varies: false,
-            },
+            Part::Hash(n) => Piece::Token { max: *n, varies: false },
+            Part::Ext => Piece::Token { max: 3, varies: false },
             // Only before year 0 is it wider, and no message was published then.
-            Part::Stamp => Piece::Token {
-                max: STAMP_MAX,
-                varies: false,
-            },
+            Part::Stamp => Piece::Token { max: STAMP_MAX, varies: false },
             Part::Time(format) => {
                 // `time_format` checked that this succeeds.
                 let _ = time_pieces(format, out);
                 return;
             }
             Part::Subscription | Part::OrderingKey => Piece::Value { may_be_empty: true },
-            Part::Attribute { default, .. } => Piece::Value {
-                may_be_empty: default.is_empty(),
-            },
+            Part::Attribute { default, .. } => Piece::Value { may_be_empty: default.is_empty() },
         })
     }
 }
@@ -334,24 +333,20 @@ fn push_id(name: &mut String, id: &str) {
 
 /// SHA-256 of the id's UTF-8 bytes, so `printf %s "$id" | sha256sum` gives the same.
 fn sha256_hex(id: &str) -> String {
-    Sha256::digest(id.as_bytes())
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        })
+    Sha256::digest(id.as_bytes()).iter().fold(String::with_capacity(64), |mut hex, byte| {
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    })
 }
 
 fn stamp(time: Option<OffsetDateTime>) -> String {
     let format =
         format_description!("[year][month][day]_[hour][minute][second]_[subsecond digits:6]");
-    time.and_then(|t| t.format(format).ok())
-        .unwrap_or_else(|| "00000000_000000_000000".to_string())
+    time.and_then(|t| t.format(format).ok()).unwrap_or_else(|| "00000000_000000_000000".to_string())
 }
 
 fn forbidden(text: &str) -> Option<char> {
-    text.chars()
-        .find(|c| c.is_control() || "#[]*?".contains(*c))
+    text.chars().find(|c| c.is_control() || "#[]*?".contains(*c))
 }
 
 fn push_text(parts: &mut Vec<Part>, text: &mut String) -> Result<(), TemplateError> {
@@ -379,12 +374,7 @@ fn token(body: &str) -> Result<Part, TemplateError> {
                 if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(bad());
                 }
-                Part::Hash(
-                    n.parse()
-                        .ok()
-                        .filter(|n| (1..=8).contains(n))
-                        .ok_or_else(bad)?,
-                )
+                Part::Hash(n.parse().ok().filter(|n| (1..=8).contains(n)).ok_or_else(bad)?)
             } else if let Some(attribute) = body.strip_prefix("attributes.")
                 && !attribute.is_empty()
                 && !attribute.starts_with('|')
@@ -404,10 +394,7 @@ fn token(body: &str) -> Result<Part, TemplateError> {
 }
 
 fn time_format(format: &str) -> Result<OwnedFormatItem, TemplateError> {
-    let bad = |reason: String| TemplateError::BadTimeFormat {
-        format: format.into(),
-        reason,
-    };
+    let bad = |reason: String| TemplateError::BadTimeFormat { format: format.into(), reason };
     if format.is_empty() {
         return Err(bad("it is empty".into()));
     }
@@ -418,9 +405,7 @@ fn time_format(format: &str) -> Result<OwnedFormatItem, TemplateError> {
         if let Piece::Fixed(text) = piece
             && let Some(c) = forbidden(text)
         {
-            return Err(bad(format!(
-                "it writes {c:?}, which object names must not contain"
-            )));
+            return Err(bad(format!("it writes {c:?}, which object names must not contain")));
         }
     }
     let range = [PrimitiveDateTime::MIN, PrimitiveDateTime::MAX].map(|t| t.assume_utc());
@@ -433,10 +418,9 @@ fn time_format(format: &str) -> Result<OwnedFormatItem, TemplateError> {
 fn time_pieces<'a>(item: &'a OwnedFormatItem, out: &mut Vec<Piece<'a>>) -> Result<(), String> {
     match item {
         OwnedFormatItem::StringLiteral(text) => out.push(Piece::Fixed(text)),
-        OwnedFormatItem::Component(_) => out.push(Piece::Token {
-            max: TIME_FIELD_MAX,
-            varies: true,
-        }),
+        OwnedFormatItem::Component(_) => {
+            out.push(Piece::Token { max: TIME_FIELD_MAX, varies: true })
+        }
         OwnedFormatItem::Compound(items) => {
             for item in items {
                 time_pieces(item, out)?;
@@ -482,10 +466,9 @@ fn check_layout(pieces: &[Piece<'_>]) -> Result<usize, TemplateError> {
                 fixed += text.len();
                 let mut parts = text.split('/');
                 segment.text.extend(parts.next());
-                segments.extend(parts.map(|text| Segment {
-                    text: text.to_string(),
-                    ..Segment::default()
-                }));
+                segments.extend(
+                    parts.map(|text| Segment { text: text.to_string(), ..Segment::default() }),
+                );
             }
         }
     }
@@ -514,27 +497,15 @@ mod tests {
         let publish_time = Some(time::macros::datetime!(2024-02-29 23:59:58.123456789 UTC));
         let (message_id, ordering_key, subscription_id) = ("1234567890", "", "sub");
         let text = true;
-        NameFields {
-            message_id,
-            publish_time,
-            attributes,
-            ordering_key,
-            subscription_id,
-            text,
-        }
+        NameFields { message_id, publish_time, attributes, ordering_key, subscription_id, text }
     }
 
     fn name(template: &str, fields: &NameFields<'_>) -> String {
-        NameTemplate::parse(template, "")
-            .expect(template)
-            .render(fields)
+        NameTemplate::parse(template, "").expect(template).render(fields)
     }
 
     fn attributes(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -542,20 +513,12 @@ mod tests {
         let none = HashMap::new();
         let mut f = fields(&none);
         let default = NameTemplate::parse(DEFAULT_TEMPLATE, "in/").expect("valid");
-        assert_eq!(
-            default.render(&f),
-            "in/message_20240229_235958_123456_1234567890.txt"
-        );
+        assert_eq!(default.render(&f), "in/message_20240229_235958_123456_1234567890.txt");
         f.text = false;
-        assert_eq!(
-            default.render(&f),
-            "in/message_20240229_235958_123456_1234567890.bin"
-        );
+        assert_eq!(default.render(&f), "in/message_20240229_235958_123456_1234567890.bin");
         (f.message_id, f.publish_time, f.text) = ("7", None, true);
-        assert_eq!(
-            name(DEFAULT_TEMPLATE, &f),
-            "message_00000000_000000_000000_7.txt"
-        );
+        assert_eq!(name(DEFAULT_TEMPLATE, &f), "message_00000000_000000_000000_7.txt");
+        assert_eq!(NameTemplate::parse(DEFAULT_TEMPLATE, ""), Ok(NameTemplate::default()));
     }
 
     #[test]
@@ -581,10 +544,7 @@ mod tests {
             assert_eq!(name(template, &f), want, "{template}");
         }
         f.publish_time = None;
-        assert_eq!(
-            name("{publish_time:%F}/{message_id}", &f),
-            "1970-01-01/1234567890"
-        );
+        assert_eq!(name("{publish_time:%F}/{message_id}", &f), "1970-01-01/1234567890");
     }
 
     #[test]
@@ -592,17 +552,12 @@ mod tests {
         let none = HashMap::new();
         let mut f = fields(&none);
         // `printf %s "$id" | sha256sum | cut -c1-8`
-        for (id, hash) in [
-            ("1", "6b86b273"),
-            ("1234567890", "c775e7b7"),
-            ("17235098213456789", "1afb2e1d"),
-        ] {
+        for (id, hash) in
+            [("1", "6b86b273"), ("1234567890", "c775e7b7"), ("17235098213456789", "1afb2e1d")]
+        {
             f.message_id = id;
             assert_eq!(name("{hash:8}/{message_id}", &f), format!("{hash}/{id}"));
-            assert_eq!(
-                name("{hash:1}{message_id}", &f),
-                format!("{}{id}", &hash[..1])
-            );
+            assert_eq!(name("{hash:1}{message_id}", &f), format!("{}{id}", &hash[..1]));
         }
     }
 
@@ -649,11 +604,7 @@ mod tests {
             assert!(matches!(err, BadTimeFormat { .. }), "{format}: {err:?}");
             assert!(err.to_string().contains(needle), "{format}: {err}");
         }
-        for ok in [
-            "{attributes.a|d}./{message_id}",
-            ".../{message_id}",
-            "{hash:1}./{message_id}",
-        ] {
+        for ok in ["{attributes.a|d}./{message_id}", ".../{message_id}", "{hash:1}./{message_id}"] {
             assert!(NameTemplate::parse(ok, "").is_ok(), "{ok}");
         }
     }
@@ -689,14 +640,8 @@ mod tests {
         // No Pub/Sub id is empty or this long; the names stay unique.
         let long_id = "9".repeat(129);
         for (id, hash) in [
-            (
-                long_id.as_str(),
-                "6a52146ea09166548278c6e85b6311326c9a5045e87205ec1c10b54f5ba5aee8",
-            ),
-            (
-                "",
-                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-            ),
+            (long_id.as_str(), "6a52146ea09166548278c6e85b6311326c9a5045e87205ec1c10b54f5ba5aee8"),
+            ("", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
         ] {
             f.message_id = id;
             assert_eq!(name("{message_id}", &f), format!("sha256={hash}"));
@@ -714,25 +659,15 @@ mod tests {
         let (none, hostile) = (HashMap::new(), attributes(&[("task_type", "../..")]));
         let mut f = fields(&none);
         f.text = false;
-        assert_eq!(
-            template.render(&f),
-            "in/dt=2024-02-29/unrouted/c7/1234567890.bin"
-        );
+        assert_eq!(template.render(&f), "in/dt=2024-02-29/unrouted/c7/1234567890.bin");
         let want = "in/dt=2024-02-29/..%2F../c7/1234567890.txt";
         assert_eq!(template.render(&fields(&hostile)), want);
     }
 
     /// What Cloud Storage accepts and recommends.
     fn assert_valid(name: &str) {
-        assert!(
-            (1..=NAME_MAX).contains(&name.len()),
-            "{} bytes: {name:?}",
-            name.len()
-        );
-        assert!(
-            !name.contains(|c: char| c.is_control() || "#[]*?".contains(c)),
-            "{name:?}"
-        );
+        assert!((1..=NAME_MAX).contains(&name.len()), "{} bytes: {name:?}", name.len());
+        assert!(!name.contains(|c: char| c.is_control() || "#[]*?".contains(c)), "{name:?}");
         assert!(!name.split('/').any(|s| s == "." || s == ".."), "{name:?}");
     }
 
@@ -760,14 +695,7 @@ mod tests {
         (pieces(), id_segment, at, pieces()).prop_map(|(before, mut segment, at, after)| {
             segment.insert(at.index(segment.len() + 1), "{message_id}".to_string());
             let slash = |s: &str| if s.is_empty() { "" } else { "/" };
-            [
-                &before,
-                slash(&before),
-                &segment.concat(),
-                slash(&after),
-                &after,
-            ]
-            .concat()
+            [&before, slash(&before), &segment.concat(), slash(&after), &after].concat()
         })
     }
 

@@ -11,6 +11,7 @@
 //! are nacked at once, and [`Pipeline::drain`] gives in-flight writes the shutdown budget, nacks
 //! whatever is still running when it runs out, and waits for the client to flush acks.
 
+use crate::name::NameTemplate;
 use crate::object::ObjectSpec;
 use crate::sink::{Sink, Written};
 use crate::stats::{NackReason, Stats};
@@ -47,7 +48,7 @@ pub enum PipelineError {
 pub struct Pipeline {
     sink: Sink,
     stats: Arc<Stats>,
-    object_prefix: String,
+    names: NameTemplate,
     subscription: String,
     limits: Limits,
     shutdown_timeout: Duration,
@@ -69,7 +70,7 @@ impl Pipeline {
     pub fn new(
         sink: Sink,
         stats: Arc<Stats>,
-        object_prefix: String,
+        names: NameTemplate,
         subscription: String,
         limits: Limits,
         shutdown_timeout: Duration,
@@ -77,7 +78,7 @@ impl Pipeline {
         Self {
             sink,
             stats,
-            object_prefix,
+            names,
             subscription,
             limits,
             shutdown_timeout,
@@ -196,12 +197,8 @@ impl Pipeline {
             return;
         };
         let delivery_attempt = handler.delivery_attempt();
-        let spec = ObjectSpec::for_message(
-            &message,
-            &self.object_prefix,
-            &self.subscription,
-            delivery_attempt,
-        );
+        let spec =
+            ObjectSpec::for_message(&message, &self.names, &self.subscription, delivery_attempt);
         if !spec.is_text() {
             warn!(
                 message_id = %message.message_id,

@@ -43,7 +43,7 @@ impl Worker {
         let pipeline = Arc::new(Pipeline::new(
             Sink::new(storage, &config.bucket, config.write_timeout),
             stats.clone(),
-            config.object_prefix.clone(),
+            config.names.clone(),
             config.subscription.clone(),
             Limits {
                 max_concurrent_writes: config.max_concurrent_writes,
@@ -83,7 +83,7 @@ impl Worker {
         info!(
             subscription = %c.subscription,
             bucket = %c.bucket,
-            object_prefix = %c.object_prefix,
+            object_name = c.names.template(),
             max_outstanding_messages = c.max_outstanding_messages,
             max_outstanding_bytes = c.max_outstanding_bytes,
             max_concurrent_writes = c.max_concurrent_writes,

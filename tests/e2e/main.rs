@@ -8,6 +8,7 @@
 //! `cargo test -- --ignored` runs them.
 
 mod faults;
+mod names;
 mod operations;
 mod support;
 mod worker;
