@@ -226,12 +226,13 @@ impl Pipeline {
                 match written {
                     Written::Created => {
                         self.stats.written(size, started.elapsed());
-                        debug!(message_id = %message.message_id, object = %spec.name, "object written; acked");
+                        debug!(message_id = %message.message_id, delivery_attempt, object = %spec.name, "object written; acked");
                     }
                     Written::AlreadyExisted => {
                         self.stats.duplicate(started.elapsed());
                         debug!(
                             message_id = %message.message_id,
+                            delivery_attempt,
                             object = %spec.name,
                             "object already exists from an earlier delivery; acked"
                         );

@@ -1,17 +1,20 @@
-//! The start-up check: may these credentials create objects in the bucket?
+//! The start-up check: may these credentials create objects in the bucket, and read one?
 //!
-//! The least-privilege role `roles/storage.objectCreator` has no `storage.buckets.get`, so the
-//! check asks the bucket's `testIamPermissions`, which any caller may use and which answers with
-//! the subset of the asked permissions the caller holds. A worker that cannot write then stops
-//! at start with one line naming the bucket and the permission, instead of nacking every message
-//! into the dead-letter topic. Emulators lack the API: `STARTUP_CHECK` turns it off (and `auto`
-//! does so whenever `STORAGE_EMULATOR_HOST` is set). The subscription needs no check of its own:
-//! StreamingPull fails at once, with the subscription's name, when it is missing or forbidden.
+//! The worker needs `storage.objects.create` for its create-only writes and `storage.objects.get`
+//! to tell an existing object from a refusal when Cloud Storage answers a write with 403
+//! ([`crate::sink`]); `deploy/setup` grants exactly these two through a custom role on the
+//! bucket, which has no `storage.buckets.get`. So the check asks the bucket's
+//! `testIamPermissions`, which any caller may use and which answers with the subset of the asked
+//! permissions the caller holds. A worker that lacks one stops at start with one line naming the
+//! bucket and the permission, instead of nacking messages into the dead-letter topic. Emulators
+//! lack the API: `STARTUP_CHECK` turns it off (and `auto` does so whenever
+//! `STORAGE_EMULATOR_HOST` is set). The subscription needs no check of its own: StreamingPull
+//! fails at once, with the subscription's name, when it is missing or forbidden.
 
 use google_cloud_storage::client::StorageControl;
 
-/// The permission a create-only write needs.
-pub const REQUIRED_PERMISSION: &str = "storage.objects.create";
+/// The permissions the worker needs on its bucket.
+pub const REQUIRED_PERMISSIONS: [&str; 2] = ["storage.objects.create", "storage.objects.get"];
 
 /// Why the worker cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -19,22 +22,24 @@ pub enum SelfCheckError {
     #[error("bucket gs://{bucket} does not exist (BUCKET_NAME)")]
     BucketNotFound { bucket: String },
     #[error(
-        "the worker's credentials lack {REQUIRED_PERMISSION} on bucket gs://{bucket} \
-         (grant roles/storage.objectCreator on the bucket to the worker's service account)"
+        "the worker's credentials lack {} on bucket gs://{bucket} (grant the worker's service \
+         account the role deploy/setup creates, with storage.objects.create and \
+         storage.objects.get, on the bucket)",
+        .missing.join(" and ")
     )]
-    MissingPermission { bucket: String },
+    MissingPermission { bucket: String, missing: Vec<&'static str> },
     #[error(
         "the start-up check of bucket gs://{bucket} failed (STARTUP_CHECK=off skips it): {source}"
     )]
     Failed { bucket: String, source: google_cloud_storage::Error },
 }
 
-/// Checks that the caller holds [`REQUIRED_PERMISSION`] on `bucket`.
+/// Checks that the caller holds [`REQUIRED_PERMISSIONS`] on `bucket`.
 pub async fn check_bucket(control: &StorageControl, bucket: &str) -> Result<(), SelfCheckError> {
     let response = control
         .test_iam_permissions()
         .set_resource(format!("projects/_/buckets/{bucket}"))
-        .set_permissions([REQUIRED_PERMISSION])
+        .set_permissions(REQUIRED_PERMISSIONS)
         .send()
         .await;
     evaluate(bucket, response.map(|r| r.permissions))
@@ -48,8 +53,16 @@ fn evaluate(
     use google_cloud_gax::error::rpc::Code;
     let bucket = bucket.to_string();
     match granted {
-        Ok(granted) if granted.iter().any(|p| p == REQUIRED_PERMISSION) => Ok(()),
-        Ok(_) => Err(SelfCheckError::MissingPermission { bucket }),
+        Ok(granted) => {
+            let missing: Vec<&str> = REQUIRED_PERMISSIONS
+                .into_iter()
+                .filter(|p| !granted.iter().any(|g| g == p))
+                .collect();
+            match missing.is_empty() {
+                true => Ok(()),
+                false => Err(SelfCheckError::MissingPermission { bucket, missing }),
+            }
+        }
         Err(e)
             if e.http_status_code() == Some(404)
                 || e.status().is_some_and(|s| s.code == Code::NotFound) =>
@@ -57,7 +70,8 @@ fn evaluate(
             Err(SelfCheckError::BucketNotFound { bucket })
         }
         Err(e) if e.status().is_some_and(|s| s.code == Code::PermissionDenied) => {
-            Err(SelfCheckError::MissingPermission { bucket })
+            let missing = REQUIRED_PERMISSIONS.to_vec();
+            Err(SelfCheckError::MissingPermission { bucket, missing })
         }
         Err(source) => Err(SelfCheckError::Failed { bucket, source }),
     }
@@ -73,20 +87,24 @@ mod tests {
     }
 
     #[test]
-    fn granted_permission_passes() {
-        assert!(evaluate("b", Ok(vec![REQUIRED_PERMISSION.to_string()])).is_ok());
+    fn both_permissions_pass_and_a_missing_one_is_named() {
+        let granted = |p: &[&str]| evaluate("b", Ok(p.iter().map(|p| p.to_string()).collect()));
+        assert!(granted(&REQUIRED_PERMISSIONS).is_ok());
+        let missing = granted(&["storage.objects.create"]).expect_err("missing").to_string();
+        assert!(
+            missing
+                .starts_with("the worker's credentials lack storage.objects.get on bucket gs://b"),
+            "{missing}"
+        );
+        let none = granted(&[]).expect_err("missing").to_string();
+        assert!(none.contains("lack storage.objects.create and storage.objects.get"), "{none}");
     }
 
     #[test]
     fn each_failure_names_the_bucket_and_what_to_do() {
-        let missing = evaluate("b", Ok(vec![])).expect_err("missing").to_string();
-        assert!(missing.contains("storage.objects.create on bucket gs://b"), "{missing}");
-        assert!(missing.contains("roles/storage.objectCreator"), "{missing}");
-
         let not_found =
             evaluate("b", Err(service_error(Code::NotFound))).expect_err("not found").to_string();
         assert_eq!(not_found, "bucket gs://b does not exist (BUCKET_NAME)");
-
         let other =
             evaluate("b", Err(service_error(Code::Unavailable))).expect_err("failed").to_string();
         assert!(other.contains("STARTUP_CHECK=off"), "{other}");

@@ -79,30 +79,41 @@ impl Sink {
         // Boxed: the client's upload future is about 32 KB. Inline, it would make every message
         // task that large from the moment it is spawned (and be copied on each move); boxed,
         // those bytes are allocated only while the write runs.
-        let write = Box::pin(
-            self.client
+        let attempt = Box::pin(async {
+            let created = self
+                .client
                 .write_object(&self.bucket_path, &spec.name, data)
                 .set_if_generation_match(0)
                 .set_content_type(spec.content_type)
                 .set_metadata(spec.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 // Below the client's resumable threshold (16 MiB; Pub/Sub messages are at most
                 // 10 MB) this is a single multipart upload.
-                .send_buffered(),
-        );
-        let Ok(result) = tokio::time::timeout(self.write_timeout, write).await else {
-            return Err(WriteError {
-                kind: FailureKind::Timeout,
-                source: google_cloud_storage::Error::timeout(format!(
-                    "no answer within {:?} (WRITE_TIMEOUT_SECS)",
-                    self.write_timeout
-                )),
-            });
+                .send_buffered()
+                .await;
+            match created {
+                Ok(_) => Ok(Written::Created),
+                Err(e) if is_precondition_failure(&e) => Ok(Written::AlreadyExisted),
+                // Cloud Storage may answer 403 instead of 412 when the caller may create objects
+                // but not read them; with `storage.objects.get`, a read of this one name tells
+                // "already written" from "forbidden".
+                Err(e) if is_forbidden(&e) && self.exists(&spec.name).await => {
+                    Ok(Written::AlreadyExisted)
+                }
+                Err(e) => Err(WriteError { kind: classify(&e), source: e }),
+            }
+        });
+        let Ok(result) = tokio::time::timeout(self.write_timeout, attempt).await else {
+            let message = format!("no answer within {:?} (WRITE_TIMEOUT_SECS)", self.write_timeout);
+            let source = google_cloud_storage::Error::timeout(message);
+            return Err(WriteError { kind: FailureKind::Timeout, source });
         };
-        match result {
-            Ok(_) => Ok(Written::Created),
-            Err(e) if is_precondition_failure(&e) => Ok(Written::AlreadyExisted),
-            Err(e) => Err(WriteError { kind: classify(&e), source: e }),
-        }
+        result
+    }
+
+    /// Whether the object exists; `false` when that cannot be known either. Its body is not
+    /// read: the response is dropped once the object's metadata has arrived.
+    async fn exists(&self, name: &str) -> bool {
+        self.client.read_object(&self.bucket_path, name).send().await.is_ok()
     }
 }
 
@@ -116,6 +127,12 @@ fn is_precondition_failure(e: &google_cloud_storage::Error) -> bool {
         Some(code) => code == 412,
         None => e.status().is_some_and(|s| s.code == Code::FailedPrecondition),
     }
+}
+
+fn is_forbidden(e: &google_cloud_storage::Error) -> bool {
+    use google_cloud_gax::error::rpc::Code;
+    e.http_status_code() == Some(403)
+        || e.status().is_some_and(|s| s.code == Code::PermissionDenied)
 }
 
 fn classify(e: &google_cloud_storage::Error) -> FailureKind {
@@ -153,6 +170,14 @@ mod tests {
         assert!(!is_precondition_failure(&http(400, "FAILED_PRECONDITION")));
         assert!(!is_precondition_failure(&http(409, "ABORTED")));
         assert!(!is_precondition_failure(&http(503, "UNAVAILABLE")));
+    }
+
+    #[test]
+    fn only_a_403_or_a_grpc_permission_denied_asks_whether_the_object_exists() {
+        assert!(is_forbidden(&http(403, "PERMISSION_DENIED")));
+        assert!(is_forbidden(&grpc(Code::PermissionDenied)));
+        assert!(!is_forbidden(&http(401, "UNAUTHENTICATED")));
+        assert!(!is_forbidden(&http(404, "NOT_FOUND")));
     }
 
     #[test]

@@ -5,10 +5,13 @@
 //! * **Recording**: fake-gcs-server drops the content type the storage client sends in the JSON
 //!   part of its multipart upload; the proxy keeps that part of every upload.
 //!
+//! * **403 for 412**: Cloud Storage may answer a create-only write of an existing object with
+//!   403 when the caller may not read objects; the proxy can turn the emulator's 412 into that.
+//!
 //! The proxy runs on the tokio runtime that started it; dropping it stops it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +19,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -33,6 +36,7 @@ struct State {
     client: reqwest::Client,
     /// Fixed delay and maximum jitter, in microseconds.
     latency: (AtomicU64, AtomicU64),
+    forbid_existing: AtomicBool,
     uploads: Mutex<Vec<Value>>,
     requests: AtomicU64,
     connections: AtomicU64,
@@ -47,6 +51,7 @@ impl HttpProxy {
             upstream: format!("http://{upstream}"),
             client: reqwest::Client::builder().pool_max_idle_per_host(4096).build()?,
             latency: (AtomicU64::new(0), AtomicU64::new(0)),
+            forbid_existing: AtomicBool::new(false),
             uploads: Mutex::new(Vec::new()),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -64,6 +69,11 @@ impl HttpProxy {
     pub fn set_latency(&self, fixed: Duration, jitter: Duration) {
         self.state.latency.0.store(fixed.as_micros() as u64, Ordering::Relaxed);
         self.state.latency.1.store(jitter.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Answers 403 where the emulator answers 412 (a create-only write of an existing object).
+    pub fn forbid_existing(&self, on: bool) {
+        self.state.forbid_existing.store(on, Ordering::Relaxed);
     }
 
     /// The JSON part of every multipart upload so far, with `name` from the URL added, e.g.
@@ -116,7 +126,11 @@ async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
         }
     }
     let answer = upstream.body(body).send().await?;
-    let mut response = Response::builder().status(answer.status());
+    let mut status = answer.status();
+    if status == StatusCode::PRECONDITION_FAILED && state.forbid_existing.load(Ordering::Relaxed) {
+        status = StatusCode::FORBIDDEN;
+    }
+    let mut response = Response::builder().status(status);
     for (name, value) in answer.headers() {
         if !matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
             response = response.header(name, value);
