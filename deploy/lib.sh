@@ -14,7 +14,8 @@
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$DEPLOY_DIR/.." && pwd)"
 
-# The worker's variables passed to the worker pool: exactly the worker section of .env.example.
+# The worker's variables passed to the worker pool: all that the worker reads (VARIABLES in
+# src/config.rs) but the emulator ones; tests/deploy.rs checks it.
 WORKER_VARS=(
   PROJECT_ID SUBSCRIPTION_ID BUCKET_NAME OBJECT_PREFIX
   MAX_OUTSTANDING_MESSAGES MAX_OUTSTANDING_BYTES MAX_CONCURRENT_WRITES
