@@ -19,7 +19,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
 
-const SCRIPTS: [&str; 5] = ["setup", "deploy", "scale", "status", "teardown"];
+const SCRIPTS: [&str; 7] = [
+    "setup",
+    "deploy",
+    "scale",
+    "status",
+    "teardown",
+    "monitoring",
+    "autoscale",
+];
+/// Env file lines that turn the metrics export on.
+const METRICS: &str = "HEALTH_PORT=8080\nMETRICS_EXPORT=managed-prometheus";
 
 /// What gcloud says when it has parsed the arguments and needs credentials to go on.
 const AUTH_STOP: &str = "You do not currently have an active account selected";
@@ -169,6 +179,15 @@ impl ScriptRun {
     fn find(&self, prefix: &str) -> Vec<String> {
         let found = self.all(prefix).into_iter().next();
         found.unwrap_or_else(|| panic!("{} runs no `{prefix}`\n{self}", self.name))
+    }
+
+    /// The value of `--flag=VALUE` in the first printed command that starts with `prefix`.
+    fn value(&self, prefix: &str, name: &str) -> String {
+        let command = self.find(prefix);
+        let value = flag(&command, name);
+        value
+            .unwrap_or_else(|| panic!("`{prefix}` has no {name}"))
+            .to_string()
     }
 
     fn stderr(&self) -> String {
@@ -329,36 +348,31 @@ fn python_tool(name: &str, package: &str) -> PathBuf {
         let runs = |p: &PathBuf| Command::new(p).arg("--version").output().is_ok();
         dirs.into_iter().map(|d| d.join(name)).find(runs)
     };
-    if let Some(path) = find() {
-        return path;
-    }
-    let pip = [
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-    ];
-    let installed = Command::new("python3")
-        .args(pip)
-        .arg(package)
-        .status()
-        .unwrap();
-    if !installed.success() {
-        // An externally managed (Debian) Python: install for the user instead.
-        let user = ["--user", "--break-system-packages", package];
-        let out = Command::new("python3")
+    // An externally managed (Debian) Python refuses the first install: then for the user.
+    for extra in [&[][..], &["--user", "--break-system-packages"]] {
+        if let Some(path) = find() {
+            return path;
+        }
+        let pip = [
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            package,
+        ];
+        Command::new("python3")
             .args(pip)
-            .args(user)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pip install {package}:\n{}",
-            describe(&out)
-        );
+            .args(extra)
+            .status()
+            .expect("python3 -m pip");
     }
     find().unwrap_or_else(|| panic!("{name} not found after pip install {package}"))
+}
+
+/// The strings as a set.
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -510,62 +524,6 @@ fn the_worker_pool_gets_exactly_the_worker_variables_of_the_env_file() {
     assert_eq!(env["OBJECT_PREFIX"], "it's: a/prefix \"x\" ");
 }
 
-/// With HEALTH_PORT set, deploy adds the startup and liveness probes when this gcloud has the
-/// flags, and otherwise deploys without them and says how to add them.
-#[test]
-fn health_port_wires_probes_or_explains_how() {
-    let sandbox = Sandbox::new();
-    let run = sandbox.run("HEALTH_PORT=8080", "deploy").ok();
-    let deploy = run.find("gcloud beta run worker-pools deploy");
-    let help = gcloud(
-        &sandbox,
-        &["beta", "run", "worker-pools", "deploy", "--help"],
-    );
-    if text(&help.stdout).contains("--liveness-probe") {
-        let startup = flag(&deploy, "--startup-probe").expect("startup probe");
-        assert!(startup.contains("httpGet.path=/healthz/startup,httpGet.port=8080"));
-        let liveness = flag(&deploy, "--liveness-probe").expect("liveness probe");
-        assert!(liveness.contains("httpGet.path=/healthz/live,httpGet.port=8080"));
-    } else {
-        assert!(flag(&deploy, "--liveness-probe").is_none(), "{deploy:?}");
-        assert!(
-            run.stderr().contains("worker-pools replace"),
-            "a note says how\n{run}"
-        );
-    }
-    assert_eq!(deployed_env(&run)["HEALTH_PORT"], "8080");
-}
-
-/// An env file with only the required variables gives the same commands as `.env.example`, so the
-/// scripts' defaults and the documented values agree.
-#[test]
-fn script_defaults_match_env_example() {
-    let sandbox = Sandbox::new();
-    let required = "PROJECT_ID=my-project\nSUBSCRIPTION_ID=pubsub-gcs-worker\n\
-                    BUCKET_NAME=my-project-pubsub-archive\n";
-    let minimal = sandbox.write("minimal.env", required);
-    let full = sandbox.env_file("");
-    // Without the generated files' paths, and the image tag (it follows the clock when the tree
-    // is dirty).
-    let normalize = |run: ScriptRun| -> Vec<Vec<String>> {
-        let generated = |w: &String| !w.contains(&*sandbox.path().to_string_lossy());
-        let tagged = |w: &String| !w.contains("-docker.pkg.dev/");
-        let commands = run.ok().gcloud().into_iter();
-        commands
-            .map(|c| c.into_iter().filter(generated).filter(tagged).collect())
-            .collect()
-    };
-    let invocations = ["setup", "deploy", "scale 2", "status", "teardown --yes"];
-    let pairs = parallel_map(&invocations, |args| {
-        let args: Vec<&str> = args.split_whitespace().collect();
-        let a = normalize(sandbox.run_with(&minimal, &args, &[]));
-        (a, normalize(sandbox.run_with(&full, &args, &[])))
-    });
-    for (args, (a, b)) in invocations.iter().zip(pairs) {
-        assert_eq!(a, b, "deploy/{args}");
-    }
-}
-
 #[test]
 fn gcloudignore_keeps_secrets_and_build_output_out() {
     // What `gcloud builds submit` would upload, for a stand-in tree with the repo's ignore files.
@@ -593,106 +551,413 @@ fn gcloudignore_keeps_secrets_and_build_output_out() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// What setup and deploy create, on which scope, and that teardown removes it.
+// Metrics, dashboard, alerts, autoscaling.
+
+/// With HEALTH_PORT, deploy adds the startup and liveness probes when this gcloud has the flags,
+/// and otherwise says how to add them. METRICS_EXPORT adds the sidecar, and needs HEALTH_PORT=8080.
+#[test]
+fn health_port_wires_probes_and_metrics_export_adds_the_sidecar() {
+    let sandbox = Sandbox::new();
+    let run = sandbox.run(METRICS, "deploy").ok();
+    let deploy = run.find("gcloud beta run worker-pools deploy");
+    let help = gcloud(
+        &sandbox,
+        &["beta", "run", "worker-pools", "deploy", "--help"],
+    );
+    if text(&help.stdout).contains("--liveness-probe") {
+        let probe = flag(&deploy, "--liveness-probe").expect("liveness probe");
+        assert!(probe.contains("httpGet.path=/healthz/live,httpGet.port=8080"));
+        let probe = flag(&deploy, "--startup-probe").expect("startup probe");
+        assert!(probe.contains("httpGet.path=/healthz/startup,httpGet.port=8080"));
+    } else {
+        assert!(
+            run.stderr().contains("worker-pools replace"),
+            "a note says how\n{run}"
+        );
+    }
+    // The worker's flags follow --container=worker; the sidecar starts after the worker.
+    let at = |word: &str| deploy.iter().position(|w| w == word).expect(word);
+    let (worker, sidecar) = (at("--container=worker"), at("--container=collector"));
+    assert!(flag(&deploy[worker..sidecar], "--env-vars-file").is_some());
+    assert!(
+        flag(&deploy[sidecar..], "--image")
+            .unwrap()
+            .contains("/cloud-run-gmp-sidecar:")
+    );
+    assert_eq!(flag(&deploy[sidecar..], "--depends-on"), Some("worker"));
+    // Without the export: one container, and a sidecar of an earlier deploy goes.
+    let plain = sandbox
+        .run("", "deploy")
+        .ok()
+        .find("gcloud beta run worker-pools deploy");
+    assert_eq!(flag(&plain, "--remove-containers"), Some("collector"));
+    assert_eq!(flag(&plain, "--container"), None);
+
+    let export = "METRICS_EXPORT=managed-prometheus";
+    for (extra, why) in [
+        (export.to_string(), "HEALTH_PORT=8080"),
+        (format!("{export}\nHEALTH_PORT=9090"), "HEALTH_PORT=8080"),
+        (
+            "METRICS_EXPORT=statsd\nHEALTH_PORT=8080".into(),
+            "METRICS_EXPORT must be",
+        ),
+    ] {
+        for script in ["setup", "deploy", "monitoring"] {
+            sandbox.run(&extra, script).refused(why);
+        }
+    }
+}
+
+/// Runs Python code with the interpreter and the libraries of the installed gcloud; the SDK's
+/// directory is `sys.argv[1]`, `args` follow.
+fn gcloud_python(sandbox: &Sandbox, code: &str, args: &[&str]) -> String {
+    let format = "--format=value(installation.sdk_root,basic.python_location)";
+    let info = text(&gcloud(sandbox, &["info", format]).stdout);
+    let (sdk, python) = info.trim().split_once('\t').expect("gcloud info");
+    let code = format!(
+        "import sys; sys.path[:0] = [sys.argv[1] + d for d in ('/lib', '/lib/third_party')]\n{code}"
+    );
+    let out = Command::new(python)
+        .args(["-c", &code, sdk])
+        .args(args)
+        .output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "python:\n{}", describe(&out));
+    text(&out.stdout)
+}
+
+/// For each KIND=FILE argument, the fields of FILE the Monitoring API's message type does not know
+/// (apitools keeps them, and unknown enum values, as "unrecognized fields"), or why decoding it
+/// failed, as "FILE PATH" lines.
+const VALIDATE: &str = r#"
+from apitools.base.py import encoding
+from googlecloudsdk.generated_clients.apis.monitoring.v1 import monitoring_v1_messages as v1
+from googlecloudsdk.generated_clients.apis.monitoring.v3 import monitoring_v3_messages as v3
+def unknown(message, path):
+    found = [path + "." + name for name in message.all_unrecognized_fields()]
+    for field in message.all_fields():
+        value = message.get_assigned_value(field.name)
+        for i, item in enumerate(value if field.repeated else [value]):
+            if hasattr(item, "all_unrecognized_fields"):
+                found += unknown(item, path + "." + field.name + ("[%d]" % i) * field.repeated)
+    return found
+for kind, name in (arg.split("=", 1) for arg in sys.argv[2:]):
+    try:
+        types = {"dashboard": v1.Dashboard, "policy": v3.AlertPolicy}
+        problems = unknown(encoding.JsonToMessage(types[kind], open(name).read()), "")
+    except Exception as e:
+        problems = ["cannot decode: %r" % e]
+    print("\n".join(name + " " + problem for problem in problems))
+"#;
+
+fn json(path: &str) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).expect(path)
+}
+
+/// The files deploy/monitoring sends decode as the Monitoring API's own message types as shipped
+/// with gcloud (dashboards v1, alert policies v3) with no field those types do not know, while a
+/// bogus field or enum value is caught; thresholds and channels come from the env file.
+#[test]
+fn dashboard_and_alert_policies_are_monitoring_api_messages() {
+    let sandbox = Sandbox::new();
+    let channels = "ALERT_NOTIFICATION_CHANNELS='42, projects/my-project/notificationChannels/43'";
+    let extra =
+        format!("{METRICS}\nALERT_OLDEST_UNACKED_SECS=900\nALERT_NACK_MINUTES=7\n{channels}");
+    let run = sandbox.run(&extra, "monitoring").ok();
+    let dashboard = run.value("gcloud monitoring dashboards create", "--config-from-file");
+    let creates = run.all("gcloud alpha monitoring policies create");
+    let policies: Vec<&str> = creates
+        .iter()
+        .map(|c| flag(c, "--policy-from-file").unwrap())
+        .collect();
+    assert_eq!(
+        policies.len(),
+        3,
+        "alerts: oldest unacked, dead letters, nacks"
+    );
+
+    let mut bad = json(&dashboard);
+    let chart = &mut bad["mosaicLayout"]["tiles"][3]["widget"]["xyChart"];
+    chart["bogusField"] = 1.into();
+    chart["dataSets"][1]["plotType"] = "BOGUS".into();
+    let bad = sandbox.write("bad.json", &bad.to_string());
+    let mut args = vec![
+        format!("dashboard={dashboard}"),
+        format!("dashboard={}", bad.display()),
+    ];
+    args.extend(policies.iter().map(|p| format!("policy={p}")));
+    let report = gcloud_python(
+        &sandbox,
+        VALIDATE,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let bad = format!("{} .mosaicLayout.tiles[3].widget.xyChart", bad.display());
+    let expected = format!("{bad}.bogusField\n{bad}.dataSets[1].plotType");
+    assert_eq!(
+        report.trim(),
+        expected,
+        "only the bogus fields are reported"
+    );
+
+    let policy = |label: &str| {
+        policies
+            .iter()
+            .map(|p| json(p))
+            .find(|p| p["userLabels"]["policy"] == label)
+    };
+    let oldest = policy("oldest-unacked").unwrap();
+    assert_eq!(
+        oldest["conditions"][0]["conditionThreshold"]["thresholdValue"],
+        900
+    );
+    let nacks = policy("nacks").unwrap();
+    assert_eq!(
+        nacks["conditions"][0]["conditionPrometheusQueryLanguage"]["duration"],
+        "420s"
+    );
+    let channels = ["42", "43"].map(|id| format!("projects/my-project/notificationChannels/{id}"));
+    assert_eq!(nacks["notificationChannels"], serde_json::json!(channels));
+    // Without the metrics export there is no nack alert: it could never fire.
+    let run = sandbox.run("", "monitoring").ok();
+    assert_eq!(run.all("gcloud alpha monitoring policies create").len(), 2);
+}
+
+#[test]
+fn autoscale_scales_this_pool_on_its_backlog_with_grants_on_this_pool_only() {
+    let sandbox = Sandbox::new();
+    for bad in [
+        "MAX_INSTANCES=0",
+        "MIN_INSTANCES=5\nAUTOSCALE_MAX_INSTANCES=3",
+        "TARGET_BACKLOG=0",
+    ] {
+        sandbox
+            .run(&format!("AUTOSCALE_{bad}"), "autoscale")
+            .refused("AUTOSCALE_");
+    }
+    let settings =
+        "AUTOSCALE_MIN_INSTANCES=1\nAUTOSCALE_MAX_INSTANCES=4\nAUTOSCALE_TARGET_BACKLOG=2500";
+    let run = sandbox.run(settings, "autoscale").ok();
+    let expected = [
+        "pubsub-gcs-worker-autoscaler iam-service-accounts roles/iam.serviceAccountUser",
+        "pubsub-gcs-worker-autoscaler projects roles/monitoring.viewer",
+        "pubsub-gcs-worker-autoscaler projects roles/parametermanager.parameterViewer",
+    ];
+    assert_eq!(grants(&run), set(&expected));
+    // roles/run.developer goes into this worker pool's own IAM policy: read, edited, written.
+    let pool = "https://run.googleapis.com/v2/projects/my-project/locations/us-central1/workerPools/pubsub-gcs-worker";
+    let urls: Vec<String> = run
+        .all("curl")
+        .into_iter()
+        .map(|c| c.last().unwrap().clone())
+        .collect();
+    let read = format!("{pool}:getIamPolicy?options.requestedPolicyVersion=3");
+    assert_eq!(urls, [read, format!("{pool}:setIamPolicy")]);
+    let autoscaler =
+        "serviceAccount:pubsub-gcs-worker-autoscaler@my-project.iam.gserviceaccount.com";
+    assert!(
+        run.stderr()
+            .contains(&format!("(add {autoscaler} in roles/run.developer)")),
+        "{run}"
+    );
+
+    // Its configuration names this pool and this subscription, with the env file's numbers.
+    let version = run.find("gcloud parametermanager parameters versions create");
+    let to_json = "import json; from googlecloudsdk.core import yaml\nprint(json.dumps(yaml.load_path(sys.argv[2])))";
+    let config = gcloud_python(
+        &sandbox,
+        to_json,
+        &[flag(&version, "--payload-data-from-file").unwrap()],
+    );
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let object = &config["spec"]["scaledObjects"][0]["spec"];
+    let pool = "projects/my-project/locations/us-central1/workerpools/pubsub-gcs-worker";
+    assert_eq!(object["scaleTargetRef"]["name"], pool);
+    assert_eq!(
+        [&object["minReplicaCount"], &object["maxReplicaCount"]],
+        [1, 4]
+    );
+    let trigger = &object["triggers"][0];
+    assert_eq!(trigger["type"], "gcp-pubsub");
+    let subscription = "projects/my-project/subscriptions/pubsub-gcs-worker";
+    assert_eq!(trigger["metadata"]["subscriptionName"], subscription);
+    assert_eq!(
+        trigger["metadata"]["value"], "2500",
+        "KEDA's metadata values are strings"
+    );
+    let env = run.find("gcloud run deploy pubsub-gcs-worker-autoscaler");
+    let config = format!(
+        "parameters/pubsub-gcs-worker-autoscaler/versions/{},",
+        version[5]
+    );
+    assert!(
+        flag(&env, "--set-env-vars").unwrap().contains(&config),
+        "it reads that version"
+    );
+
+    // off: the autoscaler and its grant go, and the pool gets INSTANCES again.
+    let off = sandbox
+        .run("INSTANCES=2\nSCALING_FLAG=--scaling", "autoscale off")
+        .ok();
+    off.find("gcloud run services delete pubsub-gcs-worker-autoscaler");
+    assert!(
+        off.stderr()
+            .contains(&format!("(remove {autoscaler} in roles/run.developer)"))
+    );
+    assert_eq!(
+        flag(
+            &off.find("gcloud beta run worker-pools update"),
+            "--scaling"
+        ),
+        Some("2")
+    );
+}
+
+/// deploy/autoscale edits the worker pool's IAM policy itself: one member of one role, the rest
+/// (other members and roles, conditional bindings, the etag) as it was.
+#[test]
+fn the_pool_policy_edit_changes_one_member_of_one_role() {
+    let sandbox = Sandbox::new();
+    let lib = read("deploy/lib.sh");
+    let edit = lib
+        .split("EDIT_POLICY='")
+        .nth(1)
+        .and_then(|c| c.split("\n'").next())
+        .unwrap();
+    let before = r#"{"etag": "E", "bindings": [
+        {"role": "roles/run.developer", "members": ["user:x"]},
+        {"role": "roles/run.developer", "members": ["user:y"], "condition": {"title": "t"}},
+        {"role": "roles/run.viewer", "members": ["user:z"]}]}"#;
+    let after = before.replace(r#"["user:x"]"#, r#"["user:x", "serviceAccount:a"]"#);
+    let run = |policy: &str, action: &str| -> serde_json::Value {
+        let file = sandbox.write("policy.json", policy);
+        let code = format!("del sys.argv[1]; sys.stdin = open({:?})\n{edit}", file);
+        let args = [action, "serviceAccount:a", "roles/run.developer"];
+        let out: serde_json::Value =
+            serde_json::from_str(&gcloud_python(&sandbox, &code, &args)).unwrap();
+        out["policy"].clone()
+    };
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+    assert_eq!(run(before, "add"), parse(&after));
+    assert_eq!(run(&after, "add"), parse(&after), "adding twice");
+    assert_eq!(run(&after, "remove"), parse(before));
+    let alone = run(r#"{"etag": "E"}"#, "add");
+    assert_eq!(
+        alone["bindings"],
+        parse(r#"[{"role": "roles/run.developer", "members": ["serviceAccount:a"]}]"#)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the scripts create, on which scope, and that teardown removes it.
 
 /// The IAM grants a run prints, as "principal scope role": the principal by its account name, the
 /// scope by the command group it binds on.
 fn grants(run: &ScriptRun) -> BTreeSet<String> {
-    let bindings = run
-        .gcloud()
-        .into_iter()
-        .filter(|c| c.contains(&"add-iam-policy-binding".into()));
-    bindings
-        .map(|c| {
-            let member = flag(&c, "--member").unwrap();
-            let who = member.split(['@', ':']).nth(1).unwrap();
-            let verb = c
-                .iter()
-                .position(|w| w == "add-iam-policy-binding")
-                .unwrap();
-            format!(
-                "{who} {} {}",
-                c[1..verb].join("-"),
-                flag(&c, "--role").unwrap()
-            )
-        })
-        .collect()
+    let mut grants = BTreeSet::new();
+    for c in run.gcloud() {
+        let Some(verb) = c.iter().position(|w| w == "add-iam-policy-binding") else {
+            continue;
+        };
+        let who = flag(&c, "--member")
+            .unwrap()
+            .split(['@', ':'])
+            .nth(1)
+            .unwrap();
+        grants.insert(format!(
+            "{who} {} {}",
+            c[1..verb].join("-"),
+            flag(&c, "--role").unwrap()
+        ));
+    }
+    grants
 }
 
 #[test]
 fn setup_grants_each_principal_only_what_it_needs_on_one_resource() {
     let sandbox = Sandbox::new();
-    let expected = [
+    let mut expected = vec![
         "pubsub-gcs-worker pubsub-subscriptions roles/pubsub.subscriber",
         "pubsub-gcs-worker storage-buckets roles/storage.objectCreator",
         "service-PROJECT_NUMBER pubsub-topics roles/pubsub.publisher",
         "service-PROJECT_NUMBER pubsub-subscriptions roles/pubsub.subscriber",
     ];
-    let granted = grants(&sandbox.run("", "setup").ok());
-    assert_eq!(granted, expected.iter().map(|s| s.to_string()).collect());
+    assert_eq!(grants(&sandbox.run("", "setup").ok()), set(&expected));
+    // With the metrics export, the sidecar may write metrics: a project-level role, since Cloud
+    // Monitoring has nothing finer to bind it on.
+    expected.push("pubsub-gcs-worker projects roles/monitoring.metricWriter");
+    assert_eq!(grants(&sandbox.run(METRICS, "setup").ok()), set(&expected));
 }
 
-/// Each resource is created only after a describe of it failed, so a second run creates nothing;
-/// teardown deletes everything setup and deploy create.
-#[test]
-fn setup_and_deploy_create_only_what_is_missing_and_teardown_deletes_it() {
-    let sandbox = Sandbox::new();
-    let invocations = [
-        "setup",
-        "deploy",
-        "teardown --yes",
-        "teardown --yes --purge-bucket",
-    ];
-    let runs = parallel_map(&invocations, |args| sandbox.run("", args).ok());
-    // "group noun NAME" of a create, deploy or delete command; the name without an email domain.
-    let resource = |c: &Vec<String>| {
-        let verb = c
-            .iter()
-            .position(|w| ["create", "deploy", "delete"].contains(&w.as_str()))?;
-        let name = c[verb + 1..].iter().find(|w| !w.starts_with('-'))?;
-        Some(format!(
-            "{} {}",
-            c[1..verb].join(" "),
-            name.split('@').next().unwrap()
-        ))
+/// "group noun[ NAME]" of a create, deploy or delete command; the name without an email domain,
+/// and none when the command reads it from a file or teardown looks it up (a DRY_RUN placeholder).
+fn resource(c: &Vec<String>) -> Option<String> {
+    let verb = c
+        .iter()
+        .position(|w| ["create", "deploy", "delete"].contains(&w.as_str()))?;
+    let group = if c[1..verb] == ["run"] {
+        "run services".into()
+    } else {
+        c[1..verb].join(" ")
     };
-    let mut created = BTreeSet::new();
-    for run in &runs[..2] {
-        let commands = run.gcloud();
-        for (i, c) in commands
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.contains(&"create".into()))
-        {
-            let verb = c.iter().position(|w| w == "create").unwrap();
-            if c[..verb] != ["gcloud", "beta", "services", "identity"] {
-                let describe = [&c[..verb], &["describe".to_string()]].concat();
-                assert!(
-                    commands[i - 1].starts_with(&describe),
-                    "{c:?} after {:?}",
-                    commands[i - 1]
-                );
-            }
+    let name = c[verb + 1..].iter().find(|w| !w.starts_with('-'));
+    let name = name
+        .map(|n| n.split('@').next().unwrap())
+        .filter(|n| n.to_lowercase() == *n);
+    Some(name.map_or(group.clone(), |name| format!("{group} {name}")))
+}
+
+/// Each resource is created only after a describe (or a list) found it missing, so a second run
+/// creates nothing; teardown deletes everything the other scripts create.
+#[test]
+fn scripts_create_only_what_is_missing_and_teardown_deletes_it() {
+    let sandbox = Sandbox::new();
+    let mut created = Vec::new();
+    for script in ["setup", "deploy", "monitoring", "autoscale"] {
+        let commands = sandbox.run(METRICS, script).ok().gcloud();
+        for (i, c) in commands.iter().enumerate().skip(1) {
+            let Some(verb) = c.iter().position(|w| w == "create") else {
+                continue;
+            };
+            let looked = ["describe", "list"].map(|v| [&c[..verb], &[v.to_string()]].concat());
+            let before = &commands[i - 1];
+            assert!(
+                c[1] == "beta" || looked.iter().any(|l| before.starts_with(l)),
+                "{c:?} after {before:?}"
+            );
         }
-        let rerun = sandbox
-            .run("DRY_RUN_EXISTS=1", &run.name["deploy/".len()..])
+        let again = sandbox
+            .run(&format!("{METRICS}\nDRY_RUN_EXISTS=1"), script)
             .ok()
             .gcloud();
-        let creates = rerun
+        let creates = again
             .iter()
-            .filter(|c| c.contains(&"create".into()) && c[1] != "beta");
+            .filter(|c| c[1] != "beta" && c.contains(&"create".into()));
         assert_eq!(
             creates.count(),
             0,
-            "{} run again creates something",
-            run.name
+            "deploy/{script} run again creates something"
         );
-        created.extend(commands.iter().filter_map(resource));
+        created.extend(
+            commands
+                .iter()
+                .filter(|c| c[1] != "beta" || c[2] == "run")
+                .filter_map(resource),
+        );
     }
-    let deleted: BTreeSet<String> = runs[2].gcloud().iter().filter_map(resource).collect();
-    let missing: Vec<_> = created.difference(&deleted).collect();
+    let teardown = sandbox.run(METRICS, "teardown --yes").ok().gcloud();
+    let deleted: Vec<String> = teardown.iter().filter_map(resource).collect();
+    let gone = |r: &String| {
+        let prefix = |a: &String, b: &String| a.starts_with(&format!("{b} "));
+        deleted
+            .iter()
+            .any(|d| d == r || prefix(r, d) || prefix(d, r))
+    };
+    let missing: Vec<_> = created.iter().filter(|r| !gone(r)).collect();
     assert!(missing.is_empty(), "teardown does not delete {missing:?}");
-    runs[3].find("gcloud storage rm --recursive");
+    sandbox
+        .run("", "teardown --yes --purge-bucket")
+        .ok()
+        .find("gcloud storage rm --recursive");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -701,13 +966,19 @@ fn setup_and_deploy_create_only_what_is_missing_and_teardown_deletes_it() {
 #[test]
 fn dry_run_commands_pass_gcloud_argument_parsing() {
     let sandbox = Sandbox::new();
+    let exists = format!("{METRICS}\nDRY_RUN_EXISTS=1");
     let invocations = [
-        ("", "setup"),
+        (METRICS, "setup"),
         ("", "deploy"),
-        ("HEALTH_PORT=8080", "deploy"),
+        (METRICS, "deploy"),
+        (&exists, "deploy"),
         ("", "scale 3"),
         ("", "status"),
-        ("", "teardown --yes"),
+        (METRICS, "monitoring"),
+        (&exists, "monitoring"),
+        ("", "autoscale"),
+        ("", "autoscale off"),
+        (METRICS, "teardown --yes"),
         ("", "teardown --yes --purge-bucket"),
     ];
     let runs = parallel_map(&invocations, |(extra, args)| sandbox.run(extra, args).ok());
@@ -721,7 +992,7 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
 
     // Negative controls. The instance-count flag is the one this gcloud lists, so the other one
     // must be rejected; and a bogus flag must be rejected.
-    let scale = runs[3].commands()[0].clone();
+    let scale = runs[4].commands()[0].clone();
     let help = gcloud(
         &sandbox,
         &["beta", "run", "worker-pools", "update", "--help"],
