@@ -246,6 +246,10 @@ load_env() {
   IMAGE_URL="$REGION-docker.pkg.dev/$PROJECT_ID/$ARTIFACT_REPO/$IMAGE_NAME"
   # shellcheck disable=SC2034
   BUCKET_URL="gs://$BUCKET_NAME"
+  # The worker's custom role on the bucket (deploy/setup); one per worker pool, as teardown
+  # deletes it. Role ids take letters, digits, _ and . only.
+  # shellcheck disable=SC2034
+  WORKER_ROLE="${WORKER_POOL//-/_}_object_writer"
   # The subscription's id, and its full name.
   # shellcheck disable=SC2034
   SUBSCRIPTION_NAME=${SUBSCRIPTION_ID##*/}

@@ -877,11 +877,19 @@ fn setup_grants_each_principal_only_what_it_needs_on_one_resource() {
     let sandbox = Sandbox::new();
     let mut expected = vec![
         "pubsub-gcs-worker pubsub-subscriptions roles/pubsub.subscriber",
-        "pubsub-gcs-worker storage-buckets roles/storage.objectCreator",
+        "pubsub-gcs-worker storage-buckets projects/my-project/roles/pubsub_gcs_worker_object_writer",
         "service-PROJECT_NUMBER pubsub-topics roles/pubsub.publisher",
         "service-PROJECT_NUMBER pubsub-subscriptions roles/pubsub.subscriber",
     ];
-    assert_eq!(grants(&sandbox.run("", "setup").ok()), set(&expected));
+    let run = sandbox.run("", "setup").ok();
+    assert_eq!(grants(&run), set(&expected));
+    // The custom role: create objects, read one object's metadata (to tell an object already
+    // written from a refusal), nothing more.
+    let permissions = run.value(
+        "gcloud iam roles create pubsub_gcs_worker_object_writer",
+        "--permissions",
+    );
+    assert_eq!(permissions, "storage.objects.create,storage.objects.get");
     // With the metrics export, the sidecar may write metrics: a project-level role, since Cloud
     // Monitoring has nothing finer to bind it on.
     expected.push("pubsub-gcs-worker projects roles/monitoring.metricWriter");
@@ -969,6 +977,7 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
     let exists = format!("{METRICS}\nDRY_RUN_EXISTS=1");
     let invocations = [
         (METRICS, "setup"),
+        (&exists, "setup"),
         ("", "deploy"),
         (METRICS, "deploy"),
         (&exists, "deploy"),
@@ -992,24 +1001,27 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
 
     // Negative controls. The instance-count flag is the one this gcloud lists, so the other one
     // must be rejected; and a bogus flag must be rejected.
-    let scale = runs[4].commands()[0].clone();
+    let scale = runs
+        .iter()
+        .find(|r| r.name == "deploy/scale 3")
+        .unwrap()
+        .commands()
+        .remove(0);
+    let other = ["--instances", "--scaling"]
+        .into_iter()
+        .find(|f| flag(&scale, f).is_none());
     let help = gcloud(
         &sandbox,
         &["beta", "run", "worker-pools", "update", "--help"],
     );
-    let other = if flag(&scale, "--scaling").is_some() {
-        "--instances"
-    } else {
-        "--scaling"
-    };
-    if !text(&help.stdout).contains(other) {
+    if let Some(other) = other.filter(|f| !text(&help.stdout).contains(f)) {
         let forced = sandbox
             .run(&format!("SCALING_FLAG={other}"), "scale 2")
             .ok();
-        checks.push((forced.commands()[0].clone(), false));
+        checks.push((forced.commands().remove(0), false));
     }
     checks.push((
-        [&scale[..], &["--no-such-flag-for-tests=1".into()]].concat(),
+        [&scale[..], &words("--no-such-flag-for-tests=1")].concat(),
         false,
     ));
 
