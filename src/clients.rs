@@ -16,15 +16,11 @@ use google_cloud_storage::retry_policy::RetryableErrors;
 /// The Pub/Sub subscriber client.
 pub async fn subscriber(config: &Config) -> anyhow::Result<Subscriber> {
     let mut builder = Subscriber::builder();
-    if let Some(host) = &config.pubsub_emulator_host {
-        builder = builder
-            .with_endpoint(format!("http://{host}"))
-            .with_credentials(Anonymous::new().build());
+    if let Some(host) = &config.pubsub_emulator {
+        builder =
+            builder.with_endpoint(emulator_url(host)).with_credentials(Anonymous::new().build());
     }
-    builder
-        .build()
-        .await
-        .context("the Pub/Sub client could not be created")
+    builder.build().await.context("the Pub/Sub client could not be created")
 }
 
 /// The one storage client the whole process shares: it keeps the connection pool and the token.
@@ -32,27 +28,39 @@ pub async fn storage(config: &Config) -> anyhow::Result<Storage> {
     // No new attempt starts after WRITE_TIMEOUT_SECS; the sink bounds the running one.
     let mut builder =
         Storage::builder().with_retry_policy(RetryableErrors.with_time_limit(config.write_timeout));
-    if let Some(url) = &config.storage_emulator_url {
-        builder = builder
-            .with_endpoint(url)
-            .with_credentials(Anonymous::new().build());
+    if let Some(host) = &config.storage_emulator {
+        builder =
+            builder.with_endpoint(emulator_url(host)).with_credentials(Anonymous::new().build());
     }
-    builder
-        .build()
-        .await
-        .context("the Cloud Storage client could not be created")
+    builder.build().await.context("the Cloud Storage client could not be created")
 }
 
 /// The storage control client, used once at start for the self-check.
 pub async fn storage_control(config: &Config) -> anyhow::Result<StorageControl> {
     let mut builder = StorageControl::builder();
-    if let Some(url) = &config.storage_emulator_url {
-        builder = builder
-            .with_endpoint(url)
-            .with_credentials(Anonymous::new().build());
+    if let Some(host) = &config.storage_emulator {
+        builder =
+            builder.with_endpoint(emulator_url(host)).with_credentials(Anonymous::new().build());
     }
-    builder
-        .build()
-        .await
-        .context("the Cloud Storage control client could not be created")
+    builder.build().await.context("the Cloud Storage control client could not be created")
+}
+
+/// An emulator's endpoint: `PUBSUB_EMULATOR_HOST` is `host:port` by convention and
+/// `STORAGE_EMULATOR_HOST` `http://host:port`; each variable takes either form.
+pub fn emulator_url(host: &str) -> String {
+    let host = host.trim_end_matches('/');
+    match host.contains("://") {
+        true => host.to_string(),
+        false => format!("http://{host}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn emulator_hosts_take_both_forms() {
+        for host in ["127.0.0.1:8085", "http://127.0.0.1:8085/"] {
+            assert_eq!(super::emulator_url(host), "http://127.0.0.1:8085");
+        }
+    }
 }

@@ -34,11 +34,7 @@ pub struct Health {
 
 impl Health {
     pub fn new(stats: Arc<Stats>, stall_timeout: Duration) -> Self {
-        Self {
-            stats,
-            started: AtomicBool::new(false),
-            stall_timeout,
-        }
+        Self { stats, started: AtomicBool::new(false), stall_timeout }
     }
 
     /// Marks start-up as done: the startup probe passes from now on.
@@ -72,11 +68,9 @@ impl Health {
                 Ok(()) => (StatusCode::OK, TEXT, "ok\n".into()),
                 Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{reason}\n")),
             },
-            "/metrics" => (
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.stats.render(),
-            ),
+            "/metrics" => {
+                (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.stats.render())
+            }
             _ => (StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
         }
     }
@@ -90,9 +84,7 @@ pub struct HealthServer {
 
 impl HealthServer {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
-        Ok(Self {
-            listener: TcpListener::bind(addr).await?,
-        })
+        Ok(Self { listener: TcpListener::bind(addr).await? })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -165,18 +157,9 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         health.set_started();
-        assert_eq!(
-            health.respond(&Method::GET, "/healthz/startup").0,
-            StatusCode::OK
-        );
-        assert_eq!(
-            health.respond(&Method::GET, "/nope").0,
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            health.respond(&Method::POST, "/metrics").0,
-            StatusCode::METHOD_NOT_ALLOWED
-        );
+        assert_eq!(health.respond(&Method::GET, "/healthz/startup").0, StatusCode::OK);
+        assert_eq!(health.respond(&Method::GET, "/nope").0, StatusCode::NOT_FOUND);
+        assert_eq!(health.respond(&Method::POST, "/metrics").0, StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[test]

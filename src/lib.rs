@@ -12,6 +12,7 @@
 //!   pipeline, logs progress and the final summary.
 //! - [`pipeline`]: takes a write permit, receives a message, spawns its task; ack or nack; the
 //!   drain on shutdown.
+//! - [`name`]: `OBJECT_NAME` templates: parsed once, checked for uniqueness, rendered safely.
 //! - [`object`]: the message's object name, content type and metadata (pure functions).
 //! - [`sink`]: the create-only write, and what a failure means.
 //! - [`stats`]: the metrics behind the progress line, the summary, the probes and `/metrics`.
@@ -22,6 +23,7 @@
 pub mod clients;
 pub mod config;
 pub mod health;
+pub mod name;
 pub mod object;
 pub mod pipeline;
 pub mod self_check;

@@ -20,10 +20,7 @@ fn main() -> ExitCode {
         eprintln!("pubsub-gcs-worker: {e:#}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("pubsub-gcs-worker: the async runtime could not start: {e}");
@@ -39,9 +36,7 @@ async fn run(config: Config) -> ExitCode {
     let mut signals = match Signals::install() {
         Ok(signals) => signals,
         Err(e) => {
-            return failed(anyhow::anyhow!(
-                "signal handlers could not be installed: {e}"
-            ));
+            return failed(anyhow::anyhow!("signal handlers could not be installed: {e}"));
         }
     };
     // Start-up (clients, the bucket check) can take a while against a slow endpoint; a signal
@@ -54,11 +49,7 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     let result = match worker {
-        Ok(worker) => {
-            worker
-                .run_until_stopped(signals.first_then_exit_on_second())
-                .await
-        }
+        Ok(worker) => worker.run_until_stopped(signals.first_then_exit_on_second()).await,
         Err(e) => Err(e),
     };
     match result {

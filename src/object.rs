@@ -3,12 +3,12 @@
 //! Everything here is a pure function of the message, so a redelivered message maps to the same
 //! object name and the create-only write in [`crate::sink`] turns the redelivery into a no-op.
 
+use crate::name::{NameFields, NameTemplate};
 use google_cloud_pubsub::model::Message;
 use google_cloud_wkt::Timestamp;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use time::macros::format_description;
 
 /// Content type of a message whose data is valid UTF-8 (including empty data).
 pub const TEXT: &str = "text/plain; charset=utf-8";
@@ -20,17 +20,13 @@ const METADATA_LIMIT: usize = 8 * 1024;
 
 /// Metadata keys this worker sets itself; an attribute with one of these names is stored under
 /// `attribute_{name}` instead, so it can neither hide nor be hidden by the worker's own keys.
-pub const RESERVED_KEYS: [&str; 4] = [
-    "message_id",
-    "publish_time",
-    "delivery_attempt",
-    "subscription",
-];
+pub const RESERVED_KEYS: [&str; 4] =
+    ["message_id", "publish_time", "delivery_attempt", "subscription"];
 
 /// The object a message is written to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectSpec {
-    /// `{prefix}message_{YYYYMMDD_HHMMSS_ffffff}_{message_id}.txt` (`.bin` for binary data).
+    /// From the `OBJECT_PREFIX` and `OBJECT_NAME` template ([`crate::name`]).
     pub name: String,
     pub content_type: &'static str,
     pub metadata: BTreeMap<String, String>,
@@ -40,18 +36,21 @@ impl ObjectSpec {
     /// Describes the object for `message`, delivered through `subscription`.
     pub fn for_message(
         message: &Message,
-        prefix: &str,
+        names: &NameTemplate,
         subscription: &str,
         delivery_attempt: Option<i32>,
     ) -> Self {
         let text = is_text(&message.data);
+        let name = names.render(&NameFields {
+            message_id: &message.message_id,
+            publish_time: message.publish_time.as_ref().and_then(to_datetime),
+            attributes: &message.attributes,
+            ordering_key: &message.ordering_key,
+            subscription_id: subscription.rsplit('/').next().unwrap_or(subscription),
+            text,
+        });
         Self {
-            name: object_name(
-                prefix,
-                message.publish_time.as_ref(),
-                &message.message_id,
-                text,
-            ),
+            name,
             content_type: if text { TEXT } else { BINARY },
             metadata: metadata(message, subscription, delivery_attempt),
         }
@@ -68,40 +67,6 @@ pub fn is_text(data: &[u8]) -> bool {
     std::str::from_utf8(data).is_ok()
 }
 
-/// Builds the deterministic object name.
-///
-/// The publish time comes first so that a listing sorts by time; the message id makes the name
-/// unique, since two messages published in the same microsecond have different ids.
-pub fn object_name(
-    prefix: &str,
-    publish_time: Option<&Timestamp>,
-    message_id: &str,
-    text: bool,
-) -> String {
-    let stamp = publish_time
-        .and_then(to_datetime)
-        .and_then(|t| {
-            t.format(format_description!(
-                "[year][month][day]_[hour][minute][second]_[subsecond digits:6]"
-            ))
-            .ok()
-        })
-        // Pub/Sub always sets a publish time; a message without one still gets a stable name.
-        .unwrap_or_else(|| "00000000_000000_000000".to_string());
-    let id: String = message_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let extension = if text { "txt" } else { "bin" };
-    format!("{prefix}message_{stamp}_{id}.{extension}")
-}
-
 /// The object's custom metadata: where the message came from, and its attributes.
 ///
 /// Attributes that would push the metadata past Cloud Storage's 8 KiB limit are left out (in key
@@ -114,11 +79,8 @@ pub fn metadata(
 ) -> BTreeMap<String, String> {
     let mut metadata = BTreeMap::new();
     metadata.insert("message_id".to_string(), message.message_id.clone());
-    if let Some(time) = message
-        .publish_time
-        .as_ref()
-        .and_then(to_datetime)
-        .and_then(|t| t.format(&Rfc3339).ok())
+    if let Some(time) =
+        message.publish_time.as_ref().and_then(to_datetime).and_then(|t| t.format(&Rfc3339).ok())
     {
         metadata.insert("publish_time".to_string(), time);
     }
@@ -167,63 +129,22 @@ mod tests {
     }
 
     #[test]
-    fn name_has_prefix_utc_timestamp_with_microseconds_and_id() {
-        // 2024-02-29T23:59:58.123456789Z
-        let m = message("1234567890", 1_709_251_198, 123_456_789, b"hi");
-        let spec = ObjectSpec::for_message(&m, "in/", "projects/p/subscriptions/s", None);
-        assert_eq!(
-            spec.name,
-            "in/message_20240229_235958_123456_1234567890.txt"
-        );
-    }
-
-    #[test]
-    fn name_is_deterministic_and_unique_per_message() {
-        let a = message("1", 1_700_000_000, 0, b"x");
-        let b = message("2", 1_700_000_000, 0, b"x");
-        let name = |m: &Message| ObjectSpec::for_message(m, "", "s", None).name;
-        assert_eq!(name(&a), name(&a.clone()));
-        assert_ne!(name(&a), name(&b));
-        // A redelivery has another delivery attempt but the same name.
-        assert_eq!(
-            ObjectSpec::for_message(&a, "", "s", Some(1)).name,
-            ObjectSpec::for_message(&a, "", "s", Some(5)).name
-        );
-    }
-
-    #[test]
-    fn odd_characters_in_message_ids_cannot_escape_the_prefix() {
-        let m = message("../a b", 0, 0, b"");
-        let spec = ObjectSpec::for_message(&m, "p/", "s", None);
-        assert_eq!(spec.name, "p/message_19700101_000000_000000____a_b.txt");
-    }
-
-    #[test]
-    fn missing_publish_time_still_gives_a_stable_name() {
-        let m = Message::new().set_message_id("7");
-        assert_eq!(
-            ObjectSpec::for_message(&m, "", "s", None).name,
-            "message_00000000_000000_000000_7.txt"
-        );
-    }
-
-    #[test]
-    fn content_type_follows_utf8_validity() {
-        let text = message("1", 0, 0, "héllo ✓".as_bytes());
+    fn the_name_comes_from_the_template_and_the_content_type_from_the_data() {
+        let names =
+            NameTemplate::parse("{subscription}/{attributes.kind}/{message_id}.{ext}", "in/");
+        let names = names.expect("valid template");
+        let m = message("42", 0, 0, "héllo ✓".as_bytes()).set_attributes([("kind", "a b")]);
+        let spec = ObjectSpec::for_message(&m, &names, "projects/p/subscriptions/s", None);
+        assert_eq!((spec.name.as_str(), spec.content_type), ("in/s/a%20b/42.txt", TEXT));
         let empty = message("2", 0, 0, b"");
+        assert_eq!(ObjectSpec::for_message(&empty, &names, "s", None).content_type, TEXT);
         let binary = message("3", 0, 0, &[0xff, 0xfe, 0x00, 0x80]);
-        assert_eq!(
-            ObjectSpec::for_message(&text, "", "s", None).content_type,
-            TEXT
-        );
-        assert_eq!(
-            ObjectSpec::for_message(&empty, "", "s", None).content_type,
-            TEXT
-        );
-        let spec = ObjectSpec::for_message(&binary, "", "s", None);
-        assert_eq!(spec.content_type, BINARY);
+        let spec = ObjectSpec::for_message(&binary, &names, "s", None);
+        assert_eq!((spec.name.as_str(), spec.content_type), ("in/s//3.bin", BINARY));
         assert!(!spec.is_text());
-        assert!(spec.name.ends_with("_3.bin"), "{}", spec.name);
+        // A redelivery has another delivery attempt but the same name.
+        let again = ObjectSpec::for_message(&binary, &names, "s", Some(5));
+        assert_eq!(again.name, spec.name);
     }
 
     #[test]

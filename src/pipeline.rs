@@ -11,18 +11,19 @@
 //! are nacked at once, and [`Pipeline::drain`] gives in-flight writes the shutdown budget, nacks
 //! whatever is still running when it runs out, and waits for the client to flush acks.
 
+use crate::name::NameTemplate;
 use crate::object::ObjectSpec;
 use crate::sink::{Sink, Written};
 use crate::stats::{NackReason, Stats};
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::MessageStream;
 use google_cloud_pubsub::subscriber::handler::Handler;
-use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,30 +33,14 @@ use tracing::{debug, error, info, warn};
 const MAX_FLUSH_RESERVE: Duration = Duration::from_secs(2);
 
 /// Why the pipeline stopped other than by a shutdown signal.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// The stream failed with a permanent error (missing subscription, no permission, ...).
-    Stream(google_cloud_pubsub::Error),
+    #[error("the subscription stream failed: {0}")]
+    Stream(#[source] google_cloud_pubsub::Error),
     /// The stream ended although nobody asked it to.
+    #[error("the subscription stream ended unexpectedly")]
     StreamEnded,
-}
-
-impl fmt::Display for PipelineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PipelineError::Stream(e) => write!(f, "the subscription stream failed: {e}"),
-            PipelineError::StreamEnded => write!(f, "the subscription stream ended unexpectedly"),
-        }
-    }
-}
-
-impl std::error::Error for PipelineError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            PipelineError::Stream(e) => Some(e),
-            PipelineError::StreamEnded => None,
-        }
-    }
 }
 
 /// Everything a message task needs, shared by all of them.
@@ -63,7 +48,7 @@ impl std::error::Error for PipelineError {
 pub struct Pipeline {
     sink: Sink,
     stats: Arc<Stats>,
-    object_prefix: String,
+    names: NameTemplate,
     subscription: String,
     limits: Limits,
     shutdown_timeout: Duration,
@@ -85,7 +70,7 @@ impl Pipeline {
     pub fn new(
         sink: Sink,
         stats: Arc<Stats>,
-        object_prefix: String,
+        names: NameTemplate,
         subscription: String,
         limits: Limits,
         shutdown_timeout: Duration,
@@ -93,7 +78,7 @@ impl Pipeline {
         Self {
             sink,
             stats,
-            object_prefix,
+            names,
             subscription,
             limits,
             shutdown_timeout,
@@ -141,17 +126,10 @@ impl Pipeline {
                 }
                 held = budget.reserve(message.data.len()) => held,
             };
-            let Ok(held) = held else {
-                // The budget is never closed.
-                break Ok(());
-            };
             tasks.spawn(self.clone().handle(
                 message,
                 handler,
-                Permits {
-                    writes: writes.clone(),
-                    _held: held,
-                },
+                Permits { writes: writes.clone(), _held: held },
                 stopping.clone(),
                 abandon.clone(),
             ));
@@ -219,12 +197,8 @@ impl Pipeline {
             return;
         };
         let delivery_attempt = handler.delivery_attempt();
-        let spec = ObjectSpec::for_message(
-            &message,
-            &self.object_prefix,
-            &self.subscription,
-            delivery_attempt,
-        );
+        let spec =
+            ObjectSpec::for_message(&message, &self.names, &self.subscription, delivery_attempt);
         if !spec.is_text() {
             warn!(
                 message_id = %message.message_id,
@@ -277,14 +251,14 @@ impl Pipeline {
                     "object write failed; nacking for redelivery"
                 );
                 // Holding the message (and its write permit) for a moment before the nack keeps
-                // a broken bucket from turning into a tight redelivery loop.
+                // a broken bucket from turning into a tight redelivery loop. On shutdown the
+                // wait is pointless: nack at once, so the drain does not spend its budget here.
                 tokio::select! {
-                    () = abandon.cancelled() => {}
+                    () = stopping.cancelled() => {}
                     () = sleep(delay) => {}
                 }
                 handler.nack();
-                self.stats
-                    .nacked(NackReason::WriteFailed(e.kind.as_str()), Some(took));
+                self.stats.nacked(NackReason::WriteFailed(e.kind), Some(took));
             }
         }
     }
@@ -299,39 +273,52 @@ struct Permits {
 
 /// The stream's flow control, held by the worker as well: the service stops sending at
 /// `MAX_OUTSTANDING_MESSAGES`/`_BYTES`, the emulator does not, and reading stops here instead.
+/// Unlike a semaphore it cannot be closed, so a reservation cannot fail and drop a message.
 struct Budget {
-    messages: Arc<Semaphore>,
-    bytes: Arc<Semaphore>,
-    max_bytes: u32,
+    /// Messages and bytes still free.
+    free: Mutex<(u64, u64)>,
+    released: Notify,
+    max_bytes: u64,
 }
 
 /// One message's share of the [`Budget`], returned when dropped.
 struct Held {
-    _message: OwnedSemaphorePermit,
-    _bytes: OwnedSemaphorePermit,
+    budget: Arc<Budget>,
+    bytes: u64,
 }
 
 impl Budget {
-    fn new(limits: &Limits) -> Self {
-        let max_messages = limits.max_outstanding_messages.clamp(1, 1 << 40) as usize;
-        let max_bytes = limits.max_outstanding_bytes.clamp(1, i64::from(u32::MAX)) as u32;
-        Self {
-            messages: Arc::new(Semaphore::new(max_messages)),
-            bytes: Arc::new(Semaphore::new(max_bytes as usize)),
-            max_bytes,
-        }
+    fn new(limits: &Limits) -> Arc<Self> {
+        let max_bytes = limits.max_outstanding_bytes.max(1) as u64;
+        let free = (limits.max_outstanding_messages.max(1) as u64, max_bytes);
+        Arc::new(Self { free: Mutex::new(free), released: Notify::new(), max_bytes })
     }
 
     /// Waits until a message of `size` bytes fits; one larger than the whole budget waits for
     /// all of it.
-    async fn reserve(&self, size: usize) -> Result<Held, tokio::sync::AcquireError> {
-        let message = self.messages.clone().acquire_owned().await?;
-        let size = size.clamp(1, self.max_bytes as usize) as u32;
-        let bytes = self.bytes.clone().acquire_many_owned(size).await?;
-        Ok(Held {
-            _message: message,
-            _bytes: bytes,
-        })
+    async fn reserve(self: &Arc<Self>, size: usize) -> Held {
+        let bytes = (size as u64).clamp(1, self.max_bytes);
+        loop {
+            // Registered before the check, so a release in between is not missed.
+            let released = self.released.notified();
+            {
+                let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+                if free.0 >= 1 && free.1 >= bytes {
+                    *free = (free.0 - 1, free.1 - bytes);
+                    return Held { budget: self.clone(), bytes };
+                }
+            }
+            released.await;
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut free = self.budget.free.lock().unwrap_or_else(|e| e.into_inner());
+        *free = (free.0 + 1, free.1 + self.bytes);
+        // Only the receive loop waits on the budget.
+        self.budget.released.notify_one();
     }
 }
 
@@ -358,9 +345,7 @@ impl FailureBackoff {
     }
 
     fn delay(n: u32) -> Duration {
-        Self::BASE
-            .saturating_mul(1u32 << (n.clamp(1, 16) - 1))
-            .min(Self::MAX)
+        Self::BASE.saturating_mul(1u32 << (n.clamp(1, 16) - 1)).min(Self::MAX)
     }
 }
 

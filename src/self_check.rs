@@ -9,53 +9,24 @@
 //! StreamingPull fails at once, with the subscription's name, when it is missing or forbidden.
 
 use google_cloud_storage::client::StorageControl;
-use std::fmt;
 
 /// The permission a create-only write needs.
 pub const REQUIRED_PERMISSION: &str = "storage.objects.create";
 
 /// Why the worker cannot start.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum SelfCheckError {
-    BucketNotFound {
-        bucket: String,
-    },
-    MissingPermission {
-        bucket: String,
-    },
-    Failed {
-        bucket: String,
-        source: google_cloud_storage::Error,
-    },
-}
-
-impl fmt::Display for SelfCheckError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SelfCheckError::BucketNotFound { bucket } => {
-                write!(f, "bucket gs://{bucket} does not exist (BUCKET_NAME)")
-            }
-            SelfCheckError::MissingPermission { bucket } => write!(
-                f,
-                "the worker's credentials lack {REQUIRED_PERMISSION} on bucket gs://{bucket} \
-                 (grant roles/storage.objectCreator on the bucket to the worker's service account)"
-            ),
-            SelfCheckError::Failed { bucket, source } => write!(
-                f,
-                "the start-up check of bucket gs://{bucket} failed (STARTUP_CHECK=off skips it): \
-                 {source}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for SelfCheckError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SelfCheckError::Failed { source, .. } => Some(source),
-            _ => None,
-        }
-    }
+    #[error("bucket gs://{bucket} does not exist (BUCKET_NAME)")]
+    BucketNotFound { bucket: String },
+    #[error(
+        "the worker's credentials lack {REQUIRED_PERMISSION} on bucket gs://{bucket} \
+         (grant roles/storage.objectCreator on the bucket to the worker's service account)"
+    )]
+    MissingPermission { bucket: String },
+    #[error(
+        "the start-up check of bucket gs://{bucket} failed (STARTUP_CHECK=off skips it): {source}"
+    )]
+    Failed { bucket: String, source: google_cloud_storage::Error },
 }
 
 /// Checks that the caller holds [`REQUIRED_PERMISSION`] on `bucket`.
@@ -109,20 +80,15 @@ mod tests {
     #[test]
     fn each_failure_names_the_bucket_and_what_to_do() {
         let missing = evaluate("b", Ok(vec![])).expect_err("missing").to_string();
-        assert!(
-            missing.contains("storage.objects.create on bucket gs://b"),
-            "{missing}"
-        );
+        assert!(missing.contains("storage.objects.create on bucket gs://b"), "{missing}");
         assert!(missing.contains("roles/storage.objectCreator"), "{missing}");
 
-        let not_found = evaluate("b", Err(service_error(Code::NotFound)))
-            .expect_err("not found")
-            .to_string();
+        let not_found =
+            evaluate("b", Err(service_error(Code::NotFound))).expect_err("not found").to_string();
         assert_eq!(not_found, "bucket gs://b does not exist (BUCKET_NAME)");
 
-        let other = evaluate("b", Err(service_error(Code::Unavailable)))
-            .expect_err("failed")
-            .to_string();
+        let other =
+            evaluate("b", Err(service_error(Code::Unavailable))).expect_err("failed").to_string();
         assert!(other.contains("STARTUP_CHECK=off"), "{other}");
     }
 }

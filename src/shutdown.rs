@@ -14,10 +14,7 @@ pub struct Signals {
 impl Signals {
     /// Installs the handlers now, so that a signal arriving during start-up is not lost.
     pub fn install() -> std::io::Result<Self> {
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
     }
 
     /// Waits for the next SIGTERM or SIGINT and returns its name.

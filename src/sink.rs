@@ -8,7 +8,6 @@
 use crate::object::ObjectSpec;
 use bytes::Bytes;
 use google_cloud_storage::client::Storage;
-use std::fmt;
 use std::time::Duration;
 
 /// What a successful write did.
@@ -49,22 +48,11 @@ impl FailureKind {
 }
 
 /// A failed write; the message must be nacked.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", .kind.as_str())]
 pub struct WriteError {
     pub kind: FailureKind,
     source: google_cloud_storage::Error,
-}
-
-impl fmt::Display for WriteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind.as_str(), self.source)
-    }
-}
-
-impl std::error::Error for WriteError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
 }
 
 /// Writes objects into one bucket through one shared storage client.
@@ -81,11 +69,7 @@ pub struct Sink {
 
 impl Sink {
     pub fn new(client: Storage, bucket: &str, write_timeout: Duration) -> Self {
-        Self {
-            client,
-            bucket_path: format!("projects/_/buckets/{bucket}"),
-            write_timeout,
-        }
+        Self { client, bucket_path: format!("projects/_/buckets/{bucket}"), write_timeout }
     }
 
     /// Creates the object described by `spec` with `data` as its body, unless it exists.
@@ -117,10 +101,7 @@ impl Sink {
         match result {
             Ok(_) => Ok(Written::Created),
             Err(e) if is_precondition_failure(&e) => Ok(Written::AlreadyExisted),
-            Err(e) => Err(WriteError {
-                kind: classify(&e),
-                source: e,
-            }),
+            Err(e) => Err(WriteError { kind: classify(&e), source: e }),
         }
     }
 }
@@ -133,9 +114,7 @@ fn is_precondition_failure(e: &google_cloud_storage::Error) -> bool {
     use google_cloud_gax::error::rpc::Code;
     match e.http_status_code() {
         Some(code) => code == 412,
-        None => e
-            .status()
-            .is_some_and(|s| s.code == Code::FailedPrecondition),
+        None => e.status().is_some_and(|s| s.code == Code::FailedPrecondition),
     }
 }
 
@@ -178,32 +157,14 @@ mod tests {
 
     #[test]
     fn failures_are_classified_for_logs_and_metrics() {
-        assert_eq!(
-            classify(&http(404, "NOT_FOUND")),
-            FailureKind::BucketNotFound
-        );
+        assert_eq!(classify(&http(404, "NOT_FOUND")), FailureKind::BucketNotFound);
         assert_eq!(classify(&grpc(Code::NotFound)), FailureKind::BucketNotFound);
-        assert_eq!(
-            classify(&http(403, "PERMISSION_DENIED")),
-            FailureKind::PermissionDenied
-        );
-        assert_eq!(
-            classify(&http(401, "UNAUTHENTICATED")),
-            FailureKind::PermissionDenied
-        );
-        assert_eq!(
-            classify(&http(400, "INVALID_ARGUMENT")),
-            FailureKind::Rejected
-        );
-        assert_eq!(
-            classify(&http(429, "RESOURCE_EXHAUSTED")),
-            FailureKind::Transient
-        );
+        assert_eq!(classify(&http(403, "PERMISSION_DENIED")), FailureKind::PermissionDenied);
+        assert_eq!(classify(&http(401, "UNAUTHENTICATED")), FailureKind::PermissionDenied);
+        assert_eq!(classify(&http(400, "INVALID_ARGUMENT")), FailureKind::Rejected);
+        assert_eq!(classify(&http(429, "RESOURCE_EXHAUSTED")), FailureKind::Transient);
         assert_eq!(classify(&http(503, "UNAVAILABLE")), FailureKind::Transient);
         assert_eq!(classify(&grpc(Code::Unavailable)), FailureKind::Transient);
-        assert_eq!(
-            classify(&Error::io("connection reset")),
-            FailureKind::Transient
-        );
+        assert_eq!(classify(&Error::io("connection reset")), FailureKind::Transient);
     }
 }

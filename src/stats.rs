@@ -4,6 +4,7 @@
 //! Each metric is an atomic; a snapshot taken while messages are moving may be a few messages
 //! apart between counters, which is fine for a progress line.
 
+use crate::sink::FailureKind;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -16,8 +17,8 @@ use std::time::{Duration, Instant};
 /// Why a message was nacked, as the `reason` label of `messages_nacked_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NackReason {
-    /// The write failed; the string is [`crate::sink::FailureKind::as_str`].
-    WriteFailed(&'static str),
+    /// The write failed.
+    WriteFailed(FailureKind),
     /// The shutdown budget ran out before the write finished.
     Shutdown,
 }
@@ -25,7 +26,7 @@ pub enum NackReason {
 impl NackReason {
     fn label(self) -> &'static str {
         match self {
-            NackReason::WriteFailed(kind) => kind,
+            NackReason::WriteFailed(kind) => kind.as_str(),
             NackReason::Shutdown => "shutdown",
         }
     }
@@ -96,10 +97,8 @@ impl Stats {
             "Messages whose object already existed (written by an earlier delivery); acked.",
         );
         let acked = counter("messages_acked_total", "Messages acked.");
-        let bytes_written = counter(
-            "bytes_written_total",
-            "Bytes of message data in created objects.",
-        );
+        let bytes_written =
+            counter("bytes_written_total", "Bytes of message data in created objects.");
         let nacked = IntCounterVec::new(
             Opts::new(
                 "messages_nacked_total",
@@ -112,11 +111,8 @@ impl Stats {
         .expect("valid metric options");
         register(&registry, nacked.clone());
         let in_flight = IntGauge::with_opts(
-            Opts::new(
-                "messages_in_flight",
-                "Messages received and not yet acked or nacked.",
-            )
-            .namespace(NAMESPACE),
+            Opts::new("messages_in_flight", "Messages received and not yet acked or nacked.")
+                .namespace(NAMESPACE),
         )
         .expect("valid metric options");
         register(&registry, in_flight.clone());
@@ -143,10 +139,7 @@ impl Stats {
         )
         .expect("valid metric options");
         register(&registry, delivery_attempt.clone());
-        register(
-            &registry,
-            prometheus::process_collector::ProcessCollector::for_self(),
-        );
+        register(&registry, prometheus::process_collector::ProcessCollector::for_self());
         Self {
             registry,
             received,
@@ -231,10 +224,7 @@ impl Stats {
     /// The metrics in Prometheus' text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        if TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .is_err()
-        {
+        if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()
@@ -272,7 +262,7 @@ mod tests {
         stats.written(10, MS);
         stats.written(5, MS);
         stats.duplicate(MS);
-        stats.nacked(NackReason::WriteFailed("transient"), Some(MS));
+        stats.nacked(NackReason::WriteFailed(FailureKind::Transient), Some(MS));
         let s = stats.snapshot();
         assert_eq!(
             s,
@@ -318,11 +308,7 @@ mod tests {
         let stats = Stats::new();
         assert_eq!(stats.stalled_for(), None, "idle is not stalled");
         stats.received(None);
-        assert!(
-            stats
-                .stalled_for()
-                .is_some_and(|d| d < Duration::from_secs(1))
-        );
+        assert!(stats.stalled_for().is_some_and(|d| d < Duration::from_secs(1)));
         stats.written(1, MS);
         assert_eq!(stats.stalled_for(), None);
     }

@@ -6,7 +6,6 @@
 //! become the entry's `jsonPayload`. `tracing_subscriber`'s own JSON format nests fields and
 //! writes `level`, so this module has its own small formatter.
 
-use crate::config::LogFormat;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::io::IsTerminal;
@@ -16,6 +15,17 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
+
+/// Log output format (`LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON unless stderr is a terminal.
+    Auto,
+    /// One JSON object per line, with the fields Cloud Logging maps (`severity`, `message`).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
 
 /// Fields that are copied into Cloud Logging labels, so entries can be filtered by them.
 const LABEL_FIELDS: [&str; 2] = ["message_id", "subscription"];
@@ -29,15 +39,11 @@ pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     };
     let filter = EnvFilter::try_new(filter)
         .map_err(|e| anyhow::anyhow!("RUST_LOG={filter:?} is invalid: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = if json {
         builder.event_format(CloudLogging).try_init()
     } else {
-        builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init()
+        builder.with_ansi(std::io::stderr().is_terminal()).try_init()
     };
     result.map_err(|e| anyhow::anyhow!("logging could not be set up: {e}"))
 }
@@ -47,10 +53,7 @@ pub fn json_subscriber<W>(writer: W) -> impl Subscriber + Send + Sync
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    tracing_subscriber::fmt()
-        .with_writer(writer)
-        .event_format(CloudLogging)
-        .finish()
+    tracing_subscriber::fmt().with_writer(writer).event_format(CloudLogging).finish()
 }
 
 /// Formats each event as one JSON object in Cloud Logging's structured-logging shape.
@@ -73,10 +76,7 @@ where
 
         let mut entry = Map::new();
         entry.insert("severity".into(), severity(meta.level()).into());
-        entry.insert(
-            "message".into(),
-            fields.message.take().unwrap_or_default().into(),
-        );
+        entry.insert("message".into(), fields.message.take().unwrap_or_default().into());
         if let Ok(now) =
             time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)
         {
@@ -87,10 +87,7 @@ where
             .iter()
             .filter_map(|&name| {
                 let value = fields.values.get(name)?;
-                let text = value
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| value.to_string());
+                let text = value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
                 Some((name.to_string(), Value::String(text)))
             })
             .collect();
@@ -211,10 +208,8 @@ mod tests {
             tracing::info!(severity = "spoof", "plain");
         });
         let text = String::from_utf8(buffer.0.lock().expect("lock").clone()).expect("utf8");
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-            .collect();
+        let lines: Vec<Value> =
+            text.lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect();
         assert_eq!(lines.len(), 2, "{text}");
         let first = &lines[0];
         assert_eq!(first["severity"], "WARNING");
@@ -226,16 +221,9 @@ mod tests {
             first["logging.googleapis.com/labels"],
             serde_json::json!({"message_id": "123", "subscription": "projects/p/subscriptions/s"})
         );
-        assert!(
-            first["timestamp"]
-                .as_str()
-                .is_some_and(|t| t.ends_with('Z'))
-        );
+        assert!(first["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
         assert!(first["logging.googleapis.com/sourceLocation"]["file"].is_string());
-        assert_eq!(
-            lines[1]["severity"], "INFO",
-            "a field cannot overwrite severity"
-        );
+        assert_eq!(lines[1]["severity"], "INFO", "a field cannot overwrite severity");
         assert!(lines[1].get("logging.googleapis.com/labels").is_none());
     }
 }

@@ -43,7 +43,7 @@ impl Worker {
         let pipeline = Arc::new(Pipeline::new(
             Sink::new(storage, &config.bucket, config.write_timeout),
             stats.clone(),
-            config.object_prefix.clone(),
+            config.names.clone(),
             config.subscription.clone(),
             Limits {
                 max_concurrent_writes: config.max_concurrent_writes,
@@ -61,21 +61,12 @@ impl Worker {
             ),
             None => None,
         };
-        Ok(Self {
-            config,
-            subscriber,
-            pipeline,
-            stats,
-            health,
-            health_server,
-        })
+        Ok(Self { config, subscriber, pipeline, stats, health, health_server })
     }
 
     /// Where the health endpoint listens, if it was asked for (useful with port 0).
     pub fn health_addr(&self) -> Option<SocketAddr> {
-        self.health_server
-            .as_ref()
-            .and_then(|s| s.local_addr().ok())
+        self.health_server.as_ref().and_then(|s| s.local_addr().ok())
     }
 
     /// The live counters, for callers that watch a running worker.
@@ -92,14 +83,14 @@ impl Worker {
         info!(
             subscription = %c.subscription,
             bucket = %c.bucket,
-            object_prefix = %c.object_prefix,
+            object_name = c.names.template(),
             max_outstanding_messages = c.max_outstanding_messages,
             max_outstanding_bytes = c.max_outstanding_bytes,
             max_concurrent_writes = c.max_concurrent_writes,
             max_lease_extension_secs = c.max_lease_extension.as_secs(),
             shutdown_timeout_secs = c.shutdown_timeout.as_secs(),
-            pubsub_emulator = c.pubsub_emulator_host.as_deref().unwrap_or("none"),
-            storage_emulator = c.storage_emulator_url.as_deref().unwrap_or("none"),
+            pubsub_emulator = c.pubsub_emulator.as_deref().unwrap_or("none"),
+            storage_emulator = c.storage_emulator.as_deref().unwrap_or("none"),
             health_endpoint = %self.health_addr().map_or("off".to_string(), |a| a.to_string()),
             startup_check = c.startup_check,
             version = env!("CARGO_PKG_VERSION"),
@@ -124,11 +115,7 @@ impl Worker {
         // stream itself connects on the first pull; a missing subscription ends the run.
         self.health.set_started();
         if let Some(period) = c.progress_interval {
-            tokio::spawn(report_progress(
-                self.stats.clone(),
-                period,
-                background.clone(),
-            ));
+            tokio::spawn(report_progress(self.stats.clone(), period, background.clone()));
         }
         let result = self.pipeline.clone().run(stream, shutdown).await;
         background.cancel();

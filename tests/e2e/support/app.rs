@@ -1,10 +1,11 @@
-//! The worker under test: a fresh fixture (topic, subscription, bucket), the worker run in
-//! this process ([`RunningWorker`]) or as the real binary with JSON logs ([`BinaryWorker`]),
-//! and the checks the end-to-end test binaries share.
-//!
-//! Only integration tests compile this module (it needs `CARGO_BIN_EXE_*`), not the examples.
+//! The worker under test: a fresh [`Fixture`] (topic, subscription, bucket), the worker run in
+//! this process ([`RunningWorker`], the same `Worker` that `main` runs) or as the real binary
+//! with JSON logs ([`BinaryWorker`]), and the checks the tests share.
 
-use super::{Emulators, Gcs, ObjectInfo, OutMessage, PubSub, unique_name};
+use super::emulators::Emulators;
+use super::gcs::{Gcs, ObjectInfo};
+use super::pubsub::{OutMessage, PubSub};
+use super::unique_name;
 use anyhow::Context as _;
 use pubsub_gcs_worker::object::RESERVED_KEYS;
 use pubsub_gcs_worker::stats::{Snapshot, Stats};
@@ -23,9 +24,10 @@ pub type Result<T = ()> = anyhow::Result<T>;
 
 /// The stream ack deadline the tests give the worker (the minimum Pub/Sub allows), so that a
 /// message that is not acked comes back within seconds.
-pub const LEASE_SECS: &str = "10";
-/// Longer than [`LEASE_SECS`]: after this, an un-acked message would have been redelivered.
-pub const REDELIVERY_WINDOW: Duration = Duration::from_secs(13);
+pub const LEASE_SECS: u64 = 10;
+
+/// Generous limit for a worker to finish a set after a fault (emulator rounds included).
+pub const SETTLE: Duration = Duration::from_secs(240);
 
 /// A fresh topic, subscription and (optionally) bucket on a pair of emulators.
 pub struct Fixture<'a> {
@@ -56,44 +58,44 @@ impl<'a> Fixture<'a> {
             subscription: unique_name("sub"),
             bucket: unique_name("bucket"),
         };
-        fx.create_topic_and_subscription().await?;
+        fx.create_topic_and_subscription(None).await?;
         if create_bucket {
             fx.gcs.create_bucket(&fx.bucket).await?;
         }
         Ok(fx)
     }
 
-    /// Creates the topic and the subscription (again, after a Pub/Sub emulator restart).
-    pub async fn create_topic_and_subscription(&self) -> Result {
+    /// Creates the topic and the subscription (again, after a Pub/Sub emulator restart);
+    /// `dead_letter` is `(dead-letter topic, max delivery attempts)`.
+    pub async fn create_topic_and_subscription(&self, dead_letter: Option<(&str, i32)>) -> Result {
         self.pubsub.create_topic(&self.topic).await?;
-        self.pubsub
-            .create_subscription(&self.topic, &self.subscription, 10, None)
-            .await
+        let lease = LEASE_SECS as i32;
+        self.pubsub.create_subscription(&self.topic, &self.subscription, lease, dead_letter).await
     }
 
     /// The worker's environment, with storage reached at `storage_url`.
     pub fn env(&self, storage_url: &str) -> Vec<(String, String)> {
-        let mut env = self.emulators.worker_env();
-        env.retain(|(k, _)| k != "STORAGE_EMULATOR_HOST");
-        env.extend(vars(&[
+        let lease = LEASE_SECS.to_string();
+        let fixture = [
             ("STORAGE_EMULATOR_HOST", storage_url),
             ("SUBSCRIPTION_ID", &self.subscription),
             ("BUCKET_NAME", &self.bucket),
-            ("MAX_LEASE_EXTENSION_SECS", LEASE_SECS),
+            ("MAX_LEASE_EXTENSION_SECS", &lease),
             ("PROGRESS_INTERVAL_SECS", "0"),
-        ]));
-        env
+        ];
+        with_vars(self.emulators.worker_env(), &fixture)
     }
 
-    /// The environment for the real binary: JSON logs with one line per settled message.
+    /// The environment for the real binary: JSON logs with a line per settled message, and the
+    /// counters on a progress line every second (what [`BinaryWorker::counters`] reads).
     pub fn binary_env(&self, storage_url: &str) -> Vec<(String, String)> {
-        let mut env = self.env(storage_url);
-        env.extend(vars(&[
+        let binary = [
             ("LOG_FORMAT", "json"),
             ("RUST_LOG", "info,pubsub_gcs_worker=debug"),
             ("MAX_OUTSTANDING_MESSAGES", "200"),
-        ]));
-        env
+            ("PROGRESS_INTERVAL_SECS", "1"),
+        ];
+        with_vars(self.env(storage_url), &binary)
     }
 
     /// Runs the worker in this process, as `main` would, until [`RunningWorker::stop`].
@@ -102,22 +104,14 @@ impl<'a> Fixture<'a> {
         storage_url: &str,
         extra: &[(&str, &str)],
     ) -> Result<RunningWorker> {
-        let mut env = self.env(storage_url);
-        env.extend(vars(extra));
-        let config = Config::from_vars(env)?;
+        let config = Config::from_vars(with_vars(self.env(storage_url), extra))?;
         let worker = Worker::build(config).await?;
-        let stats = worker.stats();
-        let health = worker.health_addr();
+        let (stats, health) = (worker.stats(), worker.health_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(worker.run_until_stopped(async {
             let _ = stopped.await;
         }));
-        Ok(RunningWorker {
-            stats,
-            health,
-            stop,
-            handle,
-        })
+        Ok(RunningWorker { stats, health, stop, handle })
     }
 
     /// Publishes `messages` and returns what each id was sent with.
@@ -126,15 +120,9 @@ impl<'a> Fixture<'a> {
         Ok(ids.into_iter().zip(messages.iter().cloned()).collect())
     }
 
-    /// Checks that the bucket holds exactly one object per published message, no other
-    /// object, with the message's bytes and attributes.
-    pub async fn assert_exactly_once(&self, published: &BTreeMap<String, OutMessage>) -> Result {
-        self.assert_exactly_once_sampling(published, 1).await
-    }
-
-    /// [`Fixture::assert_exactly_once`], downloading only every `every`-th object (in name
-    /// order) to compare bodies; the listing still checks every object's size and attributes.
-    pub async fn assert_exactly_once_sampling(
+    /// Checks that the bucket holds exactly one object per published message and no other, with
+    /// the message's size and attributes; compares the bodies of every `every`-th object.
+    pub async fn assert_exactly_once(
         &self,
         published: &BTreeMap<String, OutMessage>,
         every: usize,
@@ -145,31 +133,20 @@ impl<'a> Fixture<'a> {
             let id = o
                 .metadata
                 .get("message_id")
-                .with_context(|| format!("object {} without message_id", o.name))?;
+                .with_context(|| format!("{} has no message_id", o.name))?;
             by_id.entry(id).or_default().push(&o.name);
         }
-        let duplicated: Vec<_> = by_id.iter().filter(|(_, names)| names.len() > 1).collect();
-        anyhow::ensure!(
-            duplicated.is_empty(),
-            "{} messages have several objects, e.g. {:?}",
-            duplicated.len(),
-            duplicated.iter().take(3).collect::<Vec<_>>()
-        );
-        let stray: Vec<_> = by_id
-            .keys()
-            .filter(|id| !published.contains_key(**id))
-            .collect();
+        let twice: Vec<_> = by_id.iter().filter(|(_, names)| names.len() > 1).take(3).collect();
+        anyhow::ensure!(twice.is_empty(), "messages with several objects, e.g. {twice:?}");
+        let stray: Vec<_> = by_id.keys().filter(|id| !published.contains_key(**id)).collect();
         anyhow::ensure!(stray.is_empty(), "objects of unknown messages: {stray:?}");
-        let missing: Vec<_> = published
-            .keys()
-            .filter(|id| !by_id.contains_key(id.as_str()))
-            .collect();
+        let missing: Vec<_> =
+            published.keys().filter(|id| !by_id.contains_key(id.as_str())).collect();
         anyhow::ensure!(
             missing.is_empty(),
-            "{} of {} messages have no object, e.g. {:?}",
+            "{} of {} messages have no object",
             missing.len(),
-            published.len(),
-            missing.iter().take(5).collect::<Vec<_>>()
+            published.len()
         );
         for o in &objects {
             let sent = &published[&o.metadata["message_id"]];
@@ -182,13 +159,15 @@ impl<'a> Fixture<'a> {
             );
             check_attributes(o, sent)?;
         }
-        // Bodies, a few at a time: the listing already proved the sizes.
         use futures::{StreamExt as _, TryStreamExt as _};
         futures::stream::iter(objects.iter().step_by(every.max(1)))
             .map(|o| async move {
                 let body = self.gcs.download(&self.bucket, &o.name).await?;
-                let sent = &published[&o.metadata["message_id"]];
-                anyhow::ensure!(body == sent.data, "body of {} differs", o.name);
+                anyhow::ensure!(
+                    body == published[&o.metadata["message_id"]].data,
+                    "body of {}",
+                    o.name
+                );
                 Ok(())
             })
             .buffer_unordered(8)
@@ -196,35 +175,47 @@ impl<'a> Fixture<'a> {
             .await?;
         Ok(())
     }
+
+    /// The message ids of the bucket's objects.
+    pub async fn object_ids(&self) -> Result<BTreeSet<String>> {
+        let objects = self.gcs.list_objects(&self.bucket).await?;
+        Ok(objects.into_iter().filter_map(|o| o.metadata.get("message_id").cloned()).collect())
+    }
+
+    /// Waits until every published message has an object and `worker` has settled, then checks
+    /// exactly one byte-exact object per message. The worker must still be running.
+    pub async fn settle(
+        &self,
+        worker: &mut BinaryWorker,
+        published: &BTreeMap<String, OutMessage>,
+    ) -> Result<Snapshot> {
+        self.gcs.wait_for_objects(&self.bucket, published.len(), SETTLE).await?;
+        let end = worker.wait_quiet(SETTLE).await?;
+        self.assert_exactly_once(published, 1).await?;
+        worker.assert_running()?;
+        Ok(end)
+    }
 }
 
-/// Checks that the object's metadata carries the message's attributes: an attribute named like
-/// one of the worker's own keys is stored as `attribute_{name}`, and attributes past Cloud
-/// Storage's 8 KiB metadata limit are left out and counted in `attributes_omitted`.
-pub fn check_attributes(object: &ObjectInfo, sent: &OutMessage) -> Result {
+/// Checks that the object's metadata carries the message's attributes: one named like a key of
+/// the worker's own is stored as `attribute_{name}`, and those past Cloud Storage's 8 KiB of
+/// metadata are left out and counted in `attributes_omitted`.
+fn check_attributes(object: &ObjectInfo, sent: &OutMessage) -> Result {
     let mut missing = 0;
     for (key, value) in &sent.attributes {
-        let stored = if RESERVED_KEYS.contains(&key.as_str()) || key == "attributes_omitted" {
-            format!("attribute_{key}")
-        } else {
-            key.clone()
-        };
+        let reserved = RESERVED_KEYS.contains(&key.as_str()) || key == "attributes_omitted";
+        let stored = if reserved { format!("attribute_{key}") } else { key.clone() };
         match object.metadata.get(&stored) {
-            Some(v) => anyhow::ensure!(
-                v == value,
-                "{}: attribute {key:?} is {v:?}, sent {value:?}",
-                object.name
-            ),
+            Some(v) => {
+                anyhow::ensure!(v == value, "{}: {key:?} is {v:?}, sent {value:?}", object.name)
+            }
             None => missing += 1,
         }
     }
-    let omitted: usize = object
-        .metadata
-        .get("attributes_omitted")
-        .map_or(Ok(0), |n| n.parse())?;
+    let omitted: usize = object.metadata.get("attributes_omitted").map_or(Ok(0), |n| n.parse())?;
     anyhow::ensure!(
         missing == omitted,
-        "{}: {missing} attributes missing, {omitted} reported omitted",
+        "{}: {missing} attributes missing, {omitted} omitted",
         object.name
     );
     Ok(())
@@ -251,6 +242,8 @@ impl RunningWorker {
 pub struct BinaryWorker {
     child: tokio::process::Child,
     pid: u32,
+    /// The stream ack deadline it was given: how long an un-acked message takes to come back.
+    lease: Duration,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -270,16 +263,9 @@ impl BinaryWorker {
             .kill_on_drop(true)
             .spawn()?;
         let pid = child.id().context("the worker has no pid")?;
-        Ok(Self {
-            child,
-            pid,
-            log,
-            _dir: dir,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
+        let lease = env.iter().rev().find(|(k, _)| k == "MAX_LEASE_EXTENSION_SECS");
+        let lease = lease.and_then(|(_, v)| v.parse().ok()).unwrap_or(60);
+        Ok(Self { child, pid, lease: Duration::from_secs(lease), log, _dir: dir })
     }
 
     pub fn signal(&self, signal: i32) {
@@ -298,8 +284,7 @@ impl BinaryWorker {
         }
     }
 
-    /// Fails if the worker exited or logged a panic: the faults in these tests must not
-    /// stop it.
+    /// Fails if the worker exited or logged a panic: the faults in these tests must not stop it.
     pub fn assert_running(&mut self) -> Result {
         if let Some(status) = self.child.try_wait()? {
             anyhow::bail!("the worker exited ({status}); log:\n{}", self.log_tail());
@@ -308,8 +293,11 @@ impl BinaryWorker {
     }
 
     pub fn assert_no_panic(&self) -> Result {
-        let log = self.log();
-        anyhow::ensure!(!log.contains("panicked"), "the worker panicked:\n{log}");
+        anyhow::ensure!(
+            !self.log().contains("panicked"),
+            "the worker panicked:\n{}",
+            self.log_tail()
+        );
         Ok(())
     }
 
@@ -325,78 +313,50 @@ impl BinaryWorker {
     }
 
     pub fn log_lines(&self) -> Vec<Value> {
-        self.log()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.log().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
-    /// The counters of the last `progress` (or final `stopped`) line; needs
-    /// `PROGRESS_INTERVAL_SECS` set.
+    /// The counters of the last `progress` (or final `stopped`) line.
     pub fn counters(&self) -> Snapshot {
-        let log = self.log();
-        log.lines()
-            .rev()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|l| l["message"] == "progress" || l["message"] == "stopped")
-            .map(|l| snapshot(&l))
-            .unwrap_or_default()
+        let lines = self.log_lines();
+        let last =
+            lines.iter().rev().find(|l| l["message"] == "progress" || l["message"] == "stopped");
+        let n = |k: &str| last.and_then(|l| l[k].as_u64()).unwrap_or(0);
+        Snapshot {
+            received: n("received"),
+            written: n("written"),
+            duplicates: n("duplicates"),
+            acked: n("acked"),
+            nacked: n("nacked"),
+            bytes_written: n("bytes_written"),
+            in_flight: n("in_flight"),
+        }
     }
 
     /// Waits until nothing is in flight and the counters have stayed put for longer than the
-    /// stream ack deadline ([`REDELIVERY_WINDOW`]): an un-acked message would have come back
-    /// by then. Needs `PROGRESS_INTERVAL_SECS=1`. Returns the counters.
+    /// lease: an un-acked message (a lost ack included) would have come back by then.
     pub async fn wait_quiet(&mut self, limit: Duration) -> Result<Snapshot> {
-        let deadline = Instant::now() + limit;
-        let mut last = self.counters();
-        let mut since = Instant::now();
+        let deadline = Instant::now() + limit + self.lease;
+        let (mut last, mut since) = (self.counters(), Instant::now());
         loop {
             sleep(Duration::from_secs(1)).await;
             self.assert_running()?;
             let now = self.counters();
             if now != last || now.in_flight > 0 {
-                last = now;
-                since = Instant::now();
-            } else if since.elapsed() > REDELIVERY_WINDOW {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() > self.lease + Duration::from_secs(3) {
                 return Ok(now);
             }
-            if Instant::now() > deadline {
-                anyhow::bail!("the worker did not settle within {limit:?}: {now:?}");
-            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the worker did not settle within {limit:?}: {now:?}"
+            );
         }
     }
 
     /// CPU time, memory, threads and open files of the process, from `/proc`.
     pub fn proc(&self) -> Result<ProcStats> {
         ProcStats::read(self.pid)
-    }
-}
-
-impl Drop for BinaryWorker {
-    /// With `KEEP_WORKER_LOGS=DIR`, keeps the log as `DIR/{pid}-{name}` for debugging.
-    fn drop(&mut self) {
-        if let Some(dir) = std::env::var_os("KEEP_WORKER_LOGS") {
-            let name = self.log.file_name().unwrap_or_default().to_string_lossy();
-            let _ = std::fs::create_dir_all(&dir);
-            let _ = std::fs::copy(
-                &self.log,
-                std::path::Path::new(&dir).join(format!("{}-{name}", self.pid)),
-            );
-        }
-    }
-}
-
-/// The counters of a `progress` or `stopped` log line.
-pub fn snapshot(line: &Value) -> Snapshot {
-    let n = |k: &str| line[k].as_u64().unwrap_or(0);
-    Snapshot {
-        received: n("received"),
-        written: n("written"),
-        duplicates: n("duplicates"),
-        acked: n("acked"),
-        nacked: n("nacked"),
-        bytes_written: n("bytes_written"),
-        in_flight: n("in_flight"),
     }
 }
 
@@ -416,21 +376,17 @@ pub struct ProcStats {
 impl ProcStats {
     pub fn read(pid: u32) -> Result<Self> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // The command name may contain spaces; the fields after it do not. utime and stime
-        // are fields 14 and 15, i.e. the 12th and 13th after the ")".
-        let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // The command name may contain spaces; the fields after it do not. utime and stime are
+        // fields 14 and 15, the 12th and 13th after the ")".
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').context("malformed stat")?.1.split_whitespace().collect();
         let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
         // SAFETY: sysconf only reads a constant.
         let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
+            let line = status.lines().find_map(|l| l.strip_prefix(name));
+            line.and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
         };
         Ok(ProcStats {
             cpu: Duration::from_millis(ticks * 1000 / per_sec),
@@ -444,33 +400,15 @@ impl ProcStats {
 
 /// The ids of messages the worker logged as acked (written or already existing).
 pub fn settled_message_ids(lines: &[Value]) -> BTreeSet<String> {
-    lines
-        .iter()
-        .filter(|l| {
-            matches!(
-                l["message"].as_str(),
-                Some("object written; acked")
-                    | Some("object already exists from an earlier delivery; acked")
-            )
-        })
-        .filter_map(|l| l["message_id"].as_str().map(str::to_string))
-        .collect()
+    const ACKED: [&str; 2] =
+        ["object written; acked", "object already exists from an earlier delivery; acked"];
+    let acked = lines.iter().filter(|l| l["message"].as_str().is_some_and(|m| ACKED.contains(&m)));
+    acked.filter_map(|l| Some(l["message_id"].as_str()?.to_string())).collect()
 }
 
 pub fn find_line<'a>(lines: &'a [Value], message: &str) -> &'a Value {
-    lines
-        .iter()
-        .find(|l| l["message"] == message)
-        .unwrap_or_else(|| panic!("no log line {message:?} in {lines:#?}"))
-}
-
-pub async fn object_message_ids(gcs: &Gcs, bucket: &str) -> Result<BTreeSet<String>> {
-    Ok(gcs
-        .list_objects(bucket)
-        .await?
-        .into_iter()
-        .filter_map(|o| o.metadata.get("message_id").cloned())
-        .collect())
+    let line = lines.iter().find(|l| l["message"] == message);
+    line.unwrap_or_else(|| panic!("no log line {message:?} in {lines:#?}"))
 }
 
 /// Mixed sizes (empty to 100 KiB), some invalid UTF-8, some with attributes.
@@ -481,72 +419,63 @@ pub fn sample_message(i: usize) -> OutMessage {
         2 => format!("{i:05} ünïcödé ✓ ").repeat(60).into_bytes(),
         3 => format!("{i:05} ").repeat(16 * 1024 / 6).into_bytes(),
         4 => format!("{i:05}\n").repeat(100 * 1024 / 6).into_bytes(),
-        _ => {
-            let mut bytes = vec![0xff, 0xfe, 0x00, (i % 256) as u8];
-            bytes.extend((0..300).map(|b| (b * 7 + i) as u8));
-            bytes
-        }
+        _ => [0xff, 0xfe, 0x00, (i % 256) as u8]
+            .into_iter()
+            .chain((0..300).map(|b| (b * 7 + i) as u8))
+            .collect(),
     };
-    let message = OutMessage::new(data);
-    if i.is_multiple_of(3) {
-        message
+    match i % 3 {
+        0 => OutMessage::new(data)
             .attr("index", i.to_string())
-            .attr("origin", "tests/worker.rs")
-            .attr("note", "ünïcödé, spaces & symbols =/?")
-    } else {
-        message
+            .attr("origin", "tests/e2e")
+            .attr("note", "ünïcödé, spaces & symbols =/?"),
+        _ => OutMessage::new(data),
     }
 }
 
-/// `2026-11-23T18:44:40.854Z` (publish time as Pub/Sub prints it) -> `20261123_184440_854000`.
+/// `2026-11-23T18:44:40.854Z` (a publish time as Pub/Sub prints it) -> `20261123_184440_854000`.
 pub fn name_stamp(rfc3339: &str) -> String {
-    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|e| panic!("publish time {rfc3339:?}: {e}"));
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339);
+    let t = t.unwrap_or_else(|e| panic!("publish time {rfc3339:?}: {e}"));
+    let (date, clock) = (t.date(), t.time());
     format!(
         "{:04}{:02}{:02}_{:02}{:02}{:02}_{:06}",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
+        date.year(),
+        date.month() as u8,
+        date.day(),
+        clock.hour(),
+        clock.minute(),
+        clock.second(),
+        clock.microsecond()
     )
-}
-
-pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// `env` with each of `pairs` set, replacing an earlier value of the same variable.
 pub fn with_vars(mut env: Vec<(String, String)>, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     env.retain(|(k, _)| !pairs.iter().any(|(name, _)| k == name));
-    env.extend(vars(pairs));
+    env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     env
 }
 
-/// Polls `done` every 50 ms until it holds or `limit` passes.
+/// Polls `done` every 100 ms until it holds; fails after `limit`, naming `what`.
 pub async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Result {
     let deadline = Instant::now() + limit;
     while !done() {
-        if Instant::now() >= deadline {
-            anyhow::bail!("timed out after {limit:?} waiting for {what}");
-        }
-        sleep(Duration::from_millis(50)).await;
+        anyhow::ensure!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        sleep(Duration::from_millis(100)).await;
     }
     Ok(())
 }
 
+/// Prints a measured figure (`cargo test -- --nocapture` shows them).
+pub fn figures(test: &str, text: &str) {
+    println!("[figures] {test}: {text}");
+}
+
 /// Worker logs for debugging a test: `TEST_LOG=1 cargo test` (filter with `RUST_LOG`).
-pub fn init_test_logs() {
+fn init_test_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
         let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
 }

@@ -1,12 +1,10 @@
-//! Operating the worker: the health probes, `/metrics` and the start-up check, against the real
-//! emulators (helpers in `support/worker.rs`).
+//! Operating the worker: the health probes, `/metrics` and the start-up check.
 
-mod support;
-
+use crate::support::app::{BinaryWorker, Fixture, Result, find_line, wait_for, with_vars};
+use crate::support::proxy::{Mode, Proxy};
+use crate::support::pubsub::OutMessage;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::worker::{BinaryWorker, Fixture, Result, find_line, vars};
-use support::{Mode, OutMessage, Proxy};
 use tokio::time::{Instant, sleep};
 
 /// The liveness probe fails while storage hangs with messages in flight, and passes again once
@@ -20,24 +18,13 @@ async fn liveness_fails_while_storage_hangs_and_recovers_with_it() -> Result {
     let worker = fx
         .start_worker(
             &proxy.url(),
-            &[
-                ("HEALTH_PORT", "0"),
-                ("HEALTH_HOST", "127.0.0.1"),
-                ("LIVENESS_STALL_SECS", "2"),
-            ],
+            &[("HEALTH_PORT", "0"), ("HEALTH_HOST", "127.0.0.1"), ("LIVENESS_STALL_SECS", "2")],
         )
         .await?;
-    let base = format!(
-        "http://{}",
-        worker.health.expect("health endpoint asked for")
-    );
+    let base = format!("http://{}", worker.health.expect("health endpoint asked for"));
     let http = reqwest::Client::new();
     wait_for_status(&http, &format!("{base}/healthz/startup"), 200).await?;
-    assert_eq!(
-        get(&http, &format!("{base}/healthz/live")).await?.0,
-        200,
-        "idle is live"
-    );
+    assert_eq!(get(&http, &format!("{base}/healthz/live")).await?.0, 200, "idle is live");
 
     let messages: Vec<OutMessage> = (0..N).map(|i| OutMessage::new(format!("m{i}"))).collect();
     fx.pubsub.publish(&fx.topic, &messages).await?;
@@ -45,9 +32,7 @@ async fn liveness_fails_while_storage_hangs_and_recovers_with_it() -> Result {
     assert!(reason.contains("in flight"), "{reason}");
 
     proxy.set_mode(Mode::Pass);
-    fx.gcs
-        .wait_for_objects(&fx.bucket, N, Duration::from_secs(120))
-        .await?;
+    fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(120)).await?;
     wait_for_status(&http, &format!("{base}/healthz/live"), 200).await?;
     let summary = worker.stop().await?;
     assert_eq!(summary.acked, N as u64, "{summary:?}");
@@ -63,30 +48,20 @@ async fn hung_write_times_out_is_nacked_and_written_after_recovery() -> Result {
     let fx = Fixture::new(true).await?;
     let proxy = Proxy::start(fx.emulators.storage_addr()).await?;
     proxy.set_mode(Mode::Hang);
-    let worker = fx
-        .start_worker(&proxy.url(), &[("WRITE_TIMEOUT_SECS", "1")])
-        .await?;
+    let worker = fx.start_worker(&proxy.url(), &[("WRITE_TIMEOUT_SECS", "1")]).await?;
     let messages: Vec<OutMessage> = (0..N).map(|i| OutMessage::new(format!("m{i}"))).collect();
     fx.pubsub.publish(&fx.topic, &messages).await?;
-    support::worker::wait_for(
-        Duration::from_secs(60),
-        "timed-out writes to be nacked",
-        || worker.stats.snapshot().nacked >= N as u64,
-    )
+    wait_for(Duration::from_secs(60), "timed-out writes to be nacked", || {
+        worker.stats.snapshot().nacked >= N as u64
+    })
     .await?;
     let page = worker.stats.render();
-    assert!(
-        page.contains("pubsub_gcs_worker_messages_nacked_total{reason=\"timeout\"}"),
-        "{page}"
-    );
+    assert!(page.contains("pubsub_gcs_worker_messages_nacked_total{reason=\"timeout\"}"), "{page}");
     assert_eq!(worker.stats.snapshot().written, 0, "storage is still hung");
 
     proxy.set_mode(Mode::Pass);
-    let objects = fx
-        .gcs
-        .wait_for_objects(&fx.bucket, N, Duration::from_secs(120))
-        .await?;
-    support::worker::wait_for(Duration::from_secs(30), "every message to be acked", || {
+    let objects = fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(120)).await?;
+    wait_for(Duration::from_secs(30), "every message to be acked", || {
         worker.stats.snapshot().acked == N as u64
     })
     .await?;
@@ -106,18 +81,12 @@ async fn metrics_match_what_was_published_and_written() -> Result {
             &[("HEALTH_PORT", "0"), ("HEALTH_HOST", "127.0.0.1")],
         )
         .await?;
-    let base = format!(
-        "http://{}",
-        worker.health.expect("health endpoint asked for")
-    );
-    let messages: Vec<OutMessage> = (0..N)
-        .map(|i| OutMessage::new("x".repeat((i + 1) * 10)))
-        .collect();
+    let base = format!("http://{}", worker.health.expect("health endpoint asked for"));
+    let messages: Vec<OutMessage> =
+        (0..N).map(|i| OutMessage::new("x".repeat((i + 1) * 10))).collect();
     let bytes: usize = messages.iter().map(|m| m.data.len()).sum();
     fx.pubsub.publish(&fx.topic, &messages).await?;
-    fx.gcs
-        .wait_for_objects(&fx.bucket, N, Duration::from_secs(60))
-        .await?;
+    fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(60)).await?;
 
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -145,9 +114,7 @@ async fn metrics_match_what_was_published_and_written() -> Result {
         assert_eq!(metrics.get(name), Some(&want), "{name}");
     }
     assert!(
-        metrics
-            .get("process_resident_memory_bytes")
-            .is_some_and(|rss| *rss > 0.0),
+        metrics.get("process_resident_memory_bytes").is_some_and(|rss| *rss > 0.0),
         "process metrics"
     );
     worker.stop().await?;
@@ -159,8 +126,7 @@ async fn metrics_match_what_was_published_and_written() -> Result {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_startup_check_stops_the_worker_with_one_clear_line() -> Result {
     let fx = Fixture::new(true).await?;
-    let mut env = fx.binary_env(&fx.emulators.storage_url());
-    env.extend(vars(&[("STARTUP_CHECK", "on")]));
+    let env = with_vars(fx.binary_env(&fx.emulators.storage_url()), &[("STARTUP_CHECK", "on")]);
     let mut worker = BinaryWorker::spawn(&env, "startup-check")?;
     let status = worker.wait(Duration::from_secs(60)).await?;
     assert_eq!(status.code(), Some(1), "log:\n{}", worker.log());

@@ -1,25 +1,21 @@
-//! End-to-end tests against the real emulators: Google's Pub/Sub emulator and fake-gcs-server.
-//!
-//! Each test gets its own topic, subscription and bucket on emulators shared by the process
-//! ([`support::Emulators::shared`]). Logs stay quiet unless `TEST_LOG` is set. The helpers
-//! (fixture, in-process and binary workers) live in `support/worker.rs`, shared with
-//! `tests/faults.rs`.
+//! The worker's core guarantees: every message becomes exactly one byte-exact object, a
+//! redelivery lands on its existing object, failed writes are nacked and retried, SIGTERM drains,
+//! and bad configuration or a missing subscription stops it with a clear error.
 
-mod support;
-
+use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, find_line, name_stamp};
+use crate::support::app::{sample_message, settled_message_ids, wait_for, with_vars};
+use crate::support::emulators::Emulators;
+use crate::support::http_proxy::HttpProxy;
+use crate::support::proxy::{Mode, Proxy};
+use crate::support::pubsub::OutMessage;
+use crate::support::unique_name;
 use pubsub_gcs_worker::object::{BINARY, TEXT};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use support::worker::{
-    BinaryWorker, Fixture, REDELIVERY_WINDOW, Result, find_line, name_stamp, object_message_ids,
-    sample_message, settled_message_ids, vars, wait_for,
-};
-use support::{Emulators, Mode, OutMessage, Proxy, unique_name};
 use tokio::time::{Instant, sleep};
 
-// ---------------------------------------------------------------------------------------------
-// Tests
-// ---------------------------------------------------------------------------------------------
+/// Longer than the lease the tests give the worker: an un-acked message is back by then.
+const REDELIVERY_WINDOW: Duration = Duration::from_secs(LEASE_SECS + 3);
 
 /// N messages of mixed sizes and encodings become exactly N objects with byte-exact bodies,
 /// the right names, content types and metadata, and nothing is left to redeliver. The uploads
@@ -29,44 +25,26 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     const N: usize = 600;
     const WRITES: u64 = 16;
     let fx = Fixture::new(true).await?;
-    let proxy = Proxy::start(fx.emulators.storage_addr()).await?;
-    let worker = fx
-        .start_worker(
-            &proxy.url(),
-            &[
-                ("OBJECT_PREFIX", "test/"),
-                ("MAX_CONCURRENT_WRITES", &WRITES.to_string()),
-            ],
-        )
-        .await?;
+    let proxy = HttpProxy::start(fx.emulators.storage_addr()).await?;
+    let extra = [("OBJECT_PREFIX", "test/"), ("MAX_CONCURRENT_WRITES", &WRITES.to_string())];
+    let worker = fx.start_worker(&proxy.url(), &extra).await?;
 
     let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
     let ids = fx.pubsub.publish(&fx.topic, &messages).await?;
     let published: BTreeMap<String, &OutMessage> = ids.iter().cloned().zip(&messages).collect();
     assert_eq!(published.len(), N, "message ids are unique");
 
-    let objects = fx
-        .gcs
-        .wait_for_objects(&fx.bucket, N, Duration::from_secs(120))
-        .await?;
+    let objects = fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(120)).await?;
     assert_eq!(objects.len(), N, "exactly one object per message");
 
     let uploads: BTreeMap<String, String> = proxy
         .recorded_uploads()
         .iter()
-        .filter_map(|u| {
-            Some((
-                u["name"].as_str()?.into(),
-                u["contentType"].as_str()?.into(),
-            ))
-        })
+        .filter_map(|u| Some((u["name"].as_str()?.into(), u["contentType"].as_str()?.into())))
         .collect();
     let mut seen = BTreeSet::new();
     for object in &objects {
-        let id = object
-            .metadata
-            .get("message_id")
-            .expect("message_id metadata");
+        let id = object.metadata.get("message_id").expect("message_id metadata");
         let sent = published.get(id).expect("object for a published message");
         assert!(seen.insert(id.clone()), "second object for message {id}");
 
@@ -98,7 +76,7 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     // One connection per write permit (16 in every run so far). The bound leaves room for the
     // HTTP client's pool hand-over: a finished connection goes back to the pool from a spawned
     // task, so a write that starts in between may open a new one. One per message would be 600.
-    let connections = proxy.accepted_connections();
+    let connections = proxy.connections();
     assert!(
         connections <= 2 * WRITES,
         "{connections} storage connections for {N} uploads, {WRITES} at a time"
@@ -110,10 +88,7 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     assert_eq!(summary.received, N as u64, "no redelivery: {summary:?}");
     assert_eq!(summary.written, N as u64, "{summary:?}");
     assert_eq!(summary.acked, N as u64, "{summary:?}");
-    assert_eq!(
-        (summary.duplicates, summary.nacked, summary.in_flight),
-        (0, 0, 0)
-    );
+    assert_eq!((summary.duplicates, summary.nacked, summary.in_flight), (0, 0, 0));
     assert_eq!(fx.gcs.list_objects(&fx.bucket).await?.len(), N);
 
     // The acks reached the service: a new worker on the subscription gets nothing back, even
@@ -130,9 +105,7 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_message_with_existing_object_is_acked_once() -> Result {
     let fx = Fixture::new(true).await?;
-    fx.pubsub
-        .publish(&fx.topic, &[OutMessage::new("second delivery")])
-        .await?;
+    fx.pubsub.publish(&fx.topic, &[OutMessage::new("second delivery")]).await?;
 
     // A first delivery that wrote the object and died before acking: pull the message, write
     // its object, and hand the message back for redelivery.
@@ -140,34 +113,19 @@ async fn redelivered_message_with_existing_object_is_acked_once() -> Result {
     let [first] = first.as_slice() else {
         anyhow::bail!("expected one message, got {first:?}");
     };
-    let name = format!(
-        "message_{}_{}.txt",
-        name_stamp(&first.publish_time),
-        first.message_id
-    );
-    fx.gcs
-        .put_object(&fx.bucket, &name, b"written by the first delivery")
-        .await?;
-    fx.pubsub
-        .modify_ack_deadline(&fx.subscription, std::slice::from_ref(&first.ack_id), 0)
-        .await?;
+    let name = format!("message_{}_{}.txt", name_stamp(&first.publish_time), first.message_id);
+    fx.gcs.put_object(&fx.bucket, &name, b"written by the first delivery").await?;
+    fx.pubsub.settle(&fx.subscription, std::slice::from_ref(&first.ack_id), Some(0)).await?;
 
     let worker = fx.start_worker(&fx.emulators.storage_url(), &[]).await?;
-    wait_for(
-        Duration::from_secs(60),
-        "the redelivery to be acked",
-        || worker.stats.snapshot().acked == 1,
-    )
+    wait_for(Duration::from_secs(60), "the redelivery to be acked", || {
+        worker.stats.snapshot().acked == 1
+    })
     .await?;
     sleep(REDELIVERY_WINDOW).await;
     let summary = worker.stop().await?;
     assert_eq!(
-        (
-            summary.received,
-            summary.duplicates,
-            summary.written,
-            summary.acked
-        ),
+        (summary.received, summary.duplicates, summary.written, summary.acked),
         (1, 1, 0, 1),
         "{summary:?}"
     );
@@ -192,11 +150,9 @@ async fn failed_write_is_nacked_and_redelivered_until_it_succeeds() -> Result {
     let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
     fx.pubsub.publish(&fx.topic, &messages).await?;
 
-    wait_for(
-        Duration::from_secs(60),
-        "every message to be nacked",
-        || worker.stats.snapshot().nacked >= N as u64,
-    )
+    wait_for(Duration::from_secs(60), "every message to be nacked", || {
+        worker.stats.snapshot().nacked >= N as u64
+    })
     .await?;
     assert_eq!(worker.stats.snapshot().written, 0);
     // The failure backoff keeps a missing bucket from becoming a tight redelivery loop: without
@@ -207,10 +163,7 @@ async fn failed_write_is_nacked_and_redelivered_until_it_succeeds() -> Result {
     assert!(during < 40, "{during} nacks in 3 s: no backoff?");
 
     fx.gcs.create_bucket(&fx.bucket).await?;
-    let objects = fx
-        .gcs
-        .wait_for_objects(&fx.bucket, N, Duration::from_secs(60))
-        .await?;
+    let objects = fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(60)).await?;
     wait_for(Duration::from_secs(30), "every message to be acked", || {
         worker.stats.snapshot().acked == N as u64
     })
@@ -239,34 +192,21 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
     const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
     let fx = Fixture::new(true).await?;
     // Slow storage keeps writes in flight at the moment of the signal.
-    let proxy = Proxy::start(fx.emulators.storage_addr()).await?;
-    proxy.set_mode(Mode::Delay(Duration::from_millis(150)));
-    let messages: Vec<OutMessage> = (0..N)
-        .map(|i| OutMessage::new(format!("{i:06} {}", "x".repeat(250))))
-        .collect();
-    let ids: BTreeSet<String> = fx
-        .pubsub
-        .publish(&fx.topic, &messages)
-        .await?
-        .into_iter()
-        .collect();
+    let proxy = HttpProxy::start(fx.emulators.storage_addr()).await?;
+    proxy.set_latency(Duration::from_millis(150), Duration::ZERO);
+    let messages: Vec<OutMessage> =
+        (0..N).map(|i| OutMessage::new(format!("{i:06} {}", "x".repeat(250)))).collect();
+    let ids: BTreeSet<String> =
+        fx.pubsub.publish(&fx.topic, &messages).await?.into_iter().collect();
 
     let env = fx.binary_env(&proxy.url());
     let mut first = BinaryWorker::spawn(&env, "first")?;
-    fx.gcs
-        .wait_for_objects(&fx.bucket, 300, Duration::from_secs(120))
-        .await?;
+    fx.gcs.wait_for_objects(&fx.bucket, 300, Duration::from_secs(120)).await?;
     let signalled = Instant::now();
     first.signal(libc::SIGTERM);
-    let status = first
-        .wait(SHUTDOWN_TIMEOUT + Duration::from_secs(5))
-        .await?;
+    let status = first.wait(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await?;
     let elapsed = signalled.elapsed();
-    assert!(
-        status.success(),
-        "exit status {status:?}; log:\n{}",
-        first.log()
-    );
+    assert!(status.success(), "exit status {status:?}; log:\n{}", first.log());
     assert!(elapsed <= SHUTDOWN_TIMEOUT, "took {elapsed:?} to exit");
 
     let lines = first.log_lines();
@@ -276,60 +216,46 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
         "the signal should catch writes in flight: {drain}"
     );
     // The writes in flight at the signal were allowed to finish, not abandoned.
-    let signal_at = lines
-        .iter()
-        .position(|l| l["signal"] == "SIGTERM")
-        .expect("the signal is logged");
+    let signal_at =
+        lines.iter().position(|l| l["signal"] == "SIGTERM").expect("the signal is logged");
     let finished_in_drain = settled_message_ids(&lines[signal_at..]).len();
     assert!(finished_in_drain > 0, "no write finished during the drain");
     assert!(
-        !lines.iter().any(|l| l["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("shutdown budget spent"))),
+        !lines
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("shutdown budget spent"))),
         "a 150 ms write cannot need the 8 s budget"
     );
     let summary = find_line(&lines, "stopped");
     let acked_first = settled_message_ids(&lines);
     assert_eq!(summary["acked"].as_u64(), Some(acked_first.len() as u64));
     assert!(acked_first.len() < N, "the signal came before the end");
-    let objects_after_first = object_message_ids(&fx.gcs, &fx.bucket).await?;
-    assert!(
-        acked_first.is_subset(&objects_after_first),
-        "every acked message has its object"
-    );
+    let objects_after_first = fx.object_ids().await?;
+    assert!(acked_first.is_subset(&objects_after_first), "every acked message has its object");
 
-    proxy.set_mode(Mode::Pass);
+    proxy.set_latency(Duration::ZERO, Duration::ZERO);
     let mut second = BinaryWorker::spawn(&env, "second")?;
-    fx.gcs
-        .wait_for_objects(&fx.bucket, N, Duration::from_secs(240))
-        .await?;
+    fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(240)).await?;
     // Let the second worker ack the last writes before stopping it.
-    wait_for(
-        Duration::from_secs(30),
-        "the second worker to settle",
-        || acked_first.len() + settled_message_ids(&second.log_lines()).len() >= N,
-    )
+    wait_for(Duration::from_secs(30), "the second worker to settle", || {
+        acked_first.len() + settled_message_ids(&second.log_lines()).len() >= N
+    })
     .await?;
     second.signal(libc::SIGTERM);
-    let status = second
-        .wait(SHUTDOWN_TIMEOUT + Duration::from_secs(5))
-        .await?;
+    let status = second.wait(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await?;
     assert!(status.success(), "exit status {status:?}");
 
     let settled_second = settled_message_ids(&second.log_lines());
     assert!(
         acked_first.is_disjoint(&settled_second),
         "an acked message came back: {:?}",
-        acked_first
-            .intersection(&settled_second)
-            .take(5)
-            .collect::<Vec<_>>()
+        acked_first.intersection(&settled_second).take(5).collect::<Vec<_>>()
     );
     let all: BTreeSet<String> = acked_first.union(&settled_second).cloned().collect();
     assert_eq!(all, ids, "every message acked by one of the two workers");
     let objects = fx.gcs.list_objects(&fx.bucket).await?;
     assert_eq!(objects.len(), N, "exactly one object per message");
-    let object_ids = object_message_ids(&fx.gcs, &fx.bucket).await?;
+    let object_ids = fx.object_ids().await?;
     assert_eq!(object_ids, ids);
     assert!(
         objects_after_first.is_subset(&all),
@@ -346,37 +272,22 @@ async fn writes_unfinished_at_the_shutdown_deadline_are_nacked_and_redelivered()
     let fx = Fixture::new(true).await?;
     let proxy = Proxy::start(fx.emulators.storage_addr()).await?;
     proxy.set_mode(Mode::Hang);
-    let worker = fx
-        .start_worker(&proxy.url(), &[("SHUTDOWN_TIMEOUT_SECS", "2")])
-        .await?;
+    let worker = fx.start_worker(&proxy.url(), &[("SHUTDOWN_TIMEOUT_SECS", "2")]).await?;
     let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
     fx.pubsub.publish(&fx.topic, &messages).await?;
-    wait_for(
-        Duration::from_secs(30),
-        "every message to be in flight",
-        || worker.stats.snapshot().in_flight == N as u64,
-    )
+    wait_for(Duration::from_secs(30), "every message to be in flight", || {
+        worker.stats.snapshot().in_flight == N as u64
+    })
     .await?;
 
     let stopping = Instant::now();
     let summary = worker.stop().await?;
-    assert!(
-        stopping.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        stopping.elapsed()
-    );
-    assert_eq!(
-        (summary.acked, summary.nacked, summary.in_flight),
-        (0, N as u64, 0),
-        "{summary:?}"
-    );
+    assert!(stopping.elapsed() < Duration::from_secs(3), "{:?}", stopping.elapsed());
+    assert_eq!((summary.acked, summary.nacked, summary.in_flight), (0, N as u64, 0), "{summary:?}");
 
     proxy.set_mode(Mode::Pass);
     let again = fx.start_worker(&proxy.url(), &[]).await?;
-    let objects = fx
-        .gcs
-        .wait_for_objects(&fx.bucket, N, Duration::from_secs(120))
-        .await?;
+    let objects = fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(120)).await?;
     wait_for(Duration::from_secs(30), "every message to be acked", || {
         again.stats.snapshot().acked == N as u64
     })
@@ -387,22 +298,57 @@ async fn writes_unfinished_at_the_shutdown_deadline_are_nacked_and_redelivered()
     Ok(())
 }
 
-/// Missing configuration: a non-zero exit and one line naming every missing variable.
+/// SIGTERM while every write fails (the bucket is missing) and the failed messages wait out
+/// their backoff before the nack: they are nacked at once, so the worker exits promptly instead
+/// of sleeping through its shutdown budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_storage_outage_nacks_at_once_without_spending_the_budget() -> Result {
+    const N: usize = 20;
+    let fx = Fixture::new(false).await?;
+    let mut worker = BinaryWorker::spawn(&fx.binary_env(&fx.emulators.storage_url()), "outage")?;
+    fx.publish(&(0..N).map(sample_message).collect::<Vec<_>>()).await?;
+    // By then the backoff before each nack has grown to seconds.
+    wait_for(Duration::from_secs(60), "failed writes", || worker.counters().nacked >= N as u64)
+        .await?;
+    let signalled = Instant::now();
+    worker.signal(libc::SIGTERM);
+    let status = worker.wait(Duration::from_secs(15)).await?;
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}: {}", worker.log_tail());
+    assert!(took < Duration::from_secs(3), "took {took:?} to exit");
+    let lines = worker.log_lines();
+    let spent =
+        lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("budget spent")));
+    assert!(!spent, "nothing was writing, yet the budget was spent: {}", worker.log_tail());
+    let summary = find_line(&lines, "stopped");
+    assert_eq!(
+        (summary["acked"].as_u64(), summary["in_flight"].as_u64()),
+        (Some(0), Some(0)),
+        "{summary}"
+    );
+    Ok(())
+}
+
+/// Bad configuration: exit 2 and one line naming every bad variable (`gs://` alone is no bucket,
+/// an invalid `RUST_LOG` is reported with the rest), before anything is pulled.
 #[tokio::test]
-async fn missing_configuration_exits_non_zero_naming_the_variables() -> Result {
+async fn bad_configuration_exits_2_naming_every_variable_in_one_line() -> Result {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pubsub-gcs-worker"))
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("BUCKET_NAME", "fine-bucket")
+        .env("BUCKET_NAME", "gs://")
+        .env("SUBSCRIPTION_ID", "sub ")
+        .env("RUST_LOG", "info,[{")
         .output()
         .await?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains("PROJECT_ID is not set"), "{stderr}");
-    assert!(stderr.contains("SUBSCRIPTION_ID is not set"), "{stderr}");
-    assert!(!stderr.contains("BUCKET_NAME"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    for problem in
+        ["PROJECT_ID is not set", "BUCKET_NAME=\"gs://\" is invalid", "RUST_LOG=\"info,[{\""]
+    {
+        assert!(stderr.contains(problem), "{problem}: {stderr}");
+    }
+    assert!(!stderr.contains("SUBSCRIPTION_ID"), "a trailing space is trimmed: {stderr}");
     Ok(())
 }
 
@@ -410,12 +356,10 @@ async fn missing_configuration_exits_non_zero_naming_the_variables() -> Result {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_subscription_exits_non_zero_with_a_clear_error() -> Result {
     let emulators = Emulators::shared().await;
-    let mut env = emulators.worker_env();
-    env.extend(vars(&[
-        ("SUBSCRIPTION_ID", &unique_name("absent")),
-        ("BUCKET_NAME", &unique_name("bucket")),
-        ("LOG_FORMAT", "json"),
-    ]));
+    let (subscription, bucket) = (unique_name("absent"), unique_name("bucket"));
+    let extra =
+        [("SUBSCRIPTION_ID", &*subscription), ("BUCKET_NAME", &bucket), ("LOG_FORMAT", "json")];
+    let env = with_vars(emulators.worker_env(), &extra);
     let mut worker = BinaryWorker::spawn(&env, "missing-subscription")?;
     let status = worker.wait(Duration::from_secs(60)).await?;
     assert_eq!(status.code(), Some(1), "log:\n{}", worker.log());
@@ -423,9 +367,6 @@ async fn missing_subscription_exits_non_zero_with_a_clear_error() -> Result {
     let error = find_line(&lines, "worker stopped with an error");
     assert_eq!(error["severity"], "ERROR");
     let text = error["error"].as_str().unwrap_or_default().to_lowercase();
-    assert!(
-        text.contains("subscription") && text.contains("not found"),
-        "{error}"
-    );
+    assert!(text.contains("subscription") && text.contains("not found"), "{error}");
     Ok(())
 }

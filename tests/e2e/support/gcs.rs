@@ -1,0 +1,126 @@
+//! fake-gcs-server's JSON API: create buckets, and read back what the worker wrote.
+//!
+//! fake-gcs-server does not keep the content type the storage client sends; tests that check
+//! it put a [`super::http_proxy::HttpProxy`] in between and read its recorded uploads.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::{http_client, send, url_encode};
+
+/// One object as listed by the JSON API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// REST client for one fake-gcs-server. Build one per test (`Emulators::gcs()`).
+#[derive(Clone)]
+pub struct Gcs {
+    http: reqwest::Client,
+    base: String,
+    project: String,
+}
+
+impl Gcs {
+    /// `base` is `http://127.0.0.1:PORT` (the `STORAGE_EMULATOR_HOST` format).
+    pub fn new(base: &str, project: &str) -> Self {
+        Gcs { http: http_client(), base: base.into(), project: project.into() }
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) -> Result<()> {
+        let url = format!("{}/storage/v1/b?project={}", self.base, url_encode(&self.project));
+        send(self.http.post(url).json(&json!({ "name": bucket })), &format!("create {bucket}"))
+            .await?;
+        Ok(())
+    }
+
+    /// All objects of the bucket (every page), in name order.
+    pub async fn list_objects(&self, bucket: &str) -> Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let url = format!(
+                "{}/storage/v1/b/{}/o?maxResults=1000&pageToken={}",
+                self.base,
+                url_encode(bucket),
+                url_encode(&token)
+            );
+            let page: Value =
+                send(self.http.get(url), &format!("list {bucket}")).await?.json().await?;
+            for item in page["items"].as_array().into_iter().flatten() {
+                out.push(object_info(item)?);
+            }
+            match page["nextPageToken"].as_str() {
+                Some(t) if !t.is_empty() => token = t.to_string(),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The object's bytes, exactly as stored.
+    pub async fn download(&self, bucket: &str, name: &str) -> Result<Vec<u8>> {
+        let url = format!(
+            "{}/download/storage/v1/b/{}/o/{}?alt=media",
+            self.base,
+            url_encode(bucket),
+            url_encode(name)
+        );
+        let what = format!("download gs://{bucket}/{name}");
+        Ok(send(self.http.get(url), &what).await?.bytes().await?.to_vec())
+    }
+
+    /// Uploads (or overwrites) an object, e.g. to pre-create a name the worker will meet.
+    pub async fn put_object(&self, bucket: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        let url = format!(
+            "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}",
+            self.base,
+            url_encode(bucket),
+            url_encode(name)
+        );
+        send(self.http.post(url).body(bytes.to_vec()), &format!("upload gs://{bucket}/{name}"))
+            .await?;
+        Ok(())
+    }
+
+    /// Polls the bucket until it holds at least `n` objects and returns the listing; fails
+    /// after `timeout` with the count last seen. The pause grows with the listing time, so that
+    /// polling a large bucket does not starve the worker of CPU.
+    pub async fn wait_for_objects(
+        &self,
+        bucket: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<ObjectInfo>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let started = Instant::now();
+            let objects = self.list_objects(bucket).await?;
+            if objects.len() >= n {
+                return Ok(objects);
+            }
+            if Instant::now() >= deadline {
+                bail!("gs://{bucket}: {} objects after {timeout:?}, expected {n}", objects.len());
+            }
+            let pause =
+                (started.elapsed() * 2).clamp(Duration::from_millis(100), Duration::from_secs(2));
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+fn object_info(item: &Value) -> Result<ObjectInfo> {
+    let name = item["name"].as_str().context("object without name")?.to_string();
+    // The JSON API sends int64 fields as strings.
+    let size = item["size"].as_str().and_then(|s| s.parse().ok()).context("object size")?;
+    let metadata = item["metadata"].as_object().into_iter().flatten();
+    let metadata = metadata.map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().into()));
+    Ok(ObjectInfo { name, size, metadata: metadata.collect() })
+}

@@ -1,0 +1,157 @@
+//! An HTTP proxy in front of fake-gcs-server, served with hyper and forwarded with reqwest:
+//!
+//! * **Latency**: every answer is held back by a fixed delay plus jitter, as real Cloud Storage
+//!   takes tens of milliseconds where the emulator takes less than one.
+//! * **Recording**: fake-gcs-server drops the content type the storage client sends in the JSON
+//!   part of its multipart upload; the proxy keeps that part of every upload.
+//!
+//! The proxy runs on the tokio runtime that started it; dropping it stops it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub struct HttpProxy {
+    addr: SocketAddr,
+    state: Arc<State>,
+    accept: JoinHandle<()>,
+}
+
+struct State {
+    upstream: String,
+    client: reqwest::Client,
+    /// Fixed delay and maximum jitter, in microseconds.
+    latency: (AtomicU64, AtomicU64),
+    uploads: Mutex<Vec<Value>>,
+    requests: AtomicU64,
+    connections: AtomicU64,
+}
+
+impl HttpProxy {
+    /// Listens on a free 127.0.0.1 port and forwards to `upstream` (fake-gcs-server).
+    pub async fn start(upstream: SocketAddr) -> Result<HttpProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            upstream: format!("http://{upstream}"),
+            client: reqwest::Client::builder().pool_max_idle_per_host(4096).build()?,
+            latency: (AtomicU64::new(0), AtomicU64::new(0)),
+            uploads: Mutex::new(Vec::new()),
+            requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+        });
+        let accept = tokio::spawn(accept_loop(listener, state.clone()));
+        Ok(HttpProxy { addr, state, accept })
+    }
+
+    /// `http://127.0.0.1:PORT`, to use as `STORAGE_EMULATOR_HOST`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Holds every answer back by `fixed` plus a pseudo-random share of `jitter`.
+    pub fn set_latency(&self, fixed: Duration, jitter: Duration) {
+        self.state.latency.0.store(fixed.as_micros() as u64, Ordering::Relaxed);
+        self.state.latency.1.store(jitter.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The JSON part of every multipart upload so far, with `name` from the URL added, e.g.
+    /// `{"name":"pubsub/123","contentType":"text/plain; charset=utf-8","metadata":{...}}`.
+    pub fn recorded_uploads(&self) -> Vec<Value> {
+        self.state.uploads.lock().unwrap().clone()
+    }
+
+    /// Connections the worker opened to the proxy so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for HttpProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        state.connections.fetch_add(1, Ordering::Relaxed);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |r| forward(state.clone(), r));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    if target.contains("uploadType=multipart") {
+        record_upload(&state, target, &body);
+    }
+    let mut upstream = state.client.request(parts.method, format!("{}{target}", state.upstream));
+    for (name, value) in &parts.headers {
+        if !matches!(name.as_str(), "host" | "content-length" | "transfer-encoding" | "connection")
+        {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let answer = upstream.body(body).send().await?;
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if !matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
+            response = response.header(name, value);
+        }
+    }
+    let body = answer.bytes().await?;
+    tokio::time::sleep(state.delay()).await;
+    Ok(response.body(Full::new(body))?)
+}
+
+impl State {
+    /// The fixed latency plus a share of the jitter that differs from request to request.
+    fn delay(&self) -> Duration {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        let (fixed, jitter) =
+            (self.latency.0.load(Ordering::Relaxed), self.latency.1.load(Ordering::Relaxed));
+        // splitmix64: spread the request number over the jitter range.
+        let mut x = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Duration::from_micros(fixed + (x ^ (x >> 31)) % (jitter + 1))
+    }
+}
+
+/// Keeps the JSON part (the first part) of a multipart upload, named as the URL names it.
+fn record_upload(state: &State, target: &str, body: &[u8]) {
+    let Some(start) = body.windows(4).position(|w| w == b"\r\n\r\n") else { return };
+    let json = serde_json::Deserializer::from_slice(&body[start + 4..]).into_iter::<Value>().next();
+    let Some(Ok(Value::Object(mut part))) = json else { return };
+    let url = reqwest::Url::parse(&format!("http://proxy{target}"));
+    let name = url
+        .ok()
+        .and_then(|u| u.query_pairs().find(|(k, _)| k == "name").map(|(_, v)| v.into_owned()));
+    if let Some(name) = name {
+        part.entry("name").or_insert(Value::String(name));
+    }
+    state.uploads.lock().unwrap().push(Value::Object(part));
+}

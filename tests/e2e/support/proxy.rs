@@ -1,0 +1,156 @@
+//! A loopback TCP proxy that breaks connections on demand, in front of either emulator:
+//! [`Proxy::set_mode`] switches between passing bytes, refusing, resetting and hanging, to test
+//! the worker's retries and timeouts without killing the emulator. It knows nothing of HTTP, so
+//! it carries the Pub/Sub emulator's gRPC as well as storage's JSON API. Latency, recording and
+//! rewritten answers are [`super::http_proxy`]'s job.
+//!
+//! The proxy runs on the tokio runtime that started it; dropping it closes every connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What the proxy does with connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward bytes both ways.
+    Pass,
+    /// Accept, then close at once (FIN): "connection closed before message completed".
+    Refuse,
+    /// Accept, then reset (RST via SO_LINGER 0): "connection reset by peer".
+    Reset,
+    /// Accept and never answer; open connections freeze too, until the mode changes again.
+    Hang,
+}
+
+pub struct Proxy {
+    addr: SocketAddr,
+    mode: watch::Sender<Mode>,
+    accepted: Arc<AtomicU64>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listens on a free 127.0.0.1 port and forwards to `upstream`, starting in [`Mode::Pass`].
+    pub async fn start(upstream: SocketAddr) -> Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (mode, rx) = watch::channel(Mode::Pass);
+        let accepted = Arc::new(AtomicU64::new(0));
+        let accept = tokio::spawn(accept_loop(listener, upstream, rx, accepted.clone()));
+        Ok(Proxy { addr, mode, accepted, accept })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, to use as `STORAGE_EMULATOR_HOST`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// New connections follow `mode` from now on. Refuse and Reset also close the open
+    /// connections (FIN, RST) and Hang freezes them, so keep-alive connections cannot bypass
+    /// the fault (closing them on Hang would turn a hang into an immediate error).
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+
+    /// Connections accepted so far, in any mode.
+    pub fn accepted_connections(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // Closes the listener now; connection tasks see the watch sender go away and exit.
+        self.accept.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    mut rx: watch::Receiver<Mode>,
+    accepted: Arc<AtomicU64>,
+) {
+    loop {
+        let client = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    // e.g. EMFILE: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            r = rx.changed() => match r {
+                Ok(()) => continue,
+                Err(_) => return, // proxy dropped
+            },
+        };
+        accepted.fetch_add(1, Ordering::Relaxed);
+        let _ = client.set_nodelay(true);
+        let (rx, mode) = (rx.clone(), *rx.borrow());
+        match mode {
+            Mode::Refuse => drop(client),
+            Mode::Reset => {
+                let _ = client.set_zero_linger();
+                drop(client);
+            }
+            Mode::Hang => drop(tokio::spawn(async move {
+                hold_while_hanging(rx).await;
+                drop(client);
+            })),
+            Mode::Pass => drop(tokio::spawn(forward(client, upstream, rx))),
+        }
+    }
+}
+
+/// Returns once the mode is no longer Hang, or the proxy is dropped.
+async fn hold_while_hanging(mut rx: watch::Receiver<Mode>) {
+    while *rx.borrow_and_update() == Mode::Hang {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Forwards one connection until both sides are done or a fault mode is set.
+async fn forward(mut client: TcpStream, upstream: SocketAddr, mut rx: watch::Receiver<Mode>) {
+    // Upstream down: the client sees its connection closed, as behind a load balancer.
+    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+    let _ = server.set_nodelay(true);
+    let fault = async {
+        loop {
+            if rx.changed().await.is_err() {
+                return Mode::Refuse; // proxy dropped: just close
+            }
+            let mode = *rx.borrow_and_update();
+            if mode != Mode::Pass {
+                return mode;
+            }
+        }
+    };
+    let fault = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => None,
+        mode = fault => Some(mode),
+    };
+    match fault {
+        Some(Mode::Reset) => drop(client.set_zero_linger()),
+        Some(Mode::Hang) => {
+            // Freeze: upstream goes away, the client keeps a socket that never answers.
+            drop(server);
+            hold_while_hanging(rx).await;
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,182 @@
+//! The Pub/Sub emulator's REST API (`/v1/projects/P/...` on its port). Tests drive the emulator
+//! over REST, not with the `google-cloud-pubsub` crate, so that the harness shares no code path
+//! (or bug) with the worker under test.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::{Value, json};
+
+use super::{http_client, send, url_encode};
+
+/// A message to publish. `data` is arbitrary bytes (need not be UTF-8).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutMessage {
+    pub data: Vec<u8>,
+    pub attributes: BTreeMap<String, String>,
+    pub ordering_key: String,
+}
+
+impl OutMessage {
+    pub fn new(data: impl Into<Vec<u8>>) -> Self {
+        OutMessage { data: data.into(), ..OutMessage::default() }
+    }
+
+    pub fn attr(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.attributes.insert(k.into(), v.into());
+        self
+    }
+}
+
+/// A message returned by [`PubSub::pull`].
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub ack_id: String,
+    pub message_id: String,
+    pub data: Vec<u8>,
+    pub publish_time: String,
+}
+
+/// REST client for one emulator and project. Build one per test (`Emulators::pubsub()`).
+#[derive(Clone)]
+pub struct PubSub {
+    http: reqwest::Client,
+    base: String,
+    project: String,
+}
+
+/// Publish request limits: the service takes at most 1000 messages and 10 MB per request; stay
+/// under 9 MB of JSON (base64 grows data by 4/3). A larger single message is sent alone.
+const MAX_BATCH_MESSAGES: usize = 1000;
+const MAX_BATCH_BYTES: usize = 9_000_000;
+
+impl PubSub {
+    /// `host` is `127.0.0.1:PORT` (the `PUBSUB_EMULATOR_HOST` format).
+    pub fn new(host: &str, project: &str) -> Self {
+        PubSub { http: http_client(), base: format!("http://{host}/v1"), project: project.into() }
+    }
+
+    /// `projects/P/subscriptions/S`.
+    pub fn subscription_path(&self, sub: &str) -> String {
+        format!("projects/{}/subscriptions/{sub}", self.project)
+    }
+
+    fn url(&self, kind: &str, id: &str, verb: &str) -> String {
+        format!("{}/projects/{}/{kind}/{}{verb}", self.base, self.project, url_encode(id))
+    }
+
+    pub async fn create_topic(&self, topic: &str) -> Result<()> {
+        let request = self.http.put(self.url("topics", topic, "")).json(&json!({}));
+        send(request, &format!("create topic {topic}")).await?;
+        Ok(())
+    }
+
+    /// Creates a pull subscription. `dead_letter` is `(dead-letter topic, max delivery
+    /// attempts)`; with it the emulator counts each message's delivery attempts.
+    pub async fn create_subscription(
+        &self,
+        topic: &str,
+        sub: &str,
+        ack_deadline_secs: i32,
+        dead_letter: Option<(&str, i32)>,
+    ) -> Result<()> {
+        let topic_path = |t: &str| format!("projects/{}/topics/{t}", self.project);
+        let mut body =
+            json!({ "topic": topic_path(topic), "ackDeadlineSeconds": ack_deadline_secs });
+        if let Some((dead, attempts)) = dead_letter {
+            body["deadLetterPolicy"] =
+                json!({ "deadLetterTopic": topic_path(dead), "maxDeliveryAttempts": attempts });
+        }
+        let request = self.http.put(self.url("subscriptions", sub, "")).json(&body);
+        send(request, &format!("create subscription {sub}")).await?;
+        Ok(())
+    }
+
+    pub async fn delete_subscription(&self, sub: &str) -> Result<()> {
+        let request = self.http.delete(self.url("subscriptions", sub, ""));
+        send(request, &format!("delete subscription {sub}")).await?;
+        Ok(())
+    }
+
+    /// Publishes all messages in batches within the request limits, four batches at a time, and
+    /// returns the message ids in the order of `msgs`.
+    pub async fn publish(&self, topic: &str, msgs: &[OutMessage]) -> Result<Vec<String>> {
+        let mut batches: Vec<&[OutMessage]> = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, m) in msgs.iter().enumerate() {
+            let size = m.data.len() * 4 / 3
+                + m.attributes.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
+                + 64;
+            if i > start && (i - start >= MAX_BATCH_MESSAGES || bytes + size > MAX_BATCH_BYTES) {
+                batches.push(&msgs[start..i]);
+                (start, bytes) = (i, 0);
+            }
+            bytes += size;
+        }
+        batches.push(&msgs[start..]);
+        let url = self.url("topics", topic, ":publish");
+        let ids: Vec<Vec<String>> = futures::stream::iter(batches)
+            .map(|batch| self.publish_batch(&url, batch))
+            .buffered(4)
+            .try_collect()
+            .await?;
+        Ok(ids.into_iter().flatten().collect())
+    }
+
+    async fn publish_batch(&self, url: &str, batch: &[OutMessage]) -> Result<Vec<String>> {
+        let messages: Vec<Value> = batch
+            .iter()
+            .map(|m| {
+                let mut message =
+                    json!({ "data": B64.encode(&m.data), "attributes": m.attributes });
+                if !m.ordering_key.is_empty() {
+                    message["orderingKey"] = json!(m.ordering_key);
+                }
+                message
+            })
+            .collect();
+        let what = format!("publish {} messages", batch.len());
+        let request = self.http.post(url).json(&json!({ "messages": messages }));
+        let answer: Value = send(request, &what).await?.json().await?;
+        let ids = answer["messageIds"].as_array().with_context(|| format!("{what}: {answer}"))?;
+        let ids: Vec<String> = ids.iter().filter_map(|id| Some(id.as_str()?.to_string())).collect();
+        anyhow::ensure!(ids.len() == batch.len(), "{what}: got {} ids", ids.len());
+        Ok(ids)
+    }
+
+    /// One pull that returns at once with at most `max` of the messages available now.
+    pub async fn pull(&self, sub: &str, max: i32) -> Result<Vec<Received>> {
+        let body = json!({ "returnImmediately": true, "maxMessages": max });
+        let request = self.http.post(self.url("subscriptions", sub, ":pull")).json(&body);
+        let answer: Value = send(request, &format!("pull {sub}")).await?.json().await?;
+        let mut out = Vec::new();
+        for received in answer["receivedMessages"].as_array().into_iter().flatten() {
+            let m = &received["message"];
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            out.push(Received {
+                ack_id: text(&received["ackId"]),
+                message_id: text(&m["messageId"]),
+                data: B64.decode(m["data"].as_str().unwrap_or_default())?,
+                publish_time: text(&m["publishTime"]),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Acks (`deadline`: `None`) or sets the ack deadline of leased messages (0: a nack).
+    pub async fn settle(&self, sub: &str, ack_ids: &[String], deadline: Option<i32>) -> Result<()> {
+        let (verb, body) = match deadline {
+            None => (":acknowledge", json!({ "ackIds": ack_ids })),
+            Some(secs) => {
+                (":modifyAckDeadline", json!({ "ackIds": ack_ids, "ackDeadlineSeconds": secs }))
+            }
+        };
+        if !ack_ids.is_empty() {
+            send(self.http.post(self.url("subscriptions", sub, verb)).json(&body), verb).await?;
+        }
+        Ok(())
+    }
+}
