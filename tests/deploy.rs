@@ -21,6 +21,9 @@ use std::thread;
 
 const SCRIPTS: [&str; 7] =
     ["setup", "deploy", "scale", "status", "teardown", "monitoring", "autoscale"];
+/// An object name template with every character deploy/deploy must pass on intact.
+const TEMPLATE: &str =
+    "dt={publish_time:%Y-%m-%d}/{attributes.task_type|unrouted}/{hash:2}/{message_id}.{ext}";
 /// Env file lines that turn the metrics export on.
 const METRICS: &str = "HEALTH_PORT=8080\nMETRICS_EXPORT=managed-prometheus";
 
@@ -240,18 +243,28 @@ fn flag<'a>(command: &'a [String], flag: &str) -> Option<&'a str> {
     command.iter().find_map(|w| w.strip_prefix(&prefix))
 }
 
-/// The `KEY: 'value'` lines deploy/deploy writes for --env-vars-file, decoded.
-fn deployed_env(run: &ScriptRun) -> BTreeMap<String, String> {
-    let deploy = run.find("gcloud beta run worker-pools deploy");
-    let file = flag(&deploy, "--env-vars-file").expect("--env-vars-file=FILE");
-    let decode = |line: &str| {
-        let (key, value) = line.split_once(": ").expect("KEY: 'value'");
-        let value = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\''));
-        let value = value.unwrap_or_else(|| panic!("value not single-quoted: {line}"));
-        (key.to_string(), value.replace("''", "'"))
-    };
-    fs::read_to_string(file).unwrap().lines().map(decode).collect()
+/// The --env-vars-file deploy/deploy wrote, as gcloud's own YAML loader reads it.
+fn deployed_env(sandbox: &Sandbox, run: &ScriptRun) -> BTreeMap<String, String> {
+    let file = run.value("gcloud beta run worker-pools deploy", "--env-vars-file");
+    serde_json::from_str(&gcloud_python(sandbox, YAML_TO_JSON, &[&file])).expect("a YAML map")
 }
+
+/// Runs Python code with the interpreter and the libraries of the installed gcloud; the SDK's
+/// directory is `sys.argv[1]`, `args` follow.
+fn gcloud_python(sandbox: &Sandbox, code: &str, args: &[&str]) -> String {
+    let format = "--format=value(installation.sdk_root,basic.python_location)";
+    let info = text(&gcloud(sandbox, &["info", format]).stdout);
+    let (sdk, python) = info.trim().split_once('\t').expect("gcloud info");
+    let path = "import sys; sys.path[:0] = [sys.argv[1] + d for d in ('/lib', '/lib/third_party')]";
+    let out =
+        Command::new(python).args(["-c", &format!("{path}\n{code}"), sdk]).args(args).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "python:\n{}", describe(&out));
+    text(&out.stdout)
+}
+
+/// Prints the YAML file `sys.argv[2]` as JSON, read as gcloud reads YAML.
+const YAML_TO_JSON: &str = "import json; from googlecloudsdk.core import yaml\nprint(json.dumps(yaml.load_path(sys.argv[2])))";
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers.
@@ -404,12 +417,12 @@ fn teardown_refuses_without_yes_and_a_terminal() {
 }
 
 /// The worker pool gets exactly the worker's variables of the env file: every variable the worker
-/// reads but the emulator ones, from the file only, byte for byte.
+/// reads but the emulator ones, from the file only, byte for byte as gcloud reads the file.
 #[test]
 fn the_worker_pool_gets_exactly_the_worker_variables_of_the_env_file() {
     let sandbox = Sandbox::new();
     // .env.example sets every one of them (some empty), so all are passed.
-    let env = deployed_env(&sandbox.run("", "deploy").ok());
+    let env = deployed_env(&sandbox, &sandbox.run("", "deploy").ok());
     let keys: BTreeSet<&str> = env.keys().map(String::as_str).collect();
     let worker = VARIABLES.iter().map(|v| v.name).filter(|v| !EMULATOR_VARIABLES.contains(v));
     assert_eq!(keys, worker.collect());
@@ -423,10 +436,11 @@ fn the_worker_pool_gets_exactly_the_worker_variables_of_the_env_file() {
         .map(|l| format!("{l}\n"))
         .collect();
     let prefix = "OBJECT_PREFIX=\"it's: a/prefix \\\"x\\\" \"\n";
-    let env_file = sandbox.write("custom.env", &format!("{example}{prefix}"));
+    let custom = format!("{example}{prefix}OBJECT_NAME='{TEMPLATE}'\n");
+    let env_file = sandbox.write("custom.env", &custom);
     let inherited = [("RUST_LOG", "trace"), ("LOG_FORMAT", "text")];
     let run = sandbox.run_with(&env_file, &["deploy"], &inherited).ok();
-    let env = deployed_env(&run);
+    let env = deployed_env(&sandbox, &run);
     for var in EMULATOR_VARIABLES {
         assert!(!env.contains_key(var), "{var} passed to the worker pool");
         assert!(run.stderr().contains(&format!("{var} is set")), "a note says so");
@@ -434,6 +448,7 @@ fn the_worker_pool_gets_exactly_the_worker_variables_of_the_env_file() {
     assert!(!env.contains_key("RUST_LOG"), "not in the env file, not passed");
     assert_eq!(env["LOG_FORMAT"], "auto", "the env file wins over the calling shell");
     assert_eq!(env["OBJECT_PREFIX"], "it's: a/prefix \"x\" ");
+    assert_eq!(env["OBJECT_NAME"], TEMPLATE, "{{, }}, %, |, : and / intact");
 }
 
 #[test]
@@ -496,21 +511,6 @@ fn health_port_wires_probes_and_metrics_export_adds_the_sidecar() {
             sandbox.run(&extra, script).refused(why);
         }
     }
-}
-
-/// Runs Python code with the interpreter and the libraries of the installed gcloud; the SDK's
-/// directory is `sys.argv[1]`, `args` follow.
-fn gcloud_python(sandbox: &Sandbox, code: &str, args: &[&str]) -> String {
-    let format = "--format=value(installation.sdk_root,basic.python_location)";
-    let info = text(&gcloud(sandbox, &["info", format]).stdout);
-    let (sdk, python) = info.trim().split_once('\t').expect("gcloud info");
-    let code = format!(
-        "import sys; sys.path[:0] = [sys.argv[1] + d for d in ('/lib', '/lib/third_party')]\n{code}"
-    );
-    let out = Command::new(python).args(["-c", &code, sdk]).args(args).output();
-    let out = out.unwrap();
-    assert!(out.status.success(), "python:\n{}", describe(&out));
-    text(&out.stdout)
 }
 
 /// For each KIND=FILE argument, the fields of FILE the Monitoring API's message type does not know
@@ -611,9 +611,8 @@ fn autoscale_scales_this_pool_on_its_backlog_with_grants_on_this_pool_only() {
 
     // Its configuration names this pool and this subscription, with the env file's numbers.
     let version = run.find("gcloud parametermanager parameters versions create");
-    let to_json = "import json; from googlecloudsdk.core import yaml\nprint(json.dumps(yaml.load_path(sys.argv[2])))";
-    let config =
-        gcloud_python(&sandbox, to_json, &[flag(&version, "--payload-data-from-file").unwrap()]);
+    let file = flag(&version, "--payload-data-from-file").unwrap();
+    let config = gcloud_python(&sandbox, YAML_TO_JSON, &[file]);
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
     let object = &config["spec"]["scaledObjects"][0]["spec"];
     let pool = "projects/my-project/locations/us-central1/workerpools/pubsub-gcs-worker";
@@ -763,6 +762,7 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
         (METRICS, "setup"),
         (&exists, "setup"),
         ("", "deploy"),
+        (&format!("OBJECT_NAME='{TEMPLATE}'"), "deploy"),
         (METRICS, "deploy"),
         (&exists, "deploy"),
         ("", "scale 3"),
