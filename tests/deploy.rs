@@ -30,12 +30,13 @@ const METRICS: &str = "HEALTH_PORT=8080\nMETRICS_EXPORT=managed-prometheus";
 /// What gcloud says when it has parsed the arguments and needs credentials to go on.
 const AUTH_STOP: &str = "You do not currently have an active account selected";
 /// What gcloud says when it rejects the arguments themselves.
-const PARSE_ERRORS: [&str; 6] = [
+const PARSE_ERRORS: [&str; 7] = [
     "unrecognized arguments",
     "Invalid value",
     "argument ",
     "Invalid choice",
     "must be one of",
+    "Failed to load YAML",
     "Failed to parse YAML",
 ];
 
@@ -252,19 +253,23 @@ fn deployed_env(sandbox: &Sandbox, run: &ScriptRun) -> BTreeMap<String, String> 
 /// Runs Python code with the interpreter and the libraries of the installed gcloud; the SDK's
 /// directory is `sys.argv[1]`, `args` follow.
 fn gcloud_python(sandbox: &Sandbox, code: &str, args: &[&str]) -> String {
-    let format = "--format=value(installation.sdk_root,basic.python_location)";
-    let info = text(&gcloud(sandbox, &["info", format]).stdout);
-    let (sdk, python) = info.trim().split_once('\t').expect("gcloud info");
+    static SDK: OnceLock<(String, String)> = OnceLock::new();
+    let (sdk, python) = SDK.get_or_init(|| {
+        let format = "--format=value(installation.sdk_root,basic.python_location)";
+        let info = text(&gcloud(sandbox, &["info", format]).stdout);
+        let (sdk, python) = info.trim().split_once('\t').expect("gcloud info");
+        (sdk.into(), python.into())
+    });
     let path = "import sys; sys.path[:0] = [sys.argv[1] + d for d in ('/lib', '/lib/third_party')]";
-    let out =
-        Command::new(python).args(["-c", &format!("{path}\n{code}"), sdk]).args(args).output();
-    let out = out.unwrap();
+    let code = format!("{path}\n{code}");
+    let out = Command::new(python).args(["-c", &code, sdk]).args(args).output().unwrap();
     assert!(out.status.success(), "python:\n{}", describe(&out));
     text(&out.stdout)
 }
 
 /// Prints the YAML file `sys.argv[2]` as JSON, read as gcloud reads YAML.
-const YAML_TO_JSON: &str = "import json; from googlecloudsdk.core import yaml\nprint(json.dumps(yaml.load_path(sys.argv[2])))";
+const YAML_TO_JSON: &str = "import json; from googlecloudsdk.core import yaml\n\
+                            print(json.dumps(yaml.load_path(sys.argv[2])))";
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers.
@@ -321,7 +326,10 @@ fn python_tool(name: &str, package: &str) -> PathBuf {
         let out = Command::new("python3").args(["-c", code]).output().expect("python3");
         let mut dirs: Vec<PathBuf> = env::split_paths(&env::var_os("PATH").unwrap()).collect();
         dirs.extend(text(&out.stdout).lines().map(PathBuf::from));
-        let runs = |p: &PathBuf| Command::new(p).arg("--version").output().is_ok();
+        let runs = |p: &PathBuf| {
+            let out = Command::new(p).arg("--version").output();
+            out.is_ok_and(|o| o.status.success())
+        };
         dirs.into_iter().map(|d| d.join(name)).find(runs)
     };
     // An externally managed (Debian) Python refuses the first install: then for the user.
@@ -330,7 +338,7 @@ fn python_tool(name: &str, package: &str) -> PathBuf {
             return path;
         }
         let pip = ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", package];
-        Command::new("python3").args(pip).args(extra).status().expect("python3 -m pip");
+        Command::new("python3").args(pip).args(extra).output().expect("python3 -m pip");
     }
     find().unwrap_or_else(|| panic!("{name} not found after pip install {package}"))
 }
@@ -601,8 +609,7 @@ fn autoscale_scales_this_pool_on_its_backlog_with_grants_on_this_pool_only() {
     assert_eq!(grants(&run), set(&expected));
     // roles/run.developer goes into this worker pool's own IAM policy: read, edited, written.
     let pool = "https://run.googleapis.com/v2/projects/my-project/locations/us-central1/workerPools/pubsub-gcs-worker";
-    let urls: Vec<String> =
-        run.all("curl").into_iter().map(|c| c.last().unwrap().clone()).collect();
+    let urls: Vec<String> = run.all("curl").into_iter().filter_map(|c| c.last().cloned()).collect();
     let read = format!("{pool}:getIamPolicy?options.requestedPolicyVersion=3");
     assert_eq!(urls, [read, format!("{pool}:setIamPolicy")]);
     let autoscaler =
@@ -623,15 +630,15 @@ fn autoscale_scales_this_pool_on_its_backlog_with_grants_on_this_pool_only() {
     let subscription = "projects/my-project/subscriptions/pubsub-gcs-worker";
     assert_eq!(trigger["metadata"]["subscriptionName"], subscription);
     assert_eq!(trigger["metadata"]["value"], "2500", "KEDA's metadata values are strings");
-    let env = run.find("gcloud run deploy pubsub-gcs-worker-autoscaler");
+    let env = run.value("gcloud run deploy pubsub-gcs-worker-autoscaler", "--set-env-vars");
     let config = format!("parameters/pubsub-gcs-worker-autoscaler/versions/{},", version[5]);
-    assert!(flag(&env, "--set-env-vars").unwrap().contains(&config), "it reads that version");
+    assert!(env.contains(&config), "the autoscaler reads that version: {env}");
 
     // off: the autoscaler and its grant go, and the pool gets INSTANCES again.
     let off = sandbox.run("INSTANCES=2\nSCALING_FLAG=--scaling", "autoscale off").ok();
     off.find("gcloud run services delete pubsub-gcs-worker-autoscaler");
     assert!(off.stderr().contains(&format!("(remove {autoscaler} in roles/run.developer)")));
-    assert_eq!(flag(&off.find("gcloud beta run worker-pools update"), "--scaling"), Some("2"));
+    assert_eq!(off.value("gcloud beta run worker-pools update", "--scaling"), "2");
 }
 
 /// deploy/autoscale edits the worker pool's IAM policy itself: one member of one role, the rest
@@ -706,7 +713,7 @@ fn setup_grants_each_principal_only_what_it_needs_on_one_resource() {
 
 /// "group noun[ NAME]" of a create, deploy or delete command; the name without an email domain,
 /// and none when the command reads it from a file or teardown looks it up (a DRY_RUN placeholder).
-fn resource(c: &Vec<String>) -> Option<String> {
+fn resource(c: &[String]) -> Option<String> {
     let verb = c.iter().position(|w| ["create", "deploy", "delete"].contains(&w.as_str()))?;
     let group = if c[1..verb] == ["run"] { "run services".into() } else { c[1..verb].join(" ") };
     let name = c[verb + 1..].iter().find(|w| !w.starts_with('-'));
@@ -737,11 +744,11 @@ fn scripts_create_only_what_is_missing_and_teardown_deletes_it() {
         let creates = again.iter().filter(|c| c[1] != "beta" && c.contains(&"create".into()));
         assert_eq!(creates.count(), 0, "deploy/{script} run again creates something");
         created.extend(
-            commands.iter().filter(|c| c[1] != "beta" || c[2] == "run").filter_map(resource),
+            commands.iter().filter(|c| c[1] != "beta" || c[2] == "run").filter_map(|c| resource(c)),
         );
     }
     let teardown = sandbox.run(METRICS, "teardown --yes").ok().gcloud();
-    let deleted: Vec<String> = teardown.iter().filter_map(resource).collect();
+    let deleted: Vec<String> = teardown.iter().filter_map(|c| resource(c)).collect();
     let gone = |r: &String| {
         let prefix = |a: &String, b: &String| a.starts_with(&format!("{b} "));
         deleted.iter().any(|d| d == r || prefix(r, d) || prefix(d, r))
