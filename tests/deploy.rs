@@ -542,7 +542,8 @@ for kind, name in (arg.split("=", 1) for arg in sys.argv[2:]):
         problems = unknown(encoding.JsonToMessage(types[kind], open(name).read()), "")
     except Exception as e:
         problems = ["cannot decode: %r" % e]
-    print("\n".join(name + " " + problem for problem in problems))
+    for problem in problems:
+        print(name, problem)
 "#;
 
 fn json(path: &str) -> serde_json::Value {
