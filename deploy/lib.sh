@@ -12,11 +12,14 @@
 #   * GCLOUD overrides the gcloud binary that is run (printed commands always say "gcloud").
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# The dry-run output, so that commands run inside $(...) print there too.
+exec 3>&1
 REPO_ROOT="$(cd "$DEPLOY_DIR/.." && pwd)"
 
-# The worker's variables passed to the worker pool: exactly the worker section of .env.example.
+# The worker's variables passed to the worker pool: all that the worker reads (VARIABLES in
+# src/config.rs) but the emulator ones; tests/deploy.rs checks it.
 WORKER_VARS=(
-  PROJECT_ID SUBSCRIPTION_ID BUCKET_NAME OBJECT_PREFIX
+  PROJECT_ID SUBSCRIPTION_ID BUCKET_NAME OBJECT_PREFIX OBJECT_NAME
   MAX_OUTSTANDING_MESSAGES MAX_OUTSTANDING_BYTES MAX_CONCURRENT_WRITES
   MAX_LEASE_EXTENSION_SECS SHUTDOWN_TIMEOUT_SECS PROGRESS_INTERVAL_SECS
   LOG_FORMAT RUST_LOG WRITE_TIMEOUT_SECS HEALTH_PORT HEALTH_HOST LIVENESS_STALL_SECS STARTUP_CHECK
@@ -110,6 +113,23 @@ exists() {
   "${GCLOUD:-gcloud}" "${@:2}" >/dev/null 2>&1
 }
 
+# lookup PLACEHOLDER CMD...: prints what the read-only gcloud command CMD prints (nothing when it
+# fails). In DRY_RUN, prints CMD instead and answers PLACEHOLDER when DRY_RUN_EXISTS=1, else
+# nothing, as if what CMD looks for did not exist.
+lookup() {
+  local placeholder=$1
+  shift
+  if is_dry_run; then
+    print_cmd "$@" >&3
+    if [[ ${DRY_RUN_EXISTS:-0} == 1 ]]; then
+      printf '%s\n' "$placeholder"
+    fi
+    return 0
+  fi
+  print_cmd "$@" >&2
+  "${GCLOUD:-gcloud}" "${@:2}" 2>/dev/null || true
+}
+
 # ensure WHAT DESCRIBE... -- CREATE...: runs CREATE unless DESCRIBE says WHAT exists.
 # In DRY_RUN both are printed.
 ensure() {
@@ -187,9 +207,33 @@ load_env() {
   : "${BUILD_TIMEOUT:=3600s}"
   : "${SCALING_FLAG:=}"
   : "${PROJECT_NUMBER:=}"
+  : "${METRICS_EXPORT:=}"
+  : "${METRICS_SIDECAR_IMAGE:=us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:1.2.0}"
+  : "${METRICS_SIDECAR_CPU:=1}"
+  : "${METRICS_SIDECAR_MEMORY:=512Mi}"
+  : "${ALERT_NOTIFICATION_CHANNELS:=}"
+  : "${ALERT_OLDEST_UNACKED_SECS:=600}"
+  : "${ALERT_NACK_MINUTES:=10}"
+  : "${AUTOSCALE_MIN_INSTANCES:=0}"
+  : "${AUTOSCALE_MAX_INSTANCES:=10}"
+  : "${AUTOSCALE_TARGET_BACKLOG:=5000}"
+  : "${AUTOSCALER_SERVICE:=pubsub-gcs-worker-autoscaler}"
+  : "${AUTOSCALER_SERVICE_ACCOUNT:=pubsub-gcs-worker-autoscaler}"
+  : "${AUTOSCALER_IMAGE:=us-central1-docker.pkg.dev/cloud-run-oss-images/crema-v1/autoscaler:1.2}"
+  : "${AUTOSCALER_BASE_IMAGE:=us-central1-docker.pkg.dev/serverless-runtimes/google-24/runtimes/java25}"
 
   require PROJECT_ID SUBSCRIPTION_ID BUCKET_NAME REGION WORKER_POOL SERVICE_ACCOUNT
   is_count "$INSTANCES" || die "INSTANCES must be a whole number, got '$INSTANCES'"
+  case "$METRICS_EXPORT" in
+    "") ;;
+    managed-prometheus)
+      # The sidecar scrapes port 8080 unless given a configuration of its own (from Secret
+      # Manager), which these scripts do not set up.
+      [[ ${HEALTH_PORT:-} == 8080 ]] ||
+        die "METRICS_EXPORT=managed-prometheus needs HEALTH_PORT=8080 (the worker serves /metrics there and the sidecar scrapes port 8080), got HEALTH_PORT='${HEALTH_PORT:-}'"
+      ;;
+    *) die "METRICS_EXPORT must be managed-prometheus or empty, got '$METRICS_EXPORT'" ;;
+  esac
 
   # Derived names, used by the scripts that source this file.
   # shellcheck disable=SC2034
@@ -202,6 +246,65 @@ load_env() {
   IMAGE_URL="$REGION-docker.pkg.dev/$PROJECT_ID/$ARTIFACT_REPO/$IMAGE_NAME"
   # shellcheck disable=SC2034
   BUCKET_URL="gs://$BUCKET_NAME"
+  # The worker's custom role on the bucket (deploy/setup); one per worker pool, as teardown
+  # deletes it. Role ids take letters, digits, _ and . only.
+  # shellcheck disable=SC2034
+  WORKER_ROLE="${WORKER_POOL//-/_}_object_writer"
+  # The subscription's id, and its full name.
+  # shellcheck disable=SC2034
+  SUBSCRIPTION_NAME=${SUBSCRIPTION_ID##*/}
+  # shellcheck disable=SC2034
+  if [[ $SUBSCRIPTION_ID == projects/* ]]; then
+    SUBSCRIPTION_PATH=$SUBSCRIPTION_ID
+  else
+    SUBSCRIPTION_PATH="projects/$PROJECT_ID/subscriptions/$SUBSCRIPTION_ID"
+  fi
+
+  # Generated configuration files go here: removed at exit, kept under DRY_RUN for inspection
+  # (and for gcloud to read when a printed command is run).
+  GENERATED="$(mktemp -d "${TMPDIR:-/tmp}/pubsub-gcs-worker.XXXXXX")"
+  is_dry_run || trap 'rm -rf "$GENERATED"' EXIT
+}
+
+# Whether the worker pool runs the Managed Service for Prometheus sidecar (METRICS_EXPORT).
+metrics_export() {
+  [[ $METRICS_EXPORT == managed-prometheus ]]
+}
+
+# grant_on_project MEMBER ROLE: a project-level binding, for the roles that bind nowhere else.
+# --condition=None keeps gcloud from asking when the project's policy has conditional bindings.
+grant_on_project() {
+  run_retry gcloud projects add-iam-policy-binding "$PROJECT_ID" \
+    --member="$1" --role="$2" --condition=None
+}
+
+# revoke_on_project MEMBER ROLE: removes the binding if the project's policy has it (in DRY_RUN,
+# prints the removal too).
+revoke_on_project() {
+  local found
+  found="$(DRY_RUN_EXISTS=1 lookup "$2" gcloud projects get-iam-policy "$PROJECT_ID" \
+    --flatten=bindings[].members --format='value(bindings.role)' \
+    --filter="bindings.role=\"$2\" AND bindings.members=\"$1\"")"
+  if [[ -n $found ]]; then
+    run_or_warn gcloud projects remove-iam-policy-binding "$PROJECT_ID" \
+      --member="$1" --role="$2" --condition=None
+  fi
+}
+
+# render TEMPLATE OUT NAME...: writes TEMPLATE to OUT with each @NAME@ replaced by the value of
+# that shell variable. A placeholder left over is an error.
+render() {
+  local template=$1 out=$2 text name
+  shift 2
+  text="$(<"$template")"
+  for name in "$@"; do
+    text=${text//"@$name@"/"${!name}"}
+  done
+  if [[ $text =~ @[A-Z][A-Z0-9_]*@ ]]; then
+    die "$template: no value for ${BASH_REMATCH[0]}"
+  fi
+  printf '%s\n' "$text" >"$out"
+  ! is_dry_run || note "$out written"
 }
 
 # require NAME...: each variable must be set and non-empty.
@@ -269,3 +372,54 @@ scaling_flag() {
     die "'gcloud beta run worker-pools $command --help' lists neither --instances nor --scaling"
   fi
 }
+
+# pool_grant add|remove MEMBER ROLE: adds MEMBER to ROLE (or removes it) in the worker pool's own
+# IAM policy. This gcloud release has no `worker-pools add-iam-policy-binding`, so the policy goes
+# through the Cloud Run Admin API: read with curl (with a gcloud access token on stdin), edited by
+# the Python that runs gcloud, and written back with its etag, so that a concurrent change makes
+# the write fail instead of being lost.
+pool_grant() {
+  local url="https://run.googleapis.com/v2/projects/$PROJECT_ID/locations/$REGION/workerPools/$WORKER_POOL"
+  local body="$GENERATED/pool-iam-policy.json" token policy python
+  local get=(curl -sS --fail-with-body -H @- "$url:getIamPolicy?options.requestedPolicyVersion=3")
+  local set=(curl -sS --fail-with-body -H @- -H 'Content-Type: application/json'
+    --data-binary "@$body" "$url:setIamPolicy")
+  if is_dry_run; then
+    print_cmd gcloud auth print-access-token
+    print_cmd "${get[@]}"
+    note "curl reads the header 'Authorization: Bearer <token>' on stdin; $body: the policy read, edited ($1 $2 in $3)"
+    print_cmd "${set[@]}"
+    return 0
+  fi
+  print_cmd gcloud auth print-access-token >&2
+  token="$("${GCLOUD:-gcloud}" auth print-access-token)" || die "gcloud auth print-access-token failed"
+  print_cmd "${get[@]}" >&2
+  policy="$(printf 'Authorization: Bearer %s\n' "$token" | "${get[@]}")" ||
+    die "could not read the IAM policy of worker pool $WORKER_POOL: $policy"
+  python="$("${GCLOUD:-gcloud}" info --format='value(basic.python_location)')"
+  "$python" -c "$EDIT_POLICY" "$1" "$2" "$3" <<<"$policy" >"$body" ||
+    die "could not edit the IAM policy of worker pool $WORKER_POOL"
+  print_cmd "${set[@]}" >&2
+  printf 'Authorization: Bearer %s\n' "$token" | "${set[@]}" >/dev/null ||
+    die "could not write the IAM policy of worker pool $WORKER_POOL"
+}
+
+# Adds (add) or removes (remove) argv[2] in the unconditional binding of role argv[3] of the IAM
+# policy read on stdin, and prints the body of a setIamPolicy request for the result.
+EDIT_POLICY='
+import json, sys
+action, member, role = sys.argv[1:4]
+policy = json.load(sys.stdin)
+bindings = policy.setdefault("bindings", [])
+same = [b for b in bindings if b["role"] == role and "condition" not in b]
+if action == "add" and not same:
+    same = [{"role": role, "members": []}]
+    bindings.append(same[0])
+for binding in same:
+    if action == "add" and member not in binding["members"]:
+        binding["members"].append(member)
+    if action == "remove" and member in binding["members"]:
+        binding["members"].remove(member)
+policy["bindings"] = [b for b in bindings if b["members"]]
+json.dump({"policy": policy}, sys.stdout)
+'
