@@ -13,6 +13,7 @@
 //! - [`pipeline`]: takes a write permit, receives a message, spawns its task; ack or nack; the
 //!   drain on shutdown.
 //! - [`name`]: `OBJECT_NAME` templates: parsed once, checked for uniqueness, rendered safely.
+//! - [`concurrency`]: how many writes run at once, following storage latency.
 //! - [`object`]: the message's object name, content type and metadata (pure functions).
 //! - [`sink`]: the create-only write, and what a failure means.
 //! - [`stats`]: the metrics behind the progress line, the summary, the probes and `/metrics`.
@@ -21,6 +22,7 @@
 //! - [`health`]: opt-in HTTP endpoint with the startup and liveness probes and `/metrics`.
 
 pub mod clients;
+pub mod concurrency;
 pub mod config;
 pub mod health;
 pub mod name;

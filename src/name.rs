@@ -547,6 +547,24 @@ mod tests {
         assert_eq!(name("{publish_time:%F}/{message_id}", &f), "1970-01-01/1234567890");
     }
 
+    /// The README's recipes give the names the README shows.
+    #[test]
+    #[rustfmt::skip]
+    fn readme_recipes() {
+        let attrs = attributes(&[("task_type", "file_processing")]);
+        let mut f = fields(&attrs);
+        f.message_id = "17235098213456789";
+        f.publish_time = Some(time::macros::datetime!(2026-11-27 09:15:00.123456 UTC));
+        for (template, want) in [
+            ("message_{publish_time}_{message_id}.{ext}", "message_20261127_091500_123456_17235098213456789.txt"),
+            ("dt={publish_time:%Y-%m-%d}/{message_id}.{ext}", "dt=2026-11-27/17235098213456789.txt"),
+            ("{attributes.task_type|unrouted}/{publish_time:%Y/%m/%d}/{message_id}.{ext}", "file_processing/2026/11/27/17235098213456789.txt"),
+            ("{hash:2}/{publish_time}_{message_id}.{ext}", "1a/20261127_091500_123456_17235098213456789.txt"),
+        ] {
+            assert_eq!(name(template, &f), want, "{template}");
+        }
+    }
+
     #[test]
     fn hash_is_sha256_of_the_message_id() {
         let none = HashMap::new();

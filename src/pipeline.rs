@@ -11,9 +11,10 @@
 //! are nacked at once, and [`Pipeline::drain`] gives in-flight writes the shutdown budget, nacks
 //! whatever is still running when it runs out, and waits for the client to flush acks.
 
+use crate::concurrency::{Outcome, WriteLimit};
 use crate::name::NameTemplate;
 use crate::object::ObjectSpec;
-use crate::sink::{Sink, Written};
+use crate::sink::{FailureKind, Sink, Written};
 use crate::stats::{NackReason, Stats};
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::MessageStream;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -99,7 +100,8 @@ impl Pipeline {
         let tasks = TaskTracker::new();
         let abandon = CancellationToken::new();
         let stopping = CancellationToken::new();
-        let writes = Arc::new(Semaphore::new(self.limits.max_concurrent_writes));
+        let writes = WriteLimit::new(self.limits.max_concurrent_writes);
+        self.stats.write_limit(writes.current());
         let budget = Budget::new(&self.limits);
         tokio::pin!(shutdown);
 
@@ -188,9 +190,9 @@ impl Pipeline {
         let write = tokio::select! {
             biased;
             () = stopping.cancelled() => None,
-            permit = permits.writes.clone().acquire_owned() => permit.ok(),
+            permit = permits.writes.acquire() => Some(permit),
         };
-        let Some(_write) = write else {
+        let Some(write) = write else {
             handler.nack();
             self.stats.nacked(NackReason::Shutdown, None);
             debug!(message_id = %message.message_id, "write not started before shutdown; nacked");
@@ -222,6 +224,8 @@ impl Pipeline {
         match result {
             Ok(written) => {
                 handler.ack();
+                write.settle(Outcome::Answered);
+                self.stats.write_limit(permits.writes.current());
                 self.backoff.success();
                 match written {
                     Written::Created => {
@@ -259,6 +263,9 @@ impl Pipeline {
                     () = sleep(delay) => {}
                 }
                 handler.nack();
+                let pushed_back = matches!(e.kind, FailureKind::Transient | FailureKind::Timeout);
+                write.settle(if pushed_back { Outcome::PushedBack } else { Outcome::Failed });
+                self.stats.write_limit(permits.writes.current());
                 self.stats.nacked(NackReason::WriteFailed(e.kind), Some(took));
             }
         }
@@ -268,7 +275,7 @@ impl Pipeline {
 /// What a message task holds: its share of the [`Budget`] for its whole life, and the write
 /// permits to take one from.
 struct Permits {
-    writes: Arc<Semaphore>,
+    writes: Arc<WriteLimit>,
     _held: Held,
 }
 

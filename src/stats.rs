@@ -43,6 +43,7 @@ pub struct Stats {
     nacked: IntCounterVec,
     bytes_written: IntCounter,
     in_flight: IntGauge,
+    write_limit: IntGauge,
     write_seconds: Histogram,
     delivery_attempt: Histogram,
     /// When a message last settled (acked or nacked), or work started after an idle spell, in
@@ -116,6 +117,15 @@ impl Stats {
         )
         .expect("valid metric options");
         register(&registry, in_flight.clone());
+        let write_limit = IntGauge::with_opts(
+            Opts::new(
+                "write_concurrency_limit",
+                "Object writes allowed at once now: follows storage latency, up to MAX_CONCURRENT_WRITES.",
+            )
+            .namespace(NAMESPACE),
+        )
+        .expect("valid metric options");
+        register(&registry, write_limit.clone());
         let write_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "write_duration_seconds",
@@ -149,6 +159,7 @@ impl Stats {
             nacked,
             bytes_written,
             in_flight,
+            write_limit,
             write_seconds,
             delivery_attempt,
             last_progress_ms: AtomicU64::new(0),
@@ -190,6 +201,16 @@ impl Stats {
         }
         self.nacked.with_label_values(&[reason.label()]).inc();
         self.settled();
+    }
+
+    /// The write concurrency limit now ([`crate::concurrency::WriteLimit`]).
+    pub fn write_limit(&self, limit: usize) {
+        self.write_limit.set(limit as i64);
+    }
+
+    /// The last [`Stats::write_limit`].
+    pub fn current_write_limit(&self) -> i64 {
+        self.write_limit.get()
     }
 
     pub fn snapshot(&self) -> Snapshot {

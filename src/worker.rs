@@ -120,8 +120,7 @@ impl Worker {
         let result = self.pipeline.clone().run(stream, shutdown).await;
         background.cancel();
 
-        let summary = self.stats.snapshot();
-        log_counters(&summary, "stopped");
+        let summary = log_counters(&self.stats, "stopped");
         result?;
         Ok(summary)
     }
@@ -137,12 +136,13 @@ async fn report_progress(stats: Arc<Stats>, period: Duration, stop: Cancellation
             () = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        log_counters(&stats.snapshot(), "progress");
+        log_counters(&stats, "progress");
     }
 }
 
 /// One log line with every counter, as `progress` or the final `stopped` summary.
-fn log_counters(s: &Snapshot, message: &'static str) {
+fn log_counters(stats: &Stats, message: &'static str) -> Snapshot {
+    let s = stats.snapshot();
     info!(
         received = s.received,
         written = s.written,
@@ -151,6 +151,8 @@ fn log_counters(s: &Snapshot, message: &'static str) {
         nacked = s.nacked,
         bytes_written = s.bytes_written,
         in_flight = s.in_flight,
+        write_limit = stats.current_write_limit(),
         "{message}"
     );
+    s
 }

@@ -31,19 +31,19 @@ const OUTAGE: Duration = Duration::from_secs(10);
 // 1-2. The process stops mid-stream
 // ---------------------------------------------------------------------------------------------
 
-/// SIGTERM three times under a backlog of thousands (`tests/worker.rs` covers one SIGTERM with
-/// slow storage): each worker exits 0 within the shutdown timeout, every message it acked has
+/// SIGTERM twice under a backlog of thousands (`worker.rs` covers one SIGTERM with slow
+/// storage): each worker exits 0 within the shutdown timeout, every message it acked has
 /// its object, and the last worker completes the set exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_sigterm_under_load_loses_and_duplicates_nothing() -> Result {
-    const N: usize = 3000;
+    const N: usize = 2000;
     let fx = Fixture::new(true).await?;
     let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
     let published = fx.publish(&messages).await?;
     let env = fx.binary_env(&fx.emulators.storage_url());
 
     let mut acked = BTreeSet::new();
-    for (round, share) in [(1, 0.15), (2, 0.45), (3, 0.75)] {
+    for (round, share) in [(1, 0.25), (2, 0.6)] {
         let mut worker = BinaryWorker::spawn(&env, &format!("round-{round}"))?;
         fx.gcs.wait_for_objects(&fx.bucket, (N as f64 * share) as usize, SETTLE).await?;
         let signalled = Instant::now();
@@ -235,7 +235,7 @@ async fn storage_slower_than_the_ack_deadline_causes_no_redelivery() -> Result {
 /// messages arrive. The worker keeps running, uses well under a core, opens connections at a
 /// bounded rate, and ends with exactly one object per message.
 async fn storage_outage(mode: Mode, extra: &[(&str, &str)]) -> Result {
-    const N: usize = 1500;
+    const N: usize = 1000;
     let fx = Fixture::new(true).await?;
     // A little latency keeps writes in flight when the outage starts.
     let slow = HttpProxy::start(fx.emulators.storage_addr()).await?;
@@ -251,7 +251,7 @@ async fn storage_outage(mode: Mode, extra: &[(&str, &str)]) -> Result {
     );
     let mut worker = BinaryWorker::spawn(&env, "storage-outage")?;
     let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
-    let mut published = fx.publish(&messages[..1000]).await?;
+    let mut published = fx.publish(&messages[..600]).await?;
     fx.gcs.wait_for_objects(&fx.bucket, 200, SETTLE).await?;
 
     let cpu_before = worker.proc()?.cpu;
@@ -259,7 +259,7 @@ async fn storage_outage(mode: Mode, extra: &[(&str, &str)]) -> Result {
     let started = Instant::now();
     proxy.set_mode(mode);
     // More messages arrive during the outage.
-    published.extend(fx.publish(&messages[1000..]).await?);
+    published.extend(fx.publish(&messages[600..]).await?);
     sleep(OUTAGE.saturating_sub(started.elapsed())).await;
     let during = worker.counters();
     let cpu = worker.proc()?.cpu - cpu_before;
@@ -379,7 +379,7 @@ async fn pubsub_emulator_restart_reconnects_with_backoff_and_carries_on() -> Res
 /// on; acks lost with the connection turn into redeliveries that land on existing objects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_connection_resets_reconnect_and_carry_on() -> Result {
-    const N: usize = 2000;
+    const N: usize = 1000;
     let fx = Fixture::new(true).await?;
     let gate = Proxy::start(fx.emulators.pubsub_addr()).await?;
     let env = with_vars(
@@ -599,7 +599,7 @@ async fn messages_that_can_never_be_written_end_in_the_dead_letter_topic() -> Re
 /// each delivered once (no redelivery loop), nothing nacked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_stored_byte_exact_without_a_redelivery_loop() -> Result {
-    const TINY: usize = 3000;
+    const TINY: usize = 1000;
     let fx = Fixture::new(true).await?;
     // The emulator ignores flow control and sends the whole backlog at once; with a budget
     // below it, the unread rest would expire in the stream and come back (as duplicates, never
