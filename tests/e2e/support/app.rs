@@ -467,6 +467,13 @@ pub async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> boo
     Ok(())
 }
 
+/// Held by each slow test for its whole run: together they starve each other (and the shared
+/// emulators) on two cores, so they take turns.
+pub async fn one_slow_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
 /// Prints a measured figure (`cargo test -- --nocapture` shows them).
 pub fn figures(test: &str, text: &str) {
     println!("[figures] {test}: {text}");

@@ -27,22 +27,15 @@ pub const PROJECT_ID: &str = "test-project";
 
 /// How long an emulator may take to answer HTTP after spawning. The JVM of the Pub/Sub
 /// emulator needs 1-8 s on 2 busy cores; 60 s leaves room for a loaded CI machine.
-/// Override with `EMULATOR_START_TIMEOUT_SECS`.
-fn start_timeout() -> Duration {
-    std::env::var("EMULATOR_START_TIMEOUT_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(60))
-}
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running Pub/Sub emulator plus a running fake-gcs-server, both on 127.0.0.1.
 pub struct Emulators {
     pubsub: Proc,
     gcs: Proc,
     /// Logs of both processes and the filesystem root of fake-gcs-server (the memory
-    /// backend slows to a crawl as a bucket grows). Removed on drop; for the never-dropped
-    /// shared pair at process exit (atexit), and after a crash by the next start.
+    /// backend slows to a crawl as a bucket grows). Removed on drop; the never-dropped shared
+    /// pair's, and those of crashed runs, by the next start.
     dir: tempfile::TempDir,
 }
 
@@ -62,12 +55,6 @@ impl Emulators {
                 let t = std::time::Instant::now();
                 let r = Emulators::start().await.map_err(|e| format!("{e:#}"));
                 if let Ok(e) = &r {
-                    // A static is never dropped, so its TempDir would stay in /tmp.
-                    let _ = SHARED_DIR.set(e.dir.path().to_path_buf());
-                    // SAFETY: registers a plain extern "C" fn without captured state.
-                    unsafe {
-                        libc::atexit(remove_shared_dir);
-                    }
                     // Shown with --nocapture or when a test fails.
                     eprintln!(
                         "[support] emulators ready in {:?}: PUBSUB_EMULATOR_HOST={} \
@@ -198,15 +185,6 @@ impl Drop for Emulators {
 /// Temp dirs are named `{DIR_PREFIX}{pid}-XXXX` so that dirs of dead processes can be found.
 const DIR_PREFIX: &str = "pubsub-gcs-emulators-";
 
-static SHARED_DIR: OnceLock<PathBuf> = OnceLock::new();
-
-/// Removes the shared pair's temp dir when the test process exits normally.
-extern "C" fn remove_shared_dir() {
-    if let Some(d) = SHARED_DIR.get() {
-        let _ = std::fs::remove_dir_all(d);
-    }
-}
-
 /// Removes temp dirs left by test processes that were killed (no atexit, no Drop).
 fn remove_stale_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
@@ -312,7 +290,7 @@ impl Proc {
             .timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| StartError::Other(e.into()))?;
-        let deadline = started + start_timeout();
+        let deadline = started + START_TIMEOUT;
         loop {
             if let Ok(r) = http.get(&url).send().await
                 && r.status().is_success()
@@ -343,7 +321,7 @@ impl Proc {
                 return Err(StartError::Other(anyhow!(
                     "{} on port {port} did not answer {url} within {:?}; log {}:\n{}",
                     self.name,
-                    start_timeout(),
+                    START_TIMEOUT,
                     self.log.display(),
                     tail(&self.log)
                 )));
