@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::env;
 use std::fs;
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,8 +49,19 @@ const PARSE_ERRORS: [&str; 7] = [
 struct Sandbox(tempfile::TempDir);
 
 impl Sandbox {
+    /// With a stand-in gcloud for the scripts (GCLOUD): the real one, but the answers to their
+    /// `--help` probes (which flags this gcloud has) are asked only once per test run.
     fn new() -> Sandbox {
-        Sandbox(tempfile::tempdir().expect("temp dir"))
+        let sandbox = Sandbox(tempfile::tempdir().expect("temp dir"));
+        let gcloud =
+            "#!/bin/sh\nif [ -f \"$0 $*\" ]; then exec cat \"$0 $*\"; fi\nexec gcloud \"$@\"\n";
+        let gcloud = sandbox.write("gcloud", gcloud);
+        fs::set_permissions(&gcloud, fs::Permissions::from_mode(0o755)).unwrap();
+        for command in PROBED {
+            let answer = format!("gcloud beta run worker-pools {command} --help");
+            sandbox.write(&answer, help(&sandbox, command));
+        }
+        sandbox
     }
 
     fn path(&self) -> &Path {
@@ -82,6 +94,7 @@ impl Sandbox {
         hermetic(&mut cmd, self)
             .args(&args[1..])
             .env("DRY_RUN", "1")
+            .env("GCLOUD", self.path().join("gcloud"))
             .env("ENV_FILE", env_file)
             .envs(inherited.iter().copied());
         let out = cmd.output().expect("run a deploy script");
@@ -139,6 +152,22 @@ fn hermetic<'a>(cmd: &'a mut Command, sandbox: &Sandbox) -> &'a mut Command {
         .env("http_proxy", &proxy)
         .current_dir(sandbox.path())
         .stdin(Stdio::null())
+}
+
+/// The worker-pools commands whose `--help` the scripts read.
+const PROBED: [&str; 2] = ["deploy", "update"];
+
+/// What `gcloud beta run worker-pools COMMAND --help` prints, asked once per test run.
+fn help(sandbox: &Sandbox, command: &str) -> &'static str {
+    static HELP: OnceLock<Vec<String>> = OnceLock::new();
+    let help = HELP.get_or_init(|| {
+        parallel_map(&PROBED, |command| {
+            let out = gcloud(sandbox, &["beta", "run", "worker-pools", command, "--help"]);
+            assert!(out.status.success(), "{}", describe(&out));
+            text(&out.stdout)
+        })
+    });
+    &help[PROBED.iter().position(|c| *c == command).unwrap()]
 }
 
 /// A finished `deploy/...` run.
@@ -489,8 +518,7 @@ fn health_port_wires_probes_and_metrics_export_adds_the_sidecar() {
     let sandbox = Sandbox::new();
     let run = sandbox.run(METRICS, "deploy").ok();
     let deploy = run.find("gcloud beta run worker-pools deploy");
-    let help = gcloud(&sandbox, &["beta", "run", "worker-pools", "deploy", "--help"]);
-    if text(&help.stdout).contains("--liveness-probe") {
+    if help(&sandbox, "deploy").contains("--liveness-probe") {
         let probe = flag(&deploy, "--liveness-probe").expect("liveness probe");
         assert!(probe.contains("httpGet.path=/healthz/live,httpGet.port=8080"));
         let probe = flag(&deploy, "--startup-probe").expect("startup probe");
@@ -795,8 +823,7 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
     // must be rejected; and a bogus flag must be rejected.
     let scale = runs.iter().find(|r| r.name == "deploy/scale 3").unwrap().commands().remove(0);
     let other = ["--instances", "--scaling"].into_iter().find(|f| flag(&scale, f).is_none());
-    let help = gcloud(&sandbox, &["beta", "run", "worker-pools", "update", "--help"]);
-    if let Some(other) = other.filter(|f| !text(&help.stdout).contains(f)) {
+    if let Some(other) = other.filter(|f| !help(&sandbox, "update").contains(f)) {
         let forced = sandbox.run(&format!("SCALING_FLAG={other}"), "scale 2").ok();
         checks.push((forced.commands().remove(0), false));
     }
