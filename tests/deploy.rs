@@ -279,21 +279,33 @@ fn deployed_env(sandbox: &Sandbox, run: &ScriptRun) -> BTreeMap<String, String> 
     serde_json::from_str(&gcloud_python(sandbox, YAML_TO_JSON, &[&file])).expect("a YAML map")
 }
 
-/// Runs Python code with the interpreter and the libraries of the installed gcloud; the SDK's
-/// directory is `sys.argv[1]`, `args` follow.
+/// Runs Python code with the installed gcloud's interpreter and libraries, started as bin/gcloud
+/// starts it, in the sandbox; the SDK's directory is `sys.argv[1]`, `args` follow.
 fn gcloud_python(sandbox: &Sandbox, code: &str, args: &[&str]) -> String {
-    static SDK: OnceLock<(String, String)> = OnceLock::new();
-    let (sdk, python) = SDK.get_or_init(|| {
-        let format = "--format=value(installation.sdk_root,basic.python_location)";
-        let info = text(&gcloud(sandbox, &["info", format]).stdout);
-        let (sdk, python) = info.trim().split_once('\t').expect("gcloud info");
-        (sdk.into(), python.into())
-    });
-    let path = "import sys; sys.path[:0] = [sys.argv[1] + d for d in ('/lib', '/lib/third_party')]";
-    let code = format!("{path}\n{code}");
-    let out = Command::new(python).args(["-c", &code, sdk]).args(args).output().unwrap();
+    let out = gcloud_python_output(sandbox, code, args);
     assert!(out.status.success(), "python:\n{}", describe(&out));
     text(&out.stdout)
+}
+
+fn gcloud_python_output(sandbox: &Sandbox, code: &str, args: &[&str]) -> Output {
+    static INSTALL: OnceLock<(String, String, bool)> = OnceLock::new();
+    let (sdk, python, site_packages) = INSTALL.get_or_init(|| {
+        let info = "installation.sdk_root,basic.python_location,basic.site_packages";
+        let info = text(&gcloud(sandbox, &["info", &format!("--format=value({info})")]).stdout);
+        let info: Vec<&str> = info.trim().split('\t').collect();
+        let [sdk, python, site_packages] = info[..] else { panic!("gcloud info: {info:?}") };
+        (sdk.into(), python.into(), site_packages == "True")
+    });
+    let path = "import sys; sys.path[:1] = [sys.argv[1] + d for d in ('/lib', '/lib/third_party')]";
+    let mut cmd = Command::new(python);
+    hermetic(&mut cmd, sandbox).env("PYTHONIOENCODING", "UTF-8");
+    // bin/gcloud runs its bundled Python with site-packages, any other one without (-S).
+    if *site_packages {
+        cmd.env("CLOUDSDK_PYTHON_SITEPACKAGES", "1");
+    } else {
+        cmd.arg("-S");
+    }
+    cmd.args(["-c", &format!("{path}\n{code}"), sdk]).args(args).output().unwrap()
 }
 
 /// Prints the YAML file `sys.argv[2]` as JSON, read as gcloud reads YAML.
