@@ -100,7 +100,9 @@ impl Sandbox {
             .envs(inherited.iter().copied());
         let out = cmd.output().expect("run a deploy script");
         let name = format!("deploy/{}", args.join(" "));
-        ScriptRun { name, out }
+        let stdout = text(&out.stdout);
+        let commands = shell_words(stdout.lines().filter_map(|line| line.strip_prefix("+ ")));
+        ScriptRun { name, out, commands }
     }
 }
 
@@ -175,28 +177,21 @@ fn help(sandbox: &Sandbox, command: &str) -> &'static str {
 struct ScriptRun {
     name: String,
     out: Output,
+    /// The printed commands ("+ " lines), each split into words by bash.
+    commands: Vec<Vec<String>>,
 }
 
 impl ScriptRun {
-    /// The printed commands ("+ " lines), each split into words by bash.
-    fn commands(&self) -> Vec<Vec<String>> {
-        let stdout = text(&self.out.stdout);
-        let lines = stdout.lines().filter_map(|line| line.strip_prefix("+ "));
-        lines.map(shell_words).collect()
-    }
-
     /// The printed gcloud commands.
     fn gcloud(&self) -> Vec<Vec<String>> {
-        let commands = self.commands();
-        assert!(!commands.is_empty(), "{} printed no command", self.name);
-        commands.into_iter().filter(|c| c[0] == "gcloud").collect()
+        assert!(!self.commands.is_empty(), "{} printed no command", self.name);
+        self.commands.iter().filter(|c| c[0] == "gcloud").cloned().collect()
     }
 
     /// The printed commands that start with `prefix`.
     fn all(&self, prefix: &str) -> Vec<Vec<String>> {
         let prefix = words(prefix);
-        let commands = self.commands().into_iter();
-        commands.filter(|c| c.starts_with(&prefix)).collect()
+        self.commands.iter().filter(|c| c.starts_with(&prefix)).cloned().collect()
     }
 
     /// The first printed command that starts with `prefix`.
@@ -226,7 +221,7 @@ impl ScriptRun {
         assert!(!self.out.status.success(), "{} succeeded\n{self}", self.name);
         let says = self.stderr().contains(why);
         assert!(says, "{} does not say {why:?}\n{self}", self.name);
-        assert!(self.commands().is_empty(), "{} printed a command", self.name);
+        assert!(self.commands.is_empty(), "{} printed a command", self.name);
     }
 }
 
@@ -236,14 +231,19 @@ impl std::fmt::Display for ScriptRun {
     }
 }
 
-/// Splits a printed command into words the way bash reads it.
-fn shell_words(line: &str) -> Vec<String> {
-    let script = r#"eval "set -- $1" && printf '%s\0' "$@""#;
-    let out = Command::new("bash").args(["-c", script, "bash", line]).output().unwrap();
-    assert!(out.status.success(), "bash cannot parse: {line}\n{}", describe(&out));
-    let mut words: Vec<String> = text(&out.stdout).split('\0').map(String::from).collect();
-    words.pop(); // after the last NUL
-    words
+/// Splits printed commands into words the way bash reads them.
+fn shell_words<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<Vec<String>> {
+    let lines: Vec<&str> = lines.collect();
+    let script = r#"for line; do eval "set -- $line" && printf '%s\0' "$#" "$@" || exit; done"#;
+    let out = Command::new("bash").args(["-c", script, "bash"]).args(&lines).output().unwrap();
+    assert!(out.status.success(), "bash cannot parse: {lines:?}\n{}", describe(&out));
+    let stdout = text(&out.stdout);
+    let mut words = stdout.split_terminator('\0').map(String::from);
+    let mut commands = Vec::new();
+    while let Some(count) = words.next() {
+        commands.push(words.by_ref().take(count.parse().unwrap()).collect());
+    }
+    commands
 }
 
 fn gcloud<S: AsRef<std::ffi::OsStr>>(sandbox: &Sandbox, args: &[S]) -> Output {
@@ -453,7 +453,7 @@ fn every_script_has_help_and_rejects_unknown_arguments() {
             let run = sandbox.run_with(&missing, &[script, flag], &[]).ok();
             let usage = format!("Usage: deploy/{script}");
             assert!(text(&run.out.stdout).starts_with(&usage), "{}\n{run}", run.name);
-            assert!(run.commands().is_empty());
+            assert!(run.commands.is_empty());
         }
         sandbox.run("", &format!("{script} --no-such-option")).refused("");
     }
@@ -475,7 +475,7 @@ fn scale_takes_exactly_one_whole_number() {
         sandbox.run("SCALING_FLAG=--scaling", bad).refused("");
     }
     let run = sandbox.run("SCALING_FLAG=--scaling", "scale 007").ok();
-    assert_eq!(flag(&run.commands()[0], "--scaling"), Some("7"));
+    assert_eq!(flag(&run.commands[0], "--scaling"), Some("7"));
     sandbox.run("SCALING_FLAG=--scaling\nINSTANCES=two", "deploy").refused("INSTANCES");
 }
 
@@ -875,11 +875,11 @@ fn check_dry_run_commands(all: bool) {
 
     // Negative controls. The instance-count flag is the one this gcloud lists, so the other one
     // must be rejected; and a bogus flag must be rejected.
-    let scale = runs.iter().find(|r| r.name == "deploy/scale 3").unwrap().commands().remove(0);
+    let scale = runs.iter().find(|r| r.name == "deploy/scale 3").unwrap().commands[0].clone();
     let other = ["--instances", "--scaling"].into_iter().find(|f| flag(&scale, f).is_none());
     if let Some(other) = other.filter(|f| !help(&sandbox, "update").contains(f)) {
         let forced = sandbox.run(&format!("SCALING_FLAG={other}"), "scale 2").ok();
-        argvs.push(forced.commands().remove(0));
+        argvs.push(forced.commands[0].clone());
     }
     argvs.push([&scale[..], &words("--no-such-flag-for-tests=1")].concat());
 
