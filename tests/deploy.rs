@@ -284,8 +284,9 @@ fn gcloud_alone(sandbox: &Sandbox, argv: &[String]) -> Ended {
 /// (tests/gcloud_parse.py), or each in a process of its own if that cannot load this gcloud.
 fn gcloud_each(sandbox: &Sandbox, argvs: &[Vec<String>]) -> Vec<Ended> {
     let args: Vec<&[String]> = argvs.iter().map(|argv| &argv[1..]).collect();
-    let args = serde_json::to_string(&args).unwrap();
-    let out = gcloud_python_output(sandbox, include_str!("gcloud_parse.py"), &[&args]);
+    let args = sandbox.write("gcloud-commands.json", &serde_json::to_string(&args).unwrap());
+    let out =
+        gcloud_python_output(sandbox, include_str!("gcloud_parse.py"), &[args.to_str().unwrap()]);
     if out.status.success() {
         return serde_json::from_slice(&out.stdout).expect("gcloud_parse.py prints JSON");
     }

@@ -1,19 +1,21 @@
 # Runs many gcloud command lines in one process, each as a gcloud process of its own would.
 #
 # tests/deploy.rs runs this with gcloud's Python, started as bin/gcloud starts it, with the SDK's
-# lib/ on sys.path; sys.argv[2] is a JSON list of argument lists (without "gcloud"). It prints a
-# JSON list: for each command line, its exit status and what it printed on stdout and stderr.
+# lib/ on sys.path; sys.argv[2] is a file with a JSON list of argument lists (without "gcloud").
+# It prints a JSON list: for each command line, its exit status and what it printed on stdout and
+# stderr.
 #
 # A gcloud process spends about a second of CPU loading before it parses anything; here that is
 # paid once. The CLI is built once (gcloud_main.CreateCLI), and each command line goes, as
 # sys.argv, to gcloud_main.main: the function that lib/gcloud.py, gcloud's entry point, calls.
 # What a command prints is read from file descriptors 1 and 2, whoever writes it. The properties
-# that flags set belong to one invocation (calliope pushes them before it and pops them after, as
-# gcloud's own tests rely on when they run many commands in one CLI). tests/deploy.rs checks that
-# a command ends here exactly as in a gcloud process of its own.
+# that flags set belong to one invocation: calliope pushes them before it and pops them after (and
+# resets what it caches between commands, for test runs that reuse one CLI). tests/deploy.rs
+# checks that a command ends here exactly as in a gcloud process of its own.
 import atexit, json, os, sys, tempfile
 
-argvs = json.loads(sys.argv[2])
+with open(sys.argv[2]) as file:
+    argvs = json.load(file)
 sys.argv = ["gcloud"]
 import gcloud  # lib/gcloud.py
 
