@@ -144,20 +144,21 @@ async fn dead_letter_subscription(fx: &Fixture<'_>, max_attempts: i32) -> Result
 /// Connections to storage are refused (closed at once) for 10 s mid-stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_refusing_connections_for_a_while_is_retried_without_spinning() -> Result {
-    storage_outage(Mode::Refuse, &[]).await
+    storage_outage(Mode::Refuse, "transient", &[]).await
 }
 
 /// Connections to storage are reset (RST) for 10 s mid-stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_resetting_connections_for_a_while_is_retried_without_spinning() -> Result {
-    storage_outage(Mode::Reset, &[]).await
+    storage_outage(Mode::Reset, "transient", &[]).await
 }
 
 /// Storage stops answering for 10 s mid-stream, longer than `WRITE_TIMEOUT_SECS` (5 s here): the
-/// hung writes time out, are nacked with a backoff and written after the recovery.
+/// hung writes are abandoned, nacked with reason `timeout` and a backoff, and written after the
+/// recovery, never held for their whole lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_hanging_for_a_while_times_out_and_is_retried_without_spinning() -> Result {
-    storage_outage(Mode::Hang, &[("WRITE_TIMEOUT_SECS", "5")]).await
+    storage_outage(Mode::Hang, "timeout", &[("WRITE_TIMEOUT_SECS", "5")]).await
 }
 
 /// Writes slower than the stream ack deadline (12 s > 10 s) for a while, with more messages
@@ -191,8 +192,9 @@ async fn storage_slower_than_the_ack_deadline_causes_no_redelivery() -> Result {
 
 /// The storage proxy misbehaves (`mode`) for [`OUTAGE`] while writes are in flight and more
 /// messages arrive. The worker keeps running, uses well under a core, opens connections at a
-/// bounded rate, and ends with exactly one object per message.
-async fn storage_outage(mode: Mode, extra: &[(&str, &str)]) -> Result {
+/// bounded rate, logs the failed writes with `reason`, and ends with exactly one object per
+/// message.
+async fn storage_outage(mode: Mode, reason: &str, extra: &[(&str, &str)]) -> Result {
     const N: usize = 1000;
     let fx = Fixture::new(true).await?;
     // A little latency keeps writes in flight when the outage starts.
@@ -228,6 +230,9 @@ async fn storage_outage(mode: Mode, extra: &[(&str, &str)]) -> Result {
     assert!(cpu < outage / 2, "{mode:?}: the worker used {cpu:?} of CPU in {outage:?} of outage");
     // A busy loop would open thousands; backoff keeps it to a few per write permit.
     assert!(connections < 64 * 10, "{mode:?}: {connections} connections in {outage:?}");
+    let reasons: BTreeSet<String> =
+        error_lines(&worker).iter().filter_map(|l| Some(l["reason"].as_str()?.into())).collect();
+    assert!(reasons.contains(reason), "{mode:?}: failed writes gave {reasons:?}");
     fx.gcs.wait_for_objects(&fx.bucket, N, SETTLE).await?;
     fx.settle(&mut worker, &published).await?;
     Ok(())

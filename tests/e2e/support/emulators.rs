@@ -109,7 +109,7 @@ impl Emulators {
                 .args(["-log-level", "warn"]);
             c
         });
-        let (a, b) = tokio::join!(pubsub.start_fresh_port(), gcs.start_fresh_port());
+        let (a, b) = tokio::join!(pubsub.start(None), gcs.start(None));
         a?;
         b?;
         Ok(Emulators { pubsub, gcs, dir })
@@ -171,7 +171,8 @@ impl Emulators {
     /// subscriptions) and waits until it answers.
     pub async fn restart_pubsub(&self) -> Result<()> {
         self.pubsub.kill();
-        self.pubsub.start_same_port().await
+        let port = self.pubsub.addr().port();
+        self.pubsub.start(Some(port)).await
     }
 }
 
@@ -235,96 +236,62 @@ impl Proc {
         SocketAddr::from(([127, 0, 0, 1], self.state.lock().unwrap().port))
     }
 
-    /// Picks a free port and starts; if the process dies before answering (most likely
-    /// another process took the port between our probe and its bind), tries a new port.
-    async fn start_fresh_port(&self) -> Result<()> {
-        let mut last = None;
-        for _ in 0..3 {
-            let port = free_port()?;
-            match self.spawn_and_wait(port).await {
-                Ok(()) => return Ok(()),
-                Err(StartError::Exited(e)) => last = Some(e),
-                Err(StartError::Other(e)) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("{} did not start", self.name)))
-    }
-
-    /// Restarts on the previous port. A killed listener's port is normally free at once
-    /// (both emulators set SO_REUSEADDR), but retry for a few seconds to be safe.
-    async fn start_same_port(&self) -> Result<()> {
-        let port = self.state.lock().unwrap().port;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.spawn_and_wait(port).await {
-                Ok(()) => return Ok(()),
-                Err(StartError::Exited(e)) if Instant::now() < deadline => {
-                    let _ = e;
+    /// Starts on `port`, or on a free one. A process that dies before answering most likely
+    /// lost the port: to another process between our probe and its bind (then a new port is
+    /// tried), or to its killed predecessor not yet gone (then the same port, a little later).
+    async fn start(&self, port: Option<u16>) -> Result<()> {
+        for attempt in 1.. {
+            let on = match port {
+                Some(port) => port,
+                None => free_port()?,
+            };
+            let tried = Instant::now();
+            match self.spawn_and_wait(on).await {
+                // Died early: the port. A process that never answered is not tried again.
+                Err(_) if tried.elapsed() < START_TIMEOUT && attempt < 10 => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Err(StartError::Exited(e)) | Err(StartError::Other(e)) => return Err(e),
+                result => return result,
             }
         }
+        unreachable!("the loop returns")
     }
 
-    async fn spawn_and_wait(&self, port: u16) -> std::result::Result<(), StartError> {
-        let log = File::create(&self.log).map_err(|e| StartError::Other(e.into()))?;
-        let log2 = log.try_clone().map_err(|e| StartError::Other(e.into()))?;
+    async fn spawn_and_wait(&self, port: u16) -> Result<()> {
+        let log = File::create(&self.log)?;
         let mut cmd = (self.make_cmd)(port);
-        cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let started = Instant::now();
-        let child = spawn_tied_to_process(cmd)
-            .with_context(|| format!("spawning {}", self.name))
-            .map_err(StartError::Other)?;
-        {
-            let mut st = self.state.lock().unwrap();
-            st.port = port;
-            st.child = Some(child);
-        }
+        let child =
+            spawn_tied_to_process(cmd).with_context(|| format!("spawning {}", self.name))?;
+        *self.state.lock().unwrap() = ProcState { port, child: Some(child) };
         let url = match self.name {
             "pubsub-emulator" => format!("http://127.0.0.1:{port}/"),
             _ => format!("http://127.0.0.1:{port}/_internal/healthcheck"),
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| StartError::Other(e.into()))?;
-        let deadline = started + START_TIMEOUT;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
         loop {
-            if let Ok(r) = http.get(&url).send().await
-                && r.status().is_success()
-            {
+            if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());
             }
             let exited = {
                 let mut st = self.state.lock().unwrap();
-                match st.child.as_mut().map(|c| c.try_wait()) {
-                    Some(Ok(Some(status))) => {
-                        st.child = None;
-                        Some(status.to_string())
-                    }
-                    None => Some("killed".to_string()),
-                    _ => None,
+                let status = st.child.as_mut().map(|c| c.try_wait());
+                if let Some(Ok(Some(_))) = status {
+                    st.child = None;
                 }
+                status
+                    .map_or(Some("killed".to_string()), |s| s.ok().flatten().map(|s| s.to_string()))
             };
-            if let Some(status) = exited {
-                return Err(StartError::Exited(anyhow!(
-                    "{} on port {port} exited before answering ({status}); log {}:\n{}",
-                    self.name,
-                    self.log.display(),
-                    tail(&self.log)
-                )));
-            }
-            if Instant::now() > deadline {
+            let failed = exited.or((started.elapsed() > START_TIMEOUT).then(|| "no answer".into()));
+            if let Some(why) = failed {
                 self.kill();
-                return Err(StartError::Other(anyhow!(
-                    "{} on port {port} did not answer {url} within {:?}; log {}:\n{}",
+                let log = tail(&self.log);
+                bail!(
+                    "{} on port {port} did not start ({why}); log {}:\n{log}",
                     self.name,
-                    START_TIMEOUT,
-                    self.log.display(),
-                    tail(&self.log)
-                )));
+                    self.log.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -346,20 +313,8 @@ impl Proc {
     }
 }
 
-enum StartError {
-    /// The process died before answering: worth a retry on another port.
-    Exited(anyhow::Error),
-    Other(anyhow::Error),
-}
-
-impl From<anyhow::Error> for StartError {
-    fn from(e: anyhow::Error) -> Self {
-        StartError::Other(e)
-    }
-}
-
 /// Asks the kernel for a free loopback port. The probe socket is closed before the emulator
-/// binds, so there is a small race, handled by retrying in `start_fresh_port`.
+/// binds, so there is a small race, handled by retrying in `Proc::start`.
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
