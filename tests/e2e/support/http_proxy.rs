@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 pub struct HttpProxy {
@@ -56,7 +56,12 @@ impl HttpProxy {
     }
 
     async fn start_with(upstream: SocketAddr, record: bool) -> Result<HttpProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        // A backlog as deep as the kernel allows (`somaxconn`): a writer with a thousand writes
+        // at once opens a thousand connections in a burst, and tokio's default of 1,024 would
+        // drop some of them (`ListenOverflows`), each retried a second later.
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             upstream: format!("http://{upstream}"),
