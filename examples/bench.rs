@@ -2,6 +2,9 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--messages N] [--size BYTES] [--runs R] [--worker PATH]
+//!     [--latency MS] [--jitter MS]
+//! cargo run --release --example bench -- --sweep [--latencies 10,50,200] [--sizes 256,65536]
+//!     [--writes 16,64,256,1024] [--jitter MS] [--messages N] [--worker PATH]
 //! ```
 //!
 //! It starts the emulators (as the tests do), then for each run, on a fresh topic, subscription
@@ -27,6 +30,41 @@
 //! example was built with), so a fresh clone needs nothing else. The worker's tuning variables
 //! (`MAX_CONCURRENT_WRITES`, `MAX_OUTSTANDING_MESSAGES`, ...) pass through from the environment
 //! for experiments; without them the worker runs with its defaults.
+//!
+//! # Storage latency
+//!
+//! `--latency MS` and `--jitter MS` put the tests' HTTP proxy (`tests/e2e/support/http_proxy.rs`)
+//! between fake-gcs-server and everything that writes to it (the worker, the storage ceiling's
+//! sink), and hold every storage answer back by MS plus a share of the jitter that differs from
+//! request to request (uniform from 0 to the jitter): real Cloud Storage takes tens of
+//! milliseconds per upload, the emulator on loopback well under one. `--latency 0` goes through
+//! the proxy without a delay, to see what the proxy itself costs. The proxy runs in this process;
+//! its CPU time shows as the ceilings' client CPU. This process and the worker get this
+//! process's hard limit of open files, since each write in flight holds a socket at both ends.
+//!
+//! # `--sweep`: the rate against latency, size and concurrency
+//!
+//! One command for the capacity-planning table: for each message size (`--sizes`), latency
+//! (`--latencies`, ms, plus `--jitter`) and write limit (`--writes`), and for the worker's
+//! defaults (no `MAX_CONCURRENT_WRITES`), one cell: the release worker on a fresh backlog,
+//! timed to its last object, through the latency proxy. Per cell it prints the rate (overall and
+//! steady), the bound `min(writes / latency, limit)`, the ratio steady rate / bound, peak RSS and
+//! the worker's CPU per message (steady, between the 10% and the 90% object; and in all).
+//!
+//! - **limit** is what this machine can do at all for that size, measured in the same command
+//!   before and after the size's cells (the bound uses the mean): the lower of the Pub/Sub
+//!   ceiling and the storage ceiling through the proxy at 0 ms, both at the highest `--writes`
+//!   (and `MAX_OUTSTANDING_MESSAGES` to match). On loopback both are the emulators' limits; the
+//!   storage ceiling without the proxy is printed beside it, to show what the proxy costs.
+//! - The defaults' bound is the limit itself: the defaults are to reach it at every latency.
+//! - Each `--writes` cell passes `MAX_CONCURRENT_WRITES` and `MAX_OUTSTANDING_MESSAGES =
+//!   max(1000, 2 x writes)`, so the leases feed the writes; `MAX_OUTSTANDING_MESSAGES` in the
+//!   environment replaces that for every cell, the defaults' included. `MAX_CONCURRENT_WRITES`
+//!   in the environment is refused.
+//! - A cell has `--messages` messages, or what takes about 15 s at its expected rate (at least
+//!   1,000, at most 20,000). With the default grid (30 cells) a sweep takes roughly 15 minutes;
+//!   it prints an estimate at the start and the time left after each cell.
+//! - The last line is `SWEEP {json}` with every cell and the limits.
 
 // The end-to-end tests' harness; the lint runs there, where all of it is used.
 #[allow(dead_code)]
@@ -35,6 +73,8 @@ mod support;
 
 #[path = "bench/observe.rs"]
 mod observe;
+#[path = "bench/sweep.rs"]
+mod sweep;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -51,6 +91,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::emulators::Emulators;
+use support::http_proxy::HttpProxy;
 use support::pubsub::OutMessage;
 use support::unique_name;
 use tokio::sync::Semaphore;
@@ -65,48 +106,113 @@ const PASS_THROUGH: [&str; 6] = [
     "TOKIO_WORKER_THREADS",
 ];
 
+const USAGE: &str = "usage: cargo run --release --example bench -- [OPTIONS]
+  [--messages N (20000)] [--size BYTES (256)] [--runs R (3)] [--worker PATH]
+  [--latency MS] [--jitter MS]
+  --sweep [--latencies 10,50,200] [--sizes 256,65536] [--writes 16,64,256,1024]
+          [--jitter MS] [--messages N per cell (sized by the expected rate)]
+(see the header of examples/bench.rs)";
+
+/// Messages per run unless `--messages` says.
+const DEFAULT_MESSAGES: usize = 20_000;
+
 struct Args {
-    messages: usize,
+    /// `None`: [`DEFAULT_MESSAGES`] per run; in a sweep, sized per cell.
+    messages: Option<usize>,
     size: usize,
     runs: usize,
     worker: Option<PathBuf>,
+    /// Added to every storage answer by the proxy; `None` (and no jitter): no proxy.
+    latency: Option<Duration>,
+    jitter: Duration,
+    mode: Mode,
+}
+
+enum Mode {
+    /// The ceilings, the worker and a busy shutdown, `runs` times.
+    Runs,
+    Sweep(sweep::Grid),
+}
+
+impl Args {
+    fn through_proxy(&self) -> bool {
+        self.latency.is_some() || !self.jitter.is_zero()
+    }
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { messages: 20_000, size: 256, runs: 3, worker: None };
+    let (mut messages, mut size, mut runs, mut worker) = (None, None, None, None);
+    let (mut latency, mut jitter) = (None, Duration::ZERO);
+    let (mut sweep, mut latencies, mut sizes, mut writes) = (false, None, None, None);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--messages" => args.messages = value()?.parse().context("--messages")?,
-            "--size" => args.size = value()?.parse().context("--size")?,
-            "--runs" => args.runs = value()?.parse().context("--runs")?,
-            "--worker" => args.worker = Some(PathBuf::from(value()?)),
+            "--messages" => messages = Some(number(&flag, &value()?, 100..=1_000_000)?),
+            "--size" => size = Some(number(&flag, &value()?, 1..=1_000_000)?),
+            "--runs" => runs = Some(number(&flag, &value()?, 1..=20)?),
+            "--worker" => worker = Some(PathBuf::from(value()?)),
+            "--latency" => latency = Some(Duration::from_millis(number(&flag, &value()?, MS)?)),
+            "--jitter" => jitter = Duration::from_millis(number(&flag, &value()?, MS)?),
+            "--sweep" => sweep = true,
+            "--latencies" => latencies = Some(list(&flag, &value()?, MS)?),
+            "--sizes" => sizes = Some(list(&flag, &value()?, 1..=1_000_000)?),
+            "--writes" => writes = Some(list(&flag, &value()?, 1..=10_000)?),
             "-h" | "--help" => {
-                println!(
-                    "usage: cargo run --release --example bench -- \
-                     [--messages N (20000)] [--size BYTES (256)] [--runs R (3)] [--worker PATH]"
-                );
+                println!("{USAGE}");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    if !(100..=1_000_000).contains(&args.messages) {
-        bail!("--messages must be from 100 to 1000000");
+    let mode = if sweep {
+        let given = [("--size", size.is_some()), ("--runs", runs.is_some())];
+        let given = given.into_iter().chain([("--latency", latency.is_some())]);
+        if let Some((flag, _)) = given.into_iter().find(|(_, given)| *given) {
+            bail!("--sweep takes --sizes and --latencies and runs each cell once: drop {flag}");
+        }
+        Mode::Sweep(sweep::Grid {
+            latencies_ms: latencies.unwrap_or_else(|| vec![10, 50, 200]),
+            sizes: sizes.unwrap_or_else(|| vec![256, 65_536]),
+            writes: writes.unwrap_or_else(|| vec![16, 64, 256, 1024]),
+            jitter_ms: jitter.as_millis() as u64,
+            messages,
+        })
+    } else {
+        if latencies.is_some() || sizes.is_some() || writes.is_some() {
+            bail!("--latencies, --sizes and --writes belong to --sweep");
+        }
+        Mode::Runs
+    };
+    let (size, runs) = (size.unwrap_or(256), runs.unwrap_or(3));
+    Ok(Args { messages, size, runs, worker, latency, jitter, mode })
+}
+
+/// Milliseconds a latency or jitter may take: up to a minute.
+const MS: std::ops::RangeInclusive<u64> = 0..=60_000;
+
+fn number<T>(flag: &str, value: &str, range: std::ops::RangeInclusive<T>) -> anyhow::Result<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    match value.trim().parse::<T>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => bail!("{flag} takes numbers from {} to {}, not {value:?}", range.start(), range.end()),
     }
-    if !(1..=1_000_000).contains(&args.size) {
-        bail!("--size must be from 1 to 1000000");
-    }
-    if !(1..=20).contains(&args.runs) {
-        bail!("--runs must be from 1 to 20");
-    }
-    Ok(args)
+}
+
+/// A comma-separated list of numbers, e.g. `10,50,200`.
+fn list<T>(flag: &str, value: &str, range: std::ops::RangeInclusive<T>) -> anyhow::Result<Vec<T>>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Clone,
+{
+    value.split(',').map(|v| number(flag, v, range.clone())).collect()
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    raise_open_files_limit();
     let worker_bin = match &args.worker {
         Some(path) => path.clone(),
         None => build_worker()?,
@@ -116,40 +222,82 @@ async fn main() -> anyhow::Result<()> {
         .len();
     let overrides: Vec<(String, String)> =
         PASS_THROUGH.iter().filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?))).collect();
+    if matches!(args.mode, Mode::Sweep(_)) && std::env::var_os("MAX_CONCURRENT_WRITES").is_some() {
+        bail!("--sweep sets MAX_CONCURRENT_WRITES itself (--writes): unset it");
+    }
+    let what = match &args.mode {
+        Mode::Runs => format!(
+            "{} messages of {} B, {} run(s)",
+            args.messages.unwrap_or(DEFAULT_MESSAGES),
+            args.size,
+            args.runs
+        ),
+        Mode::Sweep(_) => "sweep".to_string(),
+    };
     eprintln!(
-        "bench: {} messages of {} B, {} run(s); worker {} ({:.1} MB){}",
-        args.messages,
-        args.size,
-        args.runs,
+        "bench: {what}; worker {} ({:.1} MB){}{}",
         worker_bin.display(),
         binary_size as f64 / 1e6,
-        if overrides.is_empty() { String::new() } else { format!("; overrides {overrides:?}") }
+        if overrides.is_empty() { String::new() } else { format!("; overrides {overrides:?}") },
+        match args.through_proxy() {
+            true => format!("; storage latency {}", latency_text(&args)),
+            false => String::new(),
+        },
     );
     eprintln!("bench: starting the emulators...");
     let emu = Emulators::start().await.context("starting the emulators")?;
+    let proxy = HttpProxy::start(emu.storage_addr()).await.context("starting the proxy")?;
     let mut env = emu.worker_env();
     env.extend(overrides.iter().cloned());
-    // The configuration the worker will build from the same variables (plus its two names).
-    let config = Config::from_vars(env.iter().cloned().chain([
-        ("SUBSCRIPTION_ID".into(), "unused".into()),
-        ("BUCKET_NAME".into(), "unused".into()),
-    ]))?;
-    let bench = Bench { emu: &emu, env, config, worker_bin, size: args.size };
+    let mut bench = Bench::new(&emu, &worker_bin, env, args.size)?;
+    if matches!(args.mode, Mode::Runs) && args.through_proxy() {
+        bench = bench.through(&proxy, args.latency.unwrap_or_default(), args.jitter)?;
+    }
 
     // Warm the emulators up (the JVM's JIT above all), so the first run is not the odd one out.
-    let warm = args.messages.min(2000);
+    let warm = args.messages.unwrap_or(DEFAULT_MESSAGES).min(2000);
     eprintln!("bench: warming the emulators up with {warm} messages...");
     bench.pubsub_ceiling(warm).await?;
     bench.storage_ceiling(warm).await?;
 
-    let mut runs = Vec::new();
-    for run in 1..=args.runs {
-        let r = bench.run(args.messages).await?;
-        eprintln!("run {run}/{}: {}", args.runs, brief(&r));
-        runs.push(r);
+    match &args.mode {
+        Mode::Runs => {
+            let messages = args.messages.unwrap_or(DEFAULT_MESSAGES);
+            let mut runs = Vec::new();
+            for run in 1..=args.runs {
+                let r = bench.run(messages).await?;
+                eprintln!("run {run}/{}: {}", args.runs, brief(&r));
+                runs.push(r);
+            }
+            report(&args, messages, binary_size, &overrides, &runs);
+        }
+        Mode::Sweep(grid) => sweep::run(&bench, &proxy, grid).await?,
     }
-    report(&args, binary_size, &overrides, &runs);
     Ok(())
+}
+
+/// `50 ms`, or `50 ms + 0-20 ms jitter`.
+fn latency_text(args: &Args) -> String {
+    let ms = |d: Duration| d.as_millis();
+    match args.jitter.is_zero() {
+        true => format!("{} ms", ms(args.latency.unwrap_or_default())),
+        false => format!("{} ms + 0-{} ms", ms(args.latency.unwrap_or_default()), ms(args.jitter)),
+    }
+}
+
+/// Raises the soft limit of open files to the hard one, for this process (the proxy holds a
+/// socket to each writer and one to fake-gcs-server per request in flight) and for the worker,
+/// which inherits it: at 1,024 concurrent writes, 1,024 sockets is the common soft default.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Builds the worker in this example's profile and returns its path (next to `examples/`).
@@ -179,12 +327,64 @@ fn build_worker() -> anyhow::Result<PathBuf> {
     Ok(dir.join("pubsub-gcs-worker"))
 }
 
+/// What runs against the emulators: the worker's environment, and the configuration the worker
+/// builds from it, which the ceilings use for the same clients and settings.
+#[derive(Clone)]
 struct Bench<'a> {
     emu: &'a Emulators,
+    worker_bin: &'a Path,
+    /// The emulators (storage perhaps through the proxy), the pass-through variables and what
+    /// a mode sets.
     env: Vec<(String, String)>,
     config: Config,
-    worker_bin: PathBuf,
     size: usize,
+    /// The most the proxy adds to a storage answer, when storage is reached through it.
+    answer_delay: Duration,
+}
+
+impl<'a> Bench<'a> {
+    fn new(
+        emu: &'a Emulators,
+        worker_bin: &'a Path,
+        env: Vec<(String, String)>,
+        size: usize,
+    ) -> anyhow::Result<Self> {
+        let config = worker_config(&env)?;
+        Ok(Self { emu, worker_bin, env, config, size, answer_delay: Duration::ZERO })
+    }
+
+    /// The same, with messages of `size` bytes.
+    fn sized(&self, size: usize) -> Self {
+        Self { size, ..self.clone() }
+    }
+
+    /// The same, writing through `proxy`, which from now on holds every storage answer back by
+    /// `fixed` plus a share of `jitter` (for every bench that writes through it).
+    fn through(
+        &self,
+        proxy: &HttpProxy,
+        fixed: Duration,
+        jitter: Duration,
+    ) -> anyhow::Result<Self> {
+        proxy.set_latency(fixed, jitter);
+        let bench = self.with(&[("STORAGE_EMULATOR_HOST", proxy.url())])?;
+        Ok(Self { answer_delay: fixed + jitter, ..bench })
+    }
+
+    /// The same, with `vars` set in the worker's environment (replacing what was there).
+    fn with(&self, vars: &[(&str, String)]) -> anyhow::Result<Self> {
+        let mut env = self.env.clone();
+        env.retain(|(k, _)| !vars.iter().any(|(name, _)| k == name));
+        env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        Ok(Self { config: worker_config(&env)?, env, ..self.clone() })
+    }
+}
+
+/// What the worker makes of `env` (its own two names come per run).
+fn worker_config(env: &[(String, String)]) -> anyhow::Result<Config> {
+    let names = [("SUBSCRIPTION_ID", "unused"), ("BUCKET_NAME", "unused")];
+    let vars = env.iter().cloned().chain(names.map(|(k, v)| (k.into(), v.into())));
+    Config::from_vars(vars).context("the worker's configuration")
 }
 
 /// The rates of one phase, from the completion time of each message.
@@ -265,9 +465,21 @@ impl Bench<'_> {
     async fn fresh_bucket(&self) -> anyhow::Result<(String, ObjectWatch)> {
         let bucket = unique_name("bench");
         self.emu.gcs().create_bucket(&bucket).await?;
-        let dir = self.emu.log_dir().join("gcs-root").join(&bucket);
+        let dir = self.bucket_dir(&bucket);
         std::fs::create_dir_all(&dir)?;
         Ok((bucket, ObjectWatch::start(&dir)?))
+    }
+
+    /// Where fake-gcs-server's filesystem backend keeps the bucket's objects.
+    fn bucket_dir(&self, bucket: &str) -> PathBuf {
+        self.emu.log_dir().join("gcs-root").join(bucket)
+    }
+
+    /// Deletes the bucket's files once it has been measured: fake-gcs-server keeps objects as
+    /// files, and a sweep of 64 KiB messages writes gigabytes.
+    fn remove_objects(&self, bucket: &str) -> anyhow::Result<()> {
+        let dir = self.bucket_dir(bucket);
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
     }
 
     /// Receive-and-ack rate of the worker's own subscriber client and settings.
@@ -312,6 +524,7 @@ impl Bench<'_> {
 
     /// Create-only upload rate of the worker's own storage client and sink, at its concurrency.
     async fn storage_ceiling(&self, n: usize) -> anyhow::Result<Phase> {
+        // The watch runs as it does while the worker is timed, at the same cost to this process.
         let (bucket, _watch) = self.fresh_bucket().await?;
         let config = &self.config;
         let sink =
@@ -358,8 +571,10 @@ impl Bench<'_> {
             done??;
         }
         let client_cpu = own_cpu() - own;
+        let emulator_cpu = cpu.since();
+        self.remove_objects(&bucket)?;
         let times = std::mem::take(&mut *times.lock().expect("lock"));
-        Ok(Phase { rates: Rates::new(start, times), emulator_cpu: cpu.since(), client_cpu })
+        Ok(Phase { rates: Rates::new(start, times), emulator_cpu, client_cpu })
     }
 
     fn spawn_worker(
@@ -369,7 +584,7 @@ impl Bench<'_> {
         log: &Path,
     ) -> anyhow::Result<tokio::process::Child> {
         let log = std::fs::File::create(log)?;
-        let child = tokio::process::Command::new(&self.worker_bin)
+        let child = tokio::process::Command::new(self.worker_bin)
             .env_clear()
             .envs(self.env.iter().cloned())
             .env("SUBSCRIPTION_ID", sub)
@@ -384,6 +599,76 @@ impl Bench<'_> {
         Ok(child)
     }
 
+    /// Starts the worker on `sub`, a backlog of `n` messages, and times it until the n-th object
+    /// is in `bucket`; once it is idle, reads its peak memory and CPU time, stops it (SIGTERM)
+    /// and checks that it reports `n` objects written.
+    async fn measure_worker(
+        &self,
+        sub: &str,
+        bucket: &str,
+        watch: &ObjectWatch,
+        n: usize,
+        budget: Duration,
+    ) -> anyhow::Result<WorkerRun> {
+        let log = self.emu.log_dir().join(format!("{bucket}.worker.log"));
+        let cpu = EmulatorCpu::now();
+        let own = own_cpu();
+        let start = Instant::now();
+        let mut child = self.spawn_worker(sub, bucket, &log)?;
+        let pid = child.id().context("worker pid")?;
+        // Objects and CPU seconds at the 10% and the 90% object, then at the last.
+        let mut marks = [(0, 0.0); 3];
+        for (mark, target) in marks.iter_mut().zip([n / 10, n * 9 / 10, n]) {
+            watch
+                .wait_for(target, start + budget, &mut child)
+                .await
+                .with_context(|| format!("worker log: {}", log.display()))?;
+            *mark = (watch.count(), cpu_seconds(pid)?);
+        }
+        let [(count_10, cpu_10), (count_90, cpu_90), _] = marks;
+        let emulator_cpu = cpu.since();
+        let bench_cpu = own_cpu() - own;
+        let rates = Rates::new(start, watch.times());
+        // The last object exists before the proxy answers its write: let the answers arrive, the
+        // acks flush and the process go idle, then read its peak memory and CPU time.
+        tokio::time::sleep(Duration::from_secs(2) + self.answer_delay).await;
+        let peak_rss_kb = vm_hwm_kb(pid)?;
+        let cpu_s = cpu_seconds(pid)?;
+        let threads = threads(pid)?;
+        let rss_anon_kb = status_field(pid, "RssAnon:")?;
+        let rss_file_kb = status_field(pid, "RssFile:")?;
+        let idle_exit_s = terminate(&mut child, pid).await?;
+        let summary = stopped_summary(&log);
+        if summary.get("written").and_then(Value::as_u64) != Some(n as u64) {
+            bail!(
+                "the worker did not report {n} objects written: {summary} (log {})",
+                log.display()
+            );
+        }
+        Ok(WorkerRun {
+            phase: Phase { rates, emulator_cpu, client_cpu: cpu_s },
+            steady_cpu_per_msg: (cpu_90 - cpu_10) / count_90.saturating_sub(count_10).max(1) as f64,
+            peak_rss_kb,
+            rss_anon_kb,
+            rss_file_kb,
+            threads,
+            idle_exit_s,
+            bench_cpu,
+        })
+    }
+
+    /// The worker on a fresh backlog of `n` messages into a fresh bucket (see
+    /// [`Bench::measure_worker`]); the subscription and the objects are deleted afterwards.
+    async fn backlog_run(&self, n: usize, budget: Duration) -> anyhow::Result<WorkerRun> {
+        let (_topic, sub) = self.fresh_subscription(n).await?;
+        let (bucket, watch) = self.fresh_bucket().await?;
+        let run = self.measure_worker(&sub, &bucket, &watch, n, budget).await;
+        drop(watch);
+        self.drop_subscription(&sub).await;
+        self.remove_objects(&bucket)?;
+        run
+    }
+
     /// One run: both ceilings, the worker on a backlog, then a busy shutdown.
     async fn run(&self, n: usize) -> anyhow::Result<Run> {
         let load_before = load_average();
@@ -394,33 +679,7 @@ impl Bench<'_> {
 
         let (topic, sub) = self.fresh_subscription(n).await?;
         let (bucket, watch) = self.fresh_bucket().await?;
-        let log = self.emu.log_dir().join(format!("{bucket}.worker.log"));
-        let cpu = EmulatorCpu::now();
-        let start = Instant::now();
-        let mut child = self.spawn_worker(&sub, &bucket, &log)?;
-        let pid = child.id().context("worker pid")?;
-        watch
-            .wait_for(n, start + phase_budget(n), &mut child)
-            .await
-            .with_context(|| format!("worker log: {}", log.display()))?;
-        let emulator_cpu = cpu.since();
-        let rates = Rates::new(start, watch.times());
-        // Let the acks flush and the process go idle, then read its peak memory and CPU time.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let peak_rss_kb = vm_hwm_kb(pid)?;
-        let cpu_s = cpu_seconds(pid)?;
-        let threads = threads(pid)?;
-        let rss_anon_kb = status_field(pid, "RssAnon:")?;
-        let rss_file_kb = status_field(pid, "RssFile:")?;
-        let idle_exit = terminate(&mut child, pid).await?;
-        let summary = stopped_summary(&log);
-        if summary.get("written").and_then(Value::as_u64) != Some(n as u64) {
-            bail!(
-                "the worker did not report {n} objects written: {summary} (log {})",
-                log.display()
-            );
-        }
-        let worker = Phase { rates, emulator_cpu, client_cpu: cpu_s };
+        let worker = self.measure_worker(&sub, &bucket, &watch, n, phase_budget(n)).await?;
         let storage = storage_before.combine(self.storage_ceiling(n - n / 2).await?);
 
         // Busy shutdown: a second process on a fresh backlog gets SIGTERM mid-stream.
@@ -444,11 +703,6 @@ impl Bench<'_> {
             pubsub,
             storage,
             worker,
-            peak_rss_mb: peak_rss_kb as f64 / 1024.0,
-            rss_anon_mb: rss_anon_kb as f64 / 1024.0,
-            rss_file_mb: rss_file_kb as f64 / 1024.0,
-            threads,
-            idle_exit_s: idle_exit,
             busy_exit_s: busy_exit,
             busy_in_flight: busy_summary.get("in_flight").and_then(Value::as_u64),
             busy_nacked: busy_summary.get("nacked").and_then(Value::as_u64),
@@ -497,16 +751,26 @@ struct Phase {
     client_cpu: f64,
 }
 
+/// A worker process timed on a backlog, from its start to the last object, then stopped idle.
+struct WorkerRun {
+    /// The client CPU is the worker's, start-up and 2 s of idling after the last object included.
+    phase: Phase,
+    /// CPU seconds per object between the 10% and the 90% object: without start-up.
+    steady_cpu_per_msg: f64,
+    peak_rss_kb: u64,
+    /// Resident memory at the end, when idle: heap and stacks, and mapped files (the binary).
+    rss_anon_kb: u64,
+    rss_file_kb: u64,
+    threads: u64,
+    idle_exit_s: f64,
+    /// CPU seconds of this process meanwhile: the proxy (when in the path) and the watch.
+    bench_cpu: f64,
+}
+
 struct Run {
     pubsub: Phase,
     storage: Phase,
-    worker: Phase,
-    peak_rss_mb: f64,
-    /// Resident memory at the end, when idle: heap and stacks, and mapped files (the binary).
-    rss_anon_mb: f64,
-    rss_file_mb: f64,
-    threads: u64,
-    idle_exit_s: f64,
+    worker: WorkerRun,
     busy_exit_s: f64,
     busy_in_flight: Option<u64>,
     busy_nacked: Option<u64>,
@@ -537,7 +801,7 @@ impl Run {
 
     /// Every figure of the run, by name.
     fn metrics(&self) -> Vec<(&'static str, f64)> {
-        let w = &self.worker;
+        let (w, mb) = (&self.worker.phase, |kb: u64| kb as f64 / 1024.0);
         vec![
             ("worker_msgs_per_s", w.rates.overall),
             ("worker_steady_msgs_per_s", w.rates.steady),
@@ -547,14 +811,14 @@ impl Run {
             ("gcs_ceiling_steady", self.storage.rates.steady),
             ("ratio", w.rates.overall / self.ceiling()),
             ("ratio_steady", w.rates.steady / self.ceiling_steady()),
-            ("peak_rss_mb", self.peak_rss_mb),
-            ("idle_rss_anon_mb", self.rss_anon_mb),
-            ("idle_rss_file_mb", self.rss_file_mb),
+            ("peak_rss_mb", mb(self.worker.peak_rss_kb)),
+            ("idle_rss_anon_mb", mb(self.worker.rss_anon_kb)),
+            ("idle_rss_file_mb", mb(self.worker.rss_file_kb)),
             ("worker_cpu_s", w.client_cpu),
             ("worker_first_object_s", w.rates.first),
-            ("idle_exit_s", self.idle_exit_s),
+            ("idle_exit_s", self.worker.idle_exit_s),
             ("busy_exit_s", self.busy_exit_s),
-            ("threads", self.threads as f64),
+            ("threads", self.worker.threads as f64),
             ("pubsub_emulator_cpu_s_worker", w.emulator_cpu.0),
             ("gcs_emulator_cpu_s_worker", w.emulator_cpu.1),
             ("pubsub_emulator_cpu_s_ceiling", self.pubsub.emulator_cpu.0),
@@ -567,18 +831,19 @@ impl Run {
 }
 
 fn brief(r: &Run) -> String {
+    let w = &r.worker;
     format!(
         "worker {:.0} msg/s (steady {:.0}); ceilings pubsub {:.0}, gcs {:.0} msg/s; ratio {:.2}; \
          peak RSS {:.1} MB; CPU {:.2} s; exit idle {:.3} s, busy {:.3} s \
          (in flight {}, nacked {}); load {:.2}",
-        r.worker.rates.overall,
-        r.worker.rates.steady,
+        w.phase.rates.overall,
+        w.phase.rates.steady,
         r.pubsub.rates.overall,
         r.storage.rates.overall,
-        r.worker.rates.overall / r.ceiling(),
-        r.peak_rss_mb,
-        r.worker.client_cpu,
-        r.idle_exit_s,
+        w.phase.rates.overall / r.ceiling(),
+        w.peak_rss_kb as f64 / 1024.0,
+        w.phase.client_cpu,
+        w.idle_exit_s,
         r.busy_exit_s,
         r.busy_in_flight.map_or("?".into(), |v| v.to_string()),
         r.busy_nacked.map_or("?".into(), |v| v.to_string()),
@@ -586,15 +851,23 @@ fn brief(r: &Run) -> String {
     )
 }
 
-fn report(args: &Args, binary_size: u64, overrides: &[(String, String)], runs: &[Run]) {
+fn report(
+    args: &Args,
+    messages: usize,
+    binary_size: u64,
+    overrides: &[(String, String)],
+    runs: &[Run],
+) {
     let names: Vec<&str> = runs[0].metrics().iter().map(|(k, _)| *k).collect();
     println!(
-        "\n{} messages x {} B, {} run(s), {} cores, {}",
-        args.messages,
+        "\n{messages} messages x {} B, {} run(s), {}{}",
         args.size,
         runs.len(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model()
+        machine(),
+        match args.through_proxy() {
+            true => format!(", storage latency {}", latency_text(args)),
+            false => String::new(),
+        }
     );
     println!("{:<32} {:>10} {:>10} {:>10}", "", "min", "median", "max");
     let mut medians = serde_json::Map::new();
@@ -610,15 +883,25 @@ fn report(args: &Args, binary_size: u64, overrides: &[(String, String)], runs: &
         );
         medians.insert(name.to_string(), json!((median * 1000.0).round() / 1000.0));
     }
-    let summary = json!({
-        "messages": args.messages,
+    let mut summary = json!({
+        "messages": messages,
         "size": args.size,
         "runs": runs.len(),
         "binary_mb": (binary_size as f64 / 1e5).round() / 10.0,
         "overrides": overrides.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "median": medians,
     });
+    if args.through_proxy() {
+        summary["latency_ms"] = json!(args.latency.unwrap_or_default().as_millis() as u64);
+        summary["jitter_ms"] = json!(args.jitter.as_millis() as u64);
+    }
     println!("BENCH {summary}");
+}
+
+/// `2 cores, AMD EPYC ...`.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {}", cpu_model())
 }
 
 fn fmt(v: f64) -> String {
