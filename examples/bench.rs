@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--messages N] [--size BYTES] [--runs R] [--worker PATH]
-//!     [--latency MS] [--jitter MS]
+//!     [--latency MS] [--jitter MS] [--object-name TEMPLATE]
 //! cargo run --release --example bench -- --sweep [--latencies 10,50,200] [--sizes 256,65536]
-//!     [--writes 16,64,256,1024] [--jitter MS] [--messages N] [--worker PATH]
+//!     [--writes 16,64,256,1024] [--jitter MS] [--messages N] [--object-name TEMPLATE]
+//! cargo run --release --example bench -- --compare-object-name TEMPLATE [--messages N]
+//!     [--runs PAIRS] [--size BYTES] [--latency MS] [--jitter MS]
 //! ```
 //!
 //! It starts the emulators (as the tests do), then for each run, on a fresh topic, subscription
@@ -20,8 +22,9 @@
 //!    are read from `/proc`, then it gets SIGTERM while idle.
 //! 4. **Busy shutdown**: a second backlog, a second worker process, SIGTERM while it writes.
 //!
-//! Objects are counted as fake-gcs-server renames them into the bucket's directory (inotify),
-//! so the worker is measured from outside. Rates are "overall" (start to the last object) and
+//! Objects are counted as fake-gcs-server renames them into the bucket's directory (inotify;
+//! a name with `/` lands in nested directories, which are watched as they appear), so the
+//! worker is measured from outside. Rates are "overall" (start to the last object) and
 //! "steady" (between the 10% and the 90% object). The worker's rate is compared with the lower
 //! of the two ceilings measured in the same run. Everything stays on loopback; every wait has a
 //! deadline. The last line is `BENCH {json}` with the medians, for scripts.
@@ -65,12 +68,29 @@
 //!   1,000, at most 20,000). With the default grid (30 cells) a sweep takes roughly 15 minutes;
 //!   it prints an estimate at the start and the time left after each cell.
 //! - The last line is `SWEEP {json}` with every cell and the limits.
+//!
+//! # Object names
+//!
+//! `--object-name TEMPLATE` runs the worker with `OBJECT_NAME=TEMPLATE` (in every mode but the
+//! comparison) and gives two messages in three a `task_type` attribute (`file_processing`,
+//! `data_transformation`), for templates that route by it, such as
+//! `dt={publish_time:%Y-%m-%d}/{attributes.task_type|unrouted}/{hash:2}/{message_id}.{ext}`.
+//!
+//! `--compare-object-name TEMPLATE` measures what a template costs: `--runs` pairs (3) of worker
+//! runs on fresh backlogs of the same, tagged messages, one with the default names and one with
+//! the template, in alternating order so that a drift of the machine meets both alike. It
+//! prints the medians of each side and of the per-pair ratio template / default: the rate
+//! (overall and steady), the worker's CPU per message (steady and in all), peak RSS, and
+//! fake-gcs-server's CPU per message (nested directories cost it more, which on loopback can
+//! move the rate without the worker doing more), then `COMPARE {json}`.
 
 // The end-to-end tests' harness; the lint runs there, where all of it is used.
 #[allow(dead_code)]
 #[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
+#[path = "bench/compare.rs"]
+mod compare;
 #[path = "bench/observe.rs"]
 mod observe;
 #[path = "bench/sweep.rs"]
@@ -108,9 +128,11 @@ const PASS_THROUGH: [&str; 6] = [
 
 const USAGE: &str = "usage: cargo run --release --example bench -- [OPTIONS]
   [--messages N (20000)] [--size BYTES (256)] [--runs R (3)] [--worker PATH]
-  [--latency MS] [--jitter MS]
+  [--latency MS] [--jitter MS] [--object-name TEMPLATE]
   --sweep [--latencies 10,50,200] [--sizes 256,65536] [--writes 16,64,256,1024]
           [--jitter MS] [--messages N per cell (sized by the expected rate)]
+  --compare-object-name TEMPLATE [--messages N] [--runs PAIRS (3)] [--size BYTES]
+          [--latency MS] [--jitter MS]
 (see the header of examples/bench.rs)";
 
 /// Messages per run unless `--messages` says.
@@ -125,6 +147,8 @@ struct Args {
     /// Added to every storage answer by the proxy; `None` (and no jitter): no proxy.
     latency: Option<Duration>,
     jitter: Duration,
+    /// `OBJECT_NAME` for the worker (messages then carry a `task_type` attribute).
+    object_name: Option<String>,
     mode: Mode,
 }
 
@@ -132,6 +156,8 @@ enum Mode {
     /// The ceilings, the worker and a busy shutdown, `runs` times.
     Runs,
     Sweep(sweep::Grid),
+    /// The default object names against a template, `runs` pairs.
+    Compare(String),
 }
 
 impl Args {
@@ -144,6 +170,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let (mut messages, mut size, mut runs, mut worker) = (None, None, None, None);
     let (mut latency, mut jitter) = (None, Duration::ZERO);
     let (mut sweep, mut latencies, mut sizes, mut writes) = (false, None, None, None);
+    let (mut object_name, mut compare) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -158,12 +185,20 @@ fn parse_args() -> anyhow::Result<Args> {
             "--latencies" => latencies = Some(list(&flag, &value()?, MS)?),
             "--sizes" => sizes = Some(list(&flag, &value()?, 1..=1_000_000)?),
             "--writes" => writes = Some(list(&flag, &value()?, 1..=10_000)?),
+            "--object-name" => object_name = Some(value()?),
+            "--compare-object-name" => compare = Some(value()?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
+    }
+    if sweep && compare.is_some() {
+        bail!("--sweep and --compare-object-name are two modes: choose one");
+    }
+    if compare.is_some() && object_name.is_some() {
+        bail!("--compare-object-name compares the default names with TEMPLATE: drop --object-name");
     }
     let mode = if sweep {
         let given = [("--size", size.is_some()), ("--runs", runs.is_some())];
@@ -182,10 +217,10 @@ fn parse_args() -> anyhow::Result<Args> {
         if latencies.is_some() || sizes.is_some() || writes.is_some() {
             bail!("--latencies, --sizes and --writes belong to --sweep");
         }
-        Mode::Runs
+        compare.map_or(Mode::Runs, Mode::Compare)
     };
     let (size, runs) = (size.unwrap_or(256), runs.unwrap_or(3));
-    Ok(Args { messages, size, runs, worker, latency, jitter, mode })
+    Ok(Args { messages, size, runs, worker, latency, jitter, object_name, mode })
 }
 
 /// Milliseconds a latency or jitter may take: up to a minute.
@@ -233,6 +268,12 @@ async fn main() -> anyhow::Result<()> {
             args.runs
         ),
         Mode::Sweep(_) => "sweep".to_string(),
+        Mode::Compare(template) => format!(
+            "OBJECT_NAME={template} against the default, {} messages of {} B, {} pair(s)",
+            args.messages.unwrap_or(DEFAULT_MESSAGES),
+            args.size,
+            args.runs
+        ),
     };
     eprintln!(
         "bench: {what}; worker {} ({:.1} MB){}{}",
@@ -250,7 +291,10 @@ async fn main() -> anyhow::Result<()> {
     let mut env = emu.worker_env();
     env.extend(overrides.iter().cloned());
     let mut bench = Bench::new(&emu, &worker_bin, env, args.size)?;
-    if matches!(args.mode, Mode::Runs) && args.through_proxy() {
+    if let Some(template) = &args.object_name {
+        bench = bench.with(&[("OBJECT_NAME", template.clone())])?.tagged();
+    }
+    if !matches!(args.mode, Mode::Sweep(_)) && args.through_proxy() {
         bench = bench.through(&proxy, args.latency.unwrap_or_default(), args.jitter)?;
     }
 
@@ -272,6 +316,10 @@ async fn main() -> anyhow::Result<()> {
             report(&args, messages, binary_size, &overrides, &runs);
         }
         Mode::Sweep(grid) => sweep::run(&bench, &proxy, grid).await?,
+        Mode::Compare(template) => {
+            let messages = args.messages.unwrap_or(DEFAULT_MESSAGES);
+            compare::run(&bench, template, messages, args.runs).await?;
+        }
     }
     Ok(())
 }
@@ -340,6 +388,8 @@ struct Bench<'a> {
     size: usize,
     /// The most the proxy adds to a storage answer, when storage is reached through it.
     answer_delay: Duration,
+    /// Messages carry a `task_type` attribute, for templates that route by it.
+    tagged: bool,
 }
 
 impl<'a> Bench<'a> {
@@ -350,7 +400,13 @@ impl<'a> Bench<'a> {
         size: usize,
     ) -> anyhow::Result<Self> {
         let config = worker_config(&env)?;
-        Ok(Self { emu, worker_bin, env, config, size, answer_delay: Duration::ZERO })
+        Ok(Self { emu, worker_bin, env, config, size, answer_delay: Duration::ZERO, tagged: false })
+    }
+
+    /// The same, with a `task_type` attribute on two messages in three: `file_processing`,
+    /// `data_transformation`, none.
+    fn tagged(&self) -> Self {
+        Self { tagged: true, ..self.clone() }
     }
 
     /// The same, with messages of `size` bytes.
@@ -369,6 +425,11 @@ impl<'a> Bench<'a> {
         proxy.set_latency(fixed, jitter);
         let bench = self.with(&[("STORAGE_EMULATOR_HOST", proxy.url())])?;
         Ok(Self { answer_delay: fixed + jitter, ..bench })
+    }
+
+    /// A variable of the worker's environment.
+    fn var(&self, name: &str) -> Option<&str> {
+        self.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// The same, with `vars` set in the worker's environment (replacing what was there).
@@ -445,10 +506,18 @@ impl Bench<'_> {
         Ok((topic, sub))
     }
 
+    fn message(&self, i: usize) -> OutMessage {
+        let message = OutMessage::new(self.payload(i));
+        match (self.tagged, i % 3) {
+            (true, 0) => message.attr("task_type", "file_processing"),
+            (true, 1) => message.attr("task_type", "data_transformation"),
+            _ => message,
+        }
+    }
+
     async fn publish(&self, topic: &str, from: usize, n: usize) -> anyhow::Result<()> {
         let ps = self.emu.pubsub();
-        let messages: Vec<OutMessage> =
-            (from..from + n).map(|i| OutMessage::new(self.payload(i))).collect();
+        let messages: Vec<OutMessage> = (from..from + n).map(|i| self.message(i)).collect();
         ps.publish(topic, &messages).await?;
         // Let the JVM settle (GC after the publish burst) before anything is timed.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -654,6 +723,7 @@ impl Bench<'_> {
             threads,
             idle_exit_s,
             bench_cpu,
+            example: watch.first(),
         })
     }
 
@@ -765,6 +835,15 @@ struct WorkerRun {
     idle_exit_s: f64,
     /// CPU seconds of this process meanwhile: the proxy (when in the path) and the watch.
     bench_cpu: f64,
+    /// The first object's name, as the worker made it.
+    example: Option<PathBuf>,
+}
+
+impl WorkerRun {
+    /// `seconds` per object written.
+    fn per_message(&self, seconds: f64) -> f64 {
+        seconds / self.phase.rates.count as f64
+    }
 }
 
 struct Run {
@@ -869,6 +948,9 @@ fn report(
             false => String::new(),
         }
     );
+    if let Some(template) = &args.object_name {
+        println!("OBJECT_NAME={template}");
+    }
     println!("{:<32} {:>10} {:>10} {:>10}", "", "min", "median", "max");
     let mut medians = serde_json::Map::new();
     for (i, name) in names.iter().enumerate() {
@@ -881,7 +963,7 @@ fn report(
             fmt(median),
             fmt(values[values.len() - 1])
         );
-        medians.insert(name.to_string(), json!((median * 1000.0).round() / 1000.0));
+        medians.insert(name.to_string(), json!(round(median)));
     }
     let mut summary = json!({
         "messages": messages,
@@ -895,6 +977,9 @@ fn report(
         summary["latency_ms"] = json!(args.latency.unwrap_or_default().as_millis() as u64);
         summary["jitter_ms"] = json!(args.jitter.as_millis() as u64);
     }
+    if let Some(template) = &args.object_name {
+        summary["object_name"] = json!(template);
+    }
     println!("BENCH {summary}");
 }
 
@@ -902,6 +987,11 @@ fn report(
 fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores, {}", cpu_model())
+}
+
+/// To three decimals, for the JSON lines.
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
 }
 
 fn fmt(v: f64) -> String {

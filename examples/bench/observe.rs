@@ -2,52 +2,67 @@
 //! (inotify), and CPU time and memory of processes from `/proc`.
 
 use anyhow::{Context as _, bail};
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Timestamps objects as fake-gcs-server creates them: its filesystem backend writes a
-/// temporary `.name123` file and renames it to the object's name, so every `IN_MOVED_TO` of a
-/// name without a leading dot is one object (names of the worker's objects never start with
-/// a dot, and the worker's default prefix is empty, so they all land in this directory).
+/// Timestamps objects as fake-gcs-server creates them. Its filesystem backend writes each object
+/// to a temporary file in the system's temporary directory and renames it to the object's name
+/// below the bucket's directory; a name with `/` becomes nested directories (the object
+/// `dt=2025-01-01/unrouted/ab/1.txt` is that path below the bucket's directory). So every
+/// `IN_MOVED_TO` of a name without a leading dot is one object (its own files, such as the probe
+/// it renames next to the target first, start with a dot, as no name of the worker's does).
+///
+/// New directories are watched as they appear and then scanned, since an object may land in
+/// one before its watch exists; objects are kept by path, so one seen twice counts once.
 pub struct ObjectWatch {
-    times: Arc<Mutex<Vec<Instant>>>,
-    error: Arc<Mutex<Option<String>>>,
+    seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+#[derive(Default)]
+struct Seen {
+    /// When each object appeared.
+    times: Vec<Instant>,
+    /// The first object's path below the bucket's directory, which is its name.
+    first: Option<PathBuf>,
+    error: Option<String>,
+}
+
 impl ObjectWatch {
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        use std::os::unix::ffi::OsStrExt as _;
-        // SAFETY: plain syscalls; the fd is owned by the thread below, which closes it.
+        // SAFETY: plain syscall; the fd is owned by `Tree`, which closes it.
         let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         if fd < 0 {
             bail!("inotify_init1: {}", std::io::Error::last_os_error());
         }
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-        // SAFETY: `path` is a valid C string for the duration of the call.
-        if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_MOVED_TO) } < 0 {
-            let e = std::io::Error::last_os_error();
-            // SAFETY: closing the fd we opened.
-            unsafe { libc::close(fd) };
-            bail!("inotify_add_watch {}: {e}", dir.display());
-        }
-        let times = Arc::new(Mutex::new(Vec::new()));
-        let error = Arc::new(Mutex::new(None));
+        let mut tree =
+            Tree { fd, root: dir.to_path_buf(), dirs: HashMap::new(), objects: HashSet::new() };
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let mut found = Vec::new();
+        tree.add(dir, &mut found).with_context(|| format!("watching {}", dir.display()))?;
+        tree.record(&seen, found);
         let stop = Arc::new(AtomicBool::new(false));
-        let (t, e, s) = (times.clone(), error.clone(), stop.clone());
-        let thread = std::thread::spawn(move || watch_loop(fd, &t, &e, &s));
-        Ok(Self { times, error, stop, thread: Some(thread) })
+        let (s, st) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || tree.run(&s, &st));
+        Ok(Self { seen, stop, thread: Some(thread) })
     }
 
     pub fn count(&self) -> usize {
-        self.times.lock().expect("lock").len()
+        self.seen.lock().expect("lock").times.len()
     }
 
     pub fn times(&self) -> Vec<Instant> {
-        self.times.lock().expect("lock").clone()
+        self.seen.lock().expect("lock").times.clone()
+    }
+
+    /// The name of the first object seen, e.g. to show what a template made of it.
+    pub fn first(&self) -> Option<PathBuf> {
+        self.seen.lock().expect("lock").first.clone()
     }
 
     /// Waits until `n` objects exist; fails at `deadline` or when the worker exits.
@@ -58,7 +73,7 @@ impl ObjectWatch {
         child: &mut tokio::process::Child,
     ) -> anyhow::Result<()> {
         loop {
-            if let Some(e) = self.error.lock().expect("lock").clone() {
+            if let Some(e) = self.seen.lock().expect("lock").error.clone() {
                 bail!("watching the bucket failed: {e}");
             }
             let count = self.count();
@@ -85,43 +100,110 @@ impl Drop for ObjectWatch {
     }
 }
 
-fn watch_loop(
+/// The watched directories of one bucket and the objects found in them.
+struct Tree {
     fd: libc::c_int,
-    times: &Mutex<Vec<Instant>>,
-    error: &Mutex<Option<String>>,
-    stop: &AtomicBool,
-) {
-    const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
-    let mut buf = vec![0u8; 256 * 1024];
-    while !stop.load(Ordering::Relaxed) {
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 50) };
-        // SAFETY: `buf` is writable for its length.
-        let len = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if len <= 0 {
-            continue;
+    root: PathBuf,
+    /// Watch descriptor to directory.
+    dirs: HashMap<libc::c_int, PathBuf>,
+    objects: HashSet<PathBuf>,
+}
+
+impl Tree {
+    /// Watches `dir`, then adds what is already in it to `found`: its objects, and the same for
+    /// each directory below.
+    fn add(&mut self, dir: &Path, found: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+        let mask = libc::IN_MOVED_TO | libc::IN_CREATE | libc::IN_ONLYDIR;
+        // SAFETY: `path` is a valid C string for the duration of the call.
+        let wd = unsafe { libc::inotify_add_watch(self.fd, path.as_ptr(), mask) };
+        if wd < 0 {
+            bail!("inotify_add_watch {}: {}", dir.display(), std::io::Error::last_os_error());
         }
+        self.dirs.insert(wd, dir.to_path_buf());
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_name().as_bytes().first() == Some(&b'.') {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                self.add(&entry.path(), found)?;
+            } else {
+                found.push(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Timestamps the objects in `found` not seen before.
+    fn record(&mut self, seen: &Mutex<Seen>, found: Vec<PathBuf>) {
         let now = Instant::now();
+        let mut seen = seen.lock().expect("lock");
+        for path in found {
+            if seen.first.is_none() {
+                seen.first = path.strip_prefix(&self.root).ok().map(Path::to_path_buf);
+            }
+            if self.objects.insert(path) {
+                seen.times.push(now);
+            }
+        }
+    }
+
+    /// Reads events until `stop`, then closes the inotify fd.
+    fn run(mut self, seen: &Mutex<Seen>, stop: &AtomicBool) {
+        let mut buf = vec![0u8; 256 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            let mut pfd = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, 50) };
+            // SAFETY: `buf` is writable for its length.
+            let len = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if len <= 0 {
+                continue;
+            }
+            if let Err(e) = self.events(&buf[..len as usize], seen) {
+                seen.lock().expect("lock").error = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    fn events(&mut self, buf: &[u8], seen: &Mutex<Seen>) -> anyhow::Result<()> {
+        const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+        let mut found = Vec::new();
         let mut at = 0;
-        let mut found = 0;
-        while at + HEADER <= len as usize {
+        while at + HEADER <= buf.len() {
             // SAFETY: the kernel wrote a whole event at `at`; read_unaligned copes with the
             // byte buffer's alignment.
             let event: libc::inotify_event =
                 unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+            // The name is padded with NULs.
             let name = &buf[at + HEADER..at + HEADER + event.len as usize];
-            if event.mask & libc::IN_Q_OVERFLOW != 0 {
-                *error.lock().expect("lock") = Some("inotify queue overflow".into());
-            } else if event.mask & libc::IN_MOVED_TO != 0 && name.first() != Some(&b'.') {
-                found += 1;
-            }
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
             at += HEADER + event.len as usize;
+            if event.mask & libc::IN_Q_OVERFLOW != 0 {
+                bail!("inotify queue overflow");
+            }
+            let Some(dir) = self.dirs.get(&event.wd) else { continue };
+            if name.is_empty() || name[0] == b'.' {
+                continue;
+            }
+            let path = dir.join(std::ffi::OsStr::from_bytes(name));
+            if event.mask & libc::IN_ISDIR != 0 {
+                self.add(&path, &mut found)?;
+            } else if event.mask & libc::IN_MOVED_TO != 0 {
+                found.push(path);
+            }
         }
-        times.lock().expect("lock").extend((0..found).map(|_| now));
+        self.record(seen, found);
+        Ok(())
     }
-    // SAFETY: closing the fd this thread owns.
-    unsafe { libc::close(fd) };
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        // SAFETY: closing the fd this value owns.
+        unsafe { libc::close(self.fd) };
+    }
 }
 
 /// CPU seconds (user + system) of a process, from `/proc/PID/stat`.
@@ -129,8 +211,11 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the `(comm)`, which may contain spaces: state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let mut ticks = || -> anyhow::Result<f64> {
+        Ok(fields.next().context("/proc/PID/stat: too few fields")?.parse()?)
+    };
+    let ticks = ticks()? + ticks()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks / hz)

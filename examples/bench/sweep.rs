@@ -1,7 +1,7 @@
 //! `--sweep`: the worker's rate against storage latency, message size and concurrent writes, next
 //! to the bound `min(writes / latency, limit)`, in one command. See the example's header.
 
-use super::{Bench, HttpProxy, WorkerRun, machine, phase_budget};
+use super::{Bench, HttpProxy, WorkerRun, machine, phase_budget, round};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -80,8 +80,7 @@ struct Cell {
 }
 
 pub async fn run(base: &Bench<'_>, proxy: &HttpProxy, grid: &Grid) -> anyhow::Result<()> {
-    let user_outstanding =
-        base.env.iter().find(|(k, _)| k == "MAX_OUTSTANDING_MESSAGES").map(|(_, v)| v.clone());
+    let user_outstanding = base.var("MAX_OUTSTANDING_MESSAGES").map(str::to_string);
     let default_writes = base.config.max_concurrent_writes;
     let high = grid.writes.iter().copied().max().unwrap_or(default_writes);
     let (no_delay, jitter) = (Duration::ZERO, Duration::from_millis(grid.jitter_ms));
@@ -163,7 +162,8 @@ pub async fn run(base: &Bench<'_>, proxy: &HttpProxy, grid: &Grid) -> anyhow::Re
         eprintln!("sweep: {size} B, after its cells: {}", limit_text(&after));
         limits.push(SizeLimits { size, before, after });
     }
-    let ctx = Report { grid, limits: &limits, default_writes, high, user_outstanding };
+    let object_name = base.var("OBJECT_NAME").map(str::to_string);
+    let ctx = Report { grid, limits: &limits, default_writes, high, user_outstanding, object_name };
     ctx.print(&cells, started.elapsed());
     Ok(())
 }
@@ -208,16 +208,13 @@ fn writes_text(writes: Option<usize>, default_writes: usize) -> String {
     writes.map_or(format!("default ({default_writes})"), |w| w.to_string())
 }
 
-fn round(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
-}
-
 struct Report<'a> {
     grid: &'a Grid,
     limits: &'a [SizeLimits],
     default_writes: usize,
     high: usize,
     user_outstanding: Option<String>,
+    object_name: Option<String>,
 }
 
 impl Report<'_> {
@@ -252,6 +249,9 @@ impl Report<'_> {
                 j => format!(", plus 0-{j} ms of jitter (the bound uses the mean, +{} ms)", j / 2),
             }
         );
+        if let Some(template) = &self.object_name {
+            println!("OBJECT_NAME={template}");
+        }
         println!(
             "limit = what this machine can do at all for that size, with no added latency: the \
              lower of the Pub/Sub ceiling (receive and ack, nothing written) and the storage \
@@ -306,7 +306,7 @@ impl Report<'_> {
         for cell in cells {
             let (rates, bound) = (&cell.run.phase.rates, self.bound(cell));
             let cpu_us = cell.run.steady_cpu_per_msg * 1e6;
-            let cpu_all_us = cell.run.phase.client_cpu * 1e6 / cell.messages as f64;
+            let cpu_all_us = cell.run.per_message(cell.run.phase.client_cpu) * 1e6;
             let peak_mb = cell.run.peak_rss_kb as f64 / 1024.0;
             println!(
                 "{:>8} {:>8} {:>13} {:>6} {:>8.0} {:>8.0} {:>8.0} {:>6.2} {:>9.1} {:>8.0} {:>8.0}",
@@ -338,9 +338,9 @@ impl Report<'_> {
                 "peak_rss_mb": round(peak_mb),
                 "cpu_us_per_msg": round(cpu_us),
                 "cpu_us_per_msg_all": round(cpu_all_us),
-                "bench_cpu_us_per_msg": round(cell.run.bench_cpu * 1e6 / cell.messages as f64),
+                "bench_cpu_us_per_msg": round(cell.run.per_message(cell.run.bench_cpu) * 1e6),
                 "gcs_emulator_cpu_us_per_msg":
-                    round(cell.run.phase.emulator_cpu.1 * 1e6 / cell.messages as f64),
+                    round(cell.run.per_message(cell.run.phase.emulator_cpu.1) * 1e6),
             }));
         }
         let limits: Vec<Value> = self
@@ -361,6 +361,7 @@ impl Report<'_> {
             "jitter_ms": grid.jitter_ms,
             "limit_writes": self.high,
             "max_outstanding_messages_from_env": self.user_outstanding,
+            "object_name": self.object_name,
             "limits": limits,
             "cells": rows,
         });
