@@ -1,7 +1,7 @@
 //! `--compare-object-name TEMPLATE`: the worker with its default object names and with an
 //! `OBJECT_NAME` template, on the same messages, runs interleaved. See the example's header.
 
-use super::{Bench, WorkerRun, machine, phase_budget, round};
+use super::{Bench, WorkerRun, machine, round};
 use serde_json::json;
 
 pub async fn run(base: &Bench<'_>, template: &str, n: usize, pairs: usize) -> anyhow::Result<()> {
@@ -16,7 +16,7 @@ pub async fn run(base: &Bench<'_>, template: &str, n: usize, pairs: usize) -> an
                 true => (&templated, &mut template_runs, "template"),
                 false => (&plain, &mut default_runs, "default"),
             };
-            let run = bench.backlog_run(n, phase_budget(n)).await?;
+            let run = bench.backlog_run(n, bench.budget(n)).await?;
             eprintln!(
                 "pair {}/{pairs}, {label}: {:.0} msg/s (steady {:.0}), CPU {:.0} µs/msg (all {:.0}), \
                  peak RSS {:.1} MB, e.g. {}",

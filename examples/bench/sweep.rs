@@ -1,7 +1,7 @@
 //! `--sweep`: the worker's rate against storage latency, message size and concurrent writes, next
 //! to the bound `min(writes / latency, limit)`, in one command. See the example's header.
 
-use super::{Bench, HttpProxy, WorkerRun, machine, phase_budget, round};
+use super::{Bench, HttpProxy, WorkerRun, machine, round};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -136,7 +136,7 @@ pub async fn run(base: &Bench<'_>, proxy: &HttpProxy, grid: &Grid) -> anyhow::Re
                 let messages = grid.messages.unwrap_or_else(|| {
                     (expected * CELL_SECS).clamp(CELL_MESSAGES.0, CELL_MESSAGES.1) as usize
                 });
-                let budget = phase_budget(messages)
+                let budget = bench.budget(messages)
                     + Duration::from_secs_f64(3.0 * messages as f64 / expected);
                 let what = format!(
                     "{latency_ms} ms, {size} B, writes {}",
