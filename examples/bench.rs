@@ -111,6 +111,7 @@ use observe::{
     EmulatorCpu, ObjectWatch, cpu_model, cpu_seconds, load_average, own_cpu, status_field, threads,
     vm_hwm_kb,
 };
+use pubsub_gcs_worker::name::NameTemplate;
 use pubsub_gcs_worker::object::{ObjectSpec, TEXT};
 use pubsub_gcs_worker::sink::Sink;
 use pubsub_gcs_worker::{Config, clients};
@@ -208,6 +209,10 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     if compare.is_some() && object_name.is_some() {
         bail!("--compare-object-name compares the default names with TEMPLATE: drop --object-name");
+    }
+    // Refused now rather than after the emulators have started.
+    if let Some(template) = compare.as_ref().or(object_name.as_ref()) {
+        NameTemplate::parse(template, "").map_err(|e| anyhow::anyhow!("OBJECT_NAME {e}"))?;
     }
     let mode = if sweep {
         let given = [
