@@ -65,8 +65,9 @@
 //!   environment replaces that for every cell, the defaults' included. `MAX_CONCURRENT_WRITES`
 //!   in the environment is refused.
 //! - A cell has `--messages` messages, or what takes about 15 s at its expected rate (at least
-//!   1,000, at most 20,000). With the default grid (30 cells) a sweep takes roughly 15 minutes;
-//!   it prints an estimate at the start and the time left after each cell.
+//!   1,000; at most 20,000 and 256 MiB). With the default grid (30 cells) a sweep takes about
+//!   20 minutes on 2 cores, a third of it publishing; it prints an estimate at the start and the
+//!   time left after each cell.
 //! - The last line is `SWEEP {json}` with every cell and the limits.
 //!
 //! # Object names
