@@ -298,7 +298,7 @@ async fn main() -> anyhow::Result<()> {
         worker_bin.display(),
         binary_size as f64 / 1e6,
         if overrides.is_empty() { String::new() } else { format!("; overrides {overrides:?}") },
-        match args.through_proxy() {
+        match args.through_proxy() && !matches!(args.mode, Mode::Sweep(_)) {
             true => format!("; storage latency {}", latency_text(&args)),
             false => String::new(),
         },
