@@ -2,6 +2,11 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--messages N] [--size BYTES] [--runs R] [--worker PATH]
+//!     [--latency MS] [--jitter MS] [--object-name TEMPLATE]
+//! cargo run --release --example bench -- --sweep [--latencies 10,50,200] [--sizes 256,65536]
+//!     [--writes 16,64,256,1024] [--jitter MS] [--messages N] [--object-name TEMPLATE]
+//! cargo run --release --example bench -- --compare-object-name TEMPLATE [--messages N]
+//!     [--runs PAIRS] [--size BYTES] [--latency MS] [--jitter MS]
 //! ```
 //!
 //! It starts the emulators (as the tests do), then for each run, on a fresh topic, subscription
@@ -17,8 +22,9 @@
 //!    are read from `/proc`, then it gets SIGTERM while idle.
 //! 4. **Busy shutdown**: a second backlog, a second worker process, SIGTERM while it writes.
 //!
-//! Objects are counted as fake-gcs-server renames them into the bucket's directory (inotify),
-//! so the worker is measured from outside. Rates are "overall" (start to the last object) and
+//! Objects are counted as fake-gcs-server renames them into the bucket's directory (inotify;
+//! a name with `/` lands in nested directories, which are watched as they appear), so the
+//! worker is measured from outside. Rates are "overall" (start to the last object) and
 //! "steady" (between the 10% and the 90% object). The worker's rate is compared with the lower
 //! of the two ceilings measured in the same run. Everything stays on loopback; every wait has a
 //! deadline. The last line is `BENCH {json}` with the medians, for scripts.
@@ -27,24 +33,96 @@
 //! example was built with), so a fresh clone needs nothing else. The worker's tuning variables
 //! (`MAX_CONCURRENT_WRITES`, `MAX_OUTSTANDING_MESSAGES`, ...) pass through from the environment
 //! for experiments; without them the worker runs with its defaults.
+//!
+//! # Storage latency
+//!
+//! `--latency MS` and `--jitter MS` put the tests' HTTP proxy (`tests/e2e/support/http_proxy.rs`)
+//! between fake-gcs-server and everything that writes to it (the worker, the storage ceiling's
+//! sink), and hold every storage answer back by MS plus a share of the jitter that differs from
+//! request to request (uniform from 0 to the jitter): real Cloud Storage takes tens of
+//! milliseconds per upload, the emulator on loopback well under one. `--latency 0` goes through
+//! the proxy without a delay, to see what the proxy itself costs. The proxy runs in this process;
+//! its CPU time shows as the ceilings' client CPU. This process and the worker get this
+//! process's hard limit of open files, since each write in flight holds a socket at both ends.
+//!
+//! # `--sweep`: the rate against latency, size and concurrency
+//!
+//! One command for the capacity-planning table: for each message size (`--sizes`), latency
+//! (`--latencies`, ms, plus `--jitter`) and write limit (`--writes`), and for the worker's
+//! defaults (no `MAX_CONCURRENT_WRITES`), one cell: the release worker on a fresh backlog,
+//! timed to its last object, through the latency proxy. Per cell it prints the rate (overall and
+//! steady), the bound `min(writes / latency, limit)`, the ratio steady rate / bound, peak RSS and
+//! the worker's CPU per message (steady, between the 10% and the 90% object; and in all).
+//!
+//! - **limit** is what this machine can do at all for that size, measured in the same command
+//!   before and after the size's cells (the bound uses the mean): the lower of the Pub/Sub
+//!   ceiling and the storage ceiling through the proxy at 0 ms, both at the highest `--writes`
+//!   (and `MAX_OUTSTANDING_MESSAGES` to match). On loopback both are the emulators' limits; the
+//!   storage ceiling without the proxy is printed beside it, to show what the proxy costs.
+//! - The defaults' bound is the limit itself: the defaults are to reach it at every latency.
+//! - Each `--writes` cell passes `MAX_CONCURRENT_WRITES` and `MAX_OUTSTANDING_MESSAGES =
+//!   max(1000, 2 x writes)`, so the leases feed the writes; `MAX_OUTSTANDING_MESSAGES` in the
+//!   environment replaces that for every cell, the defaults' included. `MAX_CONCURRENT_WRITES`
+//!   in the environment is refused.
+//! - A cell has `--messages` messages, or what takes about 15 s at its expected rate (at least
+//!   1,000; at most 20,000 and 256 MiB). With the default grid (30 cells) a sweep takes about
+//!   20 minutes on 2 cores, a third of it publishing; it prints an estimate at the start and the
+//!   time left after each cell.
+//! - The last line is `SWEEP {json}` with every cell and the limits.
+//!
+//! # Object names
+//!
+//! `--object-name TEMPLATE` runs the worker with `OBJECT_NAME=TEMPLATE` (in every mode but the
+//! comparison) and gives two messages in three a `task_type` attribute (`file_processing`,
+//! `data_transformation`), for templates that route by it, such as
+//! `dt={publish_time:%Y-%m-%d}/{attributes.task_type|unrouted}/{hash:2}/{message_id}.{ext}`.
+//!
+//! `--compare-object-name TEMPLATE` measures what a template costs: `--runs` pairs (3) of worker
+//! runs on fresh backlogs of the same, tagged messages, one with the default names and one with
+//! the template, in alternating order so that a drift of the machine meets both alike. It
+//! prints the medians of each side and of the per-pair ratio template / default: the rate
+//! (overall and steady), the worker's CPU per message (steady and in all), peak RSS, and
+//! fake-gcs-server's CPU per message (nested directories cost it more, which on loopback can
+//! move the rate without the worker doing more), then `COMPARE {json}`.
+//!
+//! # Layout
+//!
+//! This file: arguments, the emulators, and what the modes share (publishing, buckets, the
+//! ceilings, one timed worker run). In `examples/bench/`: one file per mode (`runs.rs`, the
+//! default; `sweep.rs`; `compare.rs`), and `observe.rs`, which measures from outside (inotify,
+//! `/proc`).
 
 // The end-to-end tests' harness; the lint runs there, where all of it is used.
 #[allow(dead_code)]
 #[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
+#[path = "bench/compare.rs"]
+mod compare;
+#[path = "bench/observe.rs"]
+mod observe;
+#[path = "bench/runs.rs"]
+mod runs;
+#[path = "bench/sweep.rs"]
+mod sweep;
+
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
+use observe::{
+    EmulatorCpu, ObjectWatch, cpu_model, cpu_seconds, load_average, own_cpu, status_field, threads,
+    vm_hwm_kb,
+};
+use pubsub_gcs_worker::name::NameTemplate;
 use pubsub_gcs_worker::object::{ObjectSpec, TEXT};
 use pubsub_gcs_worker::sink::Sink;
 use pubsub_gcs_worker::{Config, clients};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::emulators::Emulators;
+use support::http_proxy::HttpProxy;
 use support::pubsub::OutMessage;
 use support::unique_name;
 use tokio::sync::Semaphore;
@@ -59,48 +137,135 @@ const PASS_THROUGH: [&str; 6] = [
     "TOKIO_WORKER_THREADS",
 ];
 
+const USAGE: &str = "usage: cargo run --release --example bench -- [OPTIONS]
+  [--messages N (20000)] [--size BYTES (256)] [--runs R (3)] [--worker PATH]
+  [--latency MS] [--jitter MS] [--object-name TEMPLATE]
+  --sweep [--latencies 10,50,200] [--sizes 256,65536] [--writes 16,64,256,1024]
+          [--jitter MS] [--messages N per cell (sized by the expected rate)]
+  --compare-object-name TEMPLATE [--messages N] [--runs PAIRS (3)] [--size BYTES]
+          [--latency MS] [--jitter MS]
+(see the header of examples/bench.rs)";
+
+/// Messages per run unless `--messages` says.
+const DEFAULT_MESSAGES: usize = 20_000;
+
 struct Args {
-    messages: usize,
+    /// `None`: [`DEFAULT_MESSAGES`] per run; in a sweep, sized per cell.
+    messages: Option<usize>,
     size: usize,
     runs: usize,
     worker: Option<PathBuf>,
+    /// Added to every storage answer by the proxy; `None` (and no jitter): no proxy.
+    latency: Option<Duration>,
+    jitter: Duration,
+    /// `OBJECT_NAME` for the worker (messages then carry a `task_type` attribute).
+    object_name: Option<String>,
+    mode: Mode,
+}
+
+enum Mode {
+    /// The ceilings, the worker and a busy shutdown, `runs` times.
+    Runs,
+    Sweep(sweep::Grid),
+    /// The default object names against a template, `runs` pairs.
+    Compare(String),
+}
+
+impl Args {
+    fn through_proxy(&self) -> bool {
+        self.latency.is_some() || !self.jitter.is_zero()
+    }
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { messages: 20_000, size: 256, runs: 3, worker: None };
+    let (mut messages, mut size, mut runs, mut worker) = (None, None, None, None);
+    let (mut latency, mut jitter) = (None, Duration::ZERO);
+    let (mut sweep, mut latencies, mut sizes, mut writes) = (false, None, None, None);
+    let (mut object_name, mut compare) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--messages" => args.messages = value()?.parse().context("--messages")?,
-            "--size" => args.size = value()?.parse().context("--size")?,
-            "--runs" => args.runs = value()?.parse().context("--runs")?,
-            "--worker" => args.worker = Some(PathBuf::from(value()?)),
+            "--messages" => messages = Some(number(&flag, &value()?, 100..=1_000_000)?),
+            "--size" => size = Some(number(&flag, &value()?, 1..=1_000_000)?),
+            "--runs" => runs = Some(number(&flag, &value()?, 1..=20)?),
+            "--worker" => worker = Some(PathBuf::from(value()?)),
+            "--latency" => latency = Some(Duration::from_millis(number(&flag, &value()?, MS)?)),
+            "--jitter" => jitter = Duration::from_millis(number(&flag, &value()?, MS)?),
+            "--sweep" => sweep = true,
+            "--latencies" => latencies = Some(list(&flag, &value()?, MS)?),
+            "--sizes" => sizes = Some(list(&flag, &value()?, 1..=1_000_000)?),
+            "--writes" => writes = Some(list(&flag, &value()?, 1..=10_000)?),
+            "--object-name" => object_name = Some(value()?),
+            "--compare-object-name" => compare = Some(value()?),
             "-h" | "--help" => {
-                println!(
-                    "usage: cargo run --release --example bench -- \
-                     [--messages N (20000)] [--size BYTES (256)] [--runs R (3)] [--worker PATH]"
-                );
+                println!("{USAGE}");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    if !(100..=1_000_000).contains(&args.messages) {
-        bail!("--messages must be from 100 to 1000000");
+    if sweep && compare.is_some() {
+        bail!("--sweep and --compare-object-name are two modes: choose one");
     }
-    if !(1..=1_000_000).contains(&args.size) {
-        bail!("--size must be from 1 to 1000000");
+    if compare.is_some() && object_name.is_some() {
+        bail!("--compare-object-name compares the default names with TEMPLATE: drop --object-name");
     }
-    if !(1..=20).contains(&args.runs) {
-        bail!("--runs must be from 1 to 20");
+    // Refused now rather than after the emulators have started.
+    if let Some(template) = compare.as_ref().or(object_name.as_ref()) {
+        NameTemplate::parse(template, "").map_err(|e| anyhow::anyhow!("OBJECT_NAME {e}"))?;
     }
-    Ok(args)
+    let mode = if sweep {
+        let given = [
+            ("--size", size.is_some()),
+            ("--runs", runs.is_some()),
+            ("--latency", latency.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+            bail!("--sweep takes --sizes and --latencies and runs each cell once: drop {flag}");
+        }
+        Mode::Sweep(sweep::Grid {
+            latencies_ms: latencies.unwrap_or_else(|| vec![10, 50, 200]),
+            sizes: sizes.unwrap_or_else(|| vec![256, 65_536]),
+            writes: writes.unwrap_or_else(|| vec![16, 64, 256, 1024]),
+            jitter_ms: jitter.as_millis() as u64,
+            messages,
+        })
+    } else {
+        if latencies.is_some() || sizes.is_some() || writes.is_some() {
+            bail!("--latencies, --sizes and --writes belong to --sweep");
+        }
+        compare.map_or(Mode::Runs, Mode::Compare)
+    };
+    let (size, runs) = (size.unwrap_or(256), runs.unwrap_or(3));
+    Ok(Args { messages, size, runs, worker, latency, jitter, object_name, mode })
+}
+
+/// Milliseconds a latency or jitter may take: up to a minute.
+const MS: std::ops::RangeInclusive<u64> = 0..=60_000;
+
+fn number<T>(flag: &str, value: &str, range: std::ops::RangeInclusive<T>) -> anyhow::Result<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    match value.trim().parse::<T>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => bail!("{flag} takes numbers from {} to {}, not {value:?}", range.start(), range.end()),
+    }
+}
+
+/// A comma-separated list of numbers, e.g. `10,50,200`.
+fn list<T>(flag: &str, value: &str, range: std::ops::RangeInclusive<T>) -> anyhow::Result<Vec<T>>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Clone,
+{
+    value.split(',').map(|v| number(flag, v, range.clone())).collect()
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    raise_open_files_limit();
     let worker_bin = match &args.worker {
         Some(path) => path.clone(),
         None => build_worker()?,
@@ -110,40 +275,89 @@ async fn main() -> anyhow::Result<()> {
         .len();
     let overrides: Vec<(String, String)> =
         PASS_THROUGH.iter().filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?))).collect();
+    if matches!(args.mode, Mode::Sweep(_)) && std::env::var_os("MAX_CONCURRENT_WRITES").is_some() {
+        bail!("--sweep sets MAX_CONCURRENT_WRITES itself (--writes): unset it");
+    }
+    let what = match &args.mode {
+        Mode::Runs => format!(
+            "{} messages of {} B, {} run(s)",
+            args.messages.unwrap_or(DEFAULT_MESSAGES),
+            args.size,
+            args.runs
+        ),
+        Mode::Sweep(_) => "sweep".to_string(),
+        Mode::Compare(template) => format!(
+            "OBJECT_NAME={template} against the default, {} messages of {} B, {} pair(s)",
+            args.messages.unwrap_or(DEFAULT_MESSAGES),
+            args.size,
+            args.runs
+        ),
+    };
     eprintln!(
-        "bench: {} messages of {} B, {} run(s); worker {} ({:.1} MB){}",
-        args.messages,
-        args.size,
-        args.runs,
+        "bench: {what}; worker {} ({:.1} MB){}{}",
         worker_bin.display(),
         binary_size as f64 / 1e6,
-        if overrides.is_empty() { String::new() } else { format!("; overrides {overrides:?}") }
+        if overrides.is_empty() { String::new() } else { format!("; overrides {overrides:?}") },
+        match args.through_proxy() && !matches!(args.mode, Mode::Sweep(_)) {
+            true => format!("; storage latency {}", latency_text(&args)),
+            false => String::new(),
+        },
     );
     eprintln!("bench: starting the emulators...");
     let emu = Emulators::start().await.context("starting the emulators")?;
+    let proxy = HttpProxy::start(emu.storage_addr()).await.context("starting the proxy")?;
     let mut env = emu.worker_env();
     env.extend(overrides.iter().cloned());
-    // The configuration the worker will build from the same variables (plus its two names).
-    let config = Config::from_vars(env.iter().cloned().chain([
-        ("SUBSCRIPTION_ID".into(), "unused".into()),
-        ("BUCKET_NAME".into(), "unused".into()),
-    ]))?;
-    let bench = Bench { emu: &emu, env, config, worker_bin, size: args.size };
+    let mut bench = Bench::new(&emu, &worker_bin, env, args.size)?;
+    if let Some(template) = &args.object_name {
+        bench = bench.with(&[("OBJECT_NAME", template.clone())])?.tagged();
+    }
+    if !matches!(args.mode, Mode::Sweep(_)) && args.through_proxy() {
+        bench = bench.through(&proxy, args.latency.unwrap_or_default(), args.jitter)?;
+    }
 
     // Warm the emulators up (the JVM's JIT above all), so the first run is not the odd one out.
-    let warm = args.messages.min(2000);
+    let warm = args.messages.unwrap_or(DEFAULT_MESSAGES).min(2000);
     eprintln!("bench: warming the emulators up with {warm} messages...");
     bench.pubsub_ceiling(warm).await?;
     bench.storage_ceiling(warm).await?;
 
-    let mut runs = Vec::new();
-    for run in 1..=args.runs {
-        let r = bench.run(args.messages).await?;
-        eprintln!("run {run}/{}: {}", args.runs, brief(&r));
-        runs.push(r);
+    match &args.mode {
+        Mode::Runs => {
+            let messages = args.messages.unwrap_or(DEFAULT_MESSAGES);
+            runs::run(&bench, &args, messages, binary_size, &overrides).await?;
+        }
+        Mode::Sweep(grid) => sweep::run(&bench, &proxy, grid).await?,
+        Mode::Compare(template) => {
+            let messages = args.messages.unwrap_or(DEFAULT_MESSAGES);
+            compare::run(&bench, template, messages, args.runs).await?;
+        }
     }
-    report(&args, binary_size, &overrides, &runs);
     Ok(())
+}
+
+/// `50 ms`, or `50 ms + 0-20 ms jitter`.
+fn latency_text(args: &Args) -> String {
+    let ms = |d: Duration| d.as_millis();
+    match args.jitter.is_zero() {
+        true => format!("{} ms", ms(args.latency.unwrap_or_default())),
+        false => format!("{} ms + 0-{} ms", ms(args.latency.unwrap_or_default()), ms(args.jitter)),
+    }
+}
+
+/// Raises the soft limit of open files to the hard one, for this process (the proxy holds a
+/// socket to each writer and one to fake-gcs-server per request in flight) and for the worker,
+/// which inherits it: at 1,024 concurrent writes, 1,024 sockets is the common soft default.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Builds the worker in this example's profile and returns its path (next to `examples/`).
@@ -173,12 +387,86 @@ fn build_worker() -> anyhow::Result<PathBuf> {
     Ok(dir.join("pubsub-gcs-worker"))
 }
 
+/// What runs against the emulators: the worker's environment, and the configuration the worker
+/// builds from it, which the ceilings use for the same clients and settings.
+#[derive(Clone)]
 struct Bench<'a> {
     emu: &'a Emulators,
+    worker_bin: &'a Path,
+    /// The emulators (storage perhaps through the proxy), the pass-through variables and what
+    /// a mode sets.
     env: Vec<(String, String)>,
     config: Config,
-    worker_bin: PathBuf,
     size: usize,
+    /// The most the proxy adds to a storage answer, when storage is reached through it.
+    answer_delay: Duration,
+    /// Messages carry a `task_type` attribute, for templates that route by it.
+    tagged: bool,
+}
+
+impl<'a> Bench<'a> {
+    fn new(
+        emu: &'a Emulators,
+        worker_bin: &'a Path,
+        env: Vec<(String, String)>,
+        size: usize,
+    ) -> anyhow::Result<Self> {
+        let config = worker_config(&env)?;
+        Ok(Self { emu, worker_bin, env, config, size, answer_delay: Duration::ZERO, tagged: false })
+    }
+
+    /// The same, with a `task_type` attribute on two messages in three: `file_processing`,
+    /// `data_transformation`, none.
+    fn tagged(&self) -> Self {
+        Self { tagged: true, ..self.clone() }
+    }
+
+    /// The same, with messages of `size` bytes.
+    fn sized(&self, size: usize) -> Self {
+        Self { size, ..self.clone() }
+    }
+
+    /// The same, writing through `proxy`, which from now on holds every storage answer back by
+    /// `fixed` plus a share of `jitter` (for every bench that writes through it).
+    fn through(
+        &self,
+        proxy: &HttpProxy,
+        fixed: Duration,
+        jitter: Duration,
+    ) -> anyhow::Result<Self> {
+        proxy.set_latency(fixed, jitter);
+        let bench = self.with(&[("STORAGE_EMULATOR_HOST", proxy.url())])?;
+        Ok(Self { answer_delay: fixed + jitter, ..bench })
+    }
+
+    /// The time a phase of `n` messages may take: generous, but a stuck phase fails the
+    /// benchmark. The proxy's delays, at the configured write limit, count three times over.
+    fn budget(&self, n: usize) -> Duration {
+        let waves = n as f64 / self.config.max_concurrent_writes as f64;
+        Duration::from_secs(120)
+            + Duration::from_millis(n as u64 * 10)
+            + self.answer_delay.mul_f64(3.0 * waves)
+    }
+
+    /// A variable of the worker's environment.
+    fn var(&self, name: &str) -> Option<&str> {
+        self.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The same, with `vars` set in the worker's environment (replacing what was there).
+    fn with(&self, vars: &[(&str, String)]) -> anyhow::Result<Self> {
+        let mut env = self.env.clone();
+        env.retain(|(k, _)| !vars.iter().any(|(name, _)| k == name));
+        env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        Ok(Self { config: worker_config(&env)?, env, ..self.clone() })
+    }
+}
+
+/// What the worker makes of `env` (its own two names come per run).
+fn worker_config(env: &[(String, String)]) -> anyhow::Result<Config> {
+    let names = [("SUBSCRIPTION_ID", "unused"), ("BUCKET_NAME", "unused")];
+    let vars = env.iter().cloned().chain(names.map(|(k, v)| (k.into(), v.into())));
+    Config::from_vars(vars).context("the worker's configuration")
 }
 
 /// The rates of one phase, from the completion time of each message.
@@ -239,10 +527,18 @@ impl Bench<'_> {
         Ok((topic, sub))
     }
 
+    fn message(&self, i: usize) -> OutMessage {
+        let message = OutMessage::new(self.payload(i));
+        match (self.tagged, i % 3) {
+            (true, 0) => message.attr("task_type", "file_processing"),
+            (true, 1) => message.attr("task_type", "data_transformation"),
+            _ => message,
+        }
+    }
+
     async fn publish(&self, topic: &str, from: usize, n: usize) -> anyhow::Result<()> {
         let ps = self.emu.pubsub();
-        let messages: Vec<OutMessage> =
-            (from..from + n).map(|i| OutMessage::new(self.payload(i))).collect();
+        let messages: Vec<OutMessage> = (from..from + n).map(|i| self.message(i)).collect();
         ps.publish(topic, &messages).await?;
         // Let the JVM settle (GC after the publish burst) before anything is timed.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -259,9 +555,21 @@ impl Bench<'_> {
     async fn fresh_bucket(&self) -> anyhow::Result<(String, ObjectWatch)> {
         let bucket = unique_name("bench");
         self.emu.gcs().create_bucket(&bucket).await?;
-        let dir = self.emu.log_dir().join("gcs-root").join(&bucket);
+        let dir = self.bucket_dir(&bucket);
         std::fs::create_dir_all(&dir)?;
         Ok((bucket, ObjectWatch::start(&dir)?))
+    }
+
+    /// Where fake-gcs-server's filesystem backend keeps the bucket's objects.
+    fn bucket_dir(&self, bucket: &str) -> PathBuf {
+        self.emu.log_dir().join("gcs-root").join(bucket)
+    }
+
+    /// Deletes the bucket's files once it has been measured: fake-gcs-server keeps objects as
+    /// files, and a sweep of 64 KiB messages writes gigabytes.
+    fn remove_objects(&self, bucket: &str) -> anyhow::Result<()> {
+        let dir = self.bucket_dir(bucket);
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
     }
 
     /// Receive-and-ack rate of the worker's own subscriber client and settings.
@@ -279,7 +587,7 @@ impl Bench<'_> {
             .build();
         let token = stream.shutdown_token();
         let mut times = Vec::with_capacity(n);
-        let deadline = start + phase_budget(n);
+        let deadline = start + self.budget(n);
         while times.len() < n {
             let next = tokio::time::timeout_at(deadline.into(), stream.next()).await.with_context(
                 || format!("pubsub ceiling: {} of {n} messages by the deadline", times.len()),
@@ -306,6 +614,7 @@ impl Bench<'_> {
 
     /// Create-only upload rate of the worker's own storage client and sink, at its concurrency.
     async fn storage_ceiling(&self, n: usize) -> anyhow::Result<Phase> {
+        // The watch runs as it does while the worker is timed, at the same cost to this process.
         let (bucket, _watch) = self.fresh_bucket().await?;
         let config = &self.config;
         let sink =
@@ -344,7 +653,7 @@ impl Bench<'_> {
                 done??;
             }
         }
-        let deadline = start + phase_budget(n);
+        let deadline = start + self.budget(n);
         while let Some(done) = tokio::time::timeout_at(deadline.into(), tasks.join_next())
             .await
             .context("storage ceiling: uploads not finished by the deadline")?
@@ -352,8 +661,10 @@ impl Bench<'_> {
             done??;
         }
         let client_cpu = own_cpu() - own;
+        let emulator_cpu = cpu.since();
+        self.remove_objects(&bucket)?;
         let times = std::mem::take(&mut *times.lock().expect("lock"));
-        Ok(Phase { rates: Rates::new(start, times), emulator_cpu: cpu.since(), client_cpu })
+        Ok(Phase { rates: Rates::new(start, times), emulator_cpu, client_cpu })
     }
 
     fn spawn_worker(
@@ -363,7 +674,7 @@ impl Bench<'_> {
         log: &Path,
     ) -> anyhow::Result<tokio::process::Child> {
         let log = std::fs::File::create(log)?;
-        let child = tokio::process::Command::new(&self.worker_bin)
+        let child = tokio::process::Command::new(self.worker_bin)
             .env_clear()
             .envs(self.env.iter().cloned())
             .env("SUBSCRIPTION_ID", sub)
@@ -378,35 +689,45 @@ impl Bench<'_> {
         Ok(child)
     }
 
-    /// One run: both ceilings, the worker on a backlog, then a busy shutdown.
-    async fn run(&self, n: usize) -> anyhow::Result<Run> {
-        let load_before = load_average();
-        let pubsub = self.pubsub_ceiling(n).await?;
-        // The storage ceiling is measured in two halves, before and after the worker, so that
-        // a change of load on the machine during the run affects both sides alike.
-        let storage_before = self.storage_ceiling(n / 2).await?;
-
-        let (topic, sub) = self.fresh_subscription(n).await?;
-        let (bucket, watch) = self.fresh_bucket().await?;
+    /// Starts the worker on `sub`, a backlog of `n` messages, and times it until the n-th object
+    /// is in `bucket`; once it is idle, reads its peak memory and CPU time, stops it (SIGTERM)
+    /// and checks that it reports `n` objects written.
+    async fn measure_worker(
+        &self,
+        sub: &str,
+        bucket: &str,
+        watch: &ObjectWatch,
+        n: usize,
+        budget: Duration,
+    ) -> anyhow::Result<WorkerRun> {
         let log = self.emu.log_dir().join(format!("{bucket}.worker.log"));
         let cpu = EmulatorCpu::now();
+        let own = own_cpu();
         let start = Instant::now();
-        let mut child = self.spawn_worker(&sub, &bucket, &log)?;
+        let mut child = self.spawn_worker(sub, bucket, &log)?;
         let pid = child.id().context("worker pid")?;
-        watch
-            .wait_for(n, start + phase_budget(n), &mut child)
-            .await
-            .with_context(|| format!("worker log: {}", log.display()))?;
+        // Objects and CPU seconds at the 10% and the 90% object, then at the last.
+        let mut marks = [(0, 0.0); 3];
+        for (mark, target) in marks.iter_mut().zip([n / 10, n * 9 / 10, n]) {
+            watch
+                .wait_for(target, start + budget, &mut child)
+                .await
+                .with_context(|| format!("worker log: {}", log.display()))?;
+            *mark = (watch.count(), cpu_seconds(pid)?);
+        }
+        let [(count_10, cpu_10), (count_90, cpu_90), _] = marks;
         let emulator_cpu = cpu.since();
+        let bench_cpu = own_cpu() - own;
         let rates = Rates::new(start, watch.times());
-        // Let the acks flush and the process go idle, then read its peak memory and CPU time.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The last object exists before the proxy answers its write: let the answers arrive, the
+        // acks flush and the process go idle, then read its peak memory and CPU time.
+        tokio::time::sleep(Duration::from_secs(2) + self.answer_delay).await;
         let peak_rss_kb = vm_hwm_kb(pid)?;
         let cpu_s = cpu_seconds(pid)?;
         let threads = threads(pid)?;
         let rss_anon_kb = status_field(pid, "RssAnon:")?;
         let rss_file_kb = status_field(pid, "RssFile:")?;
-        let idle_exit = terminate(&mut child, pid).await?;
+        let idle_exit_s = terminate(&mut child, pid).await?;
         let summary = stopped_summary(&log);
         if summary.get("written").and_then(Value::as_u64) != Some(n as u64) {
             bail!(
@@ -414,46 +735,30 @@ impl Bench<'_> {
                 log.display()
             );
         }
-        let worker = Phase { rates, emulator_cpu, client_cpu: cpu_s };
-        let storage = storage_before.combine(self.storage_ceiling(n - n / 2).await?);
-
-        // Busy shutdown: a second process on a fresh backlog gets SIGTERM mid-stream.
-        let busy_n = (n / 4).max(1000);
-        self.publish(&topic, n, busy_n).await?;
-        let before = watch.count();
-        let log_b = self.emu.log_dir().join(format!("{bucket}.busy.log"));
-        let started_b = Instant::now();
-        let mut child_b = self.spawn_worker(&sub, &bucket, &log_b)?;
-        let pid_b = child_b.id().context("worker pid")?;
-        watch
-            .wait_for(before + busy_n / 4, started_b + phase_budget(busy_n), &mut child_b)
-            .await
-            .with_context(|| format!("busy worker log: {}", log_b.display()))?;
-        let busy_exit = terminate(&mut child_b, pid_b).await?;
-        let busy_summary = stopped_summary(&log_b);
-        drop(watch);
-        self.drop_subscription(&sub).await;
-
-        Ok(Run {
-            pubsub,
-            storage,
-            worker,
-            peak_rss_mb: peak_rss_kb as f64 / 1024.0,
-            rss_anon_mb: rss_anon_kb as f64 / 1024.0,
-            rss_file_mb: rss_file_kb as f64 / 1024.0,
+        Ok(WorkerRun {
+            phase: Phase { rates, emulator_cpu, client_cpu: cpu_s },
+            steady_cpu_per_msg: (cpu_90 - cpu_10) / count_90.saturating_sub(count_10).max(1) as f64,
+            peak_rss_kb,
+            rss_anon_kb,
+            rss_file_kb,
             threads,
-            idle_exit_s: idle_exit,
-            busy_exit_s: busy_exit,
-            busy_in_flight: busy_summary.get("in_flight").and_then(Value::as_u64),
-            busy_nacked: busy_summary.get("nacked").and_then(Value::as_u64),
-            load: [load_before, load_average()],
+            idle_exit_s,
+            bench_cpu,
+            example: watch.first(),
         })
     }
-}
 
-/// A deadline for one phase: generous, but a stuck phase fails the benchmark.
-fn phase_budget(n: usize) -> Duration {
-    Duration::from_secs(120) + Duration::from_millis(n as u64 * 10)
+    /// The worker on a fresh backlog of `n` messages into a fresh bucket (see
+    /// [`Bench::measure_worker`]); the subscription and the objects are deleted afterwards.
+    async fn backlog_run(&self, n: usize, budget: Duration) -> anyhow::Result<WorkerRun> {
+        let (_topic, sub) = self.fresh_subscription(n).await?;
+        let (bucket, watch) = self.fresh_bucket().await?;
+        let run = self.measure_worker(&sub, &bucket, &watch, n, budget).await;
+        drop(watch);
+        self.drop_subscription(&sub).await;
+        self.remove_objects(&bucket)?;
+        run
+    }
 }
 
 /// Sends SIGTERM and returns the seconds until the process exited (successfully).
@@ -491,20 +796,29 @@ struct Phase {
     client_cpu: f64,
 }
 
-struct Run {
-    pubsub: Phase,
-    storage: Phase,
-    worker: Phase,
-    peak_rss_mb: f64,
+/// A worker process timed on a backlog, from its start to the last object, then stopped idle.
+struct WorkerRun {
+    /// The client CPU is the worker's, start-up and 2 s of idling after the last object included.
+    phase: Phase,
+    /// CPU seconds per object between the 10% and the 90% object: without start-up.
+    steady_cpu_per_msg: f64,
+    peak_rss_kb: u64,
     /// Resident memory at the end, when idle: heap and stacks, and mapped files (the binary).
-    rss_anon_mb: f64,
-    rss_file_mb: f64,
+    rss_anon_kb: u64,
+    rss_file_kb: u64,
     threads: u64,
     idle_exit_s: f64,
-    busy_exit_s: f64,
-    busy_in_flight: Option<u64>,
-    busy_nacked: Option<u64>,
-    load: [f64; 2],
+    /// CPU seconds of this process meanwhile: the proxy (when in the path) and the watch.
+    bench_cpu: f64,
+    /// The first object's name, as the worker made it.
+    example: Option<PathBuf>,
+}
+
+impl WorkerRun {
+    /// `seconds` per object written.
+    fn per_message(&self, seconds: f64) -> f64 {
+        seconds / self.phase.rates.count as f64
+    }
 }
 
 impl Phase {
@@ -520,317 +834,13 @@ impl Phase {
     }
 }
 
-impl Run {
-    fn ceiling(&self) -> f64 {
-        self.pubsub.rates.overall.min(self.storage.rates.overall)
-    }
-
-    fn ceiling_steady(&self) -> f64 {
-        self.pubsub.rates.steady.min(self.storage.rates.steady)
-    }
-
-    /// Every figure of the run, by name.
-    fn metrics(&self) -> Vec<(&'static str, f64)> {
-        let w = &self.worker;
-        vec![
-            ("worker_msgs_per_s", w.rates.overall),
-            ("worker_steady_msgs_per_s", w.rates.steady),
-            ("pubsub_ceiling_msgs_per_s", self.pubsub.rates.overall),
-            ("pubsub_ceiling_steady", self.pubsub.rates.steady),
-            ("gcs_ceiling_msgs_per_s", self.storage.rates.overall),
-            ("gcs_ceiling_steady", self.storage.rates.steady),
-            ("ratio", w.rates.overall / self.ceiling()),
-            ("ratio_steady", w.rates.steady / self.ceiling_steady()),
-            ("peak_rss_mb", self.peak_rss_mb),
-            ("idle_rss_anon_mb", self.rss_anon_mb),
-            ("idle_rss_file_mb", self.rss_file_mb),
-            ("worker_cpu_s", w.client_cpu),
-            ("worker_first_object_s", w.rates.first),
-            ("idle_exit_s", self.idle_exit_s),
-            ("busy_exit_s", self.busy_exit_s),
-            ("threads", self.threads as f64),
-            ("pubsub_emulator_cpu_s_worker", w.emulator_cpu.0),
-            ("gcs_emulator_cpu_s_worker", w.emulator_cpu.1),
-            ("pubsub_emulator_cpu_s_ceiling", self.pubsub.emulator_cpu.0),
-            ("gcs_emulator_cpu_s_ceiling", self.storage.emulator_cpu.1),
-            ("pubsub_ceiling_client_cpu_s", self.pubsub.client_cpu),
-            ("gcs_ceiling_client_cpu_s", self.storage.client_cpu),
-            ("load_1m", self.load[0].max(self.load[1])),
-        ]
-    }
+/// `2 cores, AMD EPYC ...`.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {}", cpu_model())
 }
 
-fn brief(r: &Run) -> String {
-    format!(
-        "worker {:.0} msg/s (steady {:.0}); ceilings pubsub {:.0}, gcs {:.0} msg/s; ratio {:.2}; \
-         peak RSS {:.1} MB; CPU {:.2} s; exit idle {:.3} s, busy {:.3} s \
-         (in flight {}, nacked {}); load {:.2}",
-        r.worker.rates.overall,
-        r.worker.rates.steady,
-        r.pubsub.rates.overall,
-        r.storage.rates.overall,
-        r.worker.rates.overall / r.ceiling(),
-        r.peak_rss_mb,
-        r.worker.client_cpu,
-        r.idle_exit_s,
-        r.busy_exit_s,
-        r.busy_in_flight.map_or("?".into(), |v| v.to_string()),
-        r.busy_nacked.map_or("?".into(), |v| v.to_string()),
-        r.load[0].max(r.load[1]),
-    )
-}
-
-fn report(args: &Args, binary_size: u64, overrides: &[(String, String)], runs: &[Run]) {
-    let names: Vec<&str> = runs[0].metrics().iter().map(|(k, _)| *k).collect();
-    println!(
-        "\n{} messages x {} B, {} run(s), {} cores, {}",
-        args.messages,
-        args.size,
-        runs.len(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model()
-    );
-    println!("{:<32} {:>10} {:>10} {:>10}", "", "min", "median", "max");
-    let mut medians = serde_json::Map::new();
-    for (i, name) in names.iter().enumerate() {
-        let mut values: Vec<f64> = runs.iter().map(|r| r.metrics()[i].1).collect();
-        values.sort_by(f64::total_cmp);
-        let median = values[values.len() / 2];
-        println!(
-            "{name:<32} {:>10} {:>10} {:>10}",
-            fmt(values[0]),
-            fmt(median),
-            fmt(values[values.len() - 1])
-        );
-        medians.insert(name.to_string(), json!((median * 1000.0).round() / 1000.0));
-    }
-    let summary = json!({
-        "messages": args.messages,
-        "size": args.size,
-        "runs": runs.len(),
-        "binary_mb": (binary_size as f64 / 1e5).round() / 10.0,
-        "overrides": overrides.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
-        "median": medians,
-    });
-    println!("BENCH {summary}");
-}
-
-fn fmt(v: f64) -> String {
-    if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.3}") }
-}
-
-/// Timestamps objects as fake-gcs-server creates them: its filesystem backend writes a
-/// temporary `.name123` file and renames it to the object's name, so every `IN_MOVED_TO` of a
-/// name without a leading dot is one object (names of the worker's objects never start with
-/// a dot, and the worker's default prefix is empty, so they all land in this directory).
-struct ObjectWatch {
-    times: Arc<Mutex<Vec<Instant>>>,
-    error: Arc<Mutex<Option<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ObjectWatch {
-    fn start(dir: &Path) -> anyhow::Result<Self> {
-        use std::os::unix::ffi::OsStrExt as _;
-        // SAFETY: plain syscalls; the fd is owned by the thread below, which closes it.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            bail!("inotify_init1: {}", std::io::Error::last_os_error());
-        }
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-        // SAFETY: `path` is a valid C string for the duration of the call.
-        if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_MOVED_TO) } < 0 {
-            let e = std::io::Error::last_os_error();
-            // SAFETY: closing the fd we opened.
-            unsafe { libc::close(fd) };
-            bail!("inotify_add_watch {}: {e}", dir.display());
-        }
-        let times = Arc::new(Mutex::new(Vec::new()));
-        let error = Arc::new(Mutex::new(None));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (t, e, s) = (times.clone(), error.clone(), stop.clone());
-        let thread = std::thread::spawn(move || watch_loop(fd, &t, &e, &s));
-        Ok(Self { times, error, stop, thread: Some(thread) })
-    }
-
-    fn count(&self) -> usize {
-        self.times.lock().expect("lock").len()
-    }
-
-    fn times(&self) -> Vec<Instant> {
-        self.times.lock().expect("lock").clone()
-    }
-
-    /// Waits until `n` objects exist; fails at `deadline` or when the worker exits.
-    async fn wait_for(
-        &self,
-        n: usize,
-        deadline: Instant,
-        child: &mut tokio::process::Child,
-    ) -> anyhow::Result<()> {
-        loop {
-            if let Some(e) = self.error.lock().expect("lock").clone() {
-                bail!("watching the bucket failed: {e}");
-            }
-            let count = self.count();
-            if count >= n {
-                return Ok(());
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!("the worker exited ({status}) after {count} of {n} objects");
-            }
-            if Instant::now() > deadline {
-                bail!("{count} of {n} objects by the deadline");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for ObjectWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn watch_loop(
-    fd: libc::c_int,
-    times: &Mutex<Vec<Instant>>,
-    error: &Mutex<Option<String>>,
-    stop: &AtomicBool,
-) {
-    const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
-    let mut buf = vec![0u8; 256 * 1024];
-    while !stop.load(Ordering::Relaxed) {
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 50) };
-        // SAFETY: `buf` is writable for its length.
-        let len = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if len <= 0 {
-            continue;
-        }
-        let now = Instant::now();
-        let mut at = 0;
-        let mut found = 0;
-        while at + HEADER <= len as usize {
-            // SAFETY: the kernel wrote a whole event at `at`; read_unaligned copes with the
-            // byte buffer's alignment.
-            let event: libc::inotify_event =
-                unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
-            let name = &buf[at + HEADER..at + HEADER + event.len as usize];
-            if event.mask & libc::IN_Q_OVERFLOW != 0 {
-                *error.lock().expect("lock") = Some("inotify queue overflow".into());
-            } else if event.mask & libc::IN_MOVED_TO != 0 && name.first() != Some(&b'.') {
-                found += 1;
-            }
-            at += HEADER + event.len as usize;
-        }
-        times.lock().expect("lock").extend((0..found).map(|_| now));
-    }
-    // SAFETY: closing the fd this thread owns.
-    unsafe { libc::close(fd) };
-}
-
-/// CPU seconds (user + system) of a process, from `/proc/PID/stat`.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the `(comm)`, which may contain spaces: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
-}
-
-fn own_cpu() -> f64 {
-    cpu_seconds(std::process::id()).unwrap_or(0.0)
-}
-
-fn status_field(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("{field} in /proc/{pid}/status"))
-}
-
-/// Peak resident set size in KiB.
-fn vm_hwm_kb(pid: u32) -> anyhow::Result<u64> {
-    status_field(pid, "VmHWM:")
-}
-
-fn threads(pid: u32) -> anyhow::Result<u64> {
-    status_field(pid, "Threads:")
-}
-
-/// CPU seconds used by the emulators (children of this process named `java`, the Pub/Sub
-/// emulator, and `fake-gcs-server`), sampled at the start of a phase.
-struct EmulatorCpu {
-    at_start: (f64, f64),
-}
-
-impl EmulatorCpu {
-    fn now() -> Self {
-        Self { at_start: emulator_cpu() }
-    }
-
-    fn since(&self) -> (f64, f64) {
-        let now = emulator_cpu();
-        (now.0 - self.at_start.0, now.1 - self.at_start.1)
-    }
-}
-
-fn emulator_cpu() -> (f64, f64) {
-    let me = std::process::id().to_string();
-    let (mut pubsub, mut gcs) = (0.0, 0.0);
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return (0.0, 0.0);
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let comm = head.split_once('(').map_or("", |(_, c)| c);
-        let ppid = rest.split_whitespace().nth(1).unwrap_or("");
-        if ppid != me {
-            continue;
-        }
-        let cpu = cpu_seconds(pid).unwrap_or(0.0);
-        match comm {
-            "java" => pubsub += cpu,
-            "fake-gcs-server" => gcs += cpu,
-            _ => {}
-        }
-    }
-    (pubsub, gcs)
-}
-
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                Some(l.strip_prefix("model name")?.split_once(':')?.1.trim().to_string())
-            })
-        })
-        .unwrap_or_default()
+/// To three decimals, for the JSON lines.
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
 }

@@ -25,7 +25,7 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     const N: usize = 600;
     const WRITES: u64 = 16;
     let fx = Fixture::new(true).await?;
-    let proxy = HttpProxy::start(fx.emulators.storage_addr()).await?;
+    let proxy = HttpProxy::recording(fx.emulators.storage_addr()).await?;
     let extra = [("OBJECT_PREFIX", "test/"), ("MAX_CONCURRENT_WRITES", &WRITES.to_string())];
     let worker = fx.start_worker(&proxy.url(), &extra).await?;
 

@@ -2,8 +2,9 @@
 //!
 //! * **Latency**: every answer is held back by a fixed delay plus jitter, as real Cloud Storage
 //!   takes tens of milliseconds where the emulator takes less than one.
-//! * **Recording**: fake-gcs-server drops the content type the storage client sends in the JSON
-//!   part of its multipart upload; the proxy keeps that part of every upload.
+//! * **Recording** ([`HttpProxy::recording`]): fake-gcs-server drops the content type the storage
+//!   client sends in the JSON part of its multipart upload; the proxy keeps that part of every
+//!   upload. Off otherwise: it costs CPU and memory per upload, which a benchmark must not pay.
 //!
 //! * **403 for 412**: Cloud Storage may answer a create-only write of an existing object with
 //!   403 when the caller may not read objects; the proxy can turn the emulator's 412 into that.
@@ -22,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 pub struct HttpProxy {
@@ -37,7 +38,8 @@ struct State {
     /// Fixed delay and maximum jitter, in microseconds.
     latency: (AtomicU64, AtomicU64),
     forbid_existing: AtomicBool,
-    uploads: Mutex<Vec<Value>>,
+    /// `None` unless started with [`HttpProxy::recording`].
+    uploads: Option<Mutex<Vec<Value>>>,
     requests: AtomicU64,
     connections: AtomicU64,
 }
@@ -45,14 +47,28 @@ struct State {
 impl HttpProxy {
     /// Listens on a free 127.0.0.1 port and forwards to `upstream` (fake-gcs-server).
     pub async fn start(upstream: SocketAddr) -> Result<HttpProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_with(upstream, false).await
+    }
+
+    /// As [`HttpProxy::start`], and keeps every upload for [`HttpProxy::recorded_uploads`].
+    pub async fn recording(upstream: SocketAddr) -> Result<HttpProxy> {
+        Self::start_with(upstream, true).await
+    }
+
+    async fn start_with(upstream: SocketAddr, record: bool) -> Result<HttpProxy> {
+        // A backlog as deep as the kernel allows (`somaxconn`): a writer with a thousand writes
+        // at once opens a thousand connections in a burst, and tokio's default of 1,024 would
+        // drop some of them (`ListenOverflows`), each retried a second later.
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             upstream: format!("http://{upstream}"),
             client: reqwest::Client::builder().pool_max_idle_per_host(4096).build()?,
             latency: (AtomicU64::new(0), AtomicU64::new(0)),
             forbid_existing: AtomicBool::new(false),
-            uploads: Mutex::new(Vec::new()),
+            uploads: record.then(|| Mutex::new(Vec::new())),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
         });
@@ -77,9 +93,10 @@ impl HttpProxy {
     }
 
     /// The JSON part of every multipart upload so far, with `name` from the URL added, e.g.
-    /// `{"name":"pubsub/123","contentType":"text/plain; charset=utf-8","metadata":{...}}`.
+    /// `{"name":"pubsub/123","contentType":"text/plain; charset=utf-8","metadata":{...}}`;
+    /// empty unless started with [`HttpProxy::recording`].
     pub fn recorded_uploads(&self) -> Vec<Value> {
-        self.state.uploads.lock().unwrap().clone()
+        self.state.uploads.as_ref().map(|u| u.lock().unwrap().clone()).unwrap_or_default()
     }
 
     /// Connections the worker opened to the proxy so far.
@@ -115,8 +132,10 @@ async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
     let (parts, body) = request.into_parts();
     let body = body.collect().await?.to_bytes();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    if target.contains("uploadType=multipart") {
-        record_upload(&state, target, &body);
+    if let Some(uploads) = &state.uploads
+        && target.contains("uploadType=multipart")
+    {
+        record_upload(uploads, target, &body);
     }
     let mut upstream = state.client.request(parts.method, format!("{}{target}", state.upstream));
     for (name, value) in &parts.headers {
@@ -156,7 +175,7 @@ impl State {
 }
 
 /// Keeps the JSON part (the first part) of a multipart upload, named as the URL names it.
-fn record_upload(state: &State, target: &str, body: &[u8]) {
+fn record_upload(uploads: &Mutex<Vec<Value>>, target: &str, body: &[u8]) {
     let Some(start) = body.windows(4).position(|w| w == b"\r\n\r\n") else { return };
     let json = serde_json::Deserializer::from_slice(&body[start + 4..]).into_iter::<Value>().next();
     let Some(Ok(Value::Object(mut part))) = json else { return };
@@ -167,5 +186,5 @@ fn record_upload(state: &State, target: &str, body: &[u8]) {
     if let Some(name) = name {
         part.entry("name").or_insert(Value::String(name));
     }
-    state.uploads.lock().unwrap().push(Value::Object(part));
+    uploads.lock().unwrap().push(Value::Object(part));
 }
