@@ -141,16 +141,18 @@ async fn dead_letter_subscription(fx: &Fixture<'_>, max_attempts: i32) -> Result
 // 3. Storage outage and slow storage
 // ---------------------------------------------------------------------------------------------
 
-/// Connections to storage are refused (closed at once) for 10 s mid-stream.
+/// Connections to storage are refused (closed at once) for 10 s mid-stream. The client retries
+/// them itself until `WRITE_TIMEOUT_SECS` (4 s here, below the outage, so the worker sees some
+/// fail); then the message is nacked with reason `transient` and a backoff.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_refusing_connections_for_a_while_is_retried_without_spinning() -> Result {
-    storage_outage(Mode::Refuse, "transient", &[]).await
+    storage_outage(Mode::Refuse, "transient", &[("WRITE_TIMEOUT_SECS", "4")]).await
 }
 
-/// Connections to storage are reset (RST) for 10 s mid-stream.
+/// Connections to storage are reset (RST) for 10 s mid-stream; as above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_resetting_connections_for_a_while_is_retried_without_spinning() -> Result {
-    storage_outage(Mode::Reset, "transient", &[]).await
+    storage_outage(Mode::Reset, "transient", &[("WRITE_TIMEOUT_SECS", "4")]).await
 }
 
 /// Storage stops answering for 10 s mid-stream, longer than `WRITE_TIMEOUT_SECS` (5 s here): the
