@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
+/// The health endpoint on a free loopback port.
+const HEALTH: [(&str, &str); 2] = [("HEALTH_PORT", "0"), ("HEALTH_HOST", "127.0.0.1")];
+
 /// The liveness probe fails while storage hangs with messages in flight, and passes again once
 /// storage recovers and the messages are written; the startup probe passes once running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,12 +18,8 @@ async fn liveness_fails_while_storage_hangs_and_recovers_with_it() -> Result {
     let fx = Fixture::new(true).await?;
     let proxy = Proxy::start(fx.emulators.storage_addr()).await?;
     proxy.set_mode(Mode::Hang);
-    let worker = fx
-        .start_worker(
-            &proxy.url(),
-            &[("HEALTH_PORT", "0"), ("HEALTH_HOST", "127.0.0.1"), ("LIVENESS_STALL_SECS", "2")],
-        )
-        .await?;
+    let extra = [("LIVENESS_STALL_SECS", "2"), HEALTH[0], HEALTH[1]];
+    let worker = fx.start_worker(&proxy.url(), &extra).await?;
     let base = format!("http://{}", worker.health.expect("health endpoint asked for"));
     let http = reqwest::Client::new();
     wait_for_status(&http, &format!("{base}/healthz/startup"), 200).await?;
@@ -44,12 +43,7 @@ async fn liveness_fails_while_storage_hangs_and_recovers_with_it() -> Result {
 async fn metrics_match_what_was_published_and_written() -> Result {
     const N: usize = 50;
     let fx = Fixture::new(true).await?;
-    let worker = fx
-        .start_worker(
-            &fx.emulators.storage_url(),
-            &[("HEALTH_PORT", "0"), ("HEALTH_HOST", "127.0.0.1")],
-        )
-        .await?;
+    let worker = fx.start_worker(&fx.emulators.storage_url(), &HEALTH).await?;
     let base = format!("http://{}", worker.health.expect("health endpoint asked for"));
     let messages: Vec<OutMessage> =
         (0..N).map(|i| OutMessage::new("x".repeat((i + 1) * 10))).collect();
@@ -82,10 +76,9 @@ async fn metrics_match_what_was_published_and_written() -> Result {
     ] {
         assert_eq!(metrics.get(name), Some(&want), "{name}");
     }
-    assert!(
-        metrics.get("process_resident_memory_bytes").is_some_and(|rss| *rss > 0.0),
-        "process metrics"
-    );
+    let positive = |name: &str| metrics.get(name).is_some_and(|v| *v > 0.0);
+    assert!(positive("process_resident_memory_bytes"), "process metrics");
+    assert!(positive("pubsub_gcs_worker_write_concurrency_limit"), "the write limit");
     worker.stop().await?;
     Ok(())
 }
@@ -102,14 +95,10 @@ async fn failed_startup_check_stops_the_worker_with_one_clear_line() -> Result {
     let lines = worker.log_lines();
     let error = find_line(&lines, "worker stopped with an error");
     let text = error["error"].as_str().unwrap_or_default();
-    assert!(
-        text.contains(&format!("gs://{}", fx.bucket)) && text.contains("STARTUP_CHECK=off"),
-        "{error}"
-    );
-    assert!(
-        !lines.iter().any(|l| l["message"] == "starting"),
-        "nothing consumed before the check passed"
-    );
+    let clear = text.contains(&format!("gs://{}", fx.bucket)) && text.contains("STARTUP_CHECK=off");
+    assert!(clear, "{error}");
+    let started = lines.iter().any(|l| l["message"] == "starting");
+    assert!(!started, "nothing consumed before the check passed");
     Ok(())
 }
 

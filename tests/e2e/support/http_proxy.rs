@@ -8,13 +8,15 @@
 //!
 //! * **403 for 412**: Cloud Storage may answer a create-only write of an existing object with
 //!   403 when the caller may not read objects; the proxy can turn the emulator's 412 into that.
+//! * **Throttling** ([`HttpProxy::throttle`]): uploads above a rate get 429, as a bucket's
+//!   index ramping up answers them.
 //!
 //! The proxy runs on the tokio runtime that started it; dropping it stops it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -38,6 +40,9 @@ struct State {
     /// Fixed delay and maximum jitter, in microseconds.
     latency: (AtomicU64, AtomicU64),
     forbid_existing: AtomicBool,
+    /// Uploads allowed per second (0: no limit), and the current second's start and count.
+    throttle: (AtomicU64, Mutex<(Instant, u64)>),
+    throttled: AtomicU64,
     /// `None` unless started with [`HttpProxy::recording`].
     uploads: Option<Mutex<Vec<Value>>>,
     requests: AtomicU64,
@@ -68,6 +73,8 @@ impl HttpProxy {
             client: reqwest::Client::builder().pool_max_idle_per_host(4096).build()?,
             latency: (AtomicU64::new(0), AtomicU64::new(0)),
             forbid_existing: AtomicBool::new(false),
+            throttle: (AtomicU64::new(0), Mutex::new((Instant::now(), 0))),
+            throttled: AtomicU64::new(0),
             uploads: record.then(|| Mutex::new(Vec::new())),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -90,6 +97,16 @@ impl HttpProxy {
     /// Answers 403 where the emulator answers 412 (a create-only write of an existing object).
     pub fn forbid_existing(&self, on: bool) {
         self.state.forbid_existing.store(on, Ordering::Relaxed);
+    }
+
+    /// Answers 429 to the uploads beyond `per_second` in each second (0: no limit).
+    pub fn throttle(&self, per_second: u64) {
+        self.state.throttle.0.store(per_second, Ordering::Relaxed);
+    }
+
+    /// Uploads answered with 429 so far.
+    pub fn throttled(&self) -> u64 {
+        self.state.throttled.load(Ordering::Relaxed)
     }
 
     /// The JSON part of every multipart upload so far, with `name` from the URL added, e.g.
@@ -137,6 +154,12 @@ async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
     {
         record_upload(uploads, target, &body);
     }
+    if target.contains("uploadType=") && state.over_rate() {
+        state.throttled.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(state.delay()).await;
+        let body = r#"{"error":{"code":429,"message":"rate limit exceeded","status":"RESOURCE_EXHAUSTED"}}"#;
+        return Ok(Response::builder().status(StatusCode::TOO_MANY_REQUESTS).body(body.into())?);
+    }
     let mut upstream = state.client.request(parts.method, format!("{}{target}", state.upstream));
     for (name, value) in &parts.headers {
         if !matches!(name.as_str(), "host" | "content-length" | "transfer-encoding" | "connection")
@@ -161,6 +184,17 @@ async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
 }
 
 impl State {
+    /// Counts an upload against this second's allowance; whether it is over.
+    fn over_rate(&self) -> bool {
+        let limit = self.throttle.0.load(Ordering::Relaxed);
+        let mut second = self.throttle.1.lock().unwrap();
+        if second.0.elapsed() >= Duration::from_secs(1) {
+            *second = (Instant::now(), 0);
+        }
+        second.1 += 1;
+        limit > 0 && second.1 > limit
+    }
+
     /// The fixed latency plus a share of the jitter that differs from request to request.
     fn delay(&self) -> Duration {
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
