@@ -149,10 +149,7 @@ fn hermetic<'a>(cmd: &'a mut Command, sandbox: &Sandbox) -> &'a mut Command {
         .env("GCE_METADATA_ROOT", &metadata)
         .env("GCE_METADATA_HOST", &metadata)
         .env("GCE_METADATA_IP", &metadata)
-        .env("HTTPS_PROXY", &proxy)
-        .env("HTTP_PROXY", &proxy)
-        .env("https_proxy", &proxy)
-        .env("http_proxy", &proxy)
+        .envs(["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"].map(|v| (v, &proxy)))
         .current_dir(sandbox.path())
         .stdin(Stdio::null())
 }

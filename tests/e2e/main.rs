@@ -5,10 +5,11 @@
 //! `.cargo/config.toml`). Worker logs stay quiet
 //! unless `TEST_LOG` is set; measured figures are printed on `[figures]` lines (`--nocapture`).
 //!
-//! The slow tests (a 100,000-message backlog, 5-10 MB messages, a soak) are `#[ignore]`d:
-//! `cargo test -- --ignored` runs them.
+//! The slow tests (`memory.rs`: a 100,000-message backlog, 5-10 MB messages, a soak) are
+//! `#[ignore]`d: `cargo test -- --ignored` runs them.
 
 mod faults;
+mod memory;
 mod names;
 mod operations;
 mod support;

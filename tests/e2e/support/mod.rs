@@ -54,12 +54,10 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, for names in URLs.
 fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            true => (b as char).to_string(),
-            false => format!("%{b:02X}"),
-        })
-        .collect()
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const UNRESERVED: &AsciiSet =
+        &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 /// Sends `request`; a non-2xx answer becomes an error with `what`, the status and the body,
