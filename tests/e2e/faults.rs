@@ -100,8 +100,11 @@ async fn sigkill_and_restart(forbid_existing: bool) -> Result {
     // control, so a message pushed past the worker's budget sits unread until its lease runs
     // out (room for the backlog avoids that); and after a crash it goes on sending a share of
     // the redeliveries to the dead stream, round after round, so the more messages are unacked
-    // at the kill, the more attempts some of them use up. Hence a kill near the end.
-    let env = with_vars(fx.binary_env(&proxy.url()), &[("MAX_OUTSTANDING_MESSAGES", "5000")]);
+    // at the kill, the more attempts some of them use up. Hence a kill near the end, and at most
+    // 64 writes at once: with the default cap the write limit grows to hundreds of 250 ms
+    // writes, all of them unacked at the kill.
+    let extra = [("MAX_OUTSTANDING_MESSAGES", "5000"), ("MAX_CONCURRENT_WRITES", "64")];
+    let env = with_vars(fx.binary_env(&proxy.url()), &extra);
 
     let mut first = BinaryWorker::spawn(&env, "killed")?;
     fx.gcs.wait_for_objects(&fx.bucket, N - 200, SETTLE).await?;
