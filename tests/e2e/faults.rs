@@ -11,7 +11,7 @@
 //! redelivers them. A restarted worker therefore completes the set only after some 10 s rounds:
 //! the tests wait with generous deadlines, never with fixed sleeps.
 
-use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, SETTLE};
+use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, SETTLE, figures};
 use crate::support::app::{find_line, sample_message};
 use crate::support::app::{settled_message_ids, wait_for, with_vars};
 use crate::support::emulators::Emulators;
@@ -71,7 +71,8 @@ async fn repeated_sigterm_under_load_loses_and_duplicates_nothing() -> Result {
 
 /// SIGKILL under load: no drain. Writes the storage had finished but whose acks never left are
 /// redelivered to the restarted worker and land on their existing objects (412, counted as
-/// duplicates); no message gets two objects, none is missing, none is dead-lettered.
+/// duplicates); no message gets two objects, and no worker refuses (nacks) a message, so none is
+/// dead-lettered on its account.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_redeliveries_land_on_existing_objects() -> Result {
     sigkill_and_restart(false).await
@@ -80,12 +81,16 @@ async fn sigkill_under_load_redeliveries_land_on_existing_objects() -> Result {
 /// The same where Cloud Storage answers 403, not 412, to a create-only write of an object that
 /// exists (as it may to a principal that cannot read objects): the worker reads that object's
 /// metadata, finds it and acks, so redeliveries after a crash do not pile up as false alarms in
-/// the dead-letter topic.
+/// the dead-letter topic (without the read, each would be nacked until dead-lettered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_403_for_existing_objects_dead_letters_nothing() -> Result {
     sigkill_and_restart(true).await
 }
 
+/// Dead-letter policy: 5 attempts. The emulator (not the service) goes on sending a share of
+/// the redeliveries to a crashed worker's dead stream, counting each 10 s round as an attempt,
+/// so under load some messages are dead-lettered before a live worker sees them. Hence: every
+/// message ends as one object or in the dead-letter topic, and neither worker nacked any.
 async fn sigkill_and_restart(forbid_existing: bool) -> Result {
     const N: usize = 1000;
     let fx = Fixture::new(true).await?;
@@ -94,15 +99,8 @@ async fn sigkill_and_restart(forbid_existing: bool) -> Result {
     let proxy = HttpProxy::start(fx.emulators.storage_addr()).await?;
     proxy.set_latency(Duration::from_millis(250), Duration::ZERO);
     proxy.forbid_existing(forbid_existing);
-    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
+    let messages: Vec<OutMessage> = (0..N).map(|i| OutMessage::new(format!("m{i:04}"))).collect();
     let published = fx.publish(&messages).await?;
-    // Two defects of the emulator count delivery attempts the service would not: it ignores flow
-    // control, so a message pushed past the worker's budget sits unread until its lease runs
-    // out (room for the backlog avoids that); and after a crash it goes on sending a share of
-    // the redeliveries to the dead stream, round after round, so the more messages are unacked
-    // at the kill, the more attempts some of them use up. Hence a kill near the end, and at most
-    // 64 writes at once: with the default cap the write limit grows to hundreds of 250 ms
-    // writes, all of them unacked at the kill.
     let extra = [("MAX_OUTSTANDING_MESSAGES", "5000"), ("MAX_CONCURRENT_WRITES", "64")];
     let env = with_vars(fx.binary_env(&proxy.url()), &extra);
 
@@ -115,28 +113,49 @@ async fn sigkill_and_restart(forbid_existing: bool) -> Result {
 
     proxy.set_latency(Duration::ZERO, Duration::ZERO);
     let mut second = BinaryWorker::spawn(&env, "restarted")?;
-    let end = fx.settle(&mut second, &published).await?;
-    assert!(end.duplicates > 0, "unacked writes are redelivered onto their objects: {end:?}");
-    assert_eq!(end.nacked, 0, "{end:?}");
-    let mut dead = Vec::new();
-    for _ in 0..3 {
-        dead.extend(fx.pubsub.pull(&dead_letters, 100).await?);
+    let text = |data: &[u8]| String::from_utf8_lossy(data).into_owned();
+    let (deadline, mut dead) = (Instant::now() + SETTLE, BTreeSet::new());
+    loop {
+        let got = fx.pubsub.pull(&dead_letters, 100).await?;
+        let ack_ids: Vec<String> = got.iter().map(|m| m.ack_id.clone()).collect();
+        fx.pubsub.settle(&dead_letters, &ack_ids, None).await?;
+        dead.extend(got.iter().map(|m| text(&m.data)));
+        let written = fx.object_ids().await?;
+        let left = published
+            .iter()
+            .filter(|(id, m)| !written.contains(*id) && !dead.contains(&text(&m.data)));
+        match left.count() {
+            0 => break,
+            left => anyhow::ensure!(Instant::now() < deadline, "{left} neither written nor dead"),
+        }
+        sleep(Duration::from_secs(1)).await;
     }
-    assert!(dead.is_empty(), "{} messages dead-lettered", dead.len());
+    let end = second.wait_quiet(SETTLE).await?;
+    let bodies: BTreeSet<String> = published.values().map(|m| text(&m.data)).collect();
+    let seen = settled_message_ids(&second.log_lines());
+    let objects = fx.gcs.list_objects(&fx.bucket).await?;
+    let ids: BTreeSet<&String> = objects.iter().map(|o| &o.metadata["message_id"]).collect();
+    assert_eq!(ids.len(), objects.len(), "a message has two objects");
+    for id in &seen {
+        assert!(ids.contains(id), "message {id} acked without its object");
+    }
+    assert!(dead.is_subset(&bodies), "unknown dead letters");
+    assert_eq!(first.counters().nacked + end.nacked, 0, "{end:?}");
+    assert!(end.duplicates > 0, "unacked writes are redelivered onto their objects: {end:?}");
+    figures("sigkill", &format!("{} dead-lettered by the emulator; {end:?}", dead.len()));
     Ok(())
 }
 
 /// Gives the fixture's subscription a dead-letter policy of `max_attempts` deliveries; returns
 /// the subscription that keeps the dead letters.
 async fn dead_letter_subscription(fx: &Fixture<'_>, max_attempts: i32) -> Result<String> {
-    let (topic, sub) = (unique_name("dead-letter"), unique_name("dead-letter-sub"));
+    let (topic, sub, lease) =
+        (unique_name("dead-letter"), unique_name("dl-sub"), LEASE_SECS as i32);
     fx.pubsub.create_topic(&topic).await?;
-    fx.pubsub.create_subscription(&topic, &sub, LEASE_SECS as i32, None).await?;
+    fx.pubsub.create_subscription(&topic, &sub, lease, None).await?;
     fx.pubsub.delete_subscription(&fx.subscription).await?;
-    let lease = LEASE_SECS as i32;
-    fx.pubsub
-        .create_subscription(&fx.topic, &fx.subscription, lease, Some((&topic, max_attempts)))
-        .await?;
+    let policy = Some((topic.as_str(), max_attempts));
+    fx.pubsub.create_subscription(&fx.topic, &fx.subscription, lease, policy).await?;
     Ok(sub)
 }
 
@@ -235,14 +254,11 @@ async fn storage_outage(mode: Mode, reason: &str, extra: &[(&str, &str)]) -> Res
     let slow = HttpProxy::start(fx.emulators.storage_addr()).await?;
     slow.set_latency(Duration::from_millis(100), Duration::ZERO);
     let proxy = Proxy::start(slow.url().trim_start_matches("http://").parse()?).await?;
-    // The emulator ignores flow control and pushes the whole backlog; with a budget below it the
-    // unread rest expires in the stream during the outage and comes back again and again (as
-    // duplicates, never as second objects) - a storm the real service, which stops sending at
-    // the budget, cannot cause. Room for the whole backlog keeps the test about the outage.
-    let env = with_vars(
-        with_vars(fx.binary_env(&proxy.url()), &[("MAX_OUTSTANDING_MESSAGES", "5000")]),
-        extra,
-    );
+    // Room for the whole backlog, which the emulator pushes regardless of flow control (its
+    // unread rest would expire and come back during the outage), and at most 64 writes at once,
+    // so that the bound on connections below means "a few per write".
+    let room = [("MAX_OUTSTANDING_MESSAGES", "5000"), ("MAX_CONCURRENT_WRITES", "64")];
+    let env = with_vars(with_vars(fx.binary_env(&proxy.url()), &room), extra);
     let mut worker = BinaryWorker::spawn(&env, "storage-outage")?;
     let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
     let mut published = fx.publish(&messages[..600]).await?;
@@ -322,10 +338,8 @@ async fn pubsub_emulator_restart_reconnects_with_backoff_and_carries_on() -> Res
         let ids: BTreeSet<&String> = got.iter().map(|(id, _)| id).collect();
         assert_eq!(ids.len(), got.len(), "half {half}: a message has two objects");
         for (id, body) in &got {
-            let sent = published
-                .get(id)
-                .unwrap_or_else(|| panic!("half {half}: object of unknown message {id}"));
-            assert_eq!(body, &sent.data, "half {half}: body of message {id}");
+            let sent = published.get(id).map(|m| &m.data);
+            assert_eq!(Some(body), sent, "half {half}: body of message {id}");
         }
     }
     let second_objects = objects.get(&2).map_or(0, Vec::len);

@@ -24,12 +24,9 @@ async fn huge_backlog_of_small_messages_keeps_memory_bounded() -> Result {
             ("RUST_LOG", "info"),
             ("MAX_OUTSTANDING_MESSAGES", "1000"),
             ("MAX_CONCURRENT_WRITES", "64"),
-            // The emulator ignores flow control and pushes the whole backlog into the stream,
-            // where a message the worker has not read yet is not leased: with a 10 s deadline
-            // each one would come back every 10 s until read. The service sends no more than
-            // MAX_OUTSTANDING_MESSAGES; a deadline longer than the drain gives the same picture
-            // here (600 s, the most Pub/Sub allows: a loaded machine drains slower), and
-            // `wait_quiet` then waits that long to see that no ack was lost.
+            // The emulator pushes the whole backlog regardless of flow control, and an unread
+            // message would come back every lease: 600 s (Pub/Sub's maximum) outlasts the
+            // drain, and `wait_quiet` then waits that long to see that no ack was lost.
             ("MAX_LEASE_EXTENSION_SECS", "600"),
         ],
     );
@@ -127,9 +124,7 @@ async fn soak_at_a_steady_rate_keeps_memory_files_and_threads_flat() -> Result {
         &[
             ("RUST_LOG", "info"),
             ("MAX_OUTSTANDING_MESSAGES", "1000"),
-            // See huge_backlog_of_small_messages_keeps_memory_bounded: should the worker fall
-            // behind on a busy machine, the emulator would otherwise redeliver every unread
-            // message every 10 s.
+            // As in huge_backlog_of_small_messages_keeps_memory_bounded, should it fall behind.
             ("MAX_LEASE_EXTENSION_SECS", "60"),
         ],
     );

@@ -45,12 +45,8 @@ impl Gcs {
         let mut out = Vec::new();
         let mut token = String::new();
         loop {
-            let url = format!(
-                "{}/storage/v1/b/{}/o?maxResults=1000&pageToken={}",
-                self.base,
-                url_encode(bucket),
-                url_encode(&token)
-            );
+            let (b, t) = (url_encode(bucket), url_encode(&token));
+            let url = format!("{}/storage/v1/b/{b}/o?maxResults=1000&pageToken={t}", self.base);
             let page: Value =
                 send(self.http.get(url), &format!("list {bucket}")).await?.json().await?;
             for item in page["items"].as_array().into_iter().flatten() {
@@ -67,24 +63,16 @@ impl Gcs {
 
     /// The object's bytes, exactly as stored.
     pub async fn download(&self, bucket: &str, name: &str) -> Result<Vec<u8>> {
-        let url = format!(
-            "{}/download/storage/v1/b/{}/o/{}?alt=media",
-            self.base,
-            url_encode(bucket),
-            url_encode(name)
-        );
+        let (b, n) = (url_encode(bucket), url_encode(name));
+        let url = format!("{}/download/storage/v1/b/{b}/o/{n}?alt=media", self.base);
         let what = format!("download gs://{bucket}/{name}");
         Ok(send(self.http.get(url), &what).await?.bytes().await?.to_vec())
     }
 
     /// Uploads (or overwrites) an object, e.g. to pre-create a name the worker will meet.
     pub async fn put_object(&self, bucket: &str, name: &str, bytes: &[u8]) -> Result<()> {
-        let url = format!(
-            "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}",
-            self.base,
-            url_encode(bucket),
-            url_encode(name)
-        );
+        let (b, n) = (url_encode(bucket), url_encode(name));
+        let url = format!("{}/upload/storage/v1/b/{b}/o?uploadType=media&name={n}", self.base);
         send(self.http.post(url).body(bytes.to_vec()), &format!("upload gs://{bucket}/{name}"))
             .await?;
         Ok(())
