@@ -5,9 +5,30 @@
 //! right everywhere. So the limit adapts, in the manner of TCP congestion control and Vector's
 //! adaptive request concurrency: while every write permit is in use and writes take no longer
 //! than usual, the limit grows (doubling at first, then by its square root per round trip);
-//! when writes take twice as long as the quickest seen lately - Cloud Storage, the network or
-//! this instance's CPU is saturated - or storage pushes back (429, 503, timeouts), it shrinks.
-//! `MAX_CONCURRENT_WRITES` caps it; memory follows what is in flight, not the cap.
+//! when writes queue - Cloud Storage, the network or this instance's CPU cannot keep up - or
+//! storage pushes back (429, 503, timeouts), it shrinks. `MAX_CONCURRENT_WRITES` caps it; memory
+//! follows what is in flight, not the cap.
+//!
+//! # Telling a queue from a long tail
+//!
+//! Cloud Storage's upload latency has a long tail: the 99th percentile is several times the
+//! median, so any one write, and the mean of a few, says little. Both sides of the comparison
+//! are therefore medians of many writes, which a tail cannot move:
+//!
+//! - the **baseline**, storage's latency without a queue, is the median of the writes begun
+//!   while the limit was briefly held at a quarter ([`Phase::Probing`]: at start, then every
+//!   [`PERIOD`]), counted until each of them has ended, so a slow write cannot hide by ending
+//!   late; the lower of the last two probes is used;
+//! - each round trip's **median**, over every write that ended in it, at least [`MIN_SAMPLES`]
+//!   of them.
+//!
+//! A round whose median is more than [`TOLERANCE`] times the baseline shows a queue, and the
+//! limit eases by [`EASE`]. Against a storage that serves at most R writes a second by queueing
+//! the rest, latency grows with every write over what it serves, so the limit settles where
+//! writes take about twice their unqueued time, about twice what it can serve at once, and
+//! never climbs to the cap. Rounds with a mean in the tail no longer count as a queue, which
+//! the earlier rule (the mean of a round against the quickest round lately) did, holding the
+//! limit at its floor whenever latency had a long tail.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -16,10 +37,23 @@ use tokio::time::Instant;
 
 /// The limit's first value, and the lowest it goes.
 const START: f64 = 8.0;
-/// A round trip is over when the slower of the mean write time and this has passed.
+/// A round trip lasts at least this long, and at least the baseline.
 const MIN_ROUND: Duration = Duration::from_millis(50);
-/// "Lately": the quickest round trip is the least of this period and the one before.
+/// A round's median counts once this many writes ended in it: the median of 16 draws from a
+/// log-normal with sigma 1 is within a factor of 2 of the true one 98% of the time.
+const MIN_SAMPLES: usize = 16;
+/// How often the baseline is measured again, so storage that really got slower (or quicker)
+/// becomes the new normal within two periods.
 const PERIOD: Duration = Duration::from_secs(30);
+/// A probe lasts until at least this many writes began in it (and at least a quarter-limit's
+/// worth): enough for a median that the tail does not move.
+const PROBE_SAMPLES: usize = 32;
+/// A round median above this many baselines means writes are queueing.
+const TOLERANCE: f64 = 2.0;
+/// The limit after a round that queued, as a share of what it was.
+const EASE: f64 = 0.9;
+/// The limit after storage pushed back (429, 503, a timeout), as a share of what it was.
+const BACK_OFF: f64 = 0.5;
 
 /// The write limit shared by a worker's message tasks.
 #[derive(Debug)]
@@ -35,24 +69,48 @@ struct State {
     in_flight: usize,
     /// Until the first sign of congestion, the limit doubles each round trip.
     slow_start: bool,
-    /// The quickest round trip of this period and of the one before: the latency of storage
-    /// without queueing. A queue that builds up cannot pass for the new normal, and storage that
-    /// really got slower becomes it within two periods.
-    quickest: [Option<Duration>; 2],
+    phase: Phase,
+    probe: Probe,
+    /// The medians of the last probe and of the one before it; the lower one is the baseline.
+    baselines: [Option<f32>; 2],
     period_started: Instant,
-    /// Round trips left at a quarter of the limit.
-    probing: u8,
+    /// When the limit last backed off: a push-back to a write begun before then was answered
+    /// to the load that caused it, and does not count again.
+    backed_off: Instant,
     round: Round,
+}
+
+/// Whether the baseline is being measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Writes are held to a quarter of the limit, so none of them queues, and each write begun
+    /// now is tagged with the probe's number: its duration goes into the baseline.
+    Probing,
+    /// Writes run up to the limit, which each round trip adjusts.
+    Running,
+}
+
+/// The writes of the latest probe.
+#[derive(Debug)]
+struct Probe {
+    /// Tags this probe's writes; a write of an earlier probe that ends late is not counted.
+    number: u32,
+    /// Writes begun in this probe, and how many it takes.
+    begun: usize,
+    target: usize,
+    /// Of those, how many have ended, and the seconds of those that were answered.
+    ended: usize,
+    seconds: Vec<f32>,
+    /// Every write has ended and the median is in `baselines`.
+    measured: bool,
 }
 
 /// What happened since the round trip began.
 #[derive(Debug)]
 struct Round {
     started: Instant,
-    writes: u32,
-    total: Duration,
-    /// Of those, the writes that also began in this round trip.
-    clean: (u32, Duration),
+    /// Seconds taken by each write answered in this round.
+    seconds: Vec<f32>,
     /// Every permit was in use at some point: more would have been used.
     full: bool,
     pushed_back: bool,
@@ -74,22 +132,26 @@ pub enum Outcome {
 pub struct WritePermit {
     limit: Arc<WriteLimit>,
     started: Instant,
+    /// The probe this write was begun in, if any.
+    probe: Option<u32>,
     settled: bool,
 }
 
 impl WriteLimit {
     pub fn new(max: usize) -> Arc<Self> {
         let max = (max as f64).max(1.0);
-        let round = Round::new(Instant::now());
-        let (quickest, period_started) = ([None; 2], Instant::now());
+        let now = Instant::now();
         let state = State {
             limit: START.min(max),
             in_flight: 0,
             slow_start: true,
-            quickest,
-            probing: 0,
-            period_started,
-            round,
+            // The first load is a probe: the limit is at its start, so nothing queues.
+            phase: Phase::Probing,
+            probe: Probe::new(0, PROBE_SAMPLES),
+            baselines: [None; 2],
+            period_started: now,
+            backed_off: now,
+            round: Round::new(now),
         };
         Arc::new(Self { state: Mutex::new(state), freed: Notify::new(), max })
     }
@@ -107,9 +169,11 @@ impl WriteLimit {
                     if state.in_flight >= allowed {
                         state.round.full = true;
                     }
+                    let probe = state.begin_write();
                     return WritePermit {
                         limit: self.clone(),
                         started: Instant::now(),
+                        probe,
                         settled: false,
                     };
                 }
@@ -128,85 +192,166 @@ impl WriteLimit {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn settle(&self, started: Instant, outcome: Outcome) {
+    fn settle(&self, permit: &WritePermit, outcome: Outcome) {
         let mut state = self.lock();
+        let allowed_before = state.allowed();
         state.in_flight = state.in_flight.saturating_sub(1);
-        let round = &mut state.round;
-        let took = started.elapsed();
-        match outcome {
-            Outcome::Answered => {
-                (round.writes, round.total) = (round.writes + 1, round.total + took);
-                if started >= round.started {
-                    round.clean = (round.clean.0 + 1, round.clean.1 + took);
-                }
+        let seconds = permit.started.elapsed().as_secs_f32();
+        if permit.probe == Some(state.probe.number) {
+            state.probe.ended += 1;
+            if outcome == Outcome::Answered {
+                state.probe.seconds.push(seconds);
             }
-            Outcome::PushedBack => round.pushed_back = true,
-            Outcome::Failed => {}
         }
-        let before = state.limit;
+        match outcome {
+            Outcome::Answered => state.round.seconds.push(seconds),
+            Outcome::PushedBack if permit.started >= state.backed_off => {
+                state.round.pushed_back = true;
+            }
+            Outcome::PushedBack | Outcome::Failed => {}
+        }
         state.adjust(self.max);
-        // A higher limit frees several places at once.
-        if state.limit.floor() > before.floor() {
+        // A higher limit, or the end of a probe, frees several places at once.
+        let more = state.allowed() > allowed_before;
+        drop(state);
+        if more {
             self.freed.notify_waiters();
         }
-        drop(state);
         self.freed.notify_one();
     }
 }
 
 impl State {
+    /// How many writes may run now: the limit, or a quarter of it while probing.
     fn allowed(&self) -> usize {
         let limit = self.limit.floor();
-        (if self.probing > 0 { (limit / 4.0).max(limit.min(START)) } else { limit }) as usize
+        let allowed = match self.phase {
+            Phase::Probing => (limit / 4.0).max(limit.min(START)),
+            Phase::Running => limit,
+        };
+        allowed as usize
+    }
+
+    /// Counts a write that begins now; returns its probe's number while probing.
+    fn begin_write(&mut self) -> Option<u32> {
+        if self.phase != Phase::Probing {
+            return None;
+        }
+        self.probe.begun += 1;
+        if self.probe.begun >= self.probe.target {
+            self.phase = Phase::Running;
+        }
+        Some(self.probe.number)
     }
 
     /// At the end of a round trip: grow, shrink or hold the limit.
     fn adjust(&mut self, max: f64) {
         let now = Instant::now();
-        let mean = (self.round.writes > 0).then(|| self.round.total / self.round.writes);
-        let elapsed = now - self.round.started;
-        if elapsed < mean.unwrap_or_default().max(MIN_ROUND)
-            || (mean.is_none() && !self.round.pushed_back)
+        let length = MIN_ROUND.as_secs_f32().max(self.baseline().unwrap_or(0.0));
+        let round = &mut self.round;
+        if (now - round.started).as_secs_f32() < length
+            || (round.seconds.len() < MIN_SAMPLES && !round.pushed_back)
         {
             return;
         }
-        // Each period begins with two round trips at a quarter of the limit: the first drains
-        // any queue, the second shows how long a write takes without one (counting only the
-        // writes it began). So does the first load, before the limit ever shrank.
-        let clean = (self.round.clean.0 > 0).then(|| self.round.clean.1 / self.round.clean.0);
-        if self.probing == 1 || self.slow_start {
-            let quickest = &mut self.quickest[1];
-            *quickest = clean.or(mean).min(*quickest).or(*quickest).or(clean.or(mean));
+        if !self.probe.measured {
+            if let Some(median) = self.probe.median() {
+                self.baselines[1] = Some(median);
+            }
+            self.probe.measured = self.probe.finished();
         }
-        if now - self.period_started >= PERIOD {
-            (self.quickest, self.period_started, self.probing) = ([self.quickest[1], None], now, 3);
+        let baseline = self.baseline();
+        if self.phase == Phase::Running
+            && self.probe.measured
+            && now - self.period_started >= PERIOD
+        {
+            self.start_probe(now);
         }
-        if self.probing > 0 {
-            self.probing -= 1;
-            self.round = Round::new(now);
-            return;
-        }
-        let quickest = self.quickest.iter().flatten().min().map_or(0.0, Duration::as_secs_f64);
-        // Writes that take twice as long as the quickest mean a queue: storage, the network or
-        // this instance's CPU cannot keep up with more.
-        let congested = mean.is_some_and(|m| m.as_secs_f64() > 2.0 * quickest);
-        if self.round.pushed_back || congested {
-            let factor = if self.round.pushed_back { 0.5 } else { 0.9 };
-            self.limit = (self.limit * factor).max(START.min(max));
-            self.slow_start = false;
-        } else if self.round.full {
+        let median = median(&mut self.round.seconds);
+        let queued = matches!((median, baseline), (Some(m), Some(b)) if m > TOLERANCE as f32 * b);
+        let running = self.phase == Phase::Running;
+        if self.round.pushed_back {
+            self.backed_off = now;
+            self.shrink(BACK_OFF, max);
+        } else if queued && running {
+            self.shrink(EASE, max);
+        } else if self.round.full && running && baseline.is_some() {
             let grown =
                 if self.slow_start { self.limit * 2.0 } else { self.limit + self.limit.sqrt() };
             self.limit = grown.min(max);
         }
-        self.round = Round::new(now);
+        self.round.restart(now);
     }
+
+    fn shrink(&mut self, factor: f64, max: f64) {
+        self.limit = (self.limit * factor).max(START.min(max));
+        self.slow_start = false;
+    }
+
+    /// Storage's latency without a queue, in seconds: the lower median of the last two probes.
+    fn baseline(&self) -> Option<f32> {
+        self.baselines.iter().flatten().copied().reduce(f32::min)
+    }
+
+    /// Holds the writes to a quarter of the limit until enough of them have begun.
+    fn start_probe(&mut self, now: Instant) {
+        self.phase = Phase::Probing;
+        self.period_started = now;
+        self.baselines = [self.baselines[1], None];
+        let quarter = (self.limit / 4.0) as usize;
+        self.probe = Probe::new(self.probe.number.wrapping_add(1), PROBE_SAMPLES.max(quarter));
+    }
+}
+
+impl Probe {
+    fn new(number: u32, target: usize) -> Self {
+        let seconds = Vec::with_capacity(target);
+        Self { number, begun: 0, target, ended: 0, seconds, measured: false }
+    }
+
+    /// Every write of the probe has begun and ended.
+    fn finished(&self) -> bool {
+        self.begun >= self.target && self.ended >= self.begun
+    }
+
+    /// The median duration of the probe's writes, once it is known: every write has begun and
+    /// more than half of those answered have ended. A write still running counts as slower
+    /// than every ended one, which it nearly always is, since they all began within a round.
+    fn median(&mut self) -> Option<f32> {
+        if self.begun < self.target {
+            return None;
+        }
+        let failed = self.ended - self.seconds.len();
+        let counted = self.begun - failed;
+        let middle = counted / 2;
+        if middle >= self.seconds.len() {
+            return None;
+        }
+        let (_, m, _) = self.seconds.select_nth_unstable_by(middle, f32::total_cmp);
+        Some(*m)
+    }
+}
+
+/// The median of `seconds` (reordered), if it has any.
+fn median(seconds: &mut [f32]) -> Option<f32> {
+    if seconds.is_empty() {
+        return None;
+    }
+    let middle = seconds.len() / 2;
+    let (_, m, _) = seconds.select_nth_unstable_by(middle, f32::total_cmp);
+    Some(*m)
 }
 
 impl Round {
     fn new(started: Instant) -> Self {
-        let (writes, total, clean) = (0, Duration::ZERO, (0, Duration::ZERO));
-        Self { started, writes, total, clean, full: false, pushed_back: false }
+        Self { started, seconds: Vec::new(), full: false, pushed_back: false }
+    }
+
+    /// Begins the next round, keeping the samples' allocation.
+    fn restart(&mut self, started: Instant) {
+        self.started = started;
+        self.seconds.clear();
+        (self.full, self.pushed_back) = (false, false);
     }
 }
 
@@ -214,7 +359,7 @@ impl WritePermit {
     /// Reports how the write ended; the time since the permit was taken is its duration.
     pub fn settle(mut self, outcome: Outcome) {
         self.settled = true;
-        self.limit.settle(self.started, outcome);
+        self.limit.clone().settle(&self, outcome);
     }
 }
 
@@ -222,90 +367,10 @@ impl Drop for WritePermit {
     fn drop(&mut self) {
         // Abandoned at shutdown: the place is free, and the write says nothing about latency.
         if !self.settled {
-            self.limit.settle(self.started, Outcome::Failed);
+            self.limit.clone().settle(self, Outcome::Failed);
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-
-    /// A storage that answers in `latency` (give or take `jitter`, a share of it) while at most
-    /// `capacity` writes run, and queues the rest: its rate tops out at `capacity / latency`.
-    /// Drives it for `secs` with an endless backlog; returns the writes per second over the last
-    /// half, and the final limit.
-    async fn drive(
-        max: usize,
-        latency: u64,
-        jitter: f64,
-        capacity: usize,
-        secs: u64,
-    ) -> (f64, usize) {
-        let latency = Duration::from_millis(latency);
-        let limit = WriteLimit::new(max);
-        let (running, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
-        let (end, half) = (
-            Instant::now() + Duration::from_secs(secs),
-            Instant::now() + Duration::from_secs(secs / 2),
-        );
-        let mut at_half = None;
-        while Instant::now() < end {
-            let permit = limit.acquire().await;
-            if at_half.is_none() && Instant::now() >= half {
-                at_half = Some(done.load(Ordering::Relaxed));
-            }
-            let (running, done) = (running.clone(), done.clone());
-            tokio::spawn(async move {
-                let n = running.fetch_add(1, Ordering::Relaxed) + 1;
-                let queued = (n as f64 / capacity as f64).max(1.0);
-                let spread = (n.wrapping_mul(2_654_435_761) % 1000) as f64 / 500.0 - 1.0;
-                tokio::time::sleep(latency.mul_f64(queued * (1.0 + jitter * spread))).await;
-                running.fetch_sub(1, Ordering::Relaxed);
-                done.fetch_add(1, Ordering::Relaxed);
-                permit.settle(Outcome::Answered);
-            });
-        }
-        let rate =
-            (done.load(Ordering::Relaxed) - at_half.unwrap_or(0)) as f64 / (secs - secs / 2) as f64;
-        (rate, limit.current())
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn with_steady_latency_the_limit_grows_to_the_cap() {
-        for (max, latency, jitter) in [(256, 10, 0.0), (1024, 50, 0.0), (1024, 200, 0.5)] {
-            let (rate, limit) = drive(max, latency, jitter, usize::MAX, 30).await;
-            assert_eq!(limit, max, "{latency} ms");
-            let bound = max as f64 * 1000.0 / latency as f64;
-            assert!(rate > 0.9 * bound, "{latency} ms: {rate:.0}/s of {bound:.0}/s");
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_saturated_storage_keeps_the_limit_near_what_it_can_serve() {
-        for (latency, jitter, capacity) in [(10, 0.0, 20), (50, 0.5, 100), (200, 0.0, 300)] {
-            let (rate, limit) = drive(1024, latency, jitter, capacity, 120).await;
-            let bound = capacity as f64 * 1000.0 / latency as f64;
-            assert!(rate > 0.9 * bound, "{latency} ms: {rate:.0}/s of {bound:.0}/s");
-            // Writes queue until they take twice as long: about twice what storage serves.
-            assert!(limit <= capacity * 5 / 2, "{latency} ms: limit {limit} for {capacity} places");
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn push_back_halves_the_limit_and_the_cap_holds() {
-        let limit = WriteLimit::new(100);
-        for _ in 0..40 {
-            let permits = futures::future::join_all((0..limit.current()).map(|_| limit.acquire()));
-            let permits = permits.await;
-            tokio::time::sleep(MIN_ROUND).await;
-            permits.into_iter().for_each(|p| p.settle(Outcome::Answered));
-        }
-        assert_eq!(limit.current(), 100, "capped");
-        let permit = limit.acquire().await;
-        tokio::time::sleep(MIN_ROUND).await;
-        permit.settle(Outcome::PushedBack);
-        assert_eq!(limit.current(), 50);
-    }
-}
+mod tests;
