@@ -266,9 +266,9 @@ pub fn default_pull_streams() -> usize {
 /// 1 vCPU instance back; a second stream also keeps messages coming while the service restarts
 /// the other (it closes streams from time to time). Two per core is what the Rust client's own
 /// concurrency sample opens (`pubsub_subscriber_concurrency_control`: `2 * NCPU` streams); the
-/// other official clients default to one (Java's `parallelPullCount`) or a fixed handful (Go's
-/// `NumGoroutines`, 10, whose documentation warns that many streams pull poorly), hence the cap
-/// of 8 (about 80 MB/s). The streams share one flow-control budget, so more of them lease no
+/// other official clients default to one stream (Java's `parallelPullCount`, Go's v2
+/// `NumGoroutines`) or ten (Go's v1 client, whose maintainers now discourage many), hence the
+/// cap of 8 (about 80 MB/s). The streams share one flow-control budget, so more of them lease no
 /// more messages; for large messages on few cores, set `PULL_STREAMS` higher (up to 32).
 pub fn pull_streams_for(cores: usize) -> usize {
     (2 * cores).clamp(2, 8)
