@@ -13,7 +13,8 @@
 //! and bucket each:
 //!
 //! 1. **Pub/Sub ceiling**: a backlog of N messages is received with the worker's own subscriber
-//!    client and settings, in this process, and acked at once (no writes).
+//!    clients, streams (`PULL_STREAMS`) and settings, in this process, and acked at once (no
+//!    writes).
 //! 2. **Cloud Storage ceiling**: N create-only uploads of the same size through the worker's own
 //!    storage client and [`Sink`], `MAX_CONCURRENT_WRITES` at a time (no Pub/Sub); half before
 //!    and half after the worker, so a change of load on the machine meets both sides alike.
@@ -115,7 +116,7 @@ use observe::{
 use pubsub_gcs_worker::name::NameTemplate;
 use pubsub_gcs_worker::object::{ObjectSpec, TEXT};
 use pubsub_gcs_worker::sink::Sink;
-use pubsub_gcs_worker::{Config, clients};
+use pubsub_gcs_worker::{Config, clients, worker};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -128,10 +129,11 @@ use support::unique_name;
 use tokio::sync::Semaphore;
 
 /// Worker variables passed through from this process's environment when set.
-const PASS_THROUGH: [&str; 6] = [
+const PASS_THROUGH: [&str; 7] = [
     "MAX_OUTSTANDING_MESSAGES",
     "MAX_OUTSTANDING_BYTES",
     "MAX_CONCURRENT_WRITES",
+    "PULL_STREAMS",
     "MAX_LEASE_EXTENSION_SECS",
     "RUST_LOG",
     "TOKIO_WORKER_THREADS",
@@ -572,20 +574,23 @@ impl Bench<'_> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
     }
 
-    /// Receive-and-ack rate of the worker's own subscriber client and settings.
+    /// Receive-and-ack rate of the worker's own subscriber clients, streams and settings.
     async fn pubsub_ceiling(&self, n: usize) -> anyhow::Result<Phase> {
         let (_topic, sub) = self.fresh_subscription(n).await?;
         let cpu = EmulatorCpu::now();
         let own = own_cpu();
         let start = Instant::now();
-        let subscriber = clients::subscriber(&self.config).await?;
-        let mut stream = subscriber
-            .subscribe(self.emu.pubsub().subscription_path(&sub))
-            .set_max_outstanding_messages(self.config.max_outstanding_messages)
-            .set_max_outstanding_bytes(self.config.max_outstanding_bytes)
-            .set_max_lease_extension(self.config.max_lease_extension)
-            .build();
-        let token = stream.shutdown_token();
+        let subscribers = clients::subscribers(&self.config).await?;
+        let path = self.emu.pubsub().subscription_path(&sub);
+        let streams = worker::open_streams(&subscribers, &path, &self.config);
+        let tokens: Vec<_> = streams.iter().map(|s| s.shutdown_token()).collect();
+        // All streams read as one, in this task (the worker reads each in a task of its own).
+        use futures::StreamExt as _;
+        let mut stream = futures::stream::select_all(streams.into_iter().map(|stream| {
+            Box::pin(futures::stream::unfold(stream, |mut s| async move {
+                s.next().await.map(|item| (item, s))
+            }))
+        }));
         let mut times = Vec::with_capacity(n);
         let deadline = start + self.budget(n);
         while times.len() < n {
@@ -598,11 +603,13 @@ impl Bench<'_> {
                     times.push(Instant::now());
                 }
                 Some(Err(e)) => bail!("pubsub ceiling: stream failed: {e}"),
-                None => bail!("pubsub ceiling: stream ended"),
+                None => bail!("pubsub ceiling: streams ended"),
             }
         }
         drop(stream);
-        let _ = tokio::time::timeout(Duration::from_secs(10), token.shutdown()).await;
+        for token in tokens {
+            let _ = tokio::time::timeout(Duration::from_secs(10), token.shutdown()).await;
+        }
         let phase = Phase {
             rates: Rates::new(start, times),
             emulator_cpu: cpu.since(),

@@ -7,20 +7,37 @@
 
 use crate::config::Config;
 use anyhow::Context as _;
+use google_cloud_auth::credentials::Builder as Credentials;
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
 use google_cloud_gax::retry_policy::RetryPolicyExt as _;
 use google_cloud_pubsub::client::Subscriber;
 use google_cloud_storage::client::{Storage, StorageControl};
 use google_cloud_storage::retry_policy::RetryableErrors;
 
-/// The Pub/Sub subscriber client.
-pub async fn subscriber(config: &Config) -> anyhow::Result<Subscriber> {
-    let mut builder = Subscriber::builder();
-    if let Some(host) = &config.pubsub_emulator {
-        builder =
-            builder.with_endpoint(emulator_url(host)).with_credentials(Anonymous::new().build());
+/// One Pub/Sub subscriber client per pull stream (`PULL_STREAMS`), all with the same
+/// credentials (and so one token).
+///
+/// A client holds one gRPC channel of one subchannel by default, that is one HTTP/2 connection,
+/// so a client per stream gives each stream a connection of its own, and the stream's acks and
+/// lease extensions travel on it too. One client with `with_grpc_subchannel_count(n)` would open
+/// n connections as well, but it places every call, each stream included, on a random one:
+/// gax's channel is tonic's power-of-two-choices balancer, whose connections all report a load
+/// of 0, so two streams would often share a connection while another carried none.
+pub async fn subscribers(config: &Config) -> anyhow::Result<Vec<Subscriber>> {
+    let context = "the Pub/Sub client could not be created";
+    let credentials = match &config.pubsub_emulator {
+        Some(_) => Anonymous::new().build(),
+        None => Credentials::default().build().context(context)?,
+    };
+    let mut subscribers = Vec::with_capacity(config.pull_streams);
+    for _ in 0..config.pull_streams {
+        let mut builder = Subscriber::builder().with_credentials(credentials.clone());
+        if let Some(host) = &config.pubsub_emulator {
+            builder = builder.with_endpoint(emulator_url(host));
+        }
+        subscribers.push(builder.build().await.context(context)?);
     }
-    builder.build().await.context("the Pub/Sub client could not be created")
+    Ok(subscribers)
 }
 
 /// The one storage client the whole process shares: it keeps the connection pool and the token.

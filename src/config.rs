@@ -23,7 +23,8 @@ pub struct Var {
 enum Rule {
     /// Text that passes the check; otherwise, what is expected.
     Text(fn(&str) -> bool, &'static str),
-    /// A whole number within the range, and its default (`None`: unset means off).
+    /// A whole number within the range, and its default (`None`: unset means off, or for
+    /// `PULL_STREAMS` a default that [`default_pull_streams`] computes at start).
     Number(RangeInclusive<u64>, Option<u64>),
     /// One of the words; unset means the first.
     Choice(&'static [&'static str]),
@@ -35,7 +36,7 @@ use Rule::{Choice, Number, Text};
 /// pass exactly these (less [`EMULATOR_VARIABLES`]) to the worker pool, and their tests check it.
 /// `SHUTDOWN_TIMEOUT_SECS` defaults below Cloud Run's 10 s between SIGTERM and SIGKILL;
 /// `LIVENESS_STALL_SECS` above one write's `WRITE_TIMEOUT_SECS` plus the 10 s failure backoff.
-pub const VARIABLES: [Var; 20] = [
+pub const VARIABLES: [Var; 21] = [
     Var { name: "PROJECT_ID", rule: Text(is_id, "a project id, e.g. my-project") },
     Var { name: "SUBSCRIPTION_ID", rule: Text(is_subscription, SUBSCRIPTION) },
     Var {
@@ -47,6 +48,7 @@ pub const VARIABLES: [Var; 20] = [
     Var { name: "MAX_OUTSTANDING_MESSAGES", rule: Number(1..=1_000_000, Some(2000)) },
     Var { name: "MAX_OUTSTANDING_BYTES", rule: Number(1..=(i64::MAX as u64), Some(100 << 20)) },
     Var { name: "MAX_CONCURRENT_WRITES", rule: Number(1..=10_000, Some(1024)) },
+    Var { name: "PULL_STREAMS", rule: Number(1..=32, None) },
     Var { name: "MAX_LEASE_EXTENSION_SECS", rule: Number(10..=600, Some(60)) },
     Var { name: "SHUTDOWN_TIMEOUT_SECS", rule: Number(1..=3600, Some(8)) },
     Var { name: "PROGRESS_INTERVAL_SECS", rule: Number(0..=86_400, Some(30)) },
@@ -76,6 +78,8 @@ pub struct Config {
     pub max_outstanding_messages: i64,
     pub max_outstanding_bytes: i64,
     pub max_concurrent_writes: usize,
+    /// StreamingPull streams on the subscription, each on its own connection.
+    pub pull_streams: usize,
     pub max_lease_extension: Duration,
     pub shutdown_timeout: Duration,
     pub progress_interval: Option<Duration>,
@@ -187,6 +191,10 @@ impl Env {
             max_outstanding_messages: self.number("MAX_OUTSTANDING_MESSAGES") as i64,
             max_outstanding_bytes: self.number("MAX_OUTSTANDING_BYTES") as i64,
             max_concurrent_writes: self.number("MAX_CONCURRENT_WRITES") as usize,
+            pull_streams: self
+                .numbers
+                .get("PULL_STREAMS")
+                .map_or_else(default_pull_streams, |&n| n as usize),
             max_lease_extension: secs("MAX_LEASE_EXTENSION_SECS"),
             shutdown_timeout: secs("SHUTDOWN_TIMEOUT_SECS"),
             progress_interval: Some(secs("PROGRESS_INTERVAL_SECS")).filter(|d| !d.is_zero()),
@@ -245,6 +253,27 @@ impl Env {
     }
 }
 
+/// `PULL_STREAMS` when unset: [`pull_streams_for`] the cores this process may use (the count
+/// tokio sizes its runtime by, cgroup quotas included).
+pub fn default_pull_streams() -> usize {
+    pull_streams_for(std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Two StreamingPull streams per core, at least 2 and at most 8.
+///
+/// Pub/Sub caps each stream at about 10 MB/s (150 messages/s of 64 KiB), while one core of
+/// this worker handles well over that (README, "Capacity planning"), so one stream would hold a
+/// 1 vCPU instance back; a second stream also keeps messages coming while the service restarts
+/// the other (it closes streams from time to time). Two per core is what the Rust client's own
+/// concurrency sample opens (`pubsub_subscriber_concurrency_control`: `2 * NCPU` streams); the
+/// other official clients default to one stream (Java's `parallelPullCount`, Go's v2
+/// `NumGoroutines`) or ten (Go's v1 client, whose maintainers now discourage many), hence the
+/// cap of 8 (about 80 MB/s). The streams share one flow-control budget, so more of them lease no
+/// more messages; for large messages on few cores, set `PULL_STREAMS` higher (up to 32).
+pub fn pull_streams_for(cores: usize) -> usize {
+    (2 * cores).clamp(2, 8)
+}
+
 /// No spaces, slashes or control characters: a stray space would surface as a NOT_FOUND.
 fn is_id(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '/')
@@ -293,7 +322,8 @@ mod tests {
             subscription: "projects/p/subscriptions/s".into(), bucket: "b-1".into(),
             names: NameTemplate::default(),
             max_outstanding_messages: 2000, max_outstanding_bytes: 100 << 20,
-            max_concurrent_writes: 1024, max_lease_extension: secs(60), shutdown_timeout: secs(8),
+            max_concurrent_writes: 1024, pull_streams: default_pull_streams(),
+            max_lease_extension: secs(60), shutdown_timeout: secs(8),
             progress_interval: Some(secs(30)), log_format: LogFormat::Auto, log_filter: "info".into(),
             pubsub_emulator: None, storage_emulator: None, health_addr: None,
             write_timeout: secs(60), liveness_stall: secs(120), startup_check: true,
@@ -308,9 +338,10 @@ mod tests {
             ("PROJECT_ID", "<unset>"), ("SUBSCRIPTION_ID", "projects/o/subscriptions/sub\t"),
             ("BUCKET_NAME", " gs://my-bucket "), ("OBJECT_PREFIX", "in/"), ("LOG_FORMAT", " json"),
             ("PROGRESS_INTERVAL_SECS", "0"), ("HEALTH_PORT", "8080"),
-            ("STORAGE_EMULATOR_HOST", "127.0.0.1:4443"),
+            ("STORAGE_EMULATOR_HOST", "127.0.0.1:4443"), ("PULL_STREAMS", "32"),
         ]);
         let c = c.expect("valid: a full subscription path needs no PROJECT_ID");
+        assert_eq!(c.pull_streams, 32);
         assert_eq!((c.subscription.as_str(), c.bucket.as_str()), ("projects/o/subscriptions/sub", "my-bucket"));
         assert_eq!(c.names.template(), "in/message_{publish_time}_{message_id}.{ext}");
         assert_eq!((c.progress_interval, c.log_format, c.startup_check), (None, LogFormat::Json, false));
@@ -331,13 +362,14 @@ mod tests {
             ("PROJECT_ID", "a/b"), ("SUBSCRIPTION_ID", "my sub"), ("BUCKET_NAME", "gs://"),
             ("OBJECT_NAME", "{attributes.x}"), ("MAX_CONCURRENT_WRITES", "lots"),
             ("MAX_LEASE_EXTENSION_SECS", "5"), ("LOG_FORMAT", "xml"), ("RUST_LOG", "info,[{"),
-            ("HEALTH_HOST", "localhost"), ("STORAGE_EMULATOR_HOST", "ftp://x"),
+            ("HEALTH_HOST", "localhost"), ("STORAGE_EMULATOR_HOST", "ftp://x"), ("PULL_STREAMS", "0"),
         ]);
         assert_eq!(p, [
             r#"PROJECT_ID="a/b" is invalid (expected a project id, e.g. my-project)"#,
             r#"SUBSCRIPTION_ID="my sub" is invalid (expected a subscription id or projects/PROJECT/subscriptions/ID)"#,
             r#"BUCKET_NAME="gs://" is invalid (expected 3-222 lowercase letters, digits, -, _ or .)"#,
             r#"MAX_CONCURRENT_WRITES="lots" is invalid (expected a whole number from 1 to 10000)"#,
+            r#"PULL_STREAMS="0" is invalid (expected a whole number from 1 to 32)"#,
             r#"MAX_LEASE_EXTENSION_SECS="5" is invalid (expected a whole number from 10 to 600)"#,
             r#"LOG_FORMAT="xml" is invalid (expected auto, json or text)"#,
             r#"RUST_LOG="info,[{" is invalid (expected tracing directives)"#,
@@ -346,5 +378,11 @@ mod tests {
             r#"OBJECT_NAME="{attributes.x}" has no {message_id}: two messages could get the same name and one would be acked without its object"#,
         ]);
         assert!(!ConfigError(p).to_string().contains('\n'), "one line");
+    }
+
+    #[test]
+    fn pull_streams_default_to_two_per_core_from_2_to_8() {
+        let streams: Vec<usize> = [1, 2, 3, 4, 64].into_iter().map(pull_streams_for).collect();
+        assert_eq!(streams, [2, 4, 6, 8, 8]);
     }
 }

@@ -7,11 +7,12 @@
 //!
 //! - [`config`]: the environment, validated into a [`config::Config`] (the only reader of it).
 //! - [`telemetry`]: JSON logs for Cloud Logging, or text on a terminal.
-//! - [`clients`]: the Pub/Sub and Cloud Storage clients, pointed at emulators when asked.
-//! - [`worker`]: opens the StreamingPull stream with flow control and lease extension, runs the
-//!   pipeline, logs progress and the final summary.
-//! - [`pipeline`]: takes a write permit, receives a message, spawns its task; ack or nack; the
-//!   drain on shutdown.
+//! - [`clients`]: the Pub/Sub clients (one per stream) and Cloud Storage clients, pointed at
+//!   emulators when asked.
+//! - [`worker`]: opens the StreamingPull streams (`PULL_STREAMS`) with their shares of the flow
+//!   control and lease extension, runs the pipeline, logs progress and the final summary.
+//! - [`pipeline`]: a receive loop per stream, one budget for all; a task per message takes a
+//!   write permit; ack or nack; the drain on shutdown.
 //! - [`name`]: `OBJECT_NAME` templates: parsed once, checked for uniqueness, rendered safely.
 //! - [`concurrency`]: how many writes run at once, following storage latency.
 //! - [`object`]: the message's object name, content type and metadata (pure functions).

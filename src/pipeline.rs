@@ -1,15 +1,17 @@
 //! The message pipeline: receive, write with bounded concurrency, ack or nack, drain.
 //!
-//! One loop reads the StreamingPull stream as fast as messages arrive and spawns a task per
+//! One loop per StreamingPull stream reads it as fast as messages arrive and spawns a task per
 //! message; the task waits for a write permit, writes the object and then acks (or nacks on
 //! failure). Reading eagerly matters: the client extends the lease of a message only once it has
 //! been read, so a message left unread in the stream while every permit is busy would expire and
-//! be redelivered. The permits cap the writes running at once; the stream's flow control
-//! (`MAX_OUTSTANDING_MESSAGES`/`_BYTES`, enforced by the service) caps how many messages are
-//! leased, and a [`Budget`] of the same size caps the messages held here even if the service
-//! sends more (the emulator ignores flow control). On shutdown the loop stops receiving, messages still waiting for a permit
-//! are nacked at once, and [`Pipeline::drain`] gives in-flight writes the shutdown budget, nacks
-//! whatever is still running when it runs out, and waits for the client to flush acks.
+//! be redelivered. The permits cap the writes running at once; each stream's flow control (its
+//! share of `MAX_OUTSTANDING_MESSAGES`/`_BYTES`, enforced by the service) caps how many messages
+//! are leased, and one [`Budget`] of the whole size caps the messages held here, from every
+//! stream together, even if the service sends more (the emulator ignores flow control). On
+//! shutdown, or when a stream fails, every loop stops receiving, messages still waiting for a
+//! permit are nacked at once, and [`Pipeline::drain`] gives in-flight writes the shutdown budget,
+//! nacks whatever is still running when it runs out, and waits for every stream's client to
+//! flush its acks.
 
 use crate::concurrency::{Outcome, WriteLimit};
 use crate::name::NameTemplate;
@@ -17,14 +19,15 @@ use crate::object::ObjectSpec;
 use crate::sink::{FailureKind, Sink, Written};
 use crate::stats::{NackReason, Stats};
 use google_cloud_pubsub::model::Message;
-use google_cloud_pubsub::subscriber::MessageStream;
 use google_cloud_pubsub::subscriber::handler::Handler;
+use google_cloud_pubsub::subscriber::{MessageStream, ShutdownToken};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::task::{JoinError, JoinSet};
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,6 +45,9 @@ pub enum PipelineError {
     /// The stream ended although nobody asked it to.
     #[error("the subscription stream ended unexpectedly")]
     StreamEnded,
+    /// A receive loop panicked (a bug): the drain still runs.
+    #[error("a receive loop stopped: {0}")]
+    Receiver(#[source] JoinError),
 }
 
 /// Everything a message task needs, shared by all of them.
@@ -87,73 +93,90 @@ impl Pipeline {
         }
     }
 
-    /// Consumes `stream` until `shutdown` resolves or the stream fails, then drains.
+    /// Consumes `streams` until `shutdown` resolves or one of them fails, then drains.
     ///
-    /// Returns only after in-flight messages were acked or nacked and the acks flushed, or the
-    /// shutdown budget ran out.
+    /// Each stream has its own receive loop (a task, so the streams' messages are decoded on every
+    /// core); they all take from one [`Budget`] and one write limit. Returns only after in-flight
+    /// messages were acked or nacked and every stream's acks flushed, or the shutdown budget ran
+    /// out.
     pub async fn run(
         self: Arc<Self>,
-        mut stream: MessageStream,
+        streams: Vec<MessageStream>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), PipelineError> {
-        let flush = stream.shutdown_token();
-        let tasks = TaskTracker::new();
-        let abandon = CancellationToken::new();
-        let stopping = CancellationToken::new();
-        let writes = WriteLimit::new(self.limits.max_concurrent_writes);
-        self.stats.write_limit(writes.current());
-        let budget = Budget::new(&self.limits);
-        tokio::pin!(shutdown);
+        let flushes: Vec<ShutdownToken> =
+            streams.iter().map(MessageStream::shutdown_token).collect();
+        let run = Run {
+            tasks: TaskTracker::new(),
+            writes: WriteLimit::new(self.limits.max_concurrent_writes),
+            budget: Budget::new(&self.limits),
+            stopping: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+        };
+        self.stats.write_limit(run.writes.current());
+        let mut receivers = JoinSet::new();
+        for stream in streams {
+            receivers.spawn(self.clone().receive(stream, run.clone()));
+        }
+        // A receive loop ends before the signal only when its stream failed: that ends them all.
+        let mut result = tokio::select! {
+            biased;
+            () = shutdown => Ok(()),
+            Some(ended) = receivers.join_next() => outcome(ended),
+        };
+        // The other loops stop and drop their streams, and messages that have not started their
+        // write are nacked now, for redelivery at once.
+        run.stopping.cancel();
+        while let Some(ended) = receivers.join_next().await {
+            result = result.and(outcome(ended));
+        }
+        self.drain(flushes, run).await;
+        result
+    }
 
-        let result = loop {
+    /// Reads one stream until `run.stopping` is cancelled or the stream fails, and spawns a task
+    /// per message.
+    async fn receive(
+        self: Arc<Self>,
+        mut stream: MessageStream,
+        run: Run,
+    ) -> Result<(), PipelineError> {
+        // Returning drops the stream, which cancels it: the client stops pulling and closes the
+        // gRPC call, while its lease loop keeps extending leases of the messages being written.
+        loop {
             // Read as soon as the service sends: a read message is leased (its deadline is
             // extended) while it waits for a write permit; an unread one is not.
             let next = tokio::select! {
                 biased;
-                () = &mut shutdown => break Ok(()),
+                () = run.stopping.cancelled() => return Ok(()),
                 next = stream.next() => next,
             };
             let (message, handler) = match next {
                 Some(Ok(received)) => received,
-                Some(Err(e)) => break Err(PipelineError::Stream(e)),
-                None => break Err(PipelineError::StreamEnded),
+                Some(Err(e)) => return Err(PipelineError::Stream(e)),
+                None => return Err(PipelineError::StreamEnded),
             };
             self.stats.received(handler.delivery_attempt());
             let held = tokio::select! {
                 biased;
-                () = &mut shutdown => {
+                () = run.stopping.cancelled() => {
                     handler.nack();
                     self.stats.nacked(NackReason::Shutdown, None);
-                    break Ok(());
+                    return Ok(());
                 }
-                held = budget.reserve(message.data.len()) => held,
+                held = run.budget.reserve(message.data.len()) => held,
             };
-            tasks.spawn(self.clone().handle(
-                message,
-                handler,
-                Permits { writes: writes.clone(), _held: held },
-                stopping.clone(),
-                abandon.clone(),
-            ));
-        };
-        // Messages that have not started their write are nacked now, for redelivery at once.
-        stopping.cancel();
-        // Dropping the stream cancels it: the client stops pulling and closes the gRPC call,
-        // while the lease loop keeps extending leases of the messages still being written.
-        drop(stream);
-        self.drain(flush, tasks, abandon).await;
-        result
+            let permits = Permits { writes: run.writes.clone(), _held: held };
+            let (stopping, abandon) = (run.stopping.clone(), run.abandon.clone());
+            run.tasks.spawn(self.clone().handle(message, handler, permits, stopping, abandon));
+        }
     }
 
     /// Waits for in-flight writes within the shutdown budget, nacks the rest, flushes.
-    async fn drain(
-        &self,
-        flush: google_cloud_pubsub::subscriber::ShutdownToken,
-        tasks: TaskTracker,
-        abandon: CancellationToken,
-    ) {
+    async fn drain(&self, flushes: Vec<ShutdownToken>, run: Run) {
         let deadline = Instant::now() + self.shutdown_timeout;
         let reserve = MAX_FLUSH_RESERVE.min(self.shutdown_timeout / 4);
+        let tasks = run.tasks;
         tasks.close();
         info!(
             in_flight = tasks.len(),
@@ -165,12 +188,19 @@ impl Pipeline {
                 unfinished = tasks.len(),
                 "shutdown budget spent; nacking unfinished writes so they are redelivered at once"
             );
-            abandon.cancel();
+            run.abandon.cancel();
             let _ = timeout_at(deadline, tasks.wait()).await;
         }
-        // Every handler is now consumed, so the client acks what was acked, nacks anything it
-        // still leases (messages it had read but not handed out) and waits for those RPCs.
-        if timeout_at(deadline, flush.shutdown()).await.is_err() {
+        // Every handler is now consumed, so each stream's client acks what was acked, nacks
+        // anything it still leases (messages it had read but not handed out) and waits for those
+        // RPCs. The streams flush at the same time, each in its own lease loop: waiting for one
+        // after the other takes as long as the slowest.
+        let flushed = async {
+            for flush in &flushes {
+                flush.shutdown().await;
+            }
+        };
+        if timeout_at(deadline, flushed).await.is_err() {
             warn!(
                 "acks were not confirmed within the shutdown budget; \
                  unconfirmed messages will be redelivered and land on their existing objects"
@@ -272,6 +302,24 @@ impl Pipeline {
     }
 }
 
+/// A receive loop's result: a panic in one (a bug) ends the run as a failed stream does.
+fn outcome(ended: Result<Result<(), PipelineError>, JoinError>) -> Result<(), PipelineError> {
+    ended.unwrap_or_else(|e| Err(PipelineError::Receiver(e)))
+}
+
+/// What the receive loops and message tasks of one run share.
+#[derive(Clone)]
+struct Run {
+    tasks: TaskTracker,
+    writes: Arc<WriteLimit>,
+    budget: Arc<Budget>,
+    /// Cancelled on the signal or when a stream fails: the receive loops stop, and messages
+    /// still waiting for a write permit (or for their failure backoff) are nacked.
+    stopping: CancellationToken,
+    /// Cancelled when the shutdown budget is spent: running writes are abandoned and nacked.
+    abandon: CancellationToken,
+}
+
 /// What a message task holds: its share of the [`Budget`] for its whole life, and the write
 /// permits to take one from.
 struct Permits {
@@ -279,9 +327,10 @@ struct Permits {
     _held: Held,
 }
 
-/// The stream's flow control, held by the worker as well: the service stops sending at
-/// `MAX_OUTSTANDING_MESSAGES`/`_BYTES`, the emulator does not, and reading stops here instead.
-/// Unlike a semaphore it cannot be closed, so a reservation cannot fail and drop a message.
+/// The streams' flow control, held by the worker as well: the service stops sending on each
+/// stream at its share of `MAX_OUTSTANDING_MESSAGES`/`_BYTES`, the emulator does not, and
+/// reading stops here instead, on every stream at once. Unlike a semaphore it cannot be closed,
+/// so a reservation cannot fail and drop a message.
 struct Budget {
     /// Messages and bytes still free.
     free: Mutex<(u64, u64)>,
@@ -325,8 +374,9 @@ impl Drop for Held {
     fn drop(&mut self) {
         let mut free = self.budget.free.lock().unwrap_or_else(|e| e.into_inner());
         *free = (free.0 + 1, free.1 + self.bytes);
-        // Only the receive loop waits on the budget.
-        self.budget.released.notify_one();
+        // Every receive loop may be waiting, each for a message of its own size: wake them all,
+        // so that one whose message fits is not left waiting behind one whose message does not.
+        self.budget.released.notify_waiters();
     }
 }
 

@@ -1,5 +1,5 @@
-//! The worker: builds the clients once, opens the subscription stream and runs the pipeline
-//! until shutdown. `main` and the tests both go through [`Worker::build`] and
+//! The worker: builds the clients once, opens the subscription's pull streams and runs the
+//! pipeline until shutdown. `main` and the tests both go through [`Worker::build`] and
 //! [`Worker::run_until_stopped`], so the tests run exactly what ships.
 
 use crate::clients;
@@ -11,7 +11,7 @@ use crate::sink::Sink;
 use crate::stats::{Snapshot, Stats};
 use anyhow::Context as _;
 use google_cloud_pubsub::client::Subscriber;
-use google_cloud_pubsub::subscriber::ShutdownBehavior;
+use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +22,8 @@ use tracing::info;
 /// A configured worker, ready to run.
 pub struct Worker {
     config: Config,
-    subscriber: Subscriber,
+    /// One client per pull stream: see [`clients::subscribers`].
+    subscribers: Vec<Subscriber>,
     pipeline: Arc<Pipeline>,
     stats: Arc<Stats>,
     health: Arc<Health>,
@@ -33,7 +34,7 @@ impl Worker {
     /// Creates the clients, runs the start-up check and binds the health endpoint. Nothing is
     /// pulled yet.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let subscriber = clients::subscriber(&config).await?;
+        let subscribers = clients::subscribers(&config).await?;
         let storage = clients::storage(&config).await?;
         if config.startup_check {
             let control = clients::storage_control(&config).await?;
@@ -61,7 +62,7 @@ impl Worker {
             ),
             None => None,
         };
-        Ok(Self { config, subscriber, pipeline, stats, health, health_server })
+        Ok(Self { config, subscribers, pipeline, stats, health, health_server })
     }
 
     /// Where the health endpoint listens, if it was asked for (useful with port 0).
@@ -74,7 +75,7 @@ impl Worker {
         self.stats.clone()
     }
 
-    /// Consumes the subscription until `shutdown` resolves (then drains) or the stream fails.
+    /// Consumes the subscription until `shutdown` resolves (then drains) or a stream fails.
     pub async fn run_until_stopped(
         mut self,
         shutdown: impl Future<Output = ()>,
@@ -87,6 +88,7 @@ impl Worker {
             max_outstanding_messages = c.max_outstanding_messages,
             max_outstanding_bytes = c.max_outstanding_bytes,
             max_concurrent_writes = c.max_concurrent_writes,
+            pull_streams = c.pull_streams,
             max_lease_extension_secs = c.max_lease_extension.as_secs(),
             shutdown_timeout_secs = c.shutdown_timeout.as_secs(),
             pubsub_emulator = c.pubsub_emulator.as_deref().unwrap_or("none"),
@@ -96,34 +98,56 @@ impl Worker {
             version = env!("CARGO_PKG_VERSION"),
             "starting"
         );
-        let stream = self
-            .subscriber
-            .subscribe(c.subscription.clone())
-            .set_max_outstanding_messages(c.max_outstanding_messages)
-            .set_max_outstanding_bytes(c.max_outstanding_bytes)
-            .set_max_lease_extension(c.max_lease_extension)
-            // Keep extending leases of messages being written after the stream is cancelled;
-            // the drain decides when to give up on them.
-            .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
-            .build();
+        let streams = open_streams(&self.subscribers, &c.subscription, c);
 
         let background = CancellationToken::new();
         if let Some(server) = self.health_server.take() {
             tokio::spawn(server.serve(self.health.clone(), background.clone()));
         }
-        // Clients built, bucket checked, stream configured: the startup probe may pass. The
-        // stream itself connects on the first pull; a missing subscription ends the run.
+        // Clients built, bucket checked, streams configured: the startup probe may pass. Each
+        // stream connects on its first pull; a missing subscription ends the run.
         self.health.set_started();
         if let Some(period) = c.progress_interval {
             tokio::spawn(report_progress(self.stats.clone(), period, background.clone()));
         }
-        let result = self.pipeline.clone().run(stream, shutdown).await;
+        let result = self.pipeline.clone().run(streams, shutdown).await;
         background.cancel();
 
         let summary = log_counters(&self.stats, "stopped");
         result?;
         Ok(summary)
     }
+}
+
+/// Opens one StreamingPull stream on `subscription` per client, with the worker's lease settings
+/// and its flow control shared out: each stream leases at most its share of
+/// `MAX_OUTSTANDING_MESSAGES`/`_BYTES` (rounded up), so the service leases the process about the
+/// total, not `PULL_STREAMS` times it.
+pub fn open_streams(
+    subscribers: &[Subscriber],
+    subscription: &str,
+    config: &Config,
+) -> Vec<MessageStream> {
+    let n = subscribers.len();
+    let messages = share(config.max_outstanding_messages, n);
+    let bytes = share(config.max_outstanding_bytes, n);
+    let open = |subscriber: &Subscriber| {
+        subscriber
+            .subscribe(subscription)
+            .set_max_outstanding_messages(messages)
+            .set_max_outstanding_bytes(bytes)
+            .set_max_lease_extension(config.max_lease_extension)
+            // Keep extending leases of messages being written after the stream is cancelled;
+            // the drain decides when to give up on them.
+            .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
+            .build()
+    };
+    subscribers.iter().map(open).collect()
+}
+
+/// One stream's share of a flow-control `total` (at least 1), rounded up.
+fn share(total: i64, streams: usize) -> i64 {
+    (total.max(1) as u64).div_ceil(streams.max(1) as u64) as i64
 }
 
 /// Logs the counters every `period` until `stop` is cancelled.
@@ -155,4 +179,21 @@ fn log_counters(stats: &Stats, message: &'static str) -> Snapshot {
         "{message}"
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn the_streams_share_the_flow_control_rounding_up() {
+        assert_eq!(share(2000, 4), 500);
+        assert_eq!(share(2000, 3), 667);
+        assert_eq!(share(3, 8), 1, "each stream may lease a message");
+        assert_eq!(share(i64::MAX, 1), i64::MAX);
+        for (total, n) in [(1, 1), (7, 2), (100 << 20, 6), (999_999, 32)] {
+            let together = share(total, n) * n as i64;
+            assert!(total <= together && together < total + n as i64, "{total} over {n}");
+        }
+    }
 }

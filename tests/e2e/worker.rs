@@ -18,17 +18,19 @@ use tokio::time::{Instant, sleep};
 /// Longer than the lease the tests give the worker: an un-acked message is back by then.
 const REDELIVERY_WINDOW: Duration = Duration::from_secs(LEASE_SECS + 3);
 
-/// N messages of mixed sizes and encodings become exactly N objects with byte-exact bodies,
-/// the right names, content types and metadata, and nothing is left to redeliver. The uploads
-/// share a pool of connections, about one per write permit, never one per message.
+/// N messages of mixed sizes and encodings on four pull streams, each with its own connection,
+/// become N objects with byte-exact bodies, the right names, types and metadata, none left to
+/// redeliver. The uploads share a pool of connections, about one per write permit, not per message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     const N: usize = 600;
     const WRITES: u64 = 16;
     let fx = Fixture::new(true).await?;
     let proxy = HttpProxy::recording(fx.emulators.storage_addr()).await?;
+    let pubsub = Proxy::start(fx.emulators.pubsub_addr()).await?;
     let extra = [("OBJECT_PREFIX", "test/"), ("MAX_CONCURRENT_WRITES", &WRITES.to_string())];
-    let worker = fx.start_worker(&proxy.url(), &extra).await?;
+    let streams = [("PULL_STREAMS", "4"), ("PUBSUB_EMULATOR_HOST", &pubsub.addr().to_string())];
+    let worker = fx.start_worker(&proxy.url(), &[extra, streams].concat()).await?;
 
     let published = fx.publish(&(0..N).map(sample_message).collect::<Vec<_>>()).await?;
     assert_eq!(published.len(), N, "message ids are unique");
@@ -60,6 +62,7 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
 
     // Nothing left to redeliver: an un-acked message would be back within the window.
     sleep(REDELIVERY_WINDOW).await;
+    assert_eq!(pubsub.accepted_connections(), 4, "a connection per stream (and its acks)");
     let summary = worker.stop().await?;
     assert_eq!(summary.received, N as u64, "no redelivery: {summary:?}");
     assert_eq!(summary.written, N as u64, "{summary:?}");
@@ -110,9 +113,9 @@ async fn redelivered_message_with_existing_object_is_acked_once() -> Result {
     Ok(())
 }
 
-/// SIGTERM to the real binary while writes are in flight: exit 0 within the shutdown timeout,
-/// every acked message has its object and never comes back, and a restarted worker completes
-/// the set with exactly one object per message.
+/// SIGTERM to the real binary on four pull streams while writes are in flight: exit 0 within the
+/// shutdown timeout, every acked message has its object and never comes back (each stream's acks
+/// flushed), and a restarted worker completes the set with exactly one object per message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Result {
     const N: usize = 2000;
@@ -126,7 +129,7 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
     let ids: BTreeSet<String> =
         fx.pubsub.publish(&fx.topic, &messages).await?.into_iter().collect();
 
-    let env = fx.binary_env(&proxy.url());
+    let env = with_vars(fx.binary_env(&proxy.url()), &[("PULL_STREAMS", "4")]);
     let mut first = BinaryWorker::spawn(&env, "first")?;
     fx.gcs.wait_for_objects(&fx.bucket, 300, Duration::from_secs(120)).await?;
     let signalled = Instant::now();
@@ -137,6 +140,7 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
     assert!(elapsed <= SHUTDOWN_TIMEOUT, "took {elapsed:?} to exit");
 
     let lines = first.log_lines();
+    assert_eq!(find_line(&lines, "starting")["pull_streams"], 4);
     let drain = find_line(&lines, "stopped receiving; finishing in-flight writes");
     let in_flight = drain["in_flight"].as_u64().unwrap_or(0);
     assert!(in_flight > 0, "the signal should catch writes in flight: {drain}");
