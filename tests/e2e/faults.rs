@@ -11,14 +11,14 @@
 //! redelivers them. A restarted worker therefore completes the set only after some 10 s rounds:
 //! the tests wait with generous deadlines, never with fixed sleeps.
 
+use crate::support::Emulators;
+use crate::support::HttpProxy;
+use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, SETTLE, figures};
 use crate::support::app::{find_line, sample_message};
-use crate::support::app::{settled_message_ids, wait_for, with_vars};
-use crate::support::emulators::Emulators;
-use crate::support::http_proxy::HttpProxy;
-use crate::support::proxy::{Mode, Proxy};
-use crate::support::pubsub::OutMessage;
-use crate::support::unique_name;
+use crate::support::app::{settled_message_ids, with_vars};
+use crate::support::{Mode, Proxy};
+use crate::support::{unique_name, wait_for};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::{Instant, sleep};

@@ -1,8 +1,8 @@
 //! Operating the worker: the health probes, `/metrics` and the start-up check.
 
+use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, Result, find_line, with_vars};
-use crate::support::proxy::{Mode, Proxy};
-use crate::support::pubsub::OutMessage;
+use crate::support::{Mode, Proxy};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::{Instant, sleep};

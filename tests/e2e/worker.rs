@@ -2,14 +2,14 @@
 //! redelivery lands on its existing object, failed writes are nacked and retried, SIGTERM drains,
 //! and bad configuration or a missing subscription stops it with a clear error.
 
+use crate::support::Emulators;
+use crate::support::HttpProxy;
+use crate::support::OutMessage;
 use crate::support::app::name_stamp;
 use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, find_line, has_line};
-use crate::support::app::{sample_message, settled_message_ids, wait_for, with_vars};
-use crate::support::emulators::Emulators;
-use crate::support::http_proxy::HttpProxy;
-use crate::support::proxy::{Mode, Proxy};
-use crate::support::pubsub::OutMessage;
-use crate::support::unique_name;
+use crate::support::app::{sample_message, settled_message_ids, with_vars};
+use crate::support::{Mode, Proxy};
+use crate::support::{unique_name, wait_for};
 use pubsub_gcs_worker::object::{BINARY, TEXT};
 use std::collections::BTreeSet;
 use std::time::Duration;

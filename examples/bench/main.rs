@@ -36,7 +36,7 @@
 //!
 //! # Storage latency
 //!
-//! `--latency MS` and `--jitter MS` put the tests' HTTP proxy (`tests/e2e/support/http_proxy.rs`)
+//! `--latency MS` and `--jitter MS` put `testkit`'s HTTP proxy
 //! between fake-gcs-server and everything that writes to it (the worker, the storage ceiling's
 //! sink), and hold every storage answer back by MS plus a share of the jitter that differs from
 //! request to request (uniform from 0 to the jitter): real Cloud Storage takes tens of
@@ -87,23 +87,14 @@
 //!
 //! # Layout
 //!
-//! This file: arguments, the emulators, and what the modes share (publishing, buckets, the
-//! ceilings, one timed worker run). In `examples/bench/`: one file per mode (`runs.rs`, the
-//! default; `sweep.rs`; `compare.rs`), and `observe.rs`, which measures from outside (inotify,
-//! `/proc`).
+//! `main.rs`: arguments, the emulators, and what the modes share (publishing, buckets, the
+//! ceilings, one timed worker run); one file per mode (`runs.rs`, the default; `sweep.rs`;
+//! `compare.rs`), and `observe.rs`, which measures from outside (inotify, `/proc`). The
+//! emulators and the proxy come from `testkit`.
 
-// The end-to-end tests' harness; the lint runs there, where all of it is used.
-#[allow(dead_code)]
-#[path = "../tests/e2e/support/mod.rs"]
-mod support;
-
-#[path = "bench/compare.rs"]
 mod compare;
-#[path = "bench/observe.rs"]
 mod observe;
-#[path = "bench/runs.rs"]
 mod runs;
-#[path = "bench/sweep.rs"]
 mod sweep;
 
 use anyhow::{Context as _, bail};
@@ -121,10 +112,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::emulators::Emulators;
-use support::http_proxy::HttpProxy;
-use support::pubsub::OutMessage;
-use support::unique_name;
+use testkit::{Emulators, HttpProxy, OutMessage, PROJECT_ID, unique_name};
 use tokio::sync::Semaphore;
 
 /// Worker variables passed through from this process's environment when set.
@@ -144,7 +132,7 @@ const USAGE: &str = "usage: cargo run --release --example bench -- [OPTIONS]
           [--jitter MS] [--messages N per cell (sized by the expected rate)]
   --compare-object-name TEMPLATE [--messages N] [--runs PAIRS (3)] [--size BYTES]
           [--latency MS] [--jitter MS]
-(see the header of examples/bench.rs)";
+(see the header of examples/bench/main.rs)";
 
 /// Messages per run unless `--messages` says.
 const DEFAULT_MESSAGES: usize = 20_000;
@@ -621,8 +609,7 @@ impl Bench<'_> {
             Arc::new(Sink::new(clients::storage(config).await?, &bucket, config.write_timeout));
         let permits = Arc::new(Semaphore::new(self.config.max_concurrent_writes));
         let times = Arc::new(Mutex::new(Vec::with_capacity(n)));
-        let subscription =
-            format!("projects/{}/subscriptions/bench", support::emulators::PROJECT_ID);
+        let subscription = format!("projects/{}/subscriptions/bench", PROJECT_ID);
         let cpu = EmulatorCpu::now();
         let own = own_cpu();
         let start = Instant::now();
