@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--messages N] [--size BYTES] [--runs R] [--worker PATH]
-//!     [--latency MS] [--jitter MS] [--object-name TEMPLATE]
-//! cargo run --release --example bench -- --sweep [--latencies 10,50,200] [--sizes 256,65536]
-//!     [--writes 16,64,256,1024] [--jitter MS] [--messages N] [--object-name TEMPLATE]
+//!     [--latency MS [--sigma S]] [--object-name TEMPLATE]
+//! cargo run --release --example bench -- --sweep [--latencies 10,50,200] [--sigmas 0,0.5,1]
+//!     [--sizes 256,65536] [--writes 16,64,256,1024] [--messages N] [--object-name TEMPLATE]
 //! cargo run --release --example bench -- --compare-object-name TEMPLATE [--messages N]
-//!     [--runs PAIRS] [--size BYTES] [--latency MS] [--jitter MS]
+//!     [--runs PAIRS] [--size BYTES] [--latency MS [--sigma S]]
 //! ```
 //!
 //! It starts the emulators (as the tests do), then for each run, on a fresh topic, subscription
@@ -36,23 +36,22 @@
 //!
 //! # Storage latency
 //!
-//! `--latency MS` and `--jitter MS` put `testkit`'s HTTP proxy
-//! between fake-gcs-server and everything that writes to it (the worker, the storage ceiling's
-//! sink), and hold every storage answer back by MS plus a share of the jitter that differs from
-//! request to request (uniform from 0 to the jitter): real Cloud Storage takes tens of
-//! milliseconds per upload, the emulator on loopback well under one. `--latency 0` goes through
-//! the proxy without a delay, to see what the proxy itself costs. The proxy runs in this process;
-//! its CPU time shows as the ceilings' client CPU. This process and the worker get this
-//! process's hard limit of open files, since each write in flight holds a socket at both ends.
+//! `--latency MS` puts `testkit`'s HTTP proxy between fake-gcs-server and all that writes to it
+//! (the worker, the storage ceiling's sink); it holds each answer back by a log-normal delay of
+//! median MS and spread `--sigma S` (0: always MS; 1: one answer in ten over 3.6 x MS), as
+//! Cloud Storage's tens of milliseconds have a tail. `--latency 0` shows what the proxy costs
+//! (its CPU is this process's). This process and the worker get the hard limit of open files:
+//! each write in flight holds a socket at both ends.
 //!
 //! # `--sweep`: the rate against latency, size and concurrency
 //!
-//! One command for the capacity-planning table: for each message size (`--sizes`), latency
-//! (`--latencies`, ms, plus `--jitter`) and write limit (`--writes`), and for the worker's
-//! defaults (no `MAX_CONCURRENT_WRITES`), one cell: the release worker on a fresh backlog,
-//! timed to its last object, through the latency proxy. Per cell it prints the rate (overall and
-//! steady), the bound `min(writes / latency, limit)`, the ratio steady rate / bound, peak RSS and
-//! the worker's CPU per message (steady, between the 10% and the 90% object; and in all).
+//! One command for the capacity-planning table: for each message size (`--sizes`), median
+//! latency (`--latencies`, ms), spread (`--sigmas`) and write limit (`--writes`), and for the
+//! worker's defaults (no `MAX_CONCURRENT_WRITES`), one cell: the release worker on a fresh
+//! backlog, timed to its last object, through the latency proxy. Per cell it prints the rate
+//! (overall and steady), the bound `min(writes / mean latency, limit)` (the mean is
+//! `median x exp(sigma² / 2)`), the ratio steady rate / bound, peak RSS and the worker's CPU per
+//! message (steady, between the 10% and the 90% object; and in all).
 //!
 //! - **limit** is what this machine can do at all for that size, measured in the same command
 //!   before and after the size's cells (the bound uses the mean): the lower of the Pub/Sub
@@ -65,9 +64,8 @@
 //!   environment replaces that for every cell, the defaults' included. `MAX_CONCURRENT_WRITES`
 //!   in the environment is refused.
 //! - A cell has `--messages` messages, or what takes about 15 s at its expected rate (at least
-//!   1,000; at most 20,000 and 256 MiB). With the default grid (30 cells) a sweep takes about
-//!   20 minutes on 2 cores, a third of it publishing; it prints an estimate at the start and the
-//!   time left after each cell.
+//!   1,000; at most 20,000 and 256 MiB). The default grid (90 cells) takes about an hour on 2
+//!   cores; it prints an estimate at the start and the time left after each cell.
 //! - The last line is `SWEEP {json}` with every cell and the limits.
 //!
 //! # Object names
@@ -112,7 +110,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::{Emulators, HttpProxy, OutMessage, PROJECT_ID, unique_name};
+use testkit::{Emulators, HttpProxy, Latency, OutMessage, PROJECT_ID, unique_name};
 use tokio::sync::Semaphore;
 
 /// Worker variables passed through from this process's environment when set.
@@ -127,11 +125,11 @@ const PASS_THROUGH: [&str; 6] = [
 
 const USAGE: &str = "usage: cargo run --release --example bench -- [OPTIONS]
   [--messages N (20000)] [--size BYTES (256)] [--runs R (3)] [--worker PATH]
-  [--latency MS] [--jitter MS] [--object-name TEMPLATE]
-  --sweep [--latencies 10,50,200] [--sizes 256,65536] [--writes 16,64,256,1024]
-          [--jitter MS] [--messages N per cell (sized by the expected rate)]
+  [--latency MS [--sigma S (0)]] [--object-name TEMPLATE]
+  --sweep [--latencies 10,50,200] [--sigmas 0,0.5,1] [--sizes 256,65536]
+          [--writes 16,64,256,1024] [--messages N per cell (sized by the expected rate)]
   --compare-object-name TEMPLATE [--messages N] [--runs PAIRS (3)] [--size BYTES]
-          [--latency MS] [--jitter MS]
+          [--latency MS [--sigma S]]
 (see the header of examples/bench/main.rs)";
 
 /// Messages per run unless `--messages` says.
@@ -143,9 +141,8 @@ struct Args {
     size: usize,
     runs: usize,
     worker: Option<PathBuf>,
-    /// Added to every storage answer by the proxy; `None` (and no jitter): no proxy.
-    latency: Option<Duration>,
-    jitter: Duration,
+    /// What the proxy holds every storage answer back by; `None`: no proxy.
+    latency: Option<Latency>,
     /// `OBJECT_NAME` for the worker (messages then carry a `task_type` attribute).
     object_name: Option<String>,
     mode: Mode,
@@ -159,16 +156,11 @@ enum Mode {
     Compare(String),
 }
 
-impl Args {
-    fn through_proxy(&self) -> bool {
-        self.latency.is_some() || !self.jitter.is_zero()
-    }
-}
-
 fn parse_args() -> anyhow::Result<Args> {
     let (mut messages, mut size, mut runs, mut worker) = (None, None, None, None);
-    let (mut latency, mut jitter) = (None, Duration::ZERO);
-    let (mut sweep, mut latencies, mut sizes, mut writes) = (false, None, None, None);
+    let (mut latency, mut sigma) = (None, None);
+    let (mut sweep, mut latencies, mut sigmas, mut sizes, mut writes) =
+        (false, None, None, None, None);
     let (mut object_name, mut compare) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -179,9 +171,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--runs" => runs = Some(number(&flag, &value()?, 1..=20)?),
             "--worker" => worker = Some(PathBuf::from(value()?)),
             "--latency" => latency = Some(Duration::from_millis(number(&flag, &value()?, MS)?)),
-            "--jitter" => jitter = Duration::from_millis(number(&flag, &value()?, MS)?),
+            "--sigma" => sigma = Some(number(&flag, &value()?, SIGMA)?),
             "--sweep" => sweep = true,
             "--latencies" => latencies = Some(list(&flag, &value()?, MS)?),
+            "--sigmas" => sigmas = Some(list(&flag, &value()?, SIGMA)?),
             "--sizes" => sizes = Some(list(&flag, &value()?, 1..=1_000_000)?),
             "--writes" => writes = Some(list(&flag, &value()?, 1..=10_000)?),
             "--object-name" => object_name = Some(value()?),
@@ -208,29 +201,39 @@ fn parse_args() -> anyhow::Result<Args> {
             ("--size", size.is_some()),
             ("--runs", runs.is_some()),
             ("--latency", latency.is_some()),
+            ("--sigma", sigma.is_some()),
         ];
         if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
-            bail!("--sweep takes --sizes and --latencies and runs each cell once: drop {flag}");
+            bail!(
+                "--sweep takes --sizes, --latencies and --sigmas and runs each cell once: \
+                 drop {flag}"
+            );
         }
         Mode::Sweep(sweep::Grid {
             latencies_ms: latencies.unwrap_or_else(|| vec![10, 50, 200]),
             sizes: sizes.unwrap_or_else(|| vec![256, 65_536]),
             writes: writes.unwrap_or_else(|| vec![16, 64, 256, 1024]),
-            jitter_ms: jitter.as_millis() as u64,
+            sigmas: sigmas.unwrap_or_else(|| vec![0.0, 0.5, 1.0]),
             messages,
         })
     } else {
-        if latencies.is_some() || sizes.is_some() || writes.is_some() {
-            bail!("--latencies, --sizes and --writes belong to --sweep");
+        if latencies.is_some() || sigmas.is_some() || sizes.is_some() || writes.is_some() {
+            bail!("--latencies, --sigmas, --sizes and --writes belong to --sweep");
+        }
+        if sigma.is_some() && latency.is_none() {
+            bail!("--sigma spreads the --latency MS around its median: give --latency");
         }
         compare.map_or(Mode::Runs, Mode::Compare)
     };
     let (size, runs) = (size.unwrap_or(256), runs.unwrap_or(3));
-    Ok(Args { messages, size, runs, worker, latency, jitter, object_name, mode })
+    let latency = latency.map(|median| Latency::new(median, sigma.unwrap_or(0.0)));
+    Ok(Args { messages, size, runs, worker, latency, object_name, mode })
 }
 
-/// Milliseconds a latency or jitter may take: up to a minute.
+/// Milliseconds a latency may take: up to a minute.
 const MS: std::ops::RangeInclusive<u64> = 0..=60_000;
+/// A latency's spread: at 2, one answer in a thousand takes 480 times the median already.
+const SIGMA: std::ops::RangeInclusive<f64> = 0.0..=2.0;
 
 fn number<T>(flag: &str, value: &str, range: std::ops::RangeInclusive<T>) -> anyhow::Result<T>
 where
@@ -286,9 +289,9 @@ async fn main() -> anyhow::Result<()> {
         worker_bin.display(),
         binary_size as f64 / 1e6,
         if overrides.is_empty() { String::new() } else { format!("; overrides {overrides:?}") },
-        match args.through_proxy() && !matches!(args.mode, Mode::Sweep(_)) {
-            true => format!("; storage latency {}", latency_text(&args)),
-            false => String::new(),
+        match &args.latency {
+            Some(latency) => format!("; storage latency {}", latency_text(latency)),
+            None => String::new(),
         },
     );
     eprintln!("bench: starting the emulators...");
@@ -300,8 +303,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(template) = &args.object_name {
         bench = bench.with(&[("OBJECT_NAME", template.clone())])?.tagged();
     }
-    if !matches!(args.mode, Mode::Sweep(_)) && args.through_proxy() {
-        bench = bench.through(&proxy, args.latency.unwrap_or_default(), args.jitter)?;
+    if let Some(latency) = args.latency {
+        bench = bench.through(&proxy, latency)?;
     }
 
     // Warm the emulators up (the JVM's JIT above all), so the first run is not the odd one out.
@@ -324,12 +327,16 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `50 ms`, or `50 ms + 0-20 ms jitter`.
-fn latency_text(args: &Args) -> String {
-    let ms = |d: Duration| d.as_millis();
-    match args.jitter.is_zero() {
-        true => format!("{} ms", ms(args.latency.unwrap_or_default())),
-        false => format!("{} ms + 0-{} ms", ms(args.latency.unwrap_or_default()), ms(args.jitter)),
+/// `50 ms`, or `50 ms median, sigma 1 (mean 82 ms)`.
+fn latency_text(latency: &Latency) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match latency.sigma() {
+        0.0 => format!("{:.0} ms", ms(latency.median())),
+        sigma => format!(
+            "{:.0} ms median, sigma {sigma} (mean {:.0} ms)",
+            ms(latency.median()),
+            ms(latency.mean())
+        ),
     }
 }
 
@@ -386,8 +393,8 @@ struct Bench<'a> {
     env: Vec<(String, String)>,
     config: Config,
     size: usize,
-    /// The most the proxy adds to a storage answer, when storage is reached through it.
-    answer_delay: Duration,
+    /// What the proxy holds storage answers back by, when storage is reached through it.
+    latency: Latency,
     /// Messages carry a `task_type` attribute, for templates that route by it.
     tagged: bool,
 }
@@ -400,7 +407,7 @@ impl<'a> Bench<'a> {
         size: usize,
     ) -> anyhow::Result<Self> {
         let config = worker_config(&env)?;
-        Ok(Self { emu, worker_bin, env, config, size, answer_delay: Duration::ZERO, tagged: false })
+        Ok(Self { emu, worker_bin, env, config, size, latency: Latency::ZERO, tagged: false })
     }
 
     /// The same, with a `task_type` attribute on two messages in three: `file_processing`,
@@ -415,25 +422,25 @@ impl<'a> Bench<'a> {
     }
 
     /// The same, writing through `proxy`, which from now on holds every storage answer back by
-    /// `fixed` plus a share of `jitter` (for every bench that writes through it).
-    fn through(
-        &self,
-        proxy: &HttpProxy,
-        fixed: Duration,
-        jitter: Duration,
-    ) -> anyhow::Result<Self> {
-        proxy.set_latency(fixed, jitter);
+    /// a delay drawn from `latency` (for every bench that writes through it).
+    fn through(&self, proxy: &HttpProxy, latency: Latency) -> anyhow::Result<Self> {
+        proxy.set_latency(latency);
         let bench = self.with(&[("STORAGE_EMULATOR_HOST", proxy.url())])?;
-        Ok(Self { answer_delay: fixed + jitter, ..bench })
+        Ok(Self { latency, ..bench })
     }
 
     /// The time a phase of `n` messages may take: generous, but a stuck phase fails the
-    /// benchmark. The proxy's delays, at the configured write limit, count three times over.
+    /// benchmark. The proxy's mean delay, at the configured write limit, counts three times over.
     fn budget(&self, n: usize) -> Duration {
         let waves = n as f64 / self.config.max_concurrent_writes as f64;
         Duration::from_secs(120)
             + Duration::from_millis(n as u64 * 10)
-            + self.answer_delay.mul_f64(3.0 * waves)
+            + self.latency.mean().mul_f64(3.0 * waves)
+    }
+
+    /// A slow storage answer: three sigmas above the median, slower than all but one in 700.
+    fn slow_answer(&self) -> Duration {
+        self.latency.median().mul_f64((3.0 * self.latency.sigma()).exp())
     }
 
     /// A variable of the worker's environment.
@@ -708,7 +715,7 @@ impl Bench<'_> {
         let rates = Rates::new(start, watch.times());
         // The last object exists before the proxy answers its write: let the answers arrive, the
         // acks flush and the process go idle, then read its peak memory and CPU time.
-        tokio::time::sleep(Duration::from_secs(2) + self.answer_delay).await;
+        tokio::time::sleep(Duration::from_secs(2) + self.slow_answer()).await;
         let peak_rss_kb = vm_hwm_kb(pid)?;
         let cpu_s = cpu_seconds(pid)?;
         let threads = threads(pid)?;

@@ -151,9 +151,9 @@ fn report(
         args.size,
         runs.len(),
         machine(),
-        match args.through_proxy() {
-            true => format!(", storage latency {}", latency_text(args)),
-            false => String::new(),
+        match &args.latency {
+            Some(latency) => format!(", storage latency {}", latency_text(latency)),
+            None => String::new(),
         }
     );
     if let Some(template) = &args.object_name {
@@ -181,9 +181,10 @@ fn report(
         "overrides": overrides.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "median": medians,
     });
-    if args.through_proxy() {
-        summary["latency_ms"] = json!(args.latency.unwrap_or_default().as_millis() as u64);
-        summary["jitter_ms"] = json!(args.jitter.as_millis() as u64);
+    if let Some(latency) = &args.latency {
+        summary["latency_ms"] = json!(round(latency.median().as_secs_f64() * 1000.0));
+        summary["sigma"] = json!(latency.sigma());
+        summary["mean_latency_ms"] = json!(round(latency.mean().as_secs_f64() * 1000.0));
     }
     if let Some(template) = &args.object_name {
         summary["object_name"] = json!(template);

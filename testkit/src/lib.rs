@@ -9,12 +9,16 @@
 //! - [`PubSub`], [`Gcs`]: REST helpers, built per test (a `reqwest::Client` belongs to the
 //!   runtime of the test that made it); `rest.rs` holds their one HTTP call helper.
 //! - [`Proxy`]: TCP faults (refuse, reset, hang). [`HttpProxy`]: latency, recording, 403s, 429s.
+//! - [`Latency`]: a delay with a tail (log-normal), what the [`HttpProxy`] holds answers back by;
+//!   with a seeded generator, unit tests draw the same delays every run ([`rand`] is re-exported
+//!   so that theirs is the same version).
 //! - [`unique_name`] keeps tests apart on shared emulators, so they run in parallel;
 //!   [`wait_for`] is the one way to wait for an effect.
 
 mod emulators;
 mod gcs;
 mod http_proxy;
+mod latency;
 mod proxy;
 mod pubsub;
 mod rest;
@@ -22,8 +26,10 @@ mod rest;
 pub use emulators::{Emulators, PROJECT_ID};
 pub use gcs::{Gcs, ObjectInfo};
 pub use http_proxy::HttpProxy;
+pub use latency::Latency;
 pub use proxy::{Mode, Proxy};
 pub use pubsub::{OutMessage, PubSub, Received};
+pub use rand;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

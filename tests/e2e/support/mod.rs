@@ -5,4 +5,4 @@
 
 pub mod app;
 
-pub use testkit::{Emulators, HttpProxy, Mode, OutMessage, Proxy, unique_name, wait_for};
+pub use testkit::{Emulators, HttpProxy, Latency, Mode, OutMessage, Proxy, unique_name, wait_for};
