@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--messages N] [--size BYTES] [--runs R] [--worker PATH]
-//!     [--latency MS [--sigma S]] [--object-name TEMPLATE]
+//!     [--latency MS [--sigma S]] [--object-name TEMPLATE] [--pubsub-cap MBPS]
 //! cargo run --release --example bench -- --sweep [--latencies 10,50,200] [--sigmas 0,0.5,1]
 //!     [--sizes 256,65536] [--writes 16,64,256,1024] [--messages N] [--object-name TEMPLATE]
 //! cargo run --release --example bench -- --compare-object-name TEMPLATE [--messages N]
@@ -42,6 +42,12 @@
 //! Cloud Storage's tens of milliseconds have a tail. `--latency 0` shows what the proxy costs
 //! (its CPU is this process's). This process and the worker get the hard limit of open files:
 //! each write in flight holds a socket at both ends.
+//!
+//! # Pub/Sub's stream cap
+//!
+//! `--pubsub-cap MBPS` (any mode) routes the worker's Pub/Sub, the Pub/Sub ceiling's included
+//! but not the publisher's, through `testkit`'s `RateCap`: each connection receives at most MBPS
+//! MB/s, as Pub/Sub caps each StreamingPull stream. The last line counts its connections.
 //!
 //! # `--sweep`: the rate against latency, size and concurrency
 //!
@@ -91,12 +97,14 @@
 //! emulators and the proxy come from `testkit`.
 
 mod compare;
+mod fakes;
 mod observe;
 mod runs;
 mod sweep;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
+use fakes::Fakes;
 use observe::{
     EmulatorCpu, ObjectWatch, cpu_model, cpu_seconds, load_average, own_cpu, status_field, threads,
     vm_hwm_kb,
@@ -110,7 +118,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::{Emulators, HttpProxy, Latency, OutMessage, PROJECT_ID, unique_name};
+use testkit::{Emulators, Latency, OutMessage, PROJECT_ID, unique_name};
 use tokio::sync::Semaphore;
 
 /// Worker variables passed through from this process's environment when set.
@@ -126,6 +134,7 @@ const PASS_THROUGH: [&str; 6] = [
 const USAGE: &str = "usage: cargo run --release --example bench -- [OPTIONS]
   [--messages N (20000)] [--size BYTES (256)] [--runs R (3)] [--worker PATH]
   [--latency MS [--sigma S (0)]] [--object-name TEMPLATE]
+  [--pubsub-cap MBPS (per connection, off)] (in every mode)
   --sweep [--latencies 10,50,200] [--sigmas 0,0.5,1] [--sizes 256,65536]
           [--writes 16,64,256,1024] [--messages N per cell (sized by the expected rate)]
   --compare-object-name TEMPLATE [--messages N] [--runs PAIRS (3)] [--size BYTES]
@@ -145,6 +154,8 @@ struct Args {
     latency: Option<Latency>,
     /// `OBJECT_NAME` for the worker (messages then carry a `task_type` attribute).
     object_name: Option<String>,
+    /// Bytes per second each of the worker's connections to Pub/Sub receives at most.
+    pubsub_cap: Option<u64>,
     mode: Mode,
 }
 
@@ -161,7 +172,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let (mut latency, mut sigma) = (None, None);
     let (mut sweep, mut latencies, mut sigmas, mut sizes, mut writes) =
         (false, None, None, None, None);
-    let (mut object_name, mut compare) = (None, None);
+    let (mut object_name, mut compare, mut pubsub_cap) = (None, None, None);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -179,6 +190,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--writes" => writes = Some(list(&flag, &value()?, 1..=10_000)?),
             "--object-name" => object_name = Some(value()?),
             "--compare-object-name" => compare = Some(value()?),
+            "--pubsub-cap" => {
+                let mbps: f64 = number(&flag, &value()?, 0.01..=10_000.0)?;
+                pubsub_cap = Some((mbps * 1e6) as u64);
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -227,7 +242,7 @@ fn parse_args() -> anyhow::Result<Args> {
     };
     let (size, runs) = (size.unwrap_or(256), runs.unwrap_or(3));
     let latency = latency.map(|median| Latency::new(median, sigma.unwrap_or(0.0)));
-    Ok(Args { messages, size, runs, worker, latency, object_name, mode })
+    Ok(Args { messages, size, runs, worker, latency, object_name, pubsub_cap, mode })
 }
 
 /// Milliseconds a latency may take: up to a minute.
@@ -285,7 +300,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     };
     eprintln!(
-        "bench: {what}; worker {} ({:.1} MB){}{}",
+        "bench: {what}; worker {} ({:.1} MB){}{}{}",
         worker_bin.display(),
         binary_size as f64 / 1e6,
         if overrides.is_empty() { String::new() } else { format!("; overrides {overrides:?}") },
@@ -293,18 +308,22 @@ async fn main() -> anyhow::Result<()> {
             Some(latency) => format!("; storage latency {}", latency_text(latency)),
             None => String::new(),
         },
+        match args.pubsub_cap {
+            Some(rate) => format!("; Pub/Sub capped at {} MB/s a connection", rate as f64 / 1e6),
+            None => String::new(),
+        },
     );
     eprintln!("bench: starting the emulators...");
     let emu = Emulators::start().await.context("starting the emulators")?;
-    let proxy = HttpProxy::start(emu.storage_addr()).await.context("starting the proxy")?;
+    let fakes = Fakes::start(&emu, args.pubsub_cap).await?;
     let mut env = emu.worker_env();
     env.extend(overrides.iter().cloned());
-    let mut bench = Bench::new(&emu, &worker_bin, env, args.size)?;
+    let mut bench = Bench::new(&emu, &fakes, &worker_bin, env, args.size)?;
     if let Some(template) = &args.object_name {
         bench = bench.with(&[("OBJECT_NAME", template.clone())])?.tagged();
     }
     if let Some(latency) = args.latency {
-        bench = bench.through(&proxy, latency)?;
+        bench = bench.through(latency)?;
     }
 
     // Warm the emulators up (the JVM's JIT above all), so the first run is not the odd one out.
@@ -318,12 +337,13 @@ async fn main() -> anyhow::Result<()> {
             let messages = args.messages.unwrap_or(DEFAULT_MESSAGES);
             runs::run(&bench, &args, messages, binary_size, &overrides).await?;
         }
-        Mode::Sweep(grid) => sweep::run(&bench, &proxy, grid).await?,
+        Mode::Sweep(grid) => sweep::run(&bench, grid).await?,
         Mode::Compare(template) => {
             let messages = args.messages.unwrap_or(DEFAULT_MESSAGES);
             compare::run(&bench, template, messages, args.runs).await?;
         }
     }
+    fakes.report();
     Ok(())
 }
 
@@ -387,6 +407,7 @@ fn build_worker() -> anyhow::Result<PathBuf> {
 #[derive(Clone)]
 struct Bench<'a> {
     emu: &'a Emulators,
+    fakes: &'a Fakes,
     worker_bin: &'a Path,
     /// The emulators (storage perhaps through the proxy), the pass-through variables and what
     /// a mode sets.
@@ -400,14 +421,18 @@ struct Bench<'a> {
 }
 
 impl<'a> Bench<'a> {
+    /// The worker with `env`, through `fakes`.
     fn new(
         emu: &'a Emulators,
+        fakes: &'a Fakes,
         worker_bin: &'a Path,
         env: Vec<(String, String)>,
         size: usize,
     ) -> anyhow::Result<Self> {
         let config = worker_config(&env)?;
-        Ok(Self { emu, worker_bin, env, config, size, latency: Latency::ZERO, tagged: false })
+        let latency = Latency::ZERO;
+        let bench = Self { emu, fakes, worker_bin, env, config, size, latency, tagged: false };
+        bench.with(&fakes.worker_vars())
     }
 
     /// The same, with a `task_type` attribute on two messages in three: `file_processing`,
@@ -421,21 +446,23 @@ impl<'a> Bench<'a> {
         Self { size, ..self.clone() }
     }
 
-    /// The same, writing through `proxy`, which from now on holds every storage answer back by
-    /// a delay drawn from `latency` (for every bench that writes through it).
-    fn through(&self, proxy: &HttpProxy, latency: Latency) -> anyhow::Result<Self> {
-        proxy.set_latency(latency);
-        let bench = self.with(&[("STORAGE_EMULATOR_HOST", proxy.url())])?;
+    /// The same, writing through the latency proxy, which from now on holds every storage
+    /// answer back by a delay drawn from `latency` (for every bench that writes through it).
+    fn through(&self, latency: Latency) -> anyhow::Result<Self> {
+        self.fakes.proxy.set_latency(latency);
+        let bench = self.with(&[("STORAGE_EMULATOR_HOST", self.fakes.storage_through_proxy())])?;
         Ok(Self { latency, ..bench })
     }
 
     /// The time a phase of `n` messages may take: generous, but a stuck phase fails the
-    /// benchmark. The proxy's mean delay, at the configured write limit, counts three times over.
+    /// benchmark. The proxy's mean delay, at the configured write limit, counts three times over,
+    /// and so does the Pub/Sub cap (as if on one connection; ~200 B of framing a message).
     fn budget(&self, n: usize) -> Duration {
         let waves = n as f64 / self.config.max_concurrent_writes as f64;
         Duration::from_secs(120)
             + Duration::from_millis(n as u64 * 10)
             + self.latency.mean().mul_f64(3.0 * waves)
+            + self.fakes.pubsub_time((n * (self.size + 200)) as u64) * 3
     }
 
     /// A slow storage answer: three sigmas above the median, slower than all but one in 700.

@@ -1,7 +1,7 @@
 //! `--sweep`: the worker's rate against storage latency, message size and concurrent writes, next
 //! to the bound `min(writes / latency, limit)`, in one command. See the example's header.
 
-use super::{Bench, HttpProxy, Latency, WorkerRun, machine, round};
+use super::{Bench, Latency, WorkerRun, machine, round};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -97,7 +97,7 @@ struct Cell {
     run: WorkerRun,
 }
 
-pub async fn run(base: &Bench<'_>, proxy: &HttpProxy, grid: &Grid) -> anyhow::Result<()> {
+pub async fn run(base: &Bench<'_>, grid: &Grid) -> anyhow::Result<()> {
     let user_outstanding = base.var("MAX_OUTSTANDING_MESSAGES").map(str::to_string);
     let default_writes = base.config.max_concurrent_writes;
     let high = grid.writes.iter().copied().max().unwrap_or(default_writes);
@@ -130,11 +130,11 @@ pub async fn run(base: &Bench<'_>, proxy: &HttpProxy, grid: &Grid) -> anyhow::Re
         let sized = base.sized(size);
         // Before and after the size's cells: the ceilings at the highest write limit.
         let at_high = sized.with(&writes_vars(high))?;
-        let measure_limit = async || limit(&at_high.through(proxy, Latency::ZERO)?, &at_high).await;
+        let measure_limit = async || limit(&at_high.through(Latency::ZERO)?, &at_high).await;
         let before = measure_limit().await?;
         eprintln!("sweep: {size} B: {}", limit_text(&before));
         for latency in grid.latencies() {
-            let proxied = sized.through(proxy, latency)?;
+            let proxied = sized.through(latency)?;
             for writes in std::iter::once(None).chain(grid.writes.iter().copied().map(Some)) {
                 let cell_started = Instant::now();
                 let (bench, outstanding) = match writes {

@@ -9,6 +9,8 @@
 //! - [`PubSub`], [`Gcs`]: REST helpers, built per test (a `reqwest::Client` belongs to the
 //!   runtime of the test that made it); `rest.rs` holds their one HTTP call helper.
 //! - [`Proxy`]: TCP faults (refuse, reset, hang). [`HttpProxy`]: latency, recording, 403s, 429s.
+//! - [`RateCap`]: a TCP proxy that caps how fast each connection receives, as Pub/Sub caps each
+//!   StreamingPull stream.
 //! - [`Latency`]: a delay with a tail (log-normal), what the [`HttpProxy`] holds answers back by;
 //!   with a seeded generator, unit tests draw the same delays every run ([`rand`] is re-exported
 //!   so that theirs is the same version).
@@ -21,6 +23,7 @@ mod http_proxy;
 mod latency;
 mod proxy;
 mod pubsub;
+mod rate_cap;
 mod rest;
 
 pub use emulators::{Emulators, PROJECT_ID};
@@ -30,6 +33,7 @@ pub use latency::Latency;
 pub use proxy::{Mode, Proxy};
 pub use pubsub::{OutMessage, PubSub, Received};
 pub use rand;
+pub use rate_cap::RateCap;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
