@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--messages N] [--size BYTES] [--runs R] [--worker PATH]
-//!     [--latency MS [--sigma S]] [--object-name TEMPLATE] [--pubsub-cap MBPS]
+//!     [--latency MS [--sigma S]] [--object-name TEMPLATE] [--pubsub-cap MBPS] [--tls]
 //! cargo run --release --example bench -- --sweep [--latencies 10,50,200] [--sigmas 0,0.5,1]
 //!     [--sizes 256,65536] [--writes 16,64,256,1024] [--messages N] [--object-name TEMPLATE]
 //! cargo run --release --example bench -- --compare-object-name TEMPLATE [--messages N]
@@ -43,11 +43,13 @@
 //! (its CPU is this process's). This process and the worker get the hard limit of open files:
 //! each write in flight holds a socket at both ends.
 //!
-//! # Pub/Sub's stream cap
+//! # Pub/Sub's stream cap, TLS to storage
 //!
-//! `--pubsub-cap MBPS` (any mode) routes the worker's Pub/Sub, the Pub/Sub ceiling's included
-//! but not the publisher's, through `testkit`'s `RateCap`: each connection receives at most MBPS
-//! MB/s, as Pub/Sub caps each StreamingPull stream. The last line counts its connections.
+//! In any mode, `--pubsub-cap MBPS` routes the worker's Pub/Sub (the Pub/Sub ceiling's too, not
+//! the publisher's) through `testkit`'s `RateCap`: each connection receives at most MBPS MB/s,
+//! as Pub/Sub caps each StreamingPull stream. `--tls` puts a `TlsFront` before storage (before
+//! the latency proxy, if any), trusted through `SSL_CERT_FILE`. The last lines count the
+//! connections each saw.
 //!
 //! # `--sweep`: the rate against latency, size and concurrency
 //!
@@ -118,7 +120,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::{Emulators, Latency, OutMessage, PROJECT_ID, unique_name};
+use testkit::{Emulators, Latency, LoopbackCa, OutMessage, PROJECT_ID, unique_name};
 use tokio::sync::Semaphore;
 
 /// Worker variables passed through from this process's environment when set.
@@ -134,7 +136,7 @@ const PASS_THROUGH: [&str; 6] = [
 const USAGE: &str = "usage: cargo run --release --example bench -- [OPTIONS]
   [--messages N (20000)] [--size BYTES (256)] [--runs R (3)] [--worker PATH]
   [--latency MS [--sigma S (0)]] [--object-name TEMPLATE]
-  [--pubsub-cap MBPS (per connection, off)] (in every mode)
+  [--pubsub-cap MBPS (per connection, off)] [--tls] (in every mode)
   --sweep [--latencies 10,50,200] [--sigmas 0,0.5,1] [--sizes 256,65536]
           [--writes 16,64,256,1024] [--messages N per cell (sized by the expected rate)]
   --compare-object-name TEMPLATE [--messages N] [--runs PAIRS (3)] [--size BYTES]
@@ -156,6 +158,8 @@ struct Args {
     object_name: Option<String>,
     /// Bytes per second each of the worker's connections to Pub/Sub receives at most.
     pubsub_cap: Option<u64>,
+    /// Storage over TLS.
+    tls: bool,
     mode: Mode,
 }
 
@@ -172,7 +176,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let (mut latency, mut sigma) = (None, None);
     let (mut sweep, mut latencies, mut sigmas, mut sizes, mut writes) =
         (false, None, None, None, None);
-    let (mut object_name, mut compare, mut pubsub_cap) = (None, None, None);
+    let (mut object_name, mut compare, mut pubsub_cap, mut tls) = (None, None, None, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -190,6 +194,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--writes" => writes = Some(list(&flag, &value()?, 1..=10_000)?),
             "--object-name" => object_name = Some(value()?),
             "--compare-object-name" => compare = Some(value()?),
+            "--tls" => tls = true,
             "--pubsub-cap" => {
                 let mbps: f64 = number(&flag, &value()?, 0.01..=10_000.0)?;
                 pubsub_cap = Some((mbps * 1e6) as u64);
@@ -242,7 +247,7 @@ fn parse_args() -> anyhow::Result<Args> {
     };
     let (size, runs) = (size.unwrap_or(256), runs.unwrap_or(3));
     let latency = latency.map(|median| Latency::new(median, sigma.unwrap_or(0.0)));
-    Ok(Args { messages, size, runs, worker, latency, object_name, pubsub_cap, mode })
+    Ok(Args { messages, size, runs, worker, latency, object_name, pubsub_cap, tls, mode })
 }
 
 /// Milliseconds a latency may take: up to a minute.
@@ -268,10 +273,21 @@ where
     value.split(',').map(|v| number(flag, v, range.clone())).collect()
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     raise_open_files_limit();
+    // With --tls this process's own storage client (the storage ceiling's) must trust the TLS
+    // fronts' authority as the worker does, through SSL_CERT_FILE, read when a client is built.
+    let ca = args.tls.then(LoopbackCa::new).transpose()?;
+    if let Some(ca) = &ca {
+        // SAFETY: this is still the only thread (the runtime starts below), so no other reads
+        // the environment meanwhile.
+        unsafe { std::env::set_var("SSL_CERT_FILE", ca.file()) };
+    }
+    tokio::runtime::Runtime::new()?.block_on(run(args, ca.as_ref()))
+}
+
+async fn run(args: Args, ca: Option<&LoopbackCa>) -> anyhow::Result<()> {
     let worker_bin = match &args.worker {
         Some(path) => path.clone(),
         None => build_worker()?,
@@ -300,7 +316,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     };
     eprintln!(
-        "bench: {what}; worker {} ({:.1} MB){}{}{}",
+        "bench: {what}; worker {} ({:.1} MB){}{}{}{}",
         worker_bin.display(),
         binary_size as f64 / 1e6,
         if overrides.is_empty() { String::new() } else { format!("; overrides {overrides:?}") },
@@ -312,10 +328,11 @@ async fn main() -> anyhow::Result<()> {
             Some(rate) => format!("; Pub/Sub capped at {} MB/s a connection", rate as f64 / 1e6),
             None => String::new(),
         },
+        if args.tls { "; storage over TLS" } else { "" },
     );
     eprintln!("bench: starting the emulators...");
     let emu = Emulators::start().await.context("starting the emulators")?;
-    let fakes = Fakes::start(&emu, args.pubsub_cap).await?;
+    let fakes = Fakes::start(&emu, args.pubsub_cap, ca).await?;
     let mut env = emu.worker_env();
     env.extend(overrides.iter().cloned());
     let mut bench = Bench::new(&emu, &fakes, &worker_bin, env, args.size)?;

@@ -87,7 +87,7 @@ impl HttpProxy {
         format!("http://{}", self.addr)
     }
 
-    /// `127.0.0.1:PORT`, e.g. as the upstream of a [`crate::Proxy`].
+    /// `127.0.0.1:PORT`, e.g. as the upstream of a [`crate::Proxy`] or a [`crate::TlsFront`].
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -11,6 +11,8 @@
 //! - [`Proxy`]: TCP faults (refuse, reset, hang). [`HttpProxy`]: latency, recording, 403s, 429s.
 //! - [`RateCap`]: a TCP proxy that caps how fast each connection receives, as Pub/Sub caps each
 //!   StreamingPull stream.
+//! - [`TlsFront`]: TLS in front of a fake, with a [`LoopbackCa`] made at run time that a client
+//!   trusts through `SSL_CERT_FILE`, as Cloud Storage is reached only over TLS.
 //! - [`Latency`]: a delay with a tail (log-normal), what the [`HttpProxy`] holds answers back by;
 //!   with a seeded generator, unit tests draw the same delays every run ([`rand`] is re-exported
 //!   so that theirs is the same version).
@@ -25,6 +27,7 @@ mod proxy;
 mod pubsub;
 mod rate_cap;
 mod rest;
+mod tls;
 
 pub use emulators::{Emulators, PROJECT_ID};
 pub use gcs::{Gcs, ObjectInfo};
@@ -34,6 +37,7 @@ pub use proxy::{Mode, Proxy};
 pub use pubsub::{OutMessage, PubSub, Received};
 pub use rand;
 pub use rate_cap::RateCap;
+pub use tls::{LoopbackCa, TlsFront};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -132,7 +132,8 @@ mod tests {
     use super::*;
 
     /// An upstream that sends 1 MB at once arrives through a 2 MB/s cap in about half a second,
-    /// on each of two connections at the same time.
+    /// on each of two connections at the same time: never faster (a burst is 10 KB), and slower
+    /// only on a loaded machine.
     #[tokio::test]
     async fn each_connection_receives_at_the_cap() -> Result<()> {
         const SIZE: usize = 1_000_000;
@@ -155,7 +156,7 @@ mod tests {
         for (bytes, took) in [a, b] {
             assert_eq!(bytes, SIZE);
             let rate = bytes as f64 / took.as_secs_f64();
-            assert!((1_600_000.0..2_100_000.0).contains(&rate), "{rate:.0} B/s in {took:?}");
+            assert!((1_000_000.0..2_050_000.0).contains(&rate), "{rate:.0} B/s in {took:?}");
         }
         assert_eq!(cap.connections(), 2);
         Ok(())

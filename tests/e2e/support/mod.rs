@@ -5,4 +5,5 @@
 
 pub mod app;
 
-pub use testkit::{Emulators, HttpProxy, Latency, Mode, OutMessage, Proxy, unique_name, wait_for};
+pub use testkit::{Emulators, HttpProxy, Latency, LoopbackCa, Mode, OutMessage, Proxy, TlsFront};
+pub use testkit::{unique_name, wait_for};
