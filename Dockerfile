@@ -7,11 +7,13 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /app
 
 # Dependencies first, against stand-in sources, so this layer is reused until Cargo.toml or
-# Cargo.lock changes.
+# Cargo.lock changes. The workspace's test crate (testkit/) is only a dev-dependency: cargo reads
+# its manifest, never builds it, so a stand-in library stays for both builds.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY testkit/Cargo.toml ./testkit/
+RUN mkdir -p src testkit/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
+ && touch src/lib.rs testkit/src/lib.rs \
  && cargo build --release --locked --bin pubsub-gcs-worker \
  && rm -rf src
 

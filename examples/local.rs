@@ -8,19 +8,12 @@
 //! terminal can publish with the `curl` command printed at start. Ctrl-C drains the worker and
 //! stops the emulators.
 
-// The end-to-end tests' harness; the lint runs there, where all of it is used.
-#[allow(dead_code)]
-#[path = "../tests/e2e/support/mod.rs"]
-mod support;
-
 use anyhow::Context as _;
 use pubsub_gcs_worker::telemetry::LogFormat;
 use pubsub_gcs_worker::{Config, Worker, shutdown::Signals, telemetry};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use support::emulators::{Emulators, PROJECT_ID};
-use support::gcs::Gcs;
-use support::pubsub::{OutMessage, PubSub};
+use testkit::{Emulators, Gcs, OutMessage, PROJECT_ID, PubSub};
 
 const TOPIC: &str = "local-topic";
 const SUBSCRIPTION: &str = "local-subscription";

@@ -147,14 +147,19 @@ fn report(
 ) {
     let names: Vec<&str> = runs[0].metrics().iter().map(|(k, _)| *k).collect();
     println!(
-        "\n{messages} messages x {} B, {} run(s), {}{}",
+        "\n{messages} messages x {} B, {} run(s), {}{}{}{}",
         args.size,
         runs.len(),
         machine(),
-        match args.through_proxy() {
-            true => format!(", storage latency {}", latency_text(args)),
-            false => String::new(),
-        }
+        match &args.latency {
+            Some(latency) => format!(", storage latency {}", latency_text(latency)),
+            None => String::new(),
+        },
+        match args.pubsub_cap {
+            Some(rate) => format!(", Pub/Sub capped at {} MB/s a connection", rate as f64 / 1e6),
+            None => String::new(),
+        },
+        if args.tls { ", storage over TLS" } else { "" },
     );
     if let Some(template) = &args.object_name {
         println!("OBJECT_NAME={template}");
@@ -181,9 +186,16 @@ fn report(
         "overrides": overrides.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "median": medians,
     });
-    if args.through_proxy() {
-        summary["latency_ms"] = json!(args.latency.unwrap_or_default().as_millis() as u64);
-        summary["jitter_ms"] = json!(args.jitter.as_millis() as u64);
+    if let Some(latency) = &args.latency {
+        summary["latency_ms"] = json!(round(latency.median().as_secs_f64() * 1000.0));
+        summary["sigma"] = json!(latency.sigma());
+        summary["mean_latency_ms"] = json!(round(latency.mean().as_secs_f64() * 1000.0));
+    }
+    if let Some(rate) = args.pubsub_cap {
+        summary["pubsub_cap_mbps"] = json!(rate as f64 / 1e6);
+    }
+    if args.tls {
+        summary["tls"] = json!(true);
     }
     if let Some(template) = &args.object_name {
         summary["object_name"] = json!(template);

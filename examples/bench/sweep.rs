@@ -1,7 +1,7 @@
 //! `--sweep`: the worker's rate against storage latency, message size and concurrent writes, next
 //! to the bound `min(writes / latency, limit)`, in one command. See the example's header.
 
-use super::{Bench, HttpProxy, WorkerRun, machine, round};
+use super::{Bench, Latency, WorkerRun, machine, round};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -19,10 +19,11 @@ const PUBLISH_BYTES_PER_SEC: f64 = 20e6;
 
 /// The grid of a sweep, from the command line.
 pub struct Grid {
+    /// Median latencies, each with every spread of `sigmas`.
     pub latencies_ms: Vec<u64>,
+    pub sigmas: Vec<f64>,
     pub sizes: Vec<usize>,
     pub writes: Vec<usize>,
-    pub jitter_ms: u64,
     /// Messages per cell; `None`: what takes [`CELL_SECS`] at the cell's expected rate.
     pub messages: Option<usize>,
 }
@@ -39,9 +40,10 @@ impl Grid {
         cells as f64 * cell + limits
     }
 
-    /// The mean latency the proxy adds, in seconds: the jitter is uniform from 0 to its maximum.
-    fn mean_latency(&self, ms: u64) -> f64 {
-        (ms as f64 + self.jitter_ms as f64 / 2.0) / 1000.0
+    /// Every median latency with every spread.
+    fn latencies(&self) -> Vec<Latency> {
+        let medians = self.latencies_ms.iter().map(|&ms| Duration::from_millis(ms));
+        medians.flat_map(|m| self.sigmas.iter().map(move |&s| Latency::new(m, s))).collect()
     }
 }
 
@@ -85,7 +87,7 @@ impl SizeLimits {
 }
 
 struct Cell {
-    latency_ms: u64,
+    latency: Latency,
     size: usize,
     /// `None`: the worker's defaults.
     writes: Option<usize>,
@@ -95,11 +97,10 @@ struct Cell {
     run: WorkerRun,
 }
 
-pub async fn run(base: &Bench<'_>, proxy: &HttpProxy, grid: &Grid) -> anyhow::Result<()> {
+pub async fn run(base: &Bench<'_>, grid: &Grid) -> anyhow::Result<()> {
     let user_outstanding = base.var("MAX_OUTSTANDING_MESSAGES").map(str::to_string);
     let default_writes = base.config.max_concurrent_writes;
     let high = grid.writes.iter().copied().max().unwrap_or(default_writes);
-    let (no_delay, jitter) = (Duration::ZERO, Duration::from_millis(grid.jitter_ms));
     // MAX_CONCURRENT_WRITES, and what feeds it, unless the user set MAX_OUTSTANDING_MESSAGES.
     let writes_vars = |w: usize| {
         let mut vars = vec![("MAX_CONCURRENT_WRITES", w.to_string())];
@@ -109,15 +110,16 @@ pub async fn run(base: &Bench<'_>, proxy: &HttpProxy, grid: &Grid) -> anyhow::Re
         vars
     };
 
-    let cells_per_size = grid.latencies_ms.len() * (grid.writes.len() + 1);
+    let cells_per_size = grid.latencies().len() * (grid.writes.len() + 1);
     let cells_total = grid.sizes.len() * cells_per_size;
     let guess: f64 = grid.sizes.iter().map(|&s| grid.guess_secs(s, cells_per_size)).sum();
     eprintln!(
-        "sweep: {cells_total} cells ({} sizes x {} latencies x defaults and {} write limits), \
-         limits before and after each size: about {:.0} min at ~1,000 msg/s (on 2 idle cores); \
-         refined as it goes",
+        "sweep: {cells_total} cells ({} sizes x {} latencies x {} sigmas x defaults and {} write \
+         limits), limits before and after each size: about {:.0} min at ~1,000 msg/s (on 2 idle \
+         cores); refined as it goes",
         grid.sizes.len(),
         grid.latencies_ms.len(),
+        grid.sigmas.len(),
         grid.writes.len(),
         guess / 60.0,
     );
@@ -128,12 +130,11 @@ pub async fn run(base: &Bench<'_>, proxy: &HttpProxy, grid: &Grid) -> anyhow::Re
         let sized = base.sized(size);
         // Before and after the size's cells: the ceilings at the highest write limit.
         let at_high = sized.with(&writes_vars(high))?;
-        let measure_limit =
-            async || limit(&at_high.through(proxy, no_delay, no_delay)?, &at_high).await;
+        let measure_limit = async || limit(&at_high.through(Latency::ZERO)?, &at_high).await;
         let before = measure_limit().await?;
         eprintln!("sweep: {size} B: {}", limit_text(&before));
-        for &latency_ms in &grid.latencies_ms {
-            let proxied = sized.through(proxy, Duration::from_millis(latency_ms), jitter)?;
+        for latency in grid.latencies() {
+            let proxied = sized.through(latency)?;
             for writes in std::iter::once(None).chain(grid.writes.iter().copied().map(Some)) {
                 let cell_started = Instant::now();
                 let (bench, outstanding) = match writes {
@@ -144,7 +145,7 @@ pub async fn run(base: &Bench<'_>, proxy: &HttpProxy, grid: &Grid) -> anyhow::Re
                     ),
                 };
                 let w = writes.unwrap_or(default_writes);
-                let expected = bound(w, grid.mean_latency(latency_ms), before.rate()).max(1.0);
+                let expected = bound(w, latency, before.rate()).max(1.0);
                 let most = (CELL_BYTES / size).clamp(CELL_MESSAGES.0, CELL_MESSAGES.1);
                 let messages = grid.messages.unwrap_or_else(|| {
                     ((expected * CELL_SECS) as usize).clamp(CELL_MESSAGES.0, most)
@@ -152,7 +153,9 @@ pub async fn run(base: &Bench<'_>, proxy: &HttpProxy, grid: &Grid) -> anyhow::Re
                 let budget = bench.budget(messages)
                     + Duration::from_secs_f64(3.0 * messages as f64 / expected);
                 let what = format!(
-                    "{latency_ms} ms, {size} B, writes {}",
+                    "{} ms, sigma {}, {size} B, writes {}",
+                    latency.median().as_millis(),
+                    latency.sigma(),
                     writes_text(writes, default_writes)
                 );
                 let run =
@@ -168,7 +171,7 @@ pub async fn run(base: &Bench<'_>, proxy: &HttpProxy, grid: &Grid) -> anyhow::Re
                     cell_started.elapsed().as_secs_f64(),
                     per_cell * (cells_total - done) as f64 / 60.0,
                 );
-                cells.push(Cell { latency_ms, size, writes, outstanding, messages, run });
+                cells.push(Cell { latency, size, writes, outstanding, messages, run });
             }
         }
         let after = measure_limit().await?;
@@ -187,10 +190,12 @@ fn outstanding_for(writes: usize) -> usize {
     (2 * writes).max(1000)
 }
 
-/// `min(writes / latency, limit)`; at no latency, the limit.
-fn bound(writes: usize, latency_s: f64, limit: f64) -> f64 {
-    match latency_s > 0.0 {
-        true => (writes as f64 / latency_s).min(limit),
+/// `min(writes / mean latency, limit)`; at no latency, the limit. The mean, not the median:
+/// `writes` writes in flight each wait a latency, so they finish at `writes / mean` per second.
+fn bound(writes: usize, latency: Latency, limit: f64) -> f64 {
+    let mean = latency.mean().as_secs_f64();
+    match mean > 0.0 {
+        true => (writes as f64 / mean).min(limit),
         false => limit,
     }
 }
@@ -241,26 +246,23 @@ impl Report<'_> {
         let limit = self.limit(cell.size);
         match cell.writes {
             None => limit,
-            Some(w) => bound(w, self.grid.mean_latency(cell.latency_ms), limit),
+            Some(w) => bound(w, cell.latency, limit),
         }
     }
 
     /// `min(writes / latency, limit)` at the cell's own write limit, the defaults' included.
     fn bound_at_writes(&self, cell: &Cell) -> f64 {
         let writes = cell.writes.unwrap_or(self.default_writes);
-        bound(writes, self.grid.mean_latency(cell.latency_ms), self.limit(cell.size))
+        bound(writes, cell.latency, self.limit(cell.size))
     }
 
     fn print(&self, cells: &[Cell], took: Duration) {
         let grid = self.grid;
         println!(
-            "\nSweep: {}; {:.0} min; storage latency added by the proxy{}",
+            "\nSweep: {}; {:.0} min; storage latency added by the proxy: log-normal, the median \
+             and sigma of each row (mean = median x exp(sigma² / 2))",
             machine(),
             took.as_secs_f64() / 60.0,
-            match grid.jitter_ms {
-                0 => String::new(),
-                j => format!(", plus 0-{j} ms of jitter (the bound uses the mean, +{} ms)", j / 2),
-            }
         );
         if let Some(template) = &self.object_name {
             println!("OBJECT_NAME={template}");
@@ -290,7 +292,7 @@ impl Report<'_> {
             }
         }
         println!(
-            "bound = min(writes / latency, limit); for the defaults row, the limit. rate: overall \
+            "bound = min(writes / mean latency, limit); for the defaults row, the limit. rate: overall \
              (start to last object) and steady (10% to 90% object); ratio = steady / bound. \
              {}. CPU: the worker's, in µs per message, steady (10% to 90% object) and in all \
              (start-up and 2 s idle included). Peak RSS: VmHWM.",
@@ -302,8 +304,9 @@ impl Report<'_> {
             }
         );
         println!(
-            "{:>8} {:>8} {:>13} {:>6} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8}",
+            "{:>8} {:>5} {:>8} {:>13} {:>6} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8}",
             "latency",
+            "sigma",
             "size",
             "writes",
             "msgs",
@@ -322,8 +325,10 @@ impl Report<'_> {
             let cpu_all_us = cell.run.per_message(cell.run.phase.client_cpu) * 1e6;
             let peak_mb = cell.run.peak_rss_kb as f64 / 1024.0;
             println!(
-                "{:>8} {:>8} {:>13} {:>6} {:>8.0} {:>8.0} {:>8.0} {:>6.2} {:>9.1} {:>8.0} {:>8.0}",
-                format!("{} ms", cell.latency_ms),
+                "{:>8} {:>5} {:>8} {:>13} {:>6} {:>8.0} {:>8.0} {:>8.0} {:>6.2} {:>9.1} {:>8.0} \
+                 {:>8.0}",
+                format!("{} ms", cell.latency.median().as_millis()),
+                cell.latency.sigma(),
                 size_text(cell.size),
                 writes_text(cell.writes, self.default_writes),
                 cell.messages,
@@ -336,8 +341,9 @@ impl Report<'_> {
                 cpu_all_us,
             );
             rows.push(json!({
-                "latency_ms": cell.latency_ms,
-                "jitter_ms": grid.jitter_ms,
+                "latency_ms": cell.latency.median().as_millis() as u64,
+                "sigma": cell.latency.sigma(),
+                "mean_latency_ms": round(cell.latency.mean().as_secs_f64() * 1000.0),
                 "size": cell.size,
                 "writes": cell.writes,
                 "default_writes": cell.writes.is_none().then_some(self.default_writes),
@@ -371,7 +377,7 @@ impl Report<'_> {
         let summary = json!({
             "machine": machine(),
             "minutes": round(took.as_secs_f64() / 60.0),
-            "jitter_ms": grid.jitter_ms,
+            "sigmas": grid.sigmas,
             "limit_writes": self.high,
             "max_outstanding_messages_from_env": self.user_outstanding,
             "object_name": self.object_name,

@@ -11,14 +11,14 @@
 //! redelivers them. A restarted worker therefore completes the set only after some 10 s rounds:
 //! the tests wait with generous deadlines, never with fixed sleeps.
 
+use crate::support::Emulators;
+use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, SETTLE, figures};
 use crate::support::app::{find_line, sample_message};
-use crate::support::app::{settled_message_ids, wait_for, with_vars};
-use crate::support::emulators::Emulators;
-use crate::support::http_proxy::HttpProxy;
-use crate::support::proxy::{Mode, Proxy};
-use crate::support::pubsub::OutMessage;
-use crate::support::unique_name;
+use crate::support::app::{settled_message_ids, with_vars};
+use crate::support::{HttpProxy, Latency};
+use crate::support::{Mode, Proxy};
+use crate::support::{unique_name, wait_for};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::{Instant, sleep};
@@ -97,7 +97,7 @@ async fn sigkill_and_restart(forbid_existing: bool) -> Result {
     let dead_letters = dead_letter_subscription(&fx, 5).await?;
     // Responses 250 ms late: at the kill, objects exist whose writes were never acknowledged.
     let proxy = HttpProxy::start(fx.emulators.storage_addr()).await?;
-    proxy.set_latency(Duration::from_millis(250), Duration::ZERO);
+    proxy.set_latency(Latency::fixed(Duration::from_millis(250)));
     proxy.forbid_existing(forbid_existing);
     let messages: Vec<OutMessage> = (0..N).map(|i| OutMessage::new(format!("m{i:04}"))).collect();
     let published = fx.publish(&messages).await?;
@@ -111,7 +111,7 @@ async fn sigkill_and_restart(forbid_existing: bool) -> Result {
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
     first.assert_no_panic()?;
 
-    proxy.set_latency(Duration::ZERO, Duration::ZERO);
+    proxy.set_latency(Latency::ZERO);
     let mut second = BinaryWorker::spawn(&env, "restarted")?;
     let text = |data: &[u8]| String::from_utf8_lossy(data).into_owned();
     let (deadline, mut dead) = (Instant::now() + SETTLE, BTreeSet::new());
@@ -195,7 +195,7 @@ async fn storage_slower_than_the_ack_deadline_causes_no_redelivery() -> Result {
     const N: usize = 300;
     let fx = Fixture::new(true).await?;
     let proxy = HttpProxy::start(fx.emulators.storage_addr()).await?;
-    proxy.set_latency(Duration::from_secs(12), Duration::ZERO);
+    proxy.set_latency(Latency::fixed(Duration::from_secs(12)));
     let env = with_vars(fx.binary_env(&proxy.url()), &[("MAX_OUTSTANDING_MESSAGES", "1000")]);
     let mut worker = BinaryWorker::spawn(&env, "slow-storage")?;
     let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
@@ -203,7 +203,7 @@ async fn storage_slower_than_the_ack_deadline_causes_no_redelivery() -> Result {
     // The first writes take 12 s; every message waits at least that long for its ack.
     wait_for(Duration::from_secs(60), "the first slow writes", || worker.counters().written > 0)
         .await?;
-    proxy.set_latency(Duration::ZERO, Duration::ZERO);
+    proxy.set_latency(Latency::ZERO);
     fx.gcs.wait_for_objects(&fx.bucket, N, SETTLE).await?;
     let end = fx.settle(&mut worker, &published).await?;
     let counts = (end.received, end.duplicates, end.nacked);
@@ -252,8 +252,8 @@ async fn storage_outage(mode: Mode, reason: &str, extra: &[(&str, &str)]) -> Res
     let fx = Fixture::new(true).await?;
     // A little latency keeps writes in flight when the outage starts.
     let slow = HttpProxy::start(fx.emulators.storage_addr()).await?;
-    slow.set_latency(Duration::from_millis(100), Duration::ZERO);
-    let proxy = Proxy::start(slow.url().trim_start_matches("http://").parse()?).await?;
+    slow.set_latency(Latency::fixed(Duration::from_millis(100)));
+    let proxy = Proxy::start(slow.addr()).await?;
     // Room for the whole backlog, which the emulator pushes regardless of flow control (its
     // unread rest would expire and come back during the outage), and at most 64 writes at once,
     // so that the bound on connections below means "a few per write".

@@ -1,9 +1,9 @@
 //! Bounded memory over time: a huge backlog, large messages and a soak. Each is slow (minutes)
 //! and `#[ignore]`d: `cargo test -- --ignored` runs them, one at a time.
 
+use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, ProcStats, Result, SETTLE, figures};
 use crate::support::app::{one_slow_test_at_a_time, sample_message, with_vars};
-use crate::support::pubsub::OutMessage;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::{Instant, sleep};

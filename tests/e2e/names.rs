@@ -1,8 +1,8 @@
 //! Object names users shape with `OBJECT_NAME`: the expected names are worked out here from the
 //! README's rules (strftime, percent-encoding, SHA-256), not with the worker's own code.
 
+use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, Result, name_stamp, with_vars};
-use crate::support::pubsub::OutMessage;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 

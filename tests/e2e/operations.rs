@@ -1,8 +1,7 @@
-//! Operating the worker: the health probes, `/metrics` and the start-up check.
+//! Operating the worker: the health probes, `/metrics`, the start-up check, and storage over TLS.
 
 use crate::support::app::{BinaryWorker, Fixture, Result, find_line, with_vars};
-use crate::support::proxy::{Mode, Proxy};
-use crate::support::pubsub::OutMessage;
+use crate::support::{LoopbackCa, Mode, OutMessage, Proxy, TlsFront};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::{Instant, sleep};
@@ -99,6 +98,25 @@ async fn failed_startup_check_stops_the_worker_with_one_clear_line() -> Result {
     assert!(clear, "{error}");
     let started = lines.iter().any(|l| l["message"] == "starting");
     assert!(!started, "nothing consumed before the check passed");
+    Ok(())
+}
+
+/// Storage reached over TLS, as Cloud Storage always is: the binary trusts an authority that
+/// only `SSL_CERT_FILE` names (the clients' own root store honours it; the worker has no TLS
+/// setting of its own), and a message becomes its one object through the TLS front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_over_tls_trusts_the_authority_of_ssl_cert_file() -> Result {
+    let fx = Fixture::new(true).await?;
+    let ca = LoopbackCa::new()?;
+    let front = TlsFront::start(fx.emulators.storage_addr(), &ca).await?;
+    let ca_file = ca.file().to_string_lossy().into_owned();
+    let env = with_vars(fx.binary_env(&front.url()), &[("SSL_CERT_FILE", &ca_file)]);
+    let mut worker = BinaryWorker::spawn(&env, "tls")?;
+    let published = fx.publish(&[OutMessage::new("over TLS").attr("via", "https")]).await?;
+    fx.gcs.wait_for_objects(&fx.bucket, 1, Duration::from_secs(60)).await?;
+    fx.assert_exactly_once(&published, 1).await?;
+    assert!(front.connections() > 0, "the write went through the front");
+    worker.assert_running()?;
     Ok(())
 }
 

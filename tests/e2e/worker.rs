@@ -2,14 +2,14 @@
 //! redelivery lands on its existing object, failed writes are nacked and retried, SIGTERM drains,
 //! and bad configuration or a missing subscription stops it with a clear error.
 
+use crate::support::Emulators;
+use crate::support::OutMessage;
 use crate::support::app::name_stamp;
 use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, find_line, has_line};
-use crate::support::app::{sample_message, settled_message_ids, wait_for, with_vars};
-use crate::support::emulators::Emulators;
-use crate::support::http_proxy::HttpProxy;
-use crate::support::proxy::{Mode, Proxy};
-use crate::support::pubsub::OutMessage;
-use crate::support::unique_name;
+use crate::support::app::{sample_message, settled_message_ids, with_vars};
+use crate::support::{HttpProxy, Latency};
+use crate::support::{Mode, Proxy};
+use crate::support::{unique_name, wait_for};
 use pubsub_gcs_worker::object::{BINARY, TEXT};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -123,7 +123,7 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
     let fx = Fixture::new(true).await?;
     // Slow storage keeps writes in flight at the moment of the signal.
     let proxy = HttpProxy::start(fx.emulators.storage_addr()).await?;
-    proxy.set_latency(Duration::from_millis(150), Duration::ZERO);
+    proxy.set_latency(Latency::fixed(Duration::from_millis(150)));
     let messages: Vec<OutMessage> =
         (0..N).map(|i| OutMessage::new(format!("{i:06} {}", "x".repeat(250)))).collect();
     let ids: BTreeSet<String> =
@@ -158,7 +158,7 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
     let objects_after_first = fx.object_ids().await?;
     assert!(acked_first.is_subset(&objects_after_first), "every acked message has its object");
 
-    proxy.set_latency(Duration::ZERO, Duration::ZERO);
+    proxy.set_latency(Latency::ZERO);
     let mut second = BinaryWorker::spawn(&env, "second")?;
     fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(240)).await?;
     // Let the second worker ack the last writes before stopping it.

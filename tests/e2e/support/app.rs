@@ -2,10 +2,6 @@
 //! this process ([`RunningWorker`], the same `Worker` that `main` runs) or as the real binary
 //! with JSON logs ([`BinaryWorker`]), and the checks the tests share.
 
-use super::emulators::Emulators;
-use super::gcs::{Gcs, ObjectInfo};
-use super::pubsub::{OutMessage, PubSub};
-use super::unique_name;
 use anyhow::Context as _;
 use pubsub_gcs_worker::object::RESERVED_KEYS;
 use pubsub_gcs_worker::stats::{Snapshot, Stats};
@@ -16,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::{Emulators, Gcs, ObjectInfo, OutMessage, PubSub, unique_name};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
@@ -430,16 +427,6 @@ pub fn with_vars(mut env: Vec<(String, String)>, pairs: &[(&str, &str)]) -> Vec<
     env.retain(|(k, _)| !pairs.iter().any(|(name, _)| k == name));
     env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     env
-}
-
-/// Polls `done` every 100 ms until it holds; fails after `limit`, naming `what`.
-pub async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Result {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        anyhow::ensure!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
 }
 
 /// Held by each slow test for its whole run: together they starve each other (and the shared

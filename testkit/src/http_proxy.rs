@@ -1,7 +1,8 @@
 //! An HTTP proxy in front of fake-gcs-server, served with hyper and forwarded with reqwest:
 //!
-//! * **Latency**: every answer is held back by a fixed delay plus jitter, as real Cloud Storage
-//!   takes tens of milliseconds where the emulator takes less than one.
+//! * **Latency**: every answer is held back by a delay drawn from a [`Latency`] (log-normal: a
+//!   median and a tail), as real Cloud Storage takes tens of milliseconds, now and then far
+//!   more, where the emulator takes less than one.
 //! * **Recording** ([`HttpProxy::recording`]): fake-gcs-server drops the content type the storage
 //!   client sends in the JSON part of its multipart upload; the proxy keeps that part of every
 //!   upload. Off otherwise: it costs CPU and memory per upload, which a benchmark must not pay.
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::Latency;
 use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -37,15 +39,13 @@ pub struct HttpProxy {
 struct State {
     upstream: String,
     client: reqwest::Client,
-    /// Fixed delay and maximum jitter, in microseconds.
-    latency: (AtomicU64, AtomicU64),
+    latency: Mutex<Latency>,
     forbid_existing: AtomicBool,
     /// Uploads allowed per second (0: no limit), and the current second's start and count.
     throttle: (AtomicU64, Mutex<(Instant, u64)>),
     throttled: AtomicU64,
     /// `None` unless started with [`HttpProxy::recording`].
     uploads: Option<Mutex<Vec<Value>>>,
-    requests: AtomicU64,
     connections: AtomicU64,
 }
 
@@ -71,12 +71,11 @@ impl HttpProxy {
         let state = Arc::new(State {
             upstream: format!("http://{upstream}"),
             client: reqwest::Client::builder().pool_max_idle_per_host(4096).build()?,
-            latency: (AtomicU64::new(0), AtomicU64::new(0)),
+            latency: Mutex::new(Latency::ZERO),
             forbid_existing: AtomicBool::new(false),
             throttle: (AtomicU64::new(0), Mutex::new((Instant::now(), 0))),
             throttled: AtomicU64::new(0),
             uploads: record.then(|| Mutex::new(Vec::new())),
-            requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, state.clone()));
@@ -88,10 +87,14 @@ impl HttpProxy {
         format!("http://{}", self.addr)
     }
 
-    /// Holds every answer back by `fixed` plus a pseudo-random share of `jitter`.
-    pub fn set_latency(&self, fixed: Duration, jitter: Duration) {
-        self.state.latency.0.store(fixed.as_micros() as u64, Ordering::Relaxed);
-        self.state.latency.1.store(jitter.as_micros() as u64, Ordering::Relaxed);
+    /// `127.0.0.1:PORT`, e.g. as the upstream of a [`crate::Proxy`] or a [`crate::TlsFront`].
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Holds every answer back by a delay drawn from `latency`, anew for each request.
+    pub fn set_latency(&self, latency: Latency) {
+        *self.state.latency.lock().unwrap() = latency;
     }
 
     /// Answers 403 where the emulator answers 412 (a create-only write of an existing object).
@@ -195,16 +198,12 @@ impl State {
         limit > 0 && second.1 > limit
     }
 
-    /// The fixed latency plus a share of the jitter that differs from request to request.
+    /// A delay drawn from the latency, anew for each request (from the thread's generator:
+    /// the proxy serves many connections at once, and which request draws which delay is up to
+    /// the scheduler anyway).
     fn delay(&self) -> Duration {
-        let n = self.requests.fetch_add(1, Ordering::Relaxed);
-        let (fixed, jitter) =
-            (self.latency.0.load(Ordering::Relaxed), self.latency.1.load(Ordering::Relaxed));
-        // splitmix64: spread the request number over the jitter range.
-        let mut x = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Duration::from_micros(fixed + (x ^ (x >> 31)) % (jitter + 1))
+        let latency = *self.latency.lock().unwrap();
+        latency.sample(&mut rand::rng())
     }
 }
 

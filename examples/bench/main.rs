@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--messages N] [--size BYTES] [--runs R] [--worker PATH]
-//!     [--latency MS] [--jitter MS] [--object-name TEMPLATE]
-//! cargo run --release --example bench -- --sweep [--latencies 10,50,200] [--sizes 256,65536]
-//!     [--writes 16,64,256,1024] [--jitter MS] [--messages N] [--object-name TEMPLATE]
+//!     [--latency MS [--sigma S]] [--object-name TEMPLATE] [--pubsub-cap MBPS] [--tls]
+//! cargo run --release --example bench -- --sweep [--latencies 10,50,200] [--sigmas 0,0.5,1]
+//!     [--sizes 256,65536] [--writes 16,64,256,1024] [--messages N] [--object-name TEMPLATE]
 //! cargo run --release --example bench -- --compare-object-name TEMPLATE [--messages N]
-//!     [--runs PAIRS] [--size BYTES] [--latency MS] [--jitter MS]
+//!     [--runs PAIRS] [--size BYTES] [--latency MS [--sigma S]]
 //! ```
 //!
 //! It starts the emulators (as the tests do), then for each run, on a fresh topic, subscription
@@ -37,23 +37,30 @@
 //!
 //! # Storage latency
 //!
-//! `--latency MS` and `--jitter MS` put the tests' HTTP proxy (`tests/e2e/support/http_proxy.rs`)
-//! between fake-gcs-server and everything that writes to it (the worker, the storage ceiling's
-//! sink), and hold every storage answer back by MS plus a share of the jitter that differs from
-//! request to request (uniform from 0 to the jitter): real Cloud Storage takes tens of
-//! milliseconds per upload, the emulator on loopback well under one. `--latency 0` goes through
-//! the proxy without a delay, to see what the proxy itself costs. The proxy runs in this process;
-//! its CPU time shows as the ceilings' client CPU. This process and the worker get this
-//! process's hard limit of open files, since each write in flight holds a socket at both ends.
+//! `--latency MS` puts `testkit`'s HTTP proxy between fake-gcs-server and all that writes to it
+//! (the worker, the storage ceiling's sink); it holds each answer back by a log-normal delay of
+//! median MS and spread `--sigma S` (0: always MS; 1: one answer in ten over 3.6 x MS), as
+//! Cloud Storage's tens of milliseconds have a tail. `--latency 0` shows what the proxy costs
+//! (its CPU is this process's). This process and the worker get the hard limit of open files:
+//! each write in flight holds a socket at both ends.
+//!
+//! # Pub/Sub's stream cap, TLS to storage
+//!
+//! In any mode, `--pubsub-cap MBPS` routes the worker's Pub/Sub (the Pub/Sub ceiling's too, not
+//! the publisher's) through `testkit`'s `RateCap`: each connection receives at most MBPS MB/s,
+//! as Pub/Sub caps each StreamingPull stream. `--tls` puts a `TlsFront` before storage (before
+//! the latency proxy, if any), trusted through `SSL_CERT_FILE`. The last lines count the
+//! connections each saw.
 //!
 //! # `--sweep`: the rate against latency, size and concurrency
 //!
-//! One command for the capacity-planning table: for each message size (`--sizes`), latency
-//! (`--latencies`, ms, plus `--jitter`) and write limit (`--writes`), and for the worker's
-//! defaults (no `MAX_CONCURRENT_WRITES`), one cell: the release worker on a fresh backlog,
-//! timed to its last object, through the latency proxy. Per cell it prints the rate (overall and
-//! steady), the bound `min(writes / latency, limit)`, the ratio steady rate / bound, peak RSS and
-//! the worker's CPU per message (steady, between the 10% and the 90% object; and in all).
+//! One command for the capacity-planning table: for each message size (`--sizes`), median
+//! latency (`--latencies`, ms), spread (`--sigmas`) and write limit (`--writes`), and for the
+//! worker's defaults (no `MAX_CONCURRENT_WRITES`), one cell: the release worker on a fresh
+//! backlog, timed to its last object, through the latency proxy. Per cell it prints the rate
+//! (overall and steady), the bound `min(writes / mean latency, limit)` (the mean is
+//! `median x exp(sigma² / 2)`), the ratio steady rate / bound, peak RSS and the worker's CPU per
+//! message (steady, between the 10% and the 90% object; and in all).
 //!
 //! - **limit** is what this machine can do at all for that size, measured in the same command
 //!   before and after the size's cells (the bound uses the mean): the lower of the Pub/Sub
@@ -66,9 +73,8 @@
 //!   environment replaces that for every cell, the defaults' included. `MAX_CONCURRENT_WRITES`
 //!   in the environment is refused.
 //! - A cell has `--messages` messages, or what takes about 15 s at its expected rate (at least
-//!   1,000; at most 20,000 and 256 MiB). With the default grid (30 cells) a sweep takes about
-//!   20 minutes on 2 cores, a third of it publishing; it prints an estimate at the start and the
-//!   time left after each cell.
+//!   1,000; at most 20,000 and 256 MiB). The default grid (90 cells) takes about an hour on 2
+//!   cores; it prints an estimate at the start and the time left after each cell.
 //! - The last line is `SWEEP {json}` with every cell and the limits.
 //!
 //! # Object names
@@ -88,27 +94,20 @@
 //!
 //! # Layout
 //!
-//! This file: arguments, the emulators, and what the modes share (publishing, buckets, the
-//! ceilings, one timed worker run). In `examples/bench/`: one file per mode (`runs.rs`, the
-//! default; `sweep.rs`; `compare.rs`), and `observe.rs`, which measures from outside (inotify,
-//! `/proc`).
+//! `main.rs`: arguments, the emulators, and what the modes share (publishing, buckets, the
+//! ceilings, one timed worker run); one file per mode (`runs.rs`, the default; `sweep.rs`;
+//! `compare.rs`), and `observe.rs`, which measures from outside (inotify, `/proc`). The
+//! emulators and the proxy come from `testkit`.
 
-// The end-to-end tests' harness; the lint runs there, where all of it is used.
-#[allow(dead_code)]
-#[path = "../tests/e2e/support/mod.rs"]
-mod support;
-
-#[path = "bench/compare.rs"]
 mod compare;
-#[path = "bench/observe.rs"]
+mod fakes;
 mod observe;
-#[path = "bench/runs.rs"]
 mod runs;
-#[path = "bench/sweep.rs"]
 mod sweep;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
+use fakes::Fakes;
 use observe::{
     EmulatorCpu, ObjectWatch, cpu_model, cpu_seconds, load_average, own_cpu, status_field, threads,
     vm_hwm_kb,
@@ -122,10 +121,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::emulators::Emulators;
-use support::http_proxy::HttpProxy;
-use support::pubsub::OutMessage;
-use support::unique_name;
+use testkit::{Emulators, Latency, LoopbackCa, OutMessage, PROJECT_ID, unique_name};
 use tokio::sync::Semaphore;
 
 /// Worker variables passed through from this process's environment when set.
@@ -141,12 +137,13 @@ const PASS_THROUGH: [&str; 7] = [
 
 const USAGE: &str = "usage: cargo run --release --example bench -- [OPTIONS]
   [--messages N (20000)] [--size BYTES (256)] [--runs R (3)] [--worker PATH]
-  [--latency MS] [--jitter MS] [--object-name TEMPLATE]
-  --sweep [--latencies 10,50,200] [--sizes 256,65536] [--writes 16,64,256,1024]
-          [--jitter MS] [--messages N per cell (sized by the expected rate)]
+  [--latency MS [--sigma S (0)]] [--object-name TEMPLATE]
+  [--pubsub-cap MBPS (per connection, off)] [--tls] (in every mode)
+  --sweep [--latencies 10,50,200] [--sigmas 0,0.5,1] [--sizes 256,65536]
+          [--writes 16,64,256,1024] [--messages N per cell (sized by the expected rate)]
   --compare-object-name TEMPLATE [--messages N] [--runs PAIRS (3)] [--size BYTES]
-          [--latency MS] [--jitter MS]
-(see the header of examples/bench.rs)";
+          [--latency MS [--sigma S]]
+(see the header of examples/bench/main.rs)";
 
 /// Messages per run unless `--messages` says.
 const DEFAULT_MESSAGES: usize = 20_000;
@@ -157,11 +154,14 @@ struct Args {
     size: usize,
     runs: usize,
     worker: Option<PathBuf>,
-    /// Added to every storage answer by the proxy; `None` (and no jitter): no proxy.
-    latency: Option<Duration>,
-    jitter: Duration,
+    /// What the proxy holds every storage answer back by; `None`: no proxy.
+    latency: Option<Latency>,
     /// `OBJECT_NAME` for the worker (messages then carry a `task_type` attribute).
     object_name: Option<String>,
+    /// Bytes per second each of the worker's connections to Pub/Sub receives at most.
+    pubsub_cap: Option<u64>,
+    /// Storage over TLS.
+    tls: bool,
     mode: Mode,
 }
 
@@ -173,17 +173,12 @@ enum Mode {
     Compare(String),
 }
 
-impl Args {
-    fn through_proxy(&self) -> bool {
-        self.latency.is_some() || !self.jitter.is_zero()
-    }
-}
-
 fn parse_args() -> anyhow::Result<Args> {
     let (mut messages, mut size, mut runs, mut worker) = (None, None, None, None);
-    let (mut latency, mut jitter) = (None, Duration::ZERO);
-    let (mut sweep, mut latencies, mut sizes, mut writes) = (false, None, None, None);
-    let (mut object_name, mut compare) = (None, None);
+    let (mut latency, mut sigma) = (None, None);
+    let (mut sweep, mut latencies, mut sigmas, mut sizes, mut writes) =
+        (false, None, None, None, None);
+    let (mut object_name, mut compare, mut pubsub_cap, mut tls) = (None, None, None, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -193,13 +188,19 @@ fn parse_args() -> anyhow::Result<Args> {
             "--runs" => runs = Some(number(&flag, &value()?, 1..=20)?),
             "--worker" => worker = Some(PathBuf::from(value()?)),
             "--latency" => latency = Some(Duration::from_millis(number(&flag, &value()?, MS)?)),
-            "--jitter" => jitter = Duration::from_millis(number(&flag, &value()?, MS)?),
+            "--sigma" => sigma = Some(number(&flag, &value()?, SIGMA)?),
             "--sweep" => sweep = true,
             "--latencies" => latencies = Some(list(&flag, &value()?, MS)?),
+            "--sigmas" => sigmas = Some(list(&flag, &value()?, SIGMA)?),
             "--sizes" => sizes = Some(list(&flag, &value()?, 1..=1_000_000)?),
             "--writes" => writes = Some(list(&flag, &value()?, 1..=10_000)?),
             "--object-name" => object_name = Some(value()?),
             "--compare-object-name" => compare = Some(value()?),
+            "--tls" => tls = true,
+            "--pubsub-cap" => {
+                let mbps: f64 = number(&flag, &value()?, 0.01..=10_000.0)?;
+                pubsub_cap = Some((mbps * 1e6) as u64);
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -222,29 +223,39 @@ fn parse_args() -> anyhow::Result<Args> {
             ("--size", size.is_some()),
             ("--runs", runs.is_some()),
             ("--latency", latency.is_some()),
+            ("--sigma", sigma.is_some()),
         ];
         if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
-            bail!("--sweep takes --sizes and --latencies and runs each cell once: drop {flag}");
+            bail!(
+                "--sweep takes --sizes, --latencies and --sigmas and runs each cell once: \
+                 drop {flag}"
+            );
         }
         Mode::Sweep(sweep::Grid {
             latencies_ms: latencies.unwrap_or_else(|| vec![10, 50, 200]),
             sizes: sizes.unwrap_or_else(|| vec![256, 65_536]),
             writes: writes.unwrap_or_else(|| vec![16, 64, 256, 1024]),
-            jitter_ms: jitter.as_millis() as u64,
+            sigmas: sigmas.unwrap_or_else(|| vec![0.0, 0.5, 1.0]),
             messages,
         })
     } else {
-        if latencies.is_some() || sizes.is_some() || writes.is_some() {
-            bail!("--latencies, --sizes and --writes belong to --sweep");
+        if latencies.is_some() || sigmas.is_some() || sizes.is_some() || writes.is_some() {
+            bail!("--latencies, --sigmas, --sizes and --writes belong to --sweep");
+        }
+        if sigma.is_some() && latency.is_none() {
+            bail!("--sigma spreads the --latency MS around its median: give --latency");
         }
         compare.map_or(Mode::Runs, Mode::Compare)
     };
     let (size, runs) = (size.unwrap_or(256), runs.unwrap_or(3));
-    Ok(Args { messages, size, runs, worker, latency, jitter, object_name, mode })
+    let latency = latency.map(|median| Latency::new(median, sigma.unwrap_or(0.0)));
+    Ok(Args { messages, size, runs, worker, latency, object_name, pubsub_cap, tls, mode })
 }
 
-/// Milliseconds a latency or jitter may take: up to a minute.
+/// Milliseconds a latency may take: up to a minute.
 const MS: std::ops::RangeInclusive<u64> = 0..=60_000;
+/// A latency's spread: at 2, one answer in a thousand takes 480 times the median already.
+const SIGMA: std::ops::RangeInclusive<f64> = 0.0..=2.0;
 
 fn number<T>(flag: &str, value: &str, range: std::ops::RangeInclusive<T>) -> anyhow::Result<T>
 where
@@ -264,10 +275,21 @@ where
     value.split(',').map(|v| number(flag, v, range.clone())).collect()
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     raise_open_files_limit();
+    // With --tls this process's own storage client (the storage ceiling's) must trust the TLS
+    // fronts' authority as the worker does, through SSL_CERT_FILE, read when a client is built.
+    let ca = args.tls.then(LoopbackCa::new).transpose()?;
+    if let Some(ca) = &ca {
+        // SAFETY: this is still the only thread (the runtime starts below), so no other reads
+        // the environment meanwhile.
+        unsafe { std::env::set_var("SSL_CERT_FILE", ca.file()) };
+    }
+    tokio::runtime::Runtime::new()?.block_on(run(args, ca.as_ref()))
+}
+
+async fn run(args: Args, ca: Option<&LoopbackCa>) -> anyhow::Result<()> {
     let worker_bin = match &args.worker {
         Some(path) => path.clone(),
         None => build_worker()?,
@@ -296,26 +318,31 @@ async fn main() -> anyhow::Result<()> {
         ),
     };
     eprintln!(
-        "bench: {what}; worker {} ({:.1} MB){}{}",
+        "bench: {what}; worker {} ({:.1} MB){}{}{}{}",
         worker_bin.display(),
         binary_size as f64 / 1e6,
         if overrides.is_empty() { String::new() } else { format!("; overrides {overrides:?}") },
-        match args.through_proxy() && !matches!(args.mode, Mode::Sweep(_)) {
-            true => format!("; storage latency {}", latency_text(&args)),
-            false => String::new(),
+        match &args.latency {
+            Some(latency) => format!("; storage latency {}", latency_text(latency)),
+            None => String::new(),
         },
+        match args.pubsub_cap {
+            Some(rate) => format!("; Pub/Sub capped at {} MB/s a connection", rate as f64 / 1e6),
+            None => String::new(),
+        },
+        if args.tls { "; storage over TLS" } else { "" },
     );
     eprintln!("bench: starting the emulators...");
     let emu = Emulators::start().await.context("starting the emulators")?;
-    let proxy = HttpProxy::start(emu.storage_addr()).await.context("starting the proxy")?;
+    let fakes = Fakes::start(&emu, args.pubsub_cap, ca).await?;
     let mut env = emu.worker_env();
     env.extend(overrides.iter().cloned());
-    let mut bench = Bench::new(&emu, &worker_bin, env, args.size)?;
+    let mut bench = Bench::new(&emu, &fakes, &worker_bin, env, args.size)?;
     if let Some(template) = &args.object_name {
         bench = bench.with(&[("OBJECT_NAME", template.clone())])?.tagged();
     }
-    if !matches!(args.mode, Mode::Sweep(_)) && args.through_proxy() {
-        bench = bench.through(&proxy, args.latency.unwrap_or_default(), args.jitter)?;
+    if let Some(latency) = args.latency {
+        bench = bench.through(latency)?;
     }
 
     // Warm the emulators up (the JVM's JIT above all), so the first run is not the odd one out.
@@ -329,21 +356,26 @@ async fn main() -> anyhow::Result<()> {
             let messages = args.messages.unwrap_or(DEFAULT_MESSAGES);
             runs::run(&bench, &args, messages, binary_size, &overrides).await?;
         }
-        Mode::Sweep(grid) => sweep::run(&bench, &proxy, grid).await?,
+        Mode::Sweep(grid) => sweep::run(&bench, grid).await?,
         Mode::Compare(template) => {
             let messages = args.messages.unwrap_or(DEFAULT_MESSAGES);
             compare::run(&bench, template, messages, args.runs).await?;
         }
     }
+    fakes.report();
     Ok(())
 }
 
-/// `50 ms`, or `50 ms + 0-20 ms jitter`.
-fn latency_text(args: &Args) -> String {
-    let ms = |d: Duration| d.as_millis();
-    match args.jitter.is_zero() {
-        true => format!("{} ms", ms(args.latency.unwrap_or_default())),
-        false => format!("{} ms + 0-{} ms", ms(args.latency.unwrap_or_default()), ms(args.jitter)),
+/// `50 ms`, or `50 ms median, sigma 1 (mean 82 ms)`.
+fn latency_text(latency: &Latency) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match latency.sigma() {
+        0.0 => format!("{:.0} ms", ms(latency.median())),
+        sigma => format!(
+            "{:.0} ms median, sigma {sigma} (mean {:.0} ms)",
+            ms(latency.median()),
+            ms(latency.mean())
+        ),
     }
 }
 
@@ -394,27 +426,32 @@ fn build_worker() -> anyhow::Result<PathBuf> {
 #[derive(Clone)]
 struct Bench<'a> {
     emu: &'a Emulators,
+    fakes: &'a Fakes,
     worker_bin: &'a Path,
     /// The emulators (storage perhaps through the proxy), the pass-through variables and what
     /// a mode sets.
     env: Vec<(String, String)>,
     config: Config,
     size: usize,
-    /// The most the proxy adds to a storage answer, when storage is reached through it.
-    answer_delay: Duration,
+    /// What the proxy holds storage answers back by, when storage is reached through it.
+    latency: Latency,
     /// Messages carry a `task_type` attribute, for templates that route by it.
     tagged: bool,
 }
 
 impl<'a> Bench<'a> {
+    /// The worker with `env`, through `fakes`.
     fn new(
         emu: &'a Emulators,
+        fakes: &'a Fakes,
         worker_bin: &'a Path,
         env: Vec<(String, String)>,
         size: usize,
     ) -> anyhow::Result<Self> {
         let config = worker_config(&env)?;
-        Ok(Self { emu, worker_bin, env, config, size, answer_delay: Duration::ZERO, tagged: false })
+        let latency = Latency::ZERO;
+        let bench = Self { emu, fakes, worker_bin, env, config, size, latency, tagged: false };
+        bench.with(&fakes.worker_vars())
     }
 
     /// The same, with a `task_type` attribute on two messages in three: `file_processing`,
@@ -428,26 +465,28 @@ impl<'a> Bench<'a> {
         Self { size, ..self.clone() }
     }
 
-    /// The same, writing through `proxy`, which from now on holds every storage answer back by
-    /// `fixed` plus a share of `jitter` (for every bench that writes through it).
-    fn through(
-        &self,
-        proxy: &HttpProxy,
-        fixed: Duration,
-        jitter: Duration,
-    ) -> anyhow::Result<Self> {
-        proxy.set_latency(fixed, jitter);
-        let bench = self.with(&[("STORAGE_EMULATOR_HOST", proxy.url())])?;
-        Ok(Self { answer_delay: fixed + jitter, ..bench })
+    /// The same, writing through the latency proxy, which from now on holds every storage
+    /// answer back by a delay drawn from `latency` (for every bench that writes through it).
+    fn through(&self, latency: Latency) -> anyhow::Result<Self> {
+        self.fakes.proxy.set_latency(latency);
+        let bench = self.with(&[("STORAGE_EMULATOR_HOST", self.fakes.storage_through_proxy())])?;
+        Ok(Self { latency, ..bench })
     }
 
     /// The time a phase of `n` messages may take: generous, but a stuck phase fails the
-    /// benchmark. The proxy's delays, at the configured write limit, count three times over.
+    /// benchmark. The proxy's mean delay, at the configured write limit, counts three times over,
+    /// and so does the Pub/Sub cap (as if on one connection; ~200 B of framing a message).
     fn budget(&self, n: usize) -> Duration {
         let waves = n as f64 / self.config.max_concurrent_writes as f64;
         Duration::from_secs(120)
             + Duration::from_millis(n as u64 * 10)
-            + self.answer_delay.mul_f64(3.0 * waves)
+            + self.latency.mean().mul_f64(3.0 * waves)
+            + self.fakes.pubsub_time((n * (self.size + 200)) as u64) * 3
+    }
+
+    /// A slow storage answer: three sigmas above the median, slower than all but one in 700.
+    fn slow_answer(&self) -> Duration {
+        self.latency.median().mul_f64((3.0 * self.latency.sigma()).exp())
     }
 
     /// A variable of the worker's environment.
@@ -628,8 +667,7 @@ impl Bench<'_> {
             Arc::new(Sink::new(clients::storage(config).await?, &bucket, config.write_timeout));
         let permits = Arc::new(Semaphore::new(self.config.max_concurrent_writes));
         let times = Arc::new(Mutex::new(Vec::with_capacity(n)));
-        let subscription =
-            format!("projects/{}/subscriptions/bench", support::emulators::PROJECT_ID);
+        let subscription = format!("projects/{}/subscriptions/bench", PROJECT_ID);
         let cpu = EmulatorCpu::now();
         let own = own_cpu();
         let start = Instant::now();
@@ -728,7 +766,7 @@ impl Bench<'_> {
         let rates = Rates::new(start, watch.times());
         // The last object exists before the proxy answers its write: let the answers arrive, the
         // acks flush and the process go idle, then read its peak memory and CPU time.
-        tokio::time::sleep(Duration::from_secs(2) + self.answer_delay).await;
+        tokio::time::sleep(Duration::from_secs(2) + self.slow_answer()).await;
         let peak_rss_kb = vm_hwm_kb(pid)?;
         let cpu_s = cpu_seconds(pid)?;
         let threads = threads(pid)?;

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::gcs::Gcs;
-use super::pubsub::PubSub;
+use crate::gcs::Gcs;
+use crate::pubsub::PubSub;
 
 /// Project id used by [`Emulators::shared`]; the emulators accept any project.
 pub const PROJECT_ID: &str = "test-project";
@@ -42,7 +42,7 @@ impl Emulators {
     /// The pair shared by every test of this process, started on first use (from any
     /// tokio runtime; every `#[tokio::test]` has its own, which is fine).
     ///
-    /// Tests must isolate themselves with [`super::unique_name`] topics, subscriptions and
+    /// Tests must isolate themselves with [`crate::unique_name`] topics, subscriptions and
     /// buckets. Panics (failing the calling test, and every later one with the same
     /// message) if the emulators cannot be started: retrying a 60 s start-up per test would
     /// only make a broken machine slower to report.
@@ -56,7 +56,7 @@ impl Emulators {
                 if let Ok(e) = &r {
                     // Shown with --nocapture or when a test fails.
                     eprintln!(
-                        "[support] emulators ready in {:?}: PUBSUB_EMULATOR_HOST={} \
+                        "[testkit] emulators ready in {:?}: PUBSUB_EMULATOR_HOST={} \
                          STORAGE_EMULATOR_HOST={} logs in {}",
                         t.elapsed(),
                         e.pubsub_host(),
@@ -124,7 +124,7 @@ impl Emulators {
         format!("http://{}", self.gcs.addr())
     }
 
-    /// Socket address of fake-gcs-server, e.g. as the upstream of a [`super::Proxy`].
+    /// Socket address of fake-gcs-server, e.g. as the upstream of a [`crate::Proxy`].
     pub fn storage_addr(&self) -> SocketAddr {
         self.gcs.addr()
     }

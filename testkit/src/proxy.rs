@@ -2,7 +2,7 @@
 //! [`Proxy::set_mode`] switches between passing bytes, refusing, resetting and hanging, to test
 //! the worker's retries and timeouts without killing the emulator. It knows nothing of HTTP, so
 //! it carries the Pub/Sub emulator's gRPC as well as storage's JSON API. Latency, recording and
-//! rewritten answers are [`super::http_proxy`]'s job.
+//! rewritten answers are [`crate::HttpProxy`]'s job.
 //!
 //! The proxy runs on the tokio runtime that started it; dropping it closes every connection.
 

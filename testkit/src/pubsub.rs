@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
-use super::{http_client, send, url_encode};
+use crate::rest::{http_client, send, url_encode};
 
 /// A message to publish. `data` is arbitrary bytes (need not be UTF-8).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! fake-gcs-server's JSON API: create buckets, and read back what the worker wrote.
 //!
 //! fake-gcs-server does not keep the content type the storage client sends; tests that check
-//! it put a [`super::http_proxy::HttpProxy`] in between and read its recorded uploads.
+//! it put a [`crate::HttpProxy`] in between and read its recorded uploads.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::{http_client, send, url_encode};
+use crate::rest::{http_client, send, url_encode};
 
 /// One object as listed by the JSON API.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,86 @@
+//! What the worker's tests, examples and benchmark share: the REAL emulators (Google's Pub/Sub
+//! emulator and fake-gcs-server) on loopback, their REST APIs, and proxies that break or slow the
+//! connections to them. Nothing here knows the worker: it is the world the worker runs in.
+//!
+//! # Layout
+//!
+//! - [`Emulators`]: the processes, one pair per process ([`Emulators::shared`]) or a private
+//!   pair for whoever kills and restarts one.
+//! - [`PubSub`], [`Gcs`]: REST helpers, built per test (a `reqwest::Client` belongs to the
+//!   runtime of the test that made it); `rest.rs` holds their one HTTP call helper.
+//! - [`Proxy`]: TCP faults (refuse, reset, hang). [`HttpProxy`]: latency, recording, 403s, 429s.
+//! - [`RateCap`]: a TCP proxy that caps how fast each connection receives, as Pub/Sub caps each
+//!   StreamingPull stream.
+//! - [`TlsFront`]: TLS in front of a fake, with a [`LoopbackCa`] made at run time that a client
+//!   trusts through `SSL_CERT_FILE`, as Cloud Storage is reached only over TLS.
+//! - [`Latency`]: a delay with a tail (log-normal), what the [`HttpProxy`] holds answers back by;
+//!   with a seeded generator, unit tests draw the same delays every run ([`rand`] is re-exported
+//!   so that theirs is the same version).
+//! - [`unique_name`] keeps tests apart on shared emulators, so they run in parallel;
+//!   [`wait_for`] is the one way to wait for an effect.
+
+mod emulators;
+mod gcs;
+mod http_proxy;
+mod latency;
+mod proxy;
+mod pubsub;
+mod rate_cap;
+mod rest;
+mod tls;
+
+pub use emulators::{Emulators, PROJECT_ID};
+pub use gcs::{Gcs, ObjectInfo};
+pub use http_proxy::HttpProxy;
+pub use latency::Latency;
+pub use proxy::{Mode, Proxy};
+pub use pubsub::{OutMessage, PubSub, Received};
+pub use rand;
+pub use rate_cap::RateCap;
+pub use tls::{LoopbackCa, TlsFront};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::{Instant, sleep};
+
+/// A fresh name such as `orders-4242-7-k3f9q`, valid at once as a topic id, a subscription id
+/// and a bucket name: the process id (several test processes may share an emulator), a counter
+/// (unique within the process) and a time-derived tail (unique across reruns with the same pid).
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut p: String = prefix
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' })
+        .collect();
+    // Topic ids must start with a letter and must not start with "goog".
+    if !p.starts_with(|c: char| c.is_ascii_lowercase()) || p.starts_with("goog") {
+        p.insert_str(0, "t-");
+    }
+    p.truncate(30);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut r = (nanos ^ (u128::from(n) << 20)) as u64 % 36u64.pow(5);
+    let tail: String = (0..5)
+        .map(|_| {
+            let d = (r % 36) as u32;
+            r /= 36;
+            char::from_digit(d, 36).unwrap_or('x')
+        })
+        .collect();
+    format!("{}-{}-{n}-{tail}", p.trim_end_matches('-'), std::process::id())
+}
+
+/// Polls `done` every 100 ms until it holds; fails after `limit`, naming `what`.
+pub async fn wait_for(
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        anyhow::ensure!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
