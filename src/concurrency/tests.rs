@@ -3,6 +3,9 @@
 
 use super::*;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use testkit::Latency;
+use testkit::rand::SeedableRng as _;
+use testkit::rand::rngs::StdRng;
 
 /// Storage as these tests see it: each write takes a log-normal time (a median and a sigma, as
 /// Cloud Storage's upload latency has a long tail); with `rate`, at most that many writes begin
@@ -10,20 +13,19 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// `push_back_above`, a write that finds that many running is answered 429 at once.
 #[derive(Clone, Copy, Debug)]
 struct Storage {
-    median_ms: f64,
-    sigma: f64,
+    latency: Latency,
     rate: Option<f64>,
     push_back_above: Option<usize>,
 }
 
 impl Storage {
-    fn new(median_ms: f64, sigma: f64) -> Self {
-        Self { median_ms, sigma, rate: None, push_back_above: None }
+    fn new(median_ms: u64, sigma: f64) -> Self {
+        let latency = Latency::new(Duration::from_millis(median_ms), sigma);
+        Self { latency, rate: None, push_back_above: None }
     }
 
-    /// The mean of the log-normal: the median times e^(sigma^2 / 2).
     fn mean(&self) -> Duration {
-        Duration::from_secs_f64(self.median_ms / 1000.0 * (self.sigma * self.sigma / 2.0).exp())
+        self.latency.mean()
     }
 }
 
@@ -41,7 +43,7 @@ async fn drive(max: usize, storage: Storage, secs: u64) -> Run {
     let running = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let queue = Arc::new(Mutex::new(Instant::now()));
-    let mut rng = Rng(u64::from(storage.sigma.to_bits() as u32) ^ storage.median_ms as u64);
+    let mut rng = StdRng::seed_from_u64(7);
     let start = Instant::now();
     let (half, end) = (start + Duration::from_secs(secs / 2), start + Duration::from_secs(secs));
     let (mut at_half, mut highest_limit) = (None, 0);
@@ -51,8 +53,7 @@ async fn drive(max: usize, storage: Storage, secs: u64) -> Run {
             at_half.get_or_insert(done.load(Ordering::Relaxed));
             highest_limit = highest_limit.max(limit.current());
         }
-        let took = storage.mean().div_f64((storage.sigma * storage.sigma / 2.0).exp());
-        let took = took.mul_f64((storage.sigma * rng.normal()).exp());
+        let took = storage.latency.sample(&mut rng);
         let (running, done, queue) = (running.clone(), done.clone(), queue.clone());
         tokio::spawn(async move {
             let n = running.fetch_add(1, Ordering::Relaxed) + 1;
@@ -81,29 +82,9 @@ async fn drive(max: usize, storage: Storage, secs: u64) -> Run {
     Run { rate, limit: limit.current(), highest_limit }
 }
 
-/// SplitMix64 with Box-Muller on top: the same draws on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A draw from the standard normal distribution.
-    fn normal(&mut self) -> f64 {
-        let uniform = |r: &mut Self| ((r.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let (u, v) = (uniform(self), uniform(self));
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
-
 /// With no queue, the limit reaches `max` within 15 s for every spread of latency around `median_ms`, and
 /// the rate over the next 15 s is 90% of `max` / the mean latency.
-async fn assert_a_long_tail_does_not_hold_the_limit_down(max: usize, median_ms: f64) {
+async fn assert_a_long_tail_does_not_hold_the_limit_down(max: usize, median_ms: u64) {
     for sigma in [0.0, 0.5, 1.0] {
         let storage = Storage::new(median_ms, sigma);
         let run = drive(max, storage, 30).await;
@@ -120,22 +101,22 @@ async fn assert_a_long_tail_does_not_hold_the_limit_down(max: usize, median_ms: 
 #[tokio::test(start_paused = true)]
 async fn a_long_tail_at_10_ms_does_not_hold_the_limit_down() {
     // 256, not 1,024: the same growth, a quarter of the simulated writes.
-    assert_a_long_tail_does_not_hold_the_limit_down(256, 10.0).await;
+    assert_a_long_tail_does_not_hold_the_limit_down(256, 10).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_long_tail_at_50_ms_does_not_hold_the_limit_down() {
-    assert_a_long_tail_does_not_hold_the_limit_down(1024, 50.0).await;
+    assert_a_long_tail_does_not_hold_the_limit_down(1024, 50).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_long_tail_at_200_ms_does_not_hold_the_limit_down() {
-    assert_a_long_tail_does_not_hold_the_limit_down(1024, 200.0).await;
+    assert_a_long_tail_does_not_hold_the_limit_down(1024, 200).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_storage_that_queues_keeps_the_limit_near_what_it_serves() {
-    for (median, sigma, rate) in [(10.0, 0.0, 2_000.0), (50.0, 0.5, 2_000.0), (200.0, 1.0, 500.0)] {
+    for (median, sigma, rate) in [(10, 0.0, 2_000.0), (50, 0.5, 2_000.0), (200, 1.0, 500.0)] {
         let storage = Storage { rate: Some(rate), ..Storage::new(median, sigma) };
         let run = drive(1024, storage, 60).await;
         assert!(run.rate > 0.9 * rate, "{median} ms, sigma {sigma}: {:.0}/s of {rate}/s", run.rate);
@@ -152,7 +133,7 @@ async fn a_storage_that_queues_keeps_the_limit_near_what_it_serves() {
 
 #[tokio::test(start_paused = true)]
 async fn a_storage_that_pushes_back_keeps_the_limit_below_its_threshold() {
-    for (median, sigma) in [(50.0, 0.0), (50.0, 1.0)] {
+    for (median, sigma) in [(50, 0.0), (50, 1.0)] {
         let storage = Storage { push_back_above: Some(200), ..Storage::new(median, sigma) };
         let run = drive(1024, storage, 60).await;
         assert!(run.highest_limit < 400, "sigma {sigma}: {run:?}");
