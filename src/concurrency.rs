@@ -4,7 +4,8 @@
 //! from a few to hundreds of milliseconds with region, object size and load; no fixed number is
 //! right everywhere. So the limit adapts, in the manner of TCP congestion control and Vector's
 //! adaptive request concurrency: while every write permit is in use and writes take no longer
-//! than usual, the limit grows (doubling at first, then by its square root per round trip);
+//! than usual, the limit grows (doubling every other round trip at first, then by its square
+//! root per round trip);
 //! when writes queue - Cloud Storage, the network or this instance's CPU cannot keep up - or
 //! storage pushes back (429, 503, timeouts), it shrinks. `MAX_CONCURRENT_WRITES` caps it; memory
 //! follows what is in flight, not the cap.
@@ -50,6 +51,9 @@ const PERIOD: Duration = Duration::from_secs(30);
 const PROBE_SAMPLES: usize = 32;
 /// A round median above this many baselines means writes are queueing.
 const TOLERANCE: f64 = 2.0;
+/// Slow start ends when a round's median is this many baselines: doubling overshoots by the time
+/// a queue is twice the baseline, so it stops at the first sign of one (as TCP's HyStart does).
+const SLOW_START_EXIT: f64 = 1.5;
 /// The limit after a round that queued, as a share of what it was.
 const EASE: f64 = 0.9;
 /// The limit after storage pushed back (429, 503, a timeout), as a share of what it was.
@@ -67,8 +71,11 @@ pub struct WriteLimit {
 struct State {
     limit: f64,
     in_flight: usize,
-    /// Until the first sign of congestion, the limit doubles each round trip.
+    /// Until the first sign of congestion, the limit doubles every other round trip.
     slow_start: bool,
+    /// The limit just doubled: most writes that end in this round began before, at half of it,
+    /// so this round cannot tell whether the new limit queues, and the limit waits for the next.
+    doubled: bool,
     phase: Phase,
     probe: Probe,
     /// The medians of the last probe and of the one before it; the lower one is the baseline.
@@ -109,6 +116,9 @@ struct Probe {
 #[derive(Debug)]
 struct Round {
     started: Instant,
+    /// The previous round's median, in seconds: a round lasts at least that long, so that the
+    /// writes begun at a new limit have ended before the limit changes again.
+    previous: f32,
     /// Seconds taken by each write answered in this round.
     seconds: Vec<f32>,
     /// Every permit was in use at some point: more would have been used.
@@ -145,6 +155,7 @@ impl WriteLimit {
             limit: START.min(max),
             in_flight: 0,
             slow_start: true,
+            doubled: false,
             // The first load is a probe: the limit is at its start, so nothing queues.
             phase: Phase::Probing,
             probe: Probe::new(0, PROBE_SAMPLES),
@@ -248,6 +259,7 @@ impl State {
     fn adjust(&mut self, max: f64) {
         let now = Instant::now();
         let length = MIN_ROUND.as_secs_f32().max(self.baseline().unwrap_or(0.0));
+        let length = length.max(self.round.previous);
         let round = &mut self.round;
         if (now - round.started).as_secs_f32() < length
             || (round.seconds.len() < MIN_SAMPLES && !round.pushed_back)
@@ -270,17 +282,25 @@ impl State {
         let median = median(&mut self.round.seconds);
         let queued = matches!((median, baseline), (Some(m), Some(b)) if m > TOLERANCE as f32 * b);
         let running = self.phase == Phase::Running;
+        let building =
+            matches!((median, baseline), (Some(m), Some(b)) if m > SLOW_START_EXIT as f32 * b);
+        if building && running {
+            self.slow_start = false;
+        }
         if self.round.pushed_back {
             self.backed_off = now;
             self.shrink(BACK_OFF, max);
         } else if queued && running {
             self.shrink(EASE, max);
-        } else if self.round.full && running && baseline.is_some() {
+        } else if self.round.full && running && baseline.is_some() && !self.doubled {
             let grown =
                 if self.slow_start { self.limit * 2.0 } else { self.limit + self.limit.sqrt() };
+            self.doubled = self.slow_start;
             self.limit = grown.min(max);
+            return self.round.restart(now, median.unwrap_or(0.0));
         }
-        self.round.restart(now);
+        self.doubled = false;
+        self.round.restart(now, median.unwrap_or(0.0));
     }
 
     fn shrink(&mut self, factor: f64, max: f64) {
@@ -344,12 +364,12 @@ fn median(seconds: &mut [f32]) -> Option<f32> {
 
 impl Round {
     fn new(started: Instant) -> Self {
-        Self { started, seconds: Vec::new(), full: false, pushed_back: false }
+        Self { started, previous: 0.0, seconds: Vec::new(), full: false, pushed_back: false }
     }
 
     /// Begins the next round, keeping the samples' allocation.
-    fn restart(&mut self, started: Instant) {
-        self.started = started;
+    fn restart(&mut self, started: Instant, previous: f32) {
+        (self.started, self.previous) = (started, previous);
         self.seconds.clear();
         (self.full, self.pushed_back) = (false, false);
     }

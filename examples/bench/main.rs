@@ -4,7 +4,7 @@
 //! cargo run --release --example bench -- [--messages N] [--size BYTES] [--runs R] [--worker PATH]
 //!     [--latency MS [--sigma S]] [--object-name TEMPLATE] [--pubsub-cap MBPS] [--tls]
 //! cargo run --release --example bench -- --sweep [--latencies 10,50,200] [--sigmas 0,0.5,1]
-//!     [--sizes 256,65536] [--writes 16,64,256,1024] [--messages N] [--object-name TEMPLATE]
+//!     [--sizes 256,65536] [--writes 16,64,256,1024|none] [--messages N] [--object-name TEMPLATE]
 //! cargo run --release --example bench -- --compare-object-name TEMPLATE [--messages N]
 //!     [--runs PAIRS] [--size BYTES] [--latency MS [--sigma S]]
 //! ```
@@ -140,7 +140,7 @@ const USAGE: &str = "usage: cargo run --release --example bench -- [OPTIONS]
   [--latency MS [--sigma S (0)]] [--object-name TEMPLATE]
   [--pubsub-cap MBPS (per connection, off)] [--tls] (in every mode)
   --sweep [--latencies 10,50,200] [--sigmas 0,0.5,1] [--sizes 256,65536]
-          [--writes 16,64,256,1024] [--messages N per cell (sized by the expected rate)]
+          [--writes 16,64,256,1024|none] [--messages N per cell (sized by the expected rate)]
   --compare-object-name TEMPLATE [--messages N] [--runs PAIRS (3)] [--size BYTES]
           [--latency MS [--sigma S]]
 (see the header of examples/bench/main.rs)";
@@ -193,7 +193,14 @@ fn parse_args() -> anyhow::Result<Args> {
             "--latencies" => latencies = Some(list(&flag, &value()?, MS)?),
             "--sigmas" => sigmas = Some(list(&flag, &value()?, SIGMA)?),
             "--sizes" => sizes = Some(list(&flag, &value()?, 1..=1_000_000)?),
-            "--writes" => writes = Some(list(&flag, &value()?, 1..=10_000)?),
+            // `none`: the defaults' cells only.
+            "--writes" => {
+                let value = value()?;
+                writes = Some(match value.as_str() {
+                    "none" => Vec::new(),
+                    _ => list(&flag, &value, 1..=10_000)?,
+                });
+            }
             "--object-name" => object_name = Some(value()?),
             "--compare-object-name" => compare = Some(value()?),
             "--tls" => tls = true,

@@ -29,7 +29,7 @@ impl Storage {
     }
 }
 
-/// What a run showed, over its second half.
+/// What a run showed: the rate over its second half, the limit at its end and at its highest.
 #[derive(Debug)]
 struct Run {
     rate: f64,
@@ -49,9 +49,9 @@ async fn drive(max: usize, storage: Storage, secs: u64) -> Run {
     let (mut at_half, mut highest_limit) = (None, 0);
     while Instant::now() < end {
         let permit = limit.acquire().await;
+        highest_limit = highest_limit.max(limit.current());
         if Instant::now() >= half {
             at_half.get_or_insert(done.load(Ordering::Relaxed));
-            highest_limit = highest_limit.max(limit.current());
         }
         let took = storage.latency.sample(&mut rng);
         let (running, done, queue) = (running.clone(), done.clone(), queue.clone());
@@ -121,7 +121,8 @@ async fn a_storage_that_queues_keeps_the_limit_near_what_it_serves() {
         let run = drive(1024, storage, 60).await;
         assert!(run.rate > 0.9 * rate, "{median} ms, sigma {sigma}: {:.0}/s of {rate}/s", run.rate);
         // What it serves at once, by Little's law; writes queue beyond that, and the limit stops
-        // where they take about twice as long.
+        // where they take about twice as long. The highest of the whole run: slow start must not
+        // overshoot either (each of its connections would stay open in the pool).
         let serves = rate * storage.mean().as_secs_f64();
         assert!(
             (run.highest_limit as f64) < 3.0 * serves,

@@ -84,3 +84,27 @@ pub async fn wait_for(
     }
     Ok(())
 }
+
+/// Accepts connections on `listener` for as long as the task running it lives, counts each in
+/// `accepted` and serves it with `serve`; the connections' tasks end with it (abort it to close
+/// them all).
+async fn accept_each<F, Fut>(
+    listener: tokio::net::TcpListener,
+    accepted: std::sync::Arc<AtomicU64>,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let Ok((client, _)) = listener.accept().await else {
+            // e.g. EMFILE: back off instead of spinning.
+            sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        accepted.fetch_add(1, Ordering::Relaxed);
+        tasks.spawn(serve(client));
+    }
+}

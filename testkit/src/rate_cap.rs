@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// How much a connection may send at once, as time at its rate: small enough that the cap holds
@@ -37,8 +37,8 @@ impl RateCap {
         let addr = listener.local_addr()?;
         let bytes_per_sec = bytes_per_sec.max(1);
         let connections = Arc::new(AtomicU64::new(0));
-        let accept =
-            tokio::spawn(accept_loop(listener, upstream, bytes_per_sec, connections.clone()));
+        let serve = move |client| forward(client, upstream, bytes_per_sec);
+        let accept = tokio::spawn(crate::accept_each(listener, connections.clone(), serve));
         Ok(RateCap { addr, bytes_per_sec, connections, accept })
     }
 
@@ -61,25 +61,6 @@ impl Drop for RateCap {
     fn drop(&mut self) {
         // The accept task owns the connections' tasks: aborting it drops them all.
         self.accept.abort();
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    upstream: SocketAddr,
-    bytes_per_sec: u64,
-    connections: Arc<AtomicU64>,
-) {
-    let mut tasks = JoinSet::new();
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let Ok((client, _)) = listener.accept().await else {
-            // e.g. EMFILE: back off instead of spinning.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        connections.fetch_add(1, Ordering::Relaxed);
-        tasks.spawn(forward(client, upstream, bytes_per_sec));
     }
 }
 

@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::aws_lc_rs;
@@ -96,7 +96,8 @@ impl TlsFront {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicU64::new(0));
-        let accept = tokio::spawn(accept_loop(listener, acceptor, upstream, connections.clone()));
+        let serve = move |client| forward(acceptor.clone(), client, upstream);
+        let accept = tokio::spawn(crate::accept_each(listener, connections.clone(), serve));
         Ok(TlsFront { addr, connections, accept })
     }
 
@@ -119,25 +120,6 @@ impl Drop for TlsFront {
     fn drop(&mut self) {
         // The accept task owns the connections' tasks: aborting it drops them all.
         self.accept.abort();
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    upstream: SocketAddr,
-    connections: Arc<AtomicU64>,
-) {
-    let mut tasks = JoinSet::new();
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let Ok((client, _)) = listener.accept().await else {
-            // e.g. EMFILE: back off instead of spinning.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        connections.fetch_add(1, Ordering::Relaxed);
-        tasks.spawn(forward(acceptor.clone(), client, upstream));
     }
 }
 
