@@ -325,19 +325,11 @@ async fn run(args: Args, ca: Option<&LoopbackCa>) -> anyhow::Result<()> {
         ),
     };
     eprintln!(
-        "bench: {what}; worker {} ({:.1} MB){}{}{}{}",
+        "bench: {what}; worker {} ({:.1} MB){}{}",
         worker_bin.display(),
         binary_size as f64 / 1e6,
         if overrides.is_empty() { String::new() } else { format!("; overrides {overrides:?}") },
-        match &args.latency {
-            Some(latency) => format!("; storage latency {}", latency_text(latency)),
-            None => String::new(),
-        },
-        match args.pubsub_cap {
-            Some(rate) => format!("; Pub/Sub capped at {} MB/s a connection", rate as f64 / 1e6),
-            None => String::new(),
-        },
-        if args.tls { "; storage over TLS" } else { "" },
+        fakes_text(&args, "; "),
     );
     eprintln!("bench: starting the emulators...");
     let emu = Emulators::start().await.context("starting the emulators")?;
@@ -374,6 +366,22 @@ async fn run(args: Args, ca: Option<&LoopbackCa>) -> anyhow::Result<()> {
 }
 
 /// `50 ms`, or `50 ms median, sigma 1 (mean 82 ms)`.
+/// What stands between the worker and the emulators, each part after `separator`, for the
+/// first and the summary lines.
+fn fakes_text(args: &Args, separator: &str) -> String {
+    let mut text = String::new();
+    if let Some(latency) = &args.latency {
+        text += &format!("{separator}storage latency {}", latency_text(latency));
+    }
+    if let Some(rate) = args.pubsub_cap {
+        text += &format!("{separator}Pub/Sub capped at {} MB/s a connection", rate as f64 / 1e6);
+    }
+    if args.tls {
+        text += &format!("{separator}storage over TLS");
+    }
+    text
+}
+
 fn latency_text(latency: &Latency) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     match latency.sigma() {

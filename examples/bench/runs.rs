@@ -1,7 +1,7 @@
 //! The default mode: `--runs` runs of both ceilings, the worker on a backlog and a busy
 //! shutdown, then min/median/max of every figure and `BENCH {json}`. See the example's header.
 
-use super::{Args, Bench, Phase, WorkerRun, latency_text, load_average, machine};
+use super::{Args, Bench, Phase, WorkerRun, fakes_text, load_average, machine};
 use super::{round, stopped_summary, terminate};
 use anyhow::Context as _;
 use serde_json::{Value, json};
@@ -147,19 +147,11 @@ fn report(
 ) {
     let names: Vec<&str> = runs[0].metrics().iter().map(|(k, _)| *k).collect();
     println!(
-        "\n{messages} messages x {} B, {} run(s), {}{}{}{}",
+        "\n{messages} messages x {} B, {} run(s), {}{}",
         args.size,
         runs.len(),
         machine(),
-        match &args.latency {
-            Some(latency) => format!(", storage latency {}", latency_text(latency)),
-            None => String::new(),
-        },
-        match args.pubsub_cap {
-            Some(rate) => format!(", Pub/Sub capped at {} MB/s a connection", rate as f64 / 1e6),
-            None => String::new(),
-        },
-        if args.tls { ", storage over TLS" } else { "" },
+        fakes_text(args, ", "),
     );
     if let Some(template) = &args.object_name {
         println!("OBJECT_NAME={template}");
