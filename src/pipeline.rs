@@ -276,6 +276,14 @@ impl Pipeline {
             Err(e) => {
                 let took = started.elapsed();
                 let delay = self.backoff.failure(delivery_attempt);
+                // A collision is not retried into success: the nacks end in the dead-letter
+                // topic, and the object, someone else's, is never touched.
+                let what = match e.kind {
+                    FailureKind::NameCollision => {
+                        "an object of this name holds another message; leaving it untouched and nacking"
+                    }
+                    _ => "object write failed; nacking for redelivery",
+                };
                 error!(
                     message_id = %message.message_id,
                     delivery_attempt,
@@ -283,7 +291,7 @@ impl Pipeline {
                     reason = e.kind.as_str(),
                     error = %e,
                     retry_in_ms = delay.as_millis() as u64,
-                    "object write failed; nacking for redelivery"
+                    "{what}"
                 );
                 // Holding the message (and its write permit) for a moment before the nack keeps
                 // a broken bucket from turning into a tight redelivery loop. On shutdown the

@@ -2,12 +2,16 @@
 //!
 //! The write carries `ifGenerationMatch=0`, so it succeeds only if no object of that name exists.
 //! Because the name is a function of the message ([`crate::object`]), a precondition failure means
-//! an earlier delivery already stored this message: that is reported as
-//! [`Written::AlreadyExisted`] and the caller acks, which is how redelivery never duplicates data.
+//! an earlier delivery may already have stored this message. The sink reads that object's
+//! metadata: when it names this message (its `message_id` and `subscription`), the write is
+//! reported as [`Written::AlreadyExisted`] and the caller acks, which is how redelivery never
+//! duplicates data; when it names another message, or none, the write fails with
+//! [`FailureKind::NameCollision`] and the object is left as it is.
 
 use crate::object::ObjectSpec;
 use bytes::Bytes;
 use google_cloud_storage::client::Storage;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// What a successful write did.
@@ -15,7 +19,8 @@ use std::time::Duration;
 pub enum Written {
     /// The object was created by this write.
     Created,
-    /// The object already existed: a previous delivery of the same message wrote it.
+    /// The object already existed and its metadata names this message: a previous delivery of
+    /// the same message wrote it.
     AlreadyExisted,
 }
 
@@ -32,6 +37,10 @@ pub enum FailureKind {
     Transient,
     /// The write, retries included, took longer than `WRITE_TIMEOUT_SECS` (a hung connection).
     Timeout,
+    /// An object of this name exists and its metadata names another message (or none): two
+    /// sources share the bucket's names, or someone else created the object. It is never
+    /// touched; the message must not be acked in its place.
+    NameCollision,
 }
 
 impl FailureKind {
@@ -43,6 +52,7 @@ impl FailureKind {
             FailureKind::Rejected => "rejected",
             FailureKind::Transient => "transient",
             FailureKind::Timeout => "timeout",
+            FailureKind::NameCollision => "name_collision",
         }
     }
 }
@@ -52,7 +62,24 @@ impl FailureKind {
 #[error("{}: {source}", .kind.as_str())]
 pub struct WriteError {
     pub kind: FailureKind,
-    source: google_cloud_storage::Error,
+    source: Cause,
+}
+
+/// What a [`WriteError`] comes from.
+#[derive(Debug, thiserror::Error)]
+enum Cause {
+    #[error(transparent)]
+    Storage(#[from] google_cloud_storage::Error),
+    /// The existing object's metadata, as found: `Debug`-quoted in the message, since anyone
+    /// who can create objects chose it.
+    #[error("the existing object is message {message_id:?} of subscription {subscription:?}")]
+    Collision { message_id: Option<String>, subscription: Option<String> },
+}
+
+impl WriteError {
+    fn storage(e: google_cloud_storage::Error) -> Self {
+        Self { kind: classify(&e), source: Cause::Storage(e) }
+    }
 }
 
 /// Writes objects into one bucket through one shared storage client.
@@ -92,29 +119,59 @@ impl Sink {
                 .await;
             match created {
                 Ok(_) => Ok(Written::Created),
-                Err(e) if is_precondition_failure(&e) => Ok(Written::AlreadyExisted),
+                Err(e) if is_precondition_failure(&e) => self.existing(spec).await,
                 // Cloud Storage may answer 403 instead of 412 when the caller may create objects
                 // but not read them; with `storage.objects.get`, a read of this one name tells
                 // "already written" from "forbidden".
-                Err(e) if is_forbidden(&e) && self.exists(&spec.name).await => {
-                    Ok(Written::AlreadyExisted)
-                }
-                Err(e) => Err(WriteError { kind: classify(&e), source: e }),
+                Err(e) if is_forbidden(&e) => match self.existing(spec).await {
+                    Err(WriteError { source: Cause::Storage(_), .. }) => {
+                        Err(WriteError::storage(e))
+                    }
+                    found => found,
+                },
+                Err(e) => Err(WriteError::storage(e)),
             }
         });
         let Ok(result) = tokio::time::timeout(self.write_timeout, attempt).await else {
             let message = format!("no answer within {:?} (WRITE_TIMEOUT_SECS)", self.write_timeout);
             let source = google_cloud_storage::Error::timeout(message);
-            return Err(WriteError { kind: FailureKind::Timeout, source });
+            return Err(WriteError { kind: FailureKind::Timeout, source: source.into() });
         };
         result
     }
 
-    /// Whether the object exists; `false` when that cannot be known either. Its body is not
-    /// read: the response is dropped once the object's metadata has arrived.
-    async fn exists(&self, name: &str) -> bool {
-        self.client.read_object(&self.bucket_path, name).send().await.is_ok()
+    /// The object of this name exists: is it this message's? Its body is not read: the
+    /// response is dropped once the object's metadata has arrived. A failed read is a
+    /// transient failure, as the object may be gone by then (a redelivery then writes it).
+    async fn existing(&self, spec: &ObjectSpec) -> Result<Written, WriteError> {
+        let read = self.client.read_object(&self.bucket_path, &spec.name).send().await;
+        let found = match read {
+            Ok(response) => response.object().metadata,
+            Err(e) => {
+                let kind = match classify(&e) {
+                    FailureKind::BucketNotFound => FailureKind::Transient,
+                    kind => kind,
+                };
+                return Err(WriteError { kind, source: Cause::Storage(e) });
+            }
+        };
+        if same_message(&found, spec) {
+            return Ok(Written::AlreadyExisted);
+        }
+        let [message_id, subscription] =
+            ["message_id", "subscription"].map(|key| found.get(key).cloned());
+        let source = Cause::Collision { message_id, subscription };
+        Err(WriteError { kind: FailureKind::NameCollision, source })
     }
+}
+
+/// Whether an existing object's metadata names the message `spec` describes: its id (unique
+/// per topic only) and its subscription (which belongs to one topic) must both match.
+fn same_message(found: &HashMap<String, String>, spec: &ObjectSpec) -> bool {
+    ["message_id", "subscription"].iter().all(|key| {
+        let ours = spec.metadata.get(*key);
+        ours.is_some() && found.get(*key) == ours
+    })
 }
 
 /// Only a precondition failure proves the object exists: HTTP 412 on the JSON API (whatever
@@ -178,6 +235,26 @@ mod tests {
         assert!(is_forbidden(&grpc(Code::PermissionDenied)));
         assert!(!is_forbidden(&http(401, "UNAUTHENTICATED")));
         assert!(!is_forbidden(&http(404, "NOT_FOUND")));
+    }
+
+    #[test]
+    fn an_existing_object_is_this_message_s_only_if_id_and_subscription_match() {
+        let metadata = [("message_id", "42"), ("subscription", "projects/p/subscriptions/s")];
+        let spec = ObjectSpec {
+            name: "42.txt".into(),
+            content_type: crate::object::TEXT,
+            metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let found = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let extra = [metadata[0], metadata[1], ("delivery_attempt", "3")];
+        assert!(same_message(&found(&extra), &spec));
+        let other_id = [("message_id", "43"), metadata[1]];
+        let other_subscription = [metadata[0], ("subscription", "projects/q/subscriptions/s")];
+        for other in [&other_id[..], &other_subscription, &metadata[..1], &[]] {
+            assert!(!same_message(&found(other), &spec), "{other:?}");
+        }
     }
 
     #[test]

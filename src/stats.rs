@@ -104,7 +104,8 @@ impl Stats {
             Opts::new(
                 "messages_nacked_total",
                 "Messages nacked, by reason: bucket_not_found, permission_denied, rejected, \
-                 transient, timeout (write failures) or shutdown (unfinished at the shutdown deadline).",
+                 transient, timeout (write failures), name_collision (an object of the name holds \
+                 another message) or shutdown (unfinished at the shutdown deadline).",
             )
             .namespace(NAMESPACE),
             &["reason"],

@@ -78,6 +78,24 @@ impl Gcs {
         Ok(())
     }
 
+    /// Uploads (or overwrites) an object with custom metadata, e.g. one as an earlier delivery
+    /// of a message wrote it (`message_id`, `subscription`), or one of someone else's.
+    pub async fn put_object_with_metadata(
+        &self,
+        bucket: &str,
+        name: &str,
+        bytes: &[u8],
+        metadata: &[(&str, &str)],
+    ) -> Result<()> {
+        self.put_object(bucket, name, bytes).await?;
+        let (b, n) = (url_encode(bucket), url_encode(name));
+        let url = format!("{}/storage/v1/b/{b}/o/{n}", self.base);
+        let metadata: BTreeMap<&str, &str> = metadata.iter().copied().collect();
+        let patch = self.http.patch(url).json(&json!({ "metadata": metadata }));
+        send(patch, &format!("set the metadata of gs://{bucket}/{name}")).await?;
+        Ok(())
+    }
+
     /// Polls the bucket until it holds at least `n` objects and returns the listing; fails
     /// after `timeout` with the count last seen. The pause grows with the listing time, so that
     /// polling a large bucket does not starve the worker of CPU.

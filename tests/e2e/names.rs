@@ -47,7 +47,10 @@ async fn a_template_names_every_object_safely_and_a_redelivery_adds_none() -> Re
     let sent = &published[&first.message_id];
     let first_name =
         expected_name(&first.message_id, &first.publish_time, rendered(sent), &sent.data);
-    fx.gcs.put_object(&fx.bucket, &first_name, b"written by the first delivery").await?;
+    let subscription = fx.pubsub.subscription_path(&fx.subscription);
+    let metadata = [("message_id", first.message_id.as_str()), ("subscription", &subscription)];
+    let body = b"written by the first delivery";
+    fx.gcs.put_object_with_metadata(&fx.bucket, &first_name, body, &metadata).await?;
     fx.pubsub.settle(&fx.subscription, std::slice::from_ref(&first.ack_id), Some(0)).await?;
 
     let env = with_vars(fx.binary_env(&fx.emulators.storage_url()), &[("OBJECT_NAME", TEMPLATE)]);

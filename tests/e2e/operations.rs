@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
 /// The health endpoint on a free loopback port.
-const HEALTH: [(&str, &str); 2] = [("HEALTH_PORT", "0"), ("HEALTH_HOST", "127.0.0.1")];
+pub const HEALTH: [(&str, &str); 2] = [("HEALTH_PORT", "0"), ("HEALTH_HOST", "127.0.0.1")];
 
 /// The liveness probe fails while storage hangs with messages in flight, and passes again once
 /// storage recovers and the messages are written; the startup probe passes once running.
@@ -120,7 +120,7 @@ async fn storage_over_tls_trusts_the_authority_of_ssl_cert_file() -> Result {
     Ok(())
 }
 
-async fn get(http: &reqwest::Client, url: &str) -> Result<(u16, String)> {
+pub async fn get(http: &reqwest::Client, url: &str) -> Result<(u16, String)> {
     let response = http.get(url).send().await?;
     let status = response.status().as_u16();
     Ok((status, response.text().await?))
@@ -142,7 +142,7 @@ async fn wait_for_status(http: &reqwest::Client, url: &str, want: u16) -> Result
 }
 
 /// `name{labels} value` lines of the text format, keyed by `name{labels}`.
-fn parse_metrics(page: &str) -> BTreeMap<String, f64> {
+pub fn parse_metrics(page: &str) -> BTreeMap<String, f64> {
     page.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {

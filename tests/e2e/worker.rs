@@ -93,7 +93,10 @@ async fn redelivered_message_with_existing_object_is_acked_once() -> Result {
         anyhow::bail!("expected one message, got {first:?}");
     };
     let name = format!("message_{}_{}.txt", name_stamp(&first.publish_time), first.message_id);
-    fx.gcs.put_object(&fx.bucket, &name, b"written by the first delivery").await?;
+    let subscription = fx.pubsub.subscription_path(&fx.subscription);
+    let metadata = [("message_id", first.message_id.as_str()), ("subscription", &subscription)];
+    let body = b"written by the first delivery";
+    fx.gcs.put_object_with_metadata(&fx.bucket, &name, body, &metadata).await?;
     fx.pubsub.settle(&fx.subscription, std::slice::from_ref(&first.ack_id), Some(0)).await?;
 
     let worker = fx.start_worker(&fx.emulators.storage_url(), &[]).await?;
