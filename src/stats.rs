@@ -40,6 +40,7 @@ pub struct Stats {
     written: IntCounter,
     duplicates: IntCounter,
     acked: IntCounter,
+    binary: IntCounter,
     nacked: IntCounterVec,
     bytes_written: IntCounter,
     in_flight: IntGauge,
@@ -98,6 +99,11 @@ impl Stats {
             "Messages whose object already existed (written by an earlier delivery); acked.",
         );
         let acked = counter("messages_acked_total", "Messages acked.");
+        let binary = counter(
+            "binary_messages_total",
+            "Messages whose data is not valid UTF-8, stored unchanged as application/octet-stream \
+             (redeliveries count again).",
+        );
         let bytes_written =
             counter("bytes_written_total", "Bytes of message data in created objects.");
         let nacked = IntCounterVec::new(
@@ -157,6 +163,7 @@ impl Stats {
             written,
             duplicates,
             acked,
+            binary,
             nacked,
             bytes_written,
             in_flight,
@@ -193,6 +200,11 @@ impl Stats {
         self.write_seconds.observe(took.as_secs_f64());
         self.settled();
         self.acked.inc();
+    }
+
+    /// A message whose data is not valid UTF-8 is being written.
+    pub fn binary(&self) {
+        self.binary.inc();
     }
 
     /// A nack; `took` is the failed write's duration (none for an abandoned one).
@@ -306,6 +318,7 @@ mod tests {
         stats.received(Some(3));
         stats.received(None);
         stats.written(7, MS);
+        stats.binary();
         stats.nacked(NackReason::Shutdown, None);
         let page = stats.render();
         for line in [
@@ -313,6 +326,7 @@ mod tests {
             "pubsub_gcs_worker_objects_written_total 1",
             "pubsub_gcs_worker_messages_acked_total 1",
             "pubsub_gcs_worker_duplicates_skipped_total 0",
+            "pubsub_gcs_worker_binary_messages_total 1",
             "pubsub_gcs_worker_bytes_written_total 7",
             "pubsub_gcs_worker_messages_in_flight 0",
             "pubsub_gcs_worker_messages_nacked_total{reason=\"shutdown\"} 1",

@@ -37,15 +37,18 @@ async fn liveness_fails_while_storage_hangs_and_recovers_with_it() -> Result {
     Ok(())
 }
 
-/// `/metrics` counts exactly what the test published and the worker wrote.
+/// `/metrics` counts exactly what the test published and the worker wrote, binary messages too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_match_what_was_published_and_written() -> Result {
     const N: usize = 50;
     let fx = Fixture::new(true).await?;
     let worker = fx.start_worker(&fx.emulators.storage_url(), &HEALTH).await?;
     let base = format!("http://{}", worker.health.expect("health endpoint asked for"));
-    let messages: Vec<OutMessage> =
-        (0..N).map(|i| OutMessage::new("x".repeat((i + 1) * 10))).collect();
+    // Every fifth message is binary (not UTF-8).
+    let data = |i: usize| {
+        if i.is_multiple_of(5) { vec![0xff; (i + 1) * 10] } else { vec![b'x'; (i + 1) * 10] }
+    };
+    let messages: Vec<OutMessage> = (0..N).map(|i| OutMessage::new(data(i))).collect();
     let bytes: usize = messages.iter().map(|m| m.data.len()).sum();
     fx.pubsub.publish(&fx.topic, &messages).await?;
     fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(60)).await?;
@@ -69,6 +72,7 @@ async fn metrics_match_what_was_published_and_written() -> Result {
         ("pubsub_gcs_worker_objects_written_total", n),
         ("pubsub_gcs_worker_messages_acked_total", n),
         ("pubsub_gcs_worker_duplicates_skipped_total", 0.0),
+        ("pubsub_gcs_worker_binary_messages_total", (N / 5) as f64),
         ("pubsub_gcs_worker_bytes_written_total", bytes as f64),
         ("pubsub_gcs_worker_messages_in_flight", 0.0),
         ("pubsub_gcs_worker_write_duration_seconds_count", n),
