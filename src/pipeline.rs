@@ -69,7 +69,7 @@ pub struct Limits {
     pub max_concurrent_writes: usize,
     /// Messages held at once, waiting for a write or being written (`MAX_OUTSTANDING_MESSAGES`).
     pub max_outstanding_messages: i64,
-    /// Bytes of message data held at once (`MAX_OUTSTANDING_BYTES`).
+    /// Bytes of messages held at once (`MAX_OUTSTANDING_BYTES`), as [`held_bytes`] counts them.
     pub max_outstanding_bytes: i64,
 }
 
@@ -164,7 +164,7 @@ impl Pipeline {
                     self.stats.nacked(NackReason::Shutdown, None);
                     return Ok(());
                 }
-                held = run.budget.reserve(message.data.len()) => held,
+                held = run.budget.reserve(held_bytes(&message)) => held,
             };
             let permits = Permits { writes: run.writes.clone(), _held: held };
             let (stopping, abandon) = (run.stopping.clone(), run.abandon.clone());
@@ -349,6 +349,15 @@ struct Budget {
     max_bytes: u64,
 }
 
+/// What a message weighs in the [`Budget`]: its data, its attributes (keys and values, up to
+/// 100 of them), its ordering key and its id, all of which the process holds. Pub/Sub counts a
+/// message's size for flow control the same way (the whole message, not its data alone), so the
+/// streams' shares of `MAX_OUTSTANDING_BYTES` and this budget measure alike.
+pub fn held_bytes(message: &Message) -> usize {
+    let attributes: usize = message.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+    message.data.len() + attributes + message.ordering_key.len() + message.message_id.len()
+}
+
 /// One message's share of the [`Budget`], returned when dropped.
 struct Held {
     budget: Arc<Budget>,
@@ -434,6 +443,40 @@ mod tests {
         assert_eq!(b.failure(None), Duration::from_secs(10));
         b.success();
         assert_eq!(b.failure(None), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_message_weighs_its_data_attributes_ordering_key_and_id() {
+        let attributes = (0..100).map(|i| (format!("k{i:02}"), "v".repeat(1000)));
+        let message = Message::new()
+            .set_message_id("1234")
+            .set_data(bytes::Bytes::from_static(b"12345"))
+            .set_ordering_key("key")
+            .set_attributes(attributes);
+        assert_eq!(held_bytes(&message), 5 + 100 * (3 + 1000) + 3 + 4);
+    }
+
+    /// Attributes take room in the budget: a message of a few data bytes with 600 bytes of
+    /// attributes leaves no room for a second one under a 1,000-byte budget until it is done.
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_holds_attributes_as_well_as_data() {
+        let limits = Limits {
+            max_concurrent_writes: 1,
+            max_outstanding_messages: 10,
+            max_outstanding_bytes: 1000,
+        };
+        let budget = Budget::new(&limits);
+        let message = Message::new()
+            .set_data(bytes::Bytes::from_static(b"x"))
+            .set_attributes([("a", "v".repeat(600))]);
+        let first = budget.reserve(held_bytes(&message)).await;
+        let second =
+            tokio::time::timeout(Duration::from_secs(1), budget.reserve(held_bytes(&message)));
+        assert!(second.await.is_err(), "two such messages fit in 1,000 bytes");
+        drop(first);
+        let again =
+            tokio::time::timeout(Duration::from_secs(1), budget.reserve(held_bytes(&message)));
+        assert!(again.await.is_ok(), "the first one's bytes were returned");
     }
 
     #[test]
