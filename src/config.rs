@@ -11,7 +11,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
-use crate::name::{DEFAULT_TEMPLATE, NameTemplate, TemplateError};
+use crate::name::{DEFAULT_TEMPLATE, NameTemplate};
 pub use crate::telemetry::LogFormat;
 
 /// A variable the worker reads, and how its value is checked.
@@ -223,7 +223,7 @@ impl Env {
         let prefix = self.text("OBJECT_PREFIX").unwrap_or_default();
         let template = self.text("OBJECT_NAME").unwrap_or_else(|| DEFAULT_TEMPLATE.into());
         NameTemplate::parse(&template, &prefix).unwrap_or_else(|e| {
-            let in_prefix = matches!(e, TemplateError::ForbiddenInPrefix(_));
+            let in_prefix = e.in_prefix();
             let (name, value) =
                 if in_prefix { ("OBJECT_PREFIX", prefix) } else { ("OBJECT_NAME", template) };
             self.problems.push(format!("{name}={value:?} {e}"));

@@ -20,6 +20,8 @@ pub const DEFAULT_TEMPLATE: &str = "message_{publish_time}_{message_id}.{ext}";
 
 /// Cloud Storage's limit on a name, in bytes.
 const NAME_MAX: usize = 1024;
+/// Cloud Storage refuses every name that starts with this (it serves ACME HTTP-01 challenges).
+const RESERVED_START: &str = ".well-known/acme-challenge/";
 /// The fixed part of a name (prefix, literal text, the widest rendering of each fixed-width token,
 /// [`ID_MAX`] per `{message_id}` and [`VALUE_MIN`] per other value) may take half of a name, so
 /// that values always keep the other half.
@@ -81,6 +83,16 @@ pub enum TemplateError {
     IdNotAlone,
     #[error("takes {0} bytes before any value: {TOO_LONG}")]
     TooLong(usize),
+    /// `in_prefix`: `OBJECT_PREFIX` alone is to blame.
+    #[error("{RESERVED}")]
+    ReservedStart { in_prefix: bool },
+}
+
+impl TemplateError {
+    /// Whether `OBJECT_PREFIX`, not `OBJECT_NAME`, is the variable to name.
+    pub fn in_prefix(&self) -> bool {
+        matches!(self, Self::ForbiddenInPrefix(_) | Self::ReservedStart { in_prefix: true })
+    }
 }
 
 const NO_ID: &str =
@@ -92,6 +104,8 @@ const FORBIDDEN: &str = "object names must not contain (control characters, #, [
 const DOT_FIX: &str = "add text, a token that is never empty, or a default to the attribute";
 const NOT_ALONE: &str = "two messages could get the same name ({a}{message_id} gives 123 for a=1 \
     and id 23, and for a=12 and id 3); put a / between them, or use {publish_time} or {hash:N}";
+const RESERVED: &str = "makes names start with .well-known/acme-challenge/, or text that values \
+    could complete to it, which Cloud Storage refuses (expected another first folder)";
 const TOO_LONG: &str = "counting 128 per {message_id} and 12 per other value, the fixed part \
     may take at most 512 bytes, half of a name, so that values keep the other half";
 
@@ -190,6 +204,15 @@ impl NameTemplate {
         }
         let mut pieces = vec![Piece::Fixed(prefix)];
         parts.iter().for_each(|part| part.pieces(&mut pieces));
+        if reserved_start(prefix) {
+            return Err(TemplateError::ReservedStart { in_prefix: true });
+        }
+        let fixed_start: String = (pieces.iter())
+            .map_while(|piece| if let Piece::Fixed(text) = piece { Some(*text) } else { None })
+            .collect();
+        if reserved_start(&fixed_start) {
+            return Err(TemplateError::ReservedStart { in_prefix: false });
+        }
         let value_budget = check_layout(&pieces)?;
         let prefix = prefix.to_string();
         Ok(Self { source: format!("{prefix}{template}"), prefix, parts, value_budget })
@@ -225,6 +248,10 @@ impl NameTemplate {
     }
 
     /// The name with values capped at `cap` bytes each, and the bytes the values took.
+    ///
+    /// A name that values made start with `.well-known/acme-challenge/` (`parse` refused fixed
+    /// text that could) has that first `.` written `%2E`, as [`encode`] writes a lone `.`: the
+    /// name is then one Cloud Storage takes. The two bytes this adds count as the values'.
     fn write(&self, fields: &NameFields<'_>, cap: usize) -> (String, usize) {
         let (mut out, mut used) = (self.prefix.clone(), 0);
         let time = fields.publish_time.and_then(|t| t.checked_to_offset(UtcOffset::UTC));
@@ -243,6 +270,10 @@ impl NameTemplate {
             let start = out.len();
             encode(value, cap, &mut out);
             used += out.len() - start;
+        }
+        if out.starts_with(RESERVED_START) {
+            out.replace_range(..1, "%2E");
+            used += 2;
         }
         (out, used)
     }
@@ -343,6 +374,12 @@ fn stamp(time: Option<OffsetDateTime>) -> String {
     let format =
         format_description!("[year][month][day]_[hour][minute][second]_[subsecond digits:6]");
     time.and_then(|t| t.format(format).ok()).unwrap_or_else(|| "00000000_000000_000000".to_string())
+}
+
+/// Whether fixed text at the start of a name starts with [`RESERVED_START`], or is part of it
+/// that values could complete.
+fn reserved_start(fixed: &str) -> bool {
+    !fixed.is_empty() && (fixed.starts_with(RESERVED_START) || RESERVED_START.starts_with(fixed))
 }
 
 fn forbidden(text: &str) -> Option<char> {

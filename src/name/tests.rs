@@ -119,6 +119,13 @@ fn templates_that_could_lose_messages_or_make_bad_names_are_refused() {
         ("{publish_time:%Y%m%d}_{message_id}", "", IdNotAlone, "varying width"),
         (&too_long, "", TooLong(528), "takes 528 bytes"),
         (&too_long, "in/{message_id}", TooLong(543), "takes 543 bytes"),
+        ("{message_id}", ".well-known/acme-challenge/", ReservedStart { in_prefix: true }, "acme"),
+        ("{attributes.a}/{message_id}", ".well-known/", ReservedStart { in_prefix: true }, "complete"),
+        ("{message_id}", ".", ReservedStart { in_prefix: true }, "Cloud Storage refuses"),
+        (".well-known/acme-challenge/{message_id}", "", ReservedStart { in_prefix: false }, "acme"),
+        ("-known/acme-challenge/{message_id}", ".well", ReservedStart { in_prefix: true }, "acme"),
+        ("{publish_time:.well-known/acme-challenge/%Y}/{message_id}", "", ReservedStart { in_prefix: false }, "acme"),
+        (".well-known/acme-challenge{ordering_key}/{message_id}", "", ReservedStart { in_prefix: false }, "acme"),
     ];
     for (template, prefix, want, needle) in cases {
         let err = NameTemplate::parse(template, prefix).expect_err(template);
@@ -134,6 +141,13 @@ fn templates_that_could_lose_messages_or_make_bad_names_are_refused() {
     for ok in ["{attributes.a|d}./{message_id}", ".../{message_id}", "{hash:1}./{message_id}"] {
         assert!(NameTemplate::parse(ok, "").is_ok(), "{ok}");
     }
+    for (ok, prefix) in
+        [("{message_id}", ".well-known/x/"), ("a/.well-known/acme-challenge/{message_id}", "")]
+    {
+        assert!(NameTemplate::parse(ok, prefix).is_ok(), "{prefix}{ok}");
+    }
+    assert!(ReservedStart { in_prefix: true }.in_prefix() && ForbiddenInPrefix('#').in_prefix());
+    assert!(!ReservedStart { in_prefix: false }.in_prefix() && !DotSegment(".".into()).in_prefix());
 }
 
 #[test]
@@ -153,6 +167,27 @@ fn hostile_values_are_encoded_and_capped() {
         let template = "{attributes.v}/{ordering_key}/{message_id}";
         assert_eq!(name(template, &f), want);
     }
+}
+
+/// Values (and ids) that would make a name start with `.well-known/acme-challenge/`, which
+/// Cloud Storage refuses, have its first `.` written `%2E`; names that merely hold it are kept.
+#[test]
+fn values_cannot_start_a_name_with_the_acme_challenge_folder() {
+    let attrs = attributes(&[("a", ".well-known"), ("b", "acme-challenge"), ("c", "")]);
+    let mut f = fields(&attrs);
+    #[rustfmt::skip]
+    let cases = [
+        ("{attributes.a}/{attributes.b}/{message_id}", "%2Ewell-known/acme-challenge/1234567890"),
+        ("{attributes.a}/acme-challenge{attributes.c}/{message_id}", "%2Ewell-known/acme-challenge/1234567890"),
+        ("{attributes.c}{attributes.a}/acme-challenge/{message_id}", "%2Ewell-known/acme-challenge/1234567890"),
+        ("{attributes.a}/{attributes.b}x/{message_id}", ".well-known/acme-challengex/1234567890"),
+        ("x/{attributes.a}/{attributes.b}/{message_id}", "x/.well-known/acme-challenge/1234567890"),
+    ];
+    for (template, want) in cases {
+        assert_eq!(name(template, &f), want, "{template}");
+    }
+    f.message_id = ".well-known";
+    assert_eq!(name("{message_id}/acme-challenge/x", &f), "%2Ewell-known/acme-challenge/x");
 }
 
 #[test]
@@ -196,6 +231,7 @@ fn assert_valid(name: &str) {
     assert!((1..=NAME_MAX).contains(&name.len()), "{} bytes: {name:?}", name.len());
     assert!(!name.contains(|c: char| c.is_control() || "#[]*?".contains(c)), "{name:?}");
     assert!(!name.split('/').any(|s| s == "." || s == ".."), "{name:?}");
+    assert!(!name.starts_with(".well-known/acme-challenge/"), "{name:?}");
 }
 
 /// Valid pieces around a path segment with `{message_id}` and fixed-width tokens.
@@ -211,6 +247,8 @@ fn template() -> impl Strategy<Value = String> {
         1 => fixed_width.clone(),
         1 => Just("{publish_time:%Y/%m/%d/%H}".to_string()),
         1 => "[a-z0-9=./_-]{0,6}",
+        1 => prop_oneof![Just(".well-known/"), Just("acme-challenge/"), Just("/acme-challenge")]
+            .prop_map(String::from),
         // Many values, so that some names need shortening.
         2 => Just("{subscription}/{ordering_key}".to_string()),
         2 => "[a-c]".prop_map(|k| format!("{{attributes.{k}}}")),
@@ -227,7 +265,10 @@ fn template() -> impl Strategy<Value = String> {
 }
 
 fn text() -> impl Strategy<Value = String> {
-    prop_oneof![2 => any::<String>(), 1 => "[./]{0,3}", 1 => "[0-9]{1,20}", 3 => ".{30,300}"]
+    let reserved = prop_oneof![Just(".well-known"), Just("acme-challenge")].prop_map(String::from);
+    prop_oneof![
+        2 => any::<String>(), 1 => "[./]{0,3}", 1 => "[0-9]{1,20}", 3 => ".{30,300}", 1 => reserved
+    ]
 }
 
 const NANOS: i128 = 1_000_000_000;
@@ -269,6 +310,26 @@ proptest! {
         (f.ordering_key, f.subscription_id) = (other_key, other_subscription);
         (f.attributes, f.text, f.publish_time) = (other_attributes, !text, None);
         prop_assert_ne!(&name, &template.render(&f));
+    }
+
+    /// Templates and values made of the pieces of `.well-known/acme-challenge/`, so that many
+    /// would start a name with it.
+    #[test]
+    fn values_never_start_a_name_with_the_acme_challenge_folder(
+        pieces in prop::collection::vec(prop::sample::select(vec![
+            "{attributes.a}", "{attributes.b}", "{ordering_key}", "{message_id}", "/",
+            ".well-known", "acme-challenge", "-",
+        ]), 1..6),
+        [a, b, key, id] in [(); 4].map(|()| prop::sample::select(vec![
+            ".well-known", "acme-challenge", "", "-", "1",
+        ])),
+    ) {
+        let template = NameTemplate::parse(&(pieces.concat() + "/{message_id}"), "");
+        prop_assume!(template.is_ok(), "refused: {:?}", template);
+        let attributes = attributes(&[("a", a), ("b", b)]);
+        let mut f = fields(&attributes);
+        (f.ordering_key, f.message_id) = (key, id);
+        assert_valid(&template.expect("checked").render(&f));
     }
 
     #[test]

@@ -81,14 +81,15 @@ fn expected_name(id: &str, publish_time: &str, task: &str, data: &[u8]) -> Strin
     format!("dt={day}/{task}/{hash}/{id}.{ext}")
 }
 
-/// A template that could give two messages one name, or cannot be rendered, stops the worker at
-/// start (exit 2, one line naming OBJECT_NAME) before it pulls anything.
+/// A template that could give two messages one name, or cannot be rendered, or a prefix or
+/// template that gives names Cloud Storage refuses, stops the worker at start (exit 2, one line
+/// naming OBJECT_NAME or OBJECT_PREFIX) before it pulls anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_template_exits_2_and_leaves_the_backlog_untouched() -> Result {
     let fx = Fixture::new(true).await?;
     fx.publish(&[OutMessage::new("a"), OutMessage::new("b")]).await?;
     let too_long = format!("{}/{{message_id}}", "d".repeat(600));
-    for template in [
+    let templates = [
         "{attributes.task_type}/{publish_time}.txt",
         "{message}/{message_id}",
         "{publish_time:%Q}/{message_id}",
@@ -97,15 +98,19 @@ async fn an_invalid_template_exits_2_and_leaves_the_backlog_untouched() -> Resul
         "{attributes.a}{message_id}",
         "{message_id",
         too_long.as_str(),
-    ] {
-        let env =
-            with_vars(fx.binary_env(&fx.emulators.storage_url()), &[("OBJECT_NAME", template)]);
+        ".well-known/acme-challenge/{message_id}",
+    ];
+    // Names Cloud Storage refuses because of the prefix alone: the line names OBJECT_PREFIX.
+    let prefixes = [".well-known/acme-challenge/", ".well-known/"];
+    let bad = templates.map(|t| ("OBJECT_NAME", t));
+    for (variable, template) in bad.into_iter().chain(prefixes.map(|p| ("OBJECT_PREFIX", p))) {
+        let env = with_vars(fx.binary_env(&fx.emulators.storage_url()), &[(variable, template)]);
         let mut worker = BinaryWorker::spawn(&env, "bad-template")?;
         let status = worker.wait(Duration::from_secs(30)).await?;
         let log = worker.log();
         assert_eq!(status.code(), Some(2), "{template}: {log}");
         assert_eq!(log.trim_end().lines().count(), 1, "{template}: one line: {log}");
-        assert!(log.contains(&format!("OBJECT_NAME={template:?} ")), "{template}: {log}");
+        assert!(log.contains(&format!("{variable}={template:?} ")), "{template}: {log}");
     }
     // Nothing was leased: both messages can be pulled at once.
     let mut pulled = Vec::new();
