@@ -350,9 +350,10 @@ struct Budget {
 }
 
 /// What a message weighs in the [`Budget`]: its data, its attributes (keys and values, up to
-/// 100 of them), its ordering key and its id, all of which the process holds. Pub/Sub counts a
-/// message's size for flow control the same way (the whole message, not its data alone), so the
-/// streams' shares of `MAX_OUTSTANDING_BYTES` and this budget measure alike.
+/// 100 of them), its ordering key and its id, all of which the process holds. The service's
+/// flow control counts "bytes worth of messages", whole messages (Google's Java client weighs
+/// each by its serialized size), so the streams' shares of `MAX_OUTSTANDING_BYTES` need no
+/// change and measure about as this budget does (it leaves out a few bytes of framing).
 pub fn held_bytes(message: &Message) -> usize {
     let attributes: usize = message.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
     message.data.len() + attributes + message.ordering_key.len() + message.message_id.len()
