@@ -109,6 +109,8 @@ pub struct NameFields<'a> {
     pub subscription_id: &'a str,
     /// The data is valid UTF-8.
     pub text: bool,
+    /// The body is stored gzipped (`OBJECT_COMPRESSION=gzip`): `{ext}` ends in `.gz`.
+    pub gzip: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,7 +269,10 @@ impl Part {
             Part::Text(text) => out.push_str(text),
             Part::MessageId => push_id(out, fields.message_id),
             Part::Hash(n) => out.push_str(&sha256_hex(fields.message_id)[..*n]),
-            Part::Ext => out.push_str(if fields.text { "txt" } else { "bin" }),
+            Part::Ext => {
+                out.push_str(if fields.text { "txt" } else { "bin" });
+                out.push_str(if fields.gzip { ".gz" } else { "" });
+            }
             Part::Stamp => out.push_str(&stamp(time)),
             // `time_format` checked that the format renders across the whole range.
             Part::Time(format) => {
@@ -283,7 +288,8 @@ impl Part {
             Part::Text(text) => Piece::Fixed(text),
             Part::MessageId => Piece::Id,
             Part::Hash(n) => Piece::Token { max: *n, varies: false },
-            Part::Ext => Piece::Token { max: 3, varies: false },
+            // `txt.gz`: the widest, with `OBJECT_COMPRESSION=gzip`.
+            Part::Ext => Piece::Token { max: 6, varies: false },
             // Only before year 0 is it wider, and no message was published then.
             Part::Stamp => Piece::Token { max: STAMP_MAX, varies: false },
             Part::Time(format) => {

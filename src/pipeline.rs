@@ -15,7 +15,7 @@
 
 use crate::concurrency::{Outcome, WriteLimit};
 use crate::name::NameTemplate;
-use crate::object::ObjectSpec;
+use crate::object::{ObjectSettings, ObjectSpec};
 use crate::sink::{FailureKind, Sink, Written};
 use crate::stats::{NackReason, Stats};
 use google_cloud_pubsub::model::Message;
@@ -56,6 +56,7 @@ pub struct Pipeline {
     sink: Sink,
     stats: Arc<Stats>,
     names: NameTemplate,
+    objects: ObjectSettings,
     subscription: String,
     limits: Limits,
     shutdown_timeout: Duration,
@@ -78,6 +79,7 @@ impl Pipeline {
         sink: Sink,
         stats: Arc<Stats>,
         names: NameTemplate,
+        objects: ObjectSettings,
         subscription: String,
         limits: Limits,
         shutdown_timeout: Duration,
@@ -86,6 +88,7 @@ impl Pipeline {
             sink,
             stats,
             names,
+            objects,
             subscription,
             limits,
             shutdown_timeout,
@@ -229,8 +232,13 @@ impl Pipeline {
             return;
         };
         let delivery_attempt = handler.delivery_attempt();
-        let spec =
-            ObjectSpec::for_message(&message, &self.names, &self.subscription, delivery_attempt);
+        let spec = ObjectSpec::for_message(
+            &message,
+            &self.names,
+            &self.objects,
+            &self.subscription,
+            delivery_attempt,
+        );
         if !spec.is_text() {
             warn!(
                 message_id = %message.message_id,

@@ -42,9 +42,10 @@ impl Worker {
         }
         let stats = Arc::new(Stats::default());
         let pipeline = Arc::new(Pipeline::new(
-            Sink::new(storage, &config.bucket, config.write_timeout),
+            Sink::new(storage, &config.bucket, config.write_timeout).with_settings(&config.objects),
             stats.clone(),
             config.names.clone(),
+            config.objects.clone(),
             config.subscription.clone(),
             Limits {
                 max_concurrent_writes: config.max_concurrent_writes,

@@ -692,7 +692,10 @@ impl Bench<'_> {
             // What the worker builds per message: a name, the content type and metadata.
             let spec = ObjectSpec {
                 name: format!("message_20250101_000000_{i:06}_{i}.txt"),
-                content_type: TEXT,
+                content_type: TEXT.into(),
+                text: true,
+                gzip: false,
+                custom_time: None,
                 metadata: BTreeMap::from([
                     ("message_id".to_string(), i.to_string()),
                     ("publish_time".to_string(), "2025-01-01T00:00:00.000000Z".to_string()),

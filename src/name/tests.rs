@@ -5,8 +5,8 @@ use proptest::prelude::*;
 fn fields(attributes: &HashMap<String, String>) -> NameFields<'_> {
     let publish_time = Some(time::macros::datetime!(2024-02-29 23:59:58.123456789 UTC));
     let (message_id, ordering_key, subscription_id) = ("1234567890", "", "sub");
-    let text = true;
-    NameFields { message_id, publish_time, attributes, ordering_key, subscription_id, text }
+    let (text, gzip) = (true, false);
+    NameFields { message_id, publish_time, attributes, ordering_key, subscription_id, text, gzip }
 }
 
 fn name(template: &str, fields: &NameFields<'_>) -> String {
@@ -54,6 +54,11 @@ fn each_token_renders() {
     }
     f.publish_time = None;
     assert_eq!(name("{publish_time:%F}/{message_id}", &f), "1970-01-01/1234567890");
+    // Gzipped bodies (`OBJECT_COMPRESSION=gzip`) say so in `{ext}`, text or not.
+    f.gzip = true;
+    assert_eq!(name("{message_id}.{ext}", &f), "1234567890.txt.gz");
+    f.text = false;
+    assert_eq!(name("{message_id}.{ext}", &f), "1234567890.bin.gz");
 }
 
 /// The README's recipes give the names the README shows.
@@ -254,6 +259,8 @@ proptest! {
         let mut f = NameFields {
             message_id: &id, publish_time, attributes: &attributes,
             ordering_key: &ordering_key, subscription_id: &subscription_id, text,
+            // The widest `{ext}`, so that the length bound is checked against it.
+            gzip: true,
         };
         let name = template.render(&f);
         assert_valid(&name);
