@@ -26,6 +26,8 @@ const SCRIPTS: [&str; 7] =
 /// An object name template with every character deploy/deploy must pass on intact.
 const TEMPLATE: &str =
     "dt={publish_time:%Y-%m-%d}/{attributes.task_type|unrouted}/{hash:2}/{message_id}.{ext}";
+/// A Cloud KMS key for `KMS_KEY_NAME`.
+const KMS_KEY: &str = "projects/keys/locations/us/keyRings/ring/cryptoKeys/key";
 /// Env file lines that turn the metrics export on.
 const METRICS: &str = "HEALTH_PORT=8080\nMETRICS_EXPORT=managed-prometheus";
 
@@ -648,6 +650,23 @@ fn pool_json(sandbox: &Sandbox, path: &str) -> serde_json::Value {
     json(path)
 }
 
+/// With KMS_KEY_NAME, setup grants the project's Cloud Storage service agent encrypter/decrypter
+/// on that key, and nothing more to anyone; without it, no KMS grant.
+#[test]
+fn kms_key_gets_the_storage_agent_as_encrypter() {
+    let sandbox = Sandbox::new();
+    let plain = grants(&sandbox.run("", "setup").ok());
+    let run = sandbox.run(&format!("KMS_KEY_NAME={KMS_KEY}"), "setup").ok();
+    let with_key = grants(&run);
+    let added: Vec<&String> = with_key.difference(&plain).collect();
+    assert_eq!(
+        added,
+        ["service-PROJECT_NUMBER kms-keys roles/cloudkms.cryptoKeyEncrypterDecrypter"]
+    );
+    assert_eq!(run.find("gcloud kms keys add-iam-policy-binding")[4], KMS_KEY);
+    assert!(plain.iter().all(|g| !g.contains("kms")), "{plain:?}");
+}
+
 /// The probes edit keeps the pool as read, less what describe --format=export leaves out, and
 /// puts the probes on the worker's container (not the sidecar); the result decodes as gcloud's
 /// WorkerPool with no unknown field, while a bogus field is caught.
@@ -931,8 +950,10 @@ fn scripts_create_only_what_is_missing_and_teardown_deletes_it() {
 fn dry_run_commands_pass_gcloud_argument_parsing() {
     let sandbox = Sandbox::new();
     let exists = format!("{METRICS}\nDRY_RUN_EXISTS=1");
+    let kms = format!("KMS_KEY_NAME={KMS_KEY}");
     let invocations = [
         (METRICS, "setup"),
+        (&kms, "setup"),
         (&exists, "setup"),
         ("", "deploy"),
         (&format!("OBJECT_NAME='{TEMPLATE}'"), "deploy"),
