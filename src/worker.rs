@@ -39,6 +39,9 @@ impl Worker {
         if config.startup_check {
             let control = clients::storage_control(&config).await?;
             self_check::check_bucket(&control, &config.bucket).await?;
+            if let Some(key) = &config.objects.kms_key {
+                self_check::check_kms_key(&storage, &config.bucket, key).await?;
+            }
         }
         let stats = Arc::new(Stats::default());
         let pipeline = Arc::new(Pipeline::new(

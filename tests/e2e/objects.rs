@@ -7,9 +7,11 @@
 //! and ignores the KMS key: those two are read from the upload requests, which a recording proxy
 //! keeps.
 
-use crate::support::app::{Fixture, Result, name_stamp};
+use crate::support::app::{Fixture, Result, name_stamp, with_vars};
 use crate::support::{HttpProxy, Latency, OutMessage, wait_for};
 use google_cloud_wkt::Timestamp;
+use pubsub_gcs_worker::self_check::{check_kms_key, kms_probe_name};
+use pubsub_gcs_worker::{Config, clients};
 use std::io::Read as _;
 use std::time::Duration;
 
@@ -110,5 +112,29 @@ async fn without_settings_nothing_more_is_sent() -> Result {
     for field in ["contentEncoding", "storageClass", "cacheControl", "customTime", "kmsKeyName"] {
         assert!(upload.get(field).is_none(), "{field} sent: {upload}");
     }
+    Ok(())
+}
+
+/// The start-up check of `KMS_KEY_NAME` writes one empty object with the key, create-only, so a
+/// restart (412) passes too; a write that fails stops the worker with the key named. (The
+/// emulator ignores keys: that Cloud Storage refuses an unusable one is not testable here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kms_check_writes_one_object_with_the_key_and_passes_again() -> Result {
+    let fx = Fixture::new(true).await?;
+    let proxy = HttpProxy::recording(fx.emulators.storage_addr()).await?;
+    let config = Config::from_vars(with_vars(fx.env(&proxy.url()), &[("KMS_KEY_NAME", KEY)]))?;
+    let storage = clients::storage(&config).await?;
+    check_kms_key(&storage, &fx.bucket, KEY).await?;
+    check_kms_key(&storage, &fx.bucket, KEY).await?;
+    let objects = fx.gcs.list_objects(&fx.bucket).await?;
+    let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, [kms_probe_name(KEY).as_str()]);
+    let uploads = proxy.recorded_uploads();
+    assert_eq!(uploads.len(), 2, "{uploads:?}");
+    assert!(uploads.iter().all(|u| u["kmsKeyName"] == KEY), "{uploads:?}");
+
+    let missing = check_kms_key(&storage, "no-such-bucket-for-kms", KEY).await;
+    let error = missing.expect_err("a failed write fails the check").to_string();
+    assert!(error.contains(KEY) && error.contains("KMS_KEY_NAME"), "{error}");
     Ok(())
 }
