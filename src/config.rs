@@ -259,11 +259,14 @@ impl Env {
         }
     }
 
-    /// `OBJECT_PREFIX` and `OBJECT_NAME`; a template that could lose messages is refused.
+    /// `OBJECT_PREFIX` and `OBJECT_NAME`; a template that could lose messages is refused. With
+    /// `OBJECT_COMPRESSION=gzip`, `{ext}` says so.
     fn names(&mut self) -> NameTemplate {
         let prefix = self.text("OBJECT_PREFIX").unwrap_or_default();
         let template = self.text("OBJECT_NAME").unwrap_or_else(|| DEFAULT_TEMPLATE.into());
-        NameTemplate::parse(&template, &prefix).unwrap_or_else(|e| {
+        let gzip = self.text("OBJECT_COMPRESSION").as_deref() == Some("gzip");
+        let parsed = NameTemplate::parse(&template, &prefix);
+        parsed.and_then(|t| if gzip { t.gzipped() } else { Ok(t) }).unwrap_or_else(|e| {
             let in_prefix = matches!(e, TemplateError::ForbiddenInPrefix(_));
             let (name, value) =
                 if in_prefix { ("OBJECT_PREFIX", prefix) } else { ("OBJECT_NAME", template) };
@@ -464,6 +467,7 @@ mod tests {
             custom_time: true, kms_key: Some(key.into()),
         };
         assert_eq!(c.objects, want);
+        assert_eq!(c.names, NameTemplate::default().gzipped().expect("valid"), "{{ext}} says gzip");
         assert_eq!(c.pubsub_endpoint.as_deref(), Some("https://us-east1-pubsub.googleapis.com"));
         let c = config(&[("OBJECT_CONTENT_TYPE", "text/csv"), ("PUBSUB_ENDPOINT", "https://h:443/")]);
         let c = c.expect("valid");

@@ -50,7 +50,12 @@ pub struct NameTemplate {
     parts: Vec<Part>,
     /// What values may take in total, so that a name is at most [`NAME_MAX`] bytes with any id.
     value_budget: usize,
+    /// `{ext}` ends in [`GZIP_EXT`]: see [`NameTemplate::gzipped`].
+    gzip: bool,
 }
+
+/// What `{ext}` gains for gzipped bodies (`OBJECT_COMPRESSION=gzip`).
+const GZIP_EXT: &str = ".gz";
 
 /// Why a template is refused. Display reads after the variable's name: "OBJECT_NAME {error}".
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -109,8 +114,6 @@ pub struct NameFields<'a> {
     pub subscription_id: &'a str,
     /// The data is valid UTF-8.
     pub text: bool,
-    /// The body is stored gzipped (`OBJECT_COMPRESSION=gzip`): `{ext}` ends in `.gz`.
-    pub gzip: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,11 +193,17 @@ impl NameTemplate {
         if !parts.iter().any(|p| matches!(p, Part::MessageId)) {
             return Err(TemplateError::NoMessageId);
         }
-        let mut pieces = vec![Piece::Fixed(prefix)];
-        parts.iter().for_each(|part| part.pieces(&mut pieces));
-        let value_budget = check_layout(&pieces)?;
+        let value_budget = layout(prefix, &parts, false)?;
         let prefix = prefix.to_string();
-        Ok(Self { source: format!("{prefix}{template}"), prefix, parts, value_budget })
+        Ok(Self { source: format!("{prefix}{template}"), prefix, parts, value_budget, gzip: false })
+    }
+
+    /// The same template for gzipped bodies: `{ext}` renders `txt.gz` or `bin.gz`. Its three
+    /// more bytes are fixed text to the budget, so names without gzip stay exactly as they were.
+    pub fn gzipped(mut self) -> Result<Self, TemplateError> {
+        self.value_budget = layout(&self.prefix, &self.parts, true)?;
+        self.gzip = true;
+        Ok(self)
     }
 
     /// The prefix and the template as given.
@@ -239,6 +248,9 @@ impl NameTemplate {
                     .map_or(default.as_str(), String::as_str),
                 _ => {
                     part.write_token(fields, time, &mut out);
+                    if self.gzip && matches!(part, Part::Ext) {
+                        out.push_str(GZIP_EXT);
+                    }
                     continue;
                 }
             };
@@ -259,6 +271,7 @@ impl Default for NameTemplate {
             prefix: String::new(),
             parts: vec![Part::MessageId],
             value_budget: 0,
+            gzip: false,
         })
     }
 }
@@ -269,10 +282,7 @@ impl Part {
             Part::Text(text) => out.push_str(text),
             Part::MessageId => push_id(out, fields.message_id),
             Part::Hash(n) => out.push_str(&sha256_hex(fields.message_id)[..*n]),
-            Part::Ext => {
-                out.push_str(if fields.text { "txt" } else { "bin" });
-                out.push_str(if fields.gzip { ".gz" } else { "" });
-            }
+            Part::Ext => out.push_str(if fields.text { "txt" } else { "bin" }),
             Part::Stamp => out.push_str(&stamp(time)),
             // `time_format` checked that the format renders across the whole range.
             Part::Time(format) => {
@@ -288,8 +298,7 @@ impl Part {
             Part::Text(text) => Piece::Fixed(text),
             Part::MessageId => Piece::Id,
             Part::Hash(n) => Piece::Token { max: *n, varies: false },
-            // `txt.gz`: the widest, with `OBJECT_COMPRESSION=gzip`.
-            Part::Ext => Piece::Token { max: 6, varies: false },
+            Part::Ext => Piece::Token { max: 3, varies: false },
             // Only before year 0 is it wider, and no message was published then.
             Part::Stamp => Piece::Token { max: STAMP_MAX, varies: false },
             Part::Time(format) => {
@@ -446,6 +455,18 @@ fn time_pieces<'a>(item: &'a OwnedFormatItem, out: &mut Vec<Piece<'a>>) -> Resul
 ///
 /// A segment can only be `.` or `..` if its fixed text is, and every value in it can be empty:
 /// a value that is not empty either holds a character other than `.` or is at least `...`.
+/// [`check_layout`] of the prefix and the parts, with `{ext}`'s `.gz` as fixed text when `gzip`.
+fn layout(prefix: &str, parts: &[Part], gzip: bool) -> Result<usize, TemplateError> {
+    let mut pieces = vec![Piece::Fixed(prefix)];
+    for part in parts {
+        part.pieces(&mut pieces);
+        if gzip && matches!(part, Part::Ext) {
+            pieces.push(Piece::Fixed(GZIP_EXT));
+        }
+    }
+    check_layout(&pieces)
+}
+
 fn check_layout(pieces: &[Piece<'_>]) -> Result<usize, TemplateError> {
     let (mut fixed, mut values) = (0, 0);
     let mut segments = vec![Segment::default()];

@@ -4,8 +4,8 @@
 //!
 //! Everything here is a pure function of the message and the configuration, so a redelivered
 //! message maps to the same object name and the create-only write in [`crate::sink`] turns the
-//! redelivery into a no-op. No setting changes the name but `OBJECT_COMPRESSION`, through `{ext}`,
-//! and that one is fixed for the life of a deployment.
+//! redelivery into a no-op. No setting changes the name but `OBJECT_COMPRESSION`, through `{ext}`
+//! ([`NameTemplate::gzipped`], which `config.rs` applies), fixed for the life of a deployment.
 
 use crate::name::{NameFields, NameTemplate};
 use google_cloud_pubsub::model::Message;
@@ -34,7 +34,8 @@ const CONTENT_TYPE_MAX: usize = 256;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectSettings {
     pub content_type: ContentType,
-    /// `OBJECT_COMPRESSION=gzip`: the body gzipped, stored with `Content-Encoding: gzip`.
+    /// `OBJECT_COMPRESSION=gzip`: the body gzipped, stored with `Content-Encoding: gzip`; the
+    /// name template is then [`NameTemplate::gzipped`] too (`config.rs` makes both).
     pub gzip: bool,
     /// `OBJECT_STORAGE_CLASS`; `None`: the bucket's default class.
     pub storage_class: Option<String>,
@@ -145,7 +146,6 @@ impl ObjectSpec {
             ordering_key: &message.ordering_key,
             subscription_id: subscription.rsplit('/').next().unwrap_or(subscription),
             text,
-            gzip: settings.gzip,
         });
         Self {
             name,
@@ -243,6 +243,7 @@ mod tests {
 
     fn spec(m: &Message, settings: &ObjectSettings) -> ObjectSpec {
         let names = NameTemplate::parse("{message_id}.{ext}", "").expect("valid template");
+        let names = if settings.gzip { names.gzipped().expect("valid") } else { names };
         ObjectSpec::for_message(m, &names, settings, "s", None)
     }
 
