@@ -19,6 +19,7 @@ const KEY: &str = "projects/p/locations/us/keyRings/r/cryptoKeys/k";
 
 /// Every setting shows on each object, a gzip body inflates to the message's bytes exactly, and a
 /// redelivery of a message written with them all lands on its object: no second object.
+/// (`PUBSUB_ENDPOINT` is set too, and the emulator wins over it.)
 ///
 /// The redelivery is real: the proxy holds every answer back past `WRITE_TIMEOUT_SECS`, so the
 /// first write of each message stores the object and then times out and is nacked; once the
@@ -36,6 +37,8 @@ async fn every_object_setting_is_stored_and_a_redelivery_adds_no_object() -> Res
         ("OBJECT_CUSTOM_TIME", "publish_time"),
         ("KMS_KEY_NAME", KEY),
         ("WRITE_TIMEOUT_SECS", "1"),
+        // Nothing listens there: the messages arrive because the emulator variable wins.
+        ("PUBSUB_ENDPOINT", "127.0.0.1:1"),
     ];
     let json = br#"{"event":"signup","user":42}"#.repeat(100);
     let messages = [
