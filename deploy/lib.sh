@@ -20,9 +20,12 @@ REPO_ROOT="$(cd "$DEPLOY_DIR/.." && pwd)"
 # src/config.rs) but the emulator ones; tests/deploy.rs checks it.
 WORKER_VARS=(
   PROJECT_ID SUBSCRIPTION_ID BUCKET_NAME OBJECT_PREFIX OBJECT_NAME
+  OBJECT_CONTENT_TYPE OBJECT_COMPRESSION OBJECT_STORAGE_CLASS OBJECT_CACHE_CONTROL
+  OBJECT_CUSTOM_TIME KMS_KEY_NAME
   MAX_OUTSTANDING_MESSAGES MAX_OUTSTANDING_BYTES MAX_CONCURRENT_WRITES PULL_STREAMS
   MAX_LEASE_EXTENSION_SECS SHUTDOWN_TIMEOUT_SECS PROGRESS_INTERVAL_SECS
   LOG_FORMAT RUST_LOG WRITE_TIMEOUT_SECS HEALTH_PORT HEALTH_HOST LIVENESS_STALL_SECS STARTUP_CHECK
+  PUBSUB_ENDPOINT
 )
 # Read by the worker for local runs only; never passed to the worker pool.
 LOCAL_ONLY_VARS=(PUBSUB_EMULATOR_HOST STORAGE_EMULATOR_HOST)
@@ -403,6 +406,67 @@ pool_grant() {
   printf 'Authorization: Bearer %s\n' "$token" | "${set[@]}" >/dev/null ||
     die "could not write the IAM policy of worker pool $WORKER_POOL"
 }
+
+# set_probes STARTUP LIVENESS: sets the worker container's probes, given as the deploy flags take
+# them (httpGet.path=P,httpGet.port=N,periodSeconds=N,...), when this gcloud's deploy cannot:
+# the pool is read (describe, as JSON, so that the Python that runs gcloud edits it without a
+# YAML library), stripped of what describe --format=export leaves out, given the probes, and
+# applied with replace. In DRY_RUN the pool read is a skeleton of the one deploy just wrote.
+set_probes() {
+  local file="$GENERATED/worker-pool-probes.yaml" python pool
+  local describe=(gcloud beta run worker-pools describe "$WORKER_POOL" "${P[@]}" --region="$REGION"
+    --format=json)
+  python="$("${GCLOUD:-gcloud}" info --format='value(basic.python_location)')"
+  if is_dry_run; then
+    print_cmd "${describe[@]}"
+    note "$file: a skeleton of the pool standing in for what describe reads, probes added"
+    pool="$(printf '{"apiVersion": "run.googleapis.com/v1", "kind": "WorkerPool", "metadata":
+      {"name": "%s", "namespace": "%s", "labels": {"cloud.googleapis.com/location": "%s"}},
+      "spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "%s"}]}}}}' \
+      "$WORKER_POOL" "$PROJECT_ID" "$REGION" "$IMAGE")"
+  else
+    print_cmd "${describe[@]}" >&2
+    pool="$("${GCLOUD:-gcloud}" "${describe[@]:1}")" ||
+      die "could not read worker pool $WORKER_POOL to add its probes"
+  fi
+  "$python" -c "$ADD_PROBES" "$1" "$2" <<<"$pool" >"$file" ||
+    die "could not add the probes to worker pool $WORKER_POOL"
+  run gcloud beta run worker-pools replace "$file" "${P[@]}"
+}
+
+# Reads a worker pool (Cloud Run Admin API v1, JSON) on stdin and prints it as describe
+# --format=export would, with the startup (argv[1]) and liveness (argv[2]) probes, written as the
+# deploy flags take them, on the worker's container: the first that is not the "collector" sidecar.
+ADD_PROBES='
+import json, sys
+pool = json.load(sys.stdin)
+pool.pop("status", None)
+meta = pool.setdefault("metadata", {})
+for key in ("creationTimestamp", "generation", "resourceVersion", "selfLink", "uid"):
+    meta.pop(key, None)
+for key in ("serving.knative.dev/creator", "serving.knative.dev/lastModifier",
+            "run.googleapis.com/client-name", "run.googleapis.com/client-version",
+            "run.googleapis.com/creatorEmail", "run.googleapis.com/lastModifierEmail",
+            "run.googleapis.com/operation-id"):
+    meta.get("annotations", {}).pop(key, None)
+template = pool["spec"]["template"]
+# A revision name would clash with the revision that has it: the new one gets its own.
+template.get("metadata", {}).pop("name", None)
+def probe(flag):
+    fields = {}
+    for pair in flag.split(","):
+        path, value = pair.split("=", 1)
+        *parents, last = path.split(".")
+        node = fields
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[last] = int(value) if value.isdigit() else value
+    return fields
+worker = next(c for c in template["spec"]["containers"] if c.get("name") != "collector")
+worker["startupProbe"] = probe(sys.argv[1])
+worker["livenessProbe"] = probe(sys.argv[2])
+json.dump(pool, sys.stdout, indent=2)
+'
 
 # Adds (add) or removes (remove) argv[2] in the unconditional binding of role argv[3] of the IAM
 # policy read on stdin, and prints the body of a setIamPolicy request for the result.

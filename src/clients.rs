@@ -3,7 +3,9 @@
 //! Neither official crate reads `PUBSUB_EMULATOR_HOST` / `STORAGE_EMULATOR_HOST`, so the emulator
 //! switch lives here: with an emulator address the client gets that endpoint (plain `http://`,
 //! which also means gRPC without TLS for Pub/Sub) and anonymous credentials; without one it uses
-//! the production endpoint and Application Default Credentials, as on Cloud Run.
+//! the production endpoint and Application Default Credentials, as on Cloud Run. The subscribers
+//! use `PUBSUB_ENDPOINT` (a regional endpoint) instead of the global one when it is set, unless
+//! an emulator is: the emulator wins, so a local run never reaches the real service.
 
 use crate::config::Config;
 use anyhow::Context as _;
@@ -32,8 +34,10 @@ pub async fn subscribers(config: &Config) -> anyhow::Result<Vec<Subscriber>> {
     let mut subscribers = Vec::with_capacity(config.pull_streams);
     for _ in 0..config.pull_streams {
         let mut builder = Subscriber::builder().with_credentials(credentials.clone());
-        if let Some(host) = &config.pubsub_emulator {
-            builder = builder.with_endpoint(emulator_url(host));
+        match (&config.pubsub_emulator, &config.pubsub_endpoint) {
+            (Some(host), _) => builder = builder.with_endpoint(emulator_url(host)),
+            (None, Some(endpoint)) => builder = builder.with_endpoint(endpoint),
+            (None, None) => {}
         }
         subscribers.push(builder.build().await.context(context)?);
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 use crate::name::{DEFAULT_TEMPLATE, NameTemplate};
+use crate::object::{ContentType, ObjectSettings};
 pub use crate::telemetry::LogFormat;
 
 /// A variable the worker reads, and how its value is checked.
@@ -36,7 +37,7 @@ use Rule::{Choice, Number, Text};
 /// pass exactly these (less [`EMULATOR_VARIABLES`]) to the worker pool, and their tests check it.
 /// `SHUTDOWN_TIMEOUT_SECS` defaults below Cloud Run's 10 s between SIGTERM and SIGKILL;
 /// `LIVENESS_STALL_SECS` above one write's `WRITE_TIMEOUT_SECS` plus the 10 s failure backoff.
-pub const VARIABLES: [Var; 21] = [
+pub const VARIABLES: [Var; 28] = [
     Var { name: "PROJECT_ID", rule: Text(is_id, "a project id, e.g. my-project") },
     Var { name: "SUBSCRIPTION_ID", rule: Text(is_subscription, SUBSCRIPTION) },
     Var {
@@ -45,6 +46,21 @@ pub const VARIABLES: [Var; 21] = [
     },
     Var { name: "OBJECT_PREFIX", rule: Text(|_| true, "") },
     Var { name: "OBJECT_NAME", rule: Text(|_| true, "") },
+    Var {
+        name: "OBJECT_CONTENT_TYPE",
+        rule: Text(|s| ContentType::parse(s).is_some(), CONTENT_TYPE),
+    },
+    Var { name: "OBJECT_COMPRESSION", rule: Choice(&["none", "gzip"]) },
+    Var {
+        name: "OBJECT_STORAGE_CLASS",
+        rule: Choice(&["STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"]),
+    },
+    Var {
+        name: "OBJECT_CACHE_CONTROL",
+        rule: Text(is_header_value, "printable ASCII, e.g. no-store"),
+    },
+    Var { name: "OBJECT_CUSTOM_TIME", rule: Choice(&["none", "publish_time"]) },
+    Var { name: "KMS_KEY_NAME", rule: Text(is_kms_key, KMS_KEY) },
     Var { name: "MAX_OUTSTANDING_MESSAGES", rule: Number(1..=1_000_000, Some(2000)) },
     Var { name: "MAX_OUTSTANDING_BYTES", rule: Number(1..=(i64::MAX as u64), Some(100 << 20)) },
     Var { name: "MAX_CONCURRENT_WRITES", rule: Number(1..=10_000, Some(1024)) },
@@ -59,6 +75,10 @@ pub const VARIABLES: [Var; 21] = [
     Var { name: "HEALTH_HOST", rule: Text(|s| s.parse::<IpAddr>().is_ok(), "an IP address") },
     Var { name: "LIVENESS_STALL_SECS", rule: Number(1..=86_400, Some(120)) },
     Var { name: "STARTUP_CHECK", rule: Choice(&["auto", "on", "off"]) },
+    Var {
+        name: "PUBSUB_ENDPOINT",
+        rule: Text(is_endpoint, "a host, e.g. us-east1-pubsub.googleapis.com"),
+    },
     Var { name: "PUBSUB_EMULATOR_HOST", rule: Text(|_| true, "") },
     Var { name: "STORAGE_EMULATOR_HOST", rule: Text(is_http, "http://host:port") },
 ];
@@ -75,6 +95,8 @@ pub struct Config {
     pub bucket: String,
     /// `OBJECT_PREFIX` and the `OBJECT_NAME` template, checked.
     pub names: NameTemplate,
+    /// How objects are stored: the `OBJECT_*` settings and `KMS_KEY_NAME`.
+    pub objects: ObjectSettings,
     pub max_outstanding_messages: i64,
     pub max_outstanding_bytes: i64,
     pub max_concurrent_writes: usize,
@@ -86,6 +108,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `tracing` filter directives (`RUST_LOG`), known to parse.
     pub log_filter: String,
+    /// `PUBSUB_ENDPOINT` as a URL (`https://` added to a bare host): a regional endpoint for
+    /// messages that must stay in a region. `PUBSUB_EMULATOR_HOST` wins over it.
+    pub pubsub_endpoint: Option<String>,
     /// `PUBSUB_EMULATOR_HOST` and `STORAGE_EMULATOR_HOST`, as given: see [`crate::clients`].
     pub pubsub_emulator: Option<String>,
     pub storage_emulator: Option<String>,
@@ -183,11 +208,22 @@ impl Env {
             self.text("HEALTH_HOST").map_or(Ok(IpAddr::from([0, 0, 0, 0])), |h| h.parse());
         let health_port = self.numbers.get("HEALTH_PORT").map(|&port| port as u16);
         let names = self.names();
+        let objects = ObjectSettings {
+            content_type: (self.text("OBJECT_CONTENT_TYPE").as_deref())
+                .and_then(ContentType::parse)
+                .unwrap_or_default(),
+            gzip: self.text("OBJECT_COMPRESSION").as_deref() == Some("gzip"),
+            storage_class: self.text("OBJECT_STORAGE_CLASS"),
+            cache_control: self.text("OBJECT_CACHE_CONTROL"),
+            custom_time: self.text("OBJECT_CUSTOM_TIME").as_deref() == Some("publish_time"),
+            kms_key: self.text("KMS_KEY_NAME"),
+        };
         let secs = |name| Duration::from_secs(self.number(name));
         Config {
             subscription,
             bucket: bucket.strip_prefix("gs://").unwrap_or(&bucket).to_string(),
             names,
+            objects,
             max_outstanding_messages: self.number("MAX_OUTSTANDING_MESSAGES") as i64,
             max_outstanding_bytes: self.number("MAX_OUTSTANDING_BYTES") as i64,
             max_concurrent_writes: self.number("MAX_CONCURRENT_WRITES") as usize,
@@ -213,16 +249,24 @@ impl Env {
                 Some("off") => false,
                 _ => !self.texts.contains_key("STORAGE_EMULATOR_HOST"),
             },
+            pubsub_endpoint: self.text("PUBSUB_ENDPOINT").map(|e| {
+                let host = e.trim_end_matches('/');
+                let host = host.strip_prefix("https://").unwrap_or(host);
+                format!("https://{host}")
+            }),
             pubsub_emulator: self.text("PUBSUB_EMULATOR_HOST"),
             storage_emulator: self.text("STORAGE_EMULATOR_HOST"),
         }
     }
 
-    /// `OBJECT_PREFIX` and `OBJECT_NAME`; a template that could lose messages is refused.
+    /// `OBJECT_PREFIX` and `OBJECT_NAME`; a template that could lose messages is refused. With
+    /// `OBJECT_COMPRESSION=gzip`, `{ext}` says so.
     fn names(&mut self) -> NameTemplate {
         let prefix = self.text("OBJECT_PREFIX").unwrap_or_default();
         let template = self.text("OBJECT_NAME").unwrap_or_else(|| DEFAULT_TEMPLATE.into());
-        NameTemplate::parse(&template, &prefix).unwrap_or_else(|e| {
+        let gzip = self.text("OBJECT_COMPRESSION").as_deref() == Some("gzip");
+        let parsed = NameTemplate::parse(&template, &prefix);
+        parsed.and_then(|t| if gzip { t.gzipped() } else { Ok(t) }).unwrap_or_else(|e| {
             let in_prefix = e.in_prefix();
             let (name, value) =
                 if in_prefix { ("OBJECT_PREFIX", prefix) } else { ("OBJECT_NAME", template) };
@@ -296,6 +340,33 @@ fn is_bucket(s: &str) -> bool {
     (3..=222).contains(&name.len()) && name.chars().all(valid) && edges
 }
 
+const CONTENT_TYPE: &str =
+    "a media type such as application/json, or {attributes.NAME} or {attributes.NAME|FALLBACK}";
+
+const KMS_KEY: &str = "projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY";
+
+/// A header value Cloud Storage will store: printable ASCII, at most 1 KiB.
+fn is_header_value(s: &str) -> bool {
+    s.len() <= 1024 && s.bytes().all(|b| (b' '..=b'~').contains(&b))
+}
+
+/// A Cloud KMS key's resource name: a typo here would fail every write, so it fails at start.
+fn is_kms_key(s: &str) -> bool {
+    match s.split('/').collect::<Vec<_>>().as_slice() {
+        ["projects", p, "locations", l, "keyRings", r, "cryptoKeys", k] => {
+            [p, l, r, k].iter().all(|part| is_id(part))
+        }
+        _ => false,
+    }
+}
+
+/// A host (`us-east1-pubsub.googleapis.com`), `host:port`, or an `https://` URL without a path.
+fn is_endpoint(s: &str) -> bool {
+    let host = s.strip_prefix("https://").unwrap_or(s).trim_end_matches('/');
+    let valid = |c: char| c.is_ascii_alphanumeric() || "-.:".contains(c);
+    !host.is_empty() && !host.starts_with(['-', '.', ':']) && host.chars().all(valid)
+}
+
 /// `host:port`, or a URL with the http(s) scheme.
 fn is_http(s: &str) -> bool {
     !s.contains("://") || s.starts_with("http://") || s.starts_with("https://")
@@ -320,12 +391,12 @@ mod tests {
         let secs = Duration::from_secs;
         let want = Config {
             subscription: "projects/p/subscriptions/s".into(), bucket: "b-1".into(),
-            names: NameTemplate::default(),
+            names: NameTemplate::default(), objects: ObjectSettings::default(),
             max_outstanding_messages: 2000, max_outstanding_bytes: 100 << 20,
             max_concurrent_writes: 1024, pull_streams: default_pull_streams(),
             max_lease_extension: secs(60), shutdown_timeout: secs(8),
             progress_interval: Some(secs(30)), log_format: LogFormat::Auto, log_filter: "info".into(),
-            pubsub_emulator: None, storage_emulator: None, health_addr: None,
+            pubsub_endpoint: None, pubsub_emulator: None, storage_emulator: None, health_addr: None,
             write_timeout: secs(60), liveness_stall: secs(120), startup_check: true,
         };
         assert_eq!(config(&[]), Ok(want));
@@ -378,6 +449,43 @@ mod tests {
             r#"OBJECT_NAME="{attributes.x}" has no {message_id}: two messages could get the same name and one would be acked without its object"#,
         ]);
         assert!(!ConfigError(p).to_string().contains('\n'), "one line");
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn object_settings_and_the_pubsub_endpoint_are_read_and_checked() {
+        let key = "projects/p/locations/us/keyRings/r/cryptoKeys/k";
+        let c = config(&[
+            ("OBJECT_CONTENT_TYPE", "{attributes.type|application/json}"), ("OBJECT_COMPRESSION", "gzip"),
+            ("OBJECT_STORAGE_CLASS", "NEARLINE"), ("OBJECT_CACHE_CONTROL", "no-store"),
+            ("OBJECT_CUSTOM_TIME", "publish_time"), ("KMS_KEY_NAME", key),
+            ("PUBSUB_ENDPOINT", "us-east1-pubsub.googleapis.com"),
+        ]).expect("valid");
+        let want = ObjectSettings {
+            content_type: ContentType::Attribute { name: "type".into(), fallback: Some("application/json".into()) },
+            gzip: true, storage_class: Some("NEARLINE".into()), cache_control: Some("no-store".into()),
+            custom_time: true, kms_key: Some(key.into()),
+        };
+        assert_eq!(c.objects, want);
+        assert_eq!(c.names, NameTemplate::default().gzipped().expect("valid"), "{{ext}} says gzip");
+        assert_eq!(c.pubsub_endpoint.as_deref(), Some("https://us-east1-pubsub.googleapis.com"));
+        let c = config(&[("OBJECT_CONTENT_TYPE", "text/csv"), ("PUBSUB_ENDPOINT", "https://h:443/")]);
+        let c = c.expect("valid");
+        assert_eq!(c.objects.content_type, ContentType::Fixed("text/csv".into()));
+        assert_eq!(c.pubsub_endpoint.as_deref(), Some("https://h:443"));
+
+        let p = config(&[
+            ("OBJECT_CONTENT_TYPE", "json"), ("OBJECT_COMPRESSION", "zstd"),
+            ("OBJECT_STORAGE_CLASS", "nearline"), ("OBJECT_CACHE_CONTROL", "no-store\u{7}x"),
+            ("OBJECT_CUSTOM_TIME", "now"), ("KMS_KEY_NAME", "k"), ("PUBSUB_ENDPOINT", "http://h/x"),
+        ]).expect_err("invalid").0;
+        let named: Vec<&str> = p.iter().map(|p| p.split('=').next().unwrap_or_default()).collect();
+        assert_eq!(named, [
+            "OBJECT_CONTENT_TYPE", "OBJECT_COMPRESSION", "OBJECT_STORAGE_CLASS",
+            "OBJECT_CACHE_CONTROL", "OBJECT_CUSTOM_TIME", "KMS_KEY_NAME", "PUBSUB_ENDPOINT",
+        ], "{p:?}");
+        assert!(p[2].ends_with("(expected STANDARD, NEARLINE, COLDLINE or ARCHIVE)"), "{p:?}");
+        assert!(p[5].contains("cryptoKeys"), "{p:?}");
     }
 
     #[test]

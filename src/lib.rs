@@ -15,11 +15,13 @@
 //!   write permit; ack or nack; the drain on shutdown.
 //! - [`name`]: `OBJECT_NAME` templates: parsed once, checked for uniqueness, rendered safely.
 //! - [`concurrency`]: how many writes run at once, following storage latency.
-//! - [`object`]: the message's object name, content type and metadata (pure functions).
+//! - [`object`]: the message's object name, content type, metadata and stored settings (pure
+//!   functions), and gzip.
 //! - [`sink`]: the create-only write, and what a failure means.
 //! - [`stats`]: the metrics behind the progress line, the summary, the probes and `/metrics`.
 //! - [`shutdown`]: SIGTERM/SIGINT; a second signal exits at once.
-//! - [`self_check`]: at start, may the credentials create objects in the bucket?
+//! - [`self_check`]: at start, may the credentials create objects in the bucket, and can the
+//!   KMS key be used?
 //! - [`health`]: opt-in HTTP endpoint with the startup and liveness probes and `/metrics`.
 
 pub mod clients;

@@ -52,7 +52,12 @@ pub struct NameTemplate {
     parts: Vec<Part>,
     /// What values may take in total, so that a name is at most [`NAME_MAX`] bytes with any id.
     value_budget: usize,
+    /// `{ext}` ends in [`GZIP_EXT`]: see [`NameTemplate::gzipped`].
+    gzip: bool,
 }
+
+/// What `{ext}` gains for gzipped bodies (`OBJECT_COMPRESSION=gzip`).
+const GZIP_EXT: &str = ".gz";
 
 /// Why a template is refused. Display reads after the variable's name: "OBJECT_NAME {error}".
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -215,7 +220,15 @@ impl NameTemplate {
         }
         let value_budget = check_layout(&pieces)?;
         let prefix = prefix.to_string();
-        Ok(Self { source: format!("{prefix}{template}"), prefix, parts, value_budget })
+        Ok(Self { source: format!("{prefix}{template}"), prefix, parts, value_budget, gzip: false })
+    }
+
+    /// The same template for gzipped bodies: `{ext}` renders `txt.gz` or `bin.gz`. Its three
+    /// more bytes are fixed text to the budget, so names without gzip stay exactly as they were.
+    pub fn gzipped(mut self) -> Result<Self, TemplateError> {
+        self.value_budget = layout(&self.prefix, &self.parts, true)?;
+        self.gzip = true;
+        Ok(self)
     }
 
     /// The prefix and the template as given.
@@ -264,6 +277,9 @@ impl NameTemplate {
                     .map_or(default.as_str(), String::as_str),
                 _ => {
                     part.write_token(fields, time, &mut out);
+                    if self.gzip && matches!(part, Part::Ext) {
+                        out.push_str(GZIP_EXT);
+                    }
                     continue;
                 }
             };
@@ -288,6 +304,7 @@ impl Default for NameTemplate {
             prefix: String::new(),
             parts: vec![Part::MessageId],
             value_budget: 0,
+            gzip: false,
         })
     }
 }
@@ -477,6 +494,18 @@ fn time_pieces<'a>(item: &'a OwnedFormatItem, out: &mut Vec<Piece<'a>>) -> Resul
 ///
 /// A segment can only be `.` or `..` if its fixed text is, and every value in it can be empty:
 /// a value that is not empty either holds a character other than `.` or is at least `...`.
+/// [`check_layout`] of the prefix and the parts, with `{ext}`'s `.gz` as fixed text when `gzip`.
+fn layout(prefix: &str, parts: &[Part], gzip: bool) -> Result<usize, TemplateError> {
+    let mut pieces = vec![Piece::Fixed(prefix)];
+    for part in parts {
+        part.pieces(&mut pieces);
+        if gzip && matches!(part, Part::Ext) {
+            pieces.push(Piece::Fixed(GZIP_EXT));
+        }
+    }
+    check_layout(&pieces)
+}
+
 fn check_layout(pieces: &[Piece<'_>]) -> Result<usize, TemplateError> {
     let (mut fixed, mut values) = (0, 0);
     let mut segments = vec![Segment::default()];

@@ -1,7 +1,11 @@
-//! What one message becomes: the object's name, content type and metadata.
+//! What one message becomes: the object's name, content type, metadata and the settings it is
+//! stored with (`OBJECT_CONTENT_TYPE`, `OBJECT_COMPRESSION`, `OBJECT_STORAGE_CLASS`,
+//! `OBJECT_CACHE_CONTROL`, `OBJECT_CUSTOM_TIME`, `KMS_KEY_NAME`).
 //!
-//! Everything here is a pure function of the message, so a redelivered message maps to the same
-//! object name and the create-only write in [`crate::sink`] turns the redelivery into a no-op.
+//! Everything here is a pure function of the message and the configuration, so a redelivered
+//! message maps to the same object name and the create-only write in [`crate::sink`] turns the
+//! redelivery into a no-op. No setting changes the name but `OBJECT_COMPRESSION`, through `{ext}`
+//! ([`NameTemplate::gzipped`], which `config.rs` applies), fixed for the life of a deployment.
 
 use crate::name::{NameFields, NameTemplate};
 use google_cloud_pubsub::model::Message;
@@ -23,13 +27,106 @@ const METADATA_LIMIT: usize = 8 * 1024;
 pub const RESERVED_KEYS: [&str; 4] =
     ["message_id", "publish_time", "delivery_attempt", "subscription"];
 
+/// The longest content type taken from an attribute; a longer value falls back.
+const CONTENT_TYPE_MAX: usize = 256;
+
+/// How every object is stored: the same for all messages of a deployment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectSettings {
+    pub content_type: ContentType,
+    /// `OBJECT_COMPRESSION=gzip`: the body gzipped, stored with `Content-Encoding: gzip`; the
+    /// name template is then [`NameTemplate::gzipped`] too (`config.rs` makes both).
+    pub gzip: bool,
+    /// `OBJECT_STORAGE_CLASS`; `None`: the bucket's default class.
+    pub storage_class: Option<String>,
+    /// `OBJECT_CACHE_CONTROL`; `None`: Cloud Storage's default for the object's access.
+    pub cache_control: Option<String>,
+    /// `OBJECT_CUSTOM_TIME=publish_time`: the object's custom time is the publish time, so that
+    /// a lifecycle rule on `daysSinceCustomTime` ages data by when it was published.
+    pub custom_time: bool,
+    /// `KMS_KEY_NAME`: `projects/P/locations/L/keyRings/R/cryptoKeys/K`; `None`: the bucket's
+    /// default encryption.
+    pub kms_key: Option<String>,
+}
+
+/// Where an object's content type comes from (`OBJECT_CONTENT_TYPE`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ContentType {
+    /// [`TEXT`] for valid UTF-8, [`BINARY`] otherwise (unset).
+    #[default]
+    Detect,
+    /// The same type for every object, e.g. `application/json`.
+    Fixed(String),
+    /// `{attributes.NAME}` or `{attributes.NAME|FALLBACK}`: the attribute's value when it is a
+    /// valid media type, else the fallback, else [`ContentType::Detect`]'s choice.
+    Attribute { name: String, fallback: Option<String> },
+}
+
+impl ContentType {
+    /// Parses `OBJECT_CONTENT_TYPE`; `None` when it is neither a media type nor an attribute.
+    pub fn parse(value: &str) -> Option<Self> {
+        let Some(body) = value.strip_prefix("{attributes.").and_then(|v| v.strip_suffix('}'))
+        else {
+            return is_media_type(value).then(|| ContentType::Fixed(value.to_string()));
+        };
+        let (name, fallback) = match body.split_once('|') {
+            Some((name, fallback)) => (name, Some(fallback)),
+            None => (body, None),
+        };
+        let valid = !name.is_empty() && !name.contains(['{', '}', '|']);
+        let fallback = fallback.map(|f| is_media_type(f).then(|| f.to_string()));
+        match (valid, fallback) {
+            (true, None) => Some(ContentType::Attribute { name: name.into(), fallback: None }),
+            (true, Some(Some(f))) => {
+                Some(ContentType::Attribute { name: name.into(), fallback: Some(f) })
+            }
+            _ => None,
+        }
+    }
+
+    fn for_message(&self, message: &Message, text: bool) -> String {
+        let detected = || if text { TEXT } else { BINARY }.to_string();
+        match self {
+            ContentType::Detect => detected(),
+            ContentType::Fixed(fixed) => fixed.clone(),
+            ContentType::Attribute { name, fallback } => (message.attributes.get(name))
+                .map(|v| v.trim())
+                .filter(|v| is_media_type(v))
+                .map(str::to_string)
+                .or_else(|| fallback.clone())
+                .unwrap_or_else(detected),
+        }
+    }
+}
+
+/// A media type a publisher may choose: `type/subtype` of RFC 9110 token characters, then
+/// parameters of printable ASCII, at most 256 bytes. Anything else (a control character, a
+/// header injection attempt) is not sent to Cloud Storage.
+pub fn is_media_type(value: &str) -> bool {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let (essence, parameters) = value.split_once(';').unwrap_or((value, ""));
+    let printable = parameters.bytes().all(|b| (b' '..=b'~').contains(&b));
+    let mut parts = essence.trim_end_matches(' ').splitn(2, '/');
+    let (kind, subtype) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    value.len() <= CONTENT_TYPE_MAX && token(kind) && token(subtype) && printable
+}
+
 /// The object a message is written to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ObjectSpec {
     /// From the `OBJECT_PREFIX` and `OBJECT_NAME` template ([`crate::name`]).
     pub name: String,
-    pub content_type: &'static str,
+    pub content_type: String,
     pub metadata: BTreeMap<String, String>,
+    /// The data is valid UTF-8 (`false`: raw bytes, counted as binary).
+    pub text: bool,
+    /// The body is gzipped and stored with `Content-Encoding: gzip`.
+    pub gzip: bool,
+    /// The publish time, when `OBJECT_CUSTOM_TIME=publish_time`.
+    pub custom_time: Option<Timestamp>,
 }
 
 impl ObjectSpec {
@@ -37,6 +134,7 @@ impl ObjectSpec {
     pub fn for_message(
         message: &Message,
         names: &NameTemplate,
+        settings: &ObjectSettings,
         subscription: &str,
         delivery_attempt: Option<i32>,
     ) -> Self {
@@ -51,15 +149,30 @@ impl ObjectSpec {
         });
         Self {
             name,
-            content_type: if text { TEXT } else { BINARY },
+            content_type: settings.content_type.for_message(message, text),
             metadata: metadata(message, subscription, delivery_attempt),
+            text,
+            gzip: settings.gzip,
+            custom_time: message.publish_time.filter(|_| settings.custom_time),
         }
     }
 
-    /// Whether the data was stored as text (`false`: raw bytes, worth a warning).
+    /// Whether the data was stored as text (`false`: raw bytes, counted as binary).
     pub fn is_text(&self) -> bool {
-        self.content_type == TEXT
+        self.text
     }
+}
+
+/// `data` as a gzip member (flate2's default level 6), as Cloud Storage expects a body stored
+/// with `Content-Encoding: gzip`.
+pub fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4 + 64),
+        flate2::Compression::default(),
+    );
+    encoder.write_all(data)?;
+    encoder.finish()
 }
 
 /// Valid UTF-8, the empty message included, is text.
@@ -128,23 +241,85 @@ mod tests {
             .set_data(bytes::Bytes::copy_from_slice(data))
     }
 
+    fn spec(m: &Message, settings: &ObjectSettings) -> ObjectSpec {
+        let names = NameTemplate::parse("{message_id}.{ext}", "").expect("valid template");
+        let names = if settings.gzip { names.gzipped().expect("valid") } else { names };
+        ObjectSpec::for_message(m, &names, settings, "s", None)
+    }
+
     #[test]
     fn the_name_comes_from_the_template_and_the_content_type_from_the_data() {
         let names =
             NameTemplate::parse("{subscription}/{attributes.kind}/{message_id}.{ext}", "in/");
         let names = names.expect("valid template");
         let m = message("42", 0, 0, "héllo ✓".as_bytes()).set_attributes([("kind", "a b")]);
-        let spec = ObjectSpec::for_message(&m, &names, "projects/p/subscriptions/s", None);
-        assert_eq!((spec.name.as_str(), spec.content_type), ("in/s/a%20b/42.txt", TEXT));
+        let detect = ObjectSettings::default();
+        let spec = ObjectSpec::for_message(&m, &names, &detect, "projects/p/subscriptions/s", None);
+        assert_eq!((spec.name.as_str(), spec.content_type.as_str()), ("in/s/a%20b/42.txt", TEXT));
         let empty = message("2", 0, 0, b"");
-        assert_eq!(ObjectSpec::for_message(&empty, &names, "s", None).content_type, TEXT);
+        assert_eq!(ObjectSpec::for_message(&empty, &names, &detect, "s", None).content_type, TEXT);
         let binary = message("3", 0, 0, &[0xff, 0xfe, 0x00, 0x80]);
-        let spec = ObjectSpec::for_message(&binary, &names, "s", None);
-        assert_eq!((spec.name.as_str(), spec.content_type), ("in/s//3.bin", BINARY));
+        let spec = ObjectSpec::for_message(&binary, &names, &detect, "s", None);
+        assert_eq!((spec.name.as_str(), spec.content_type.as_str()), ("in/s//3.bin", BINARY));
         assert!(!spec.is_text());
         // A redelivery has another delivery attempt but the same name.
-        let again = ObjectSpec::for_message(&binary, &names, "s", Some(5));
+        let again = ObjectSpec::for_message(&binary, &names, &detect, "s", Some(5));
         assert_eq!(again.name, spec.name);
+        // Nothing but the settings asked for is set.
+        assert_eq!((spec.gzip, spec.custom_time), (false, None));
+    }
+
+    #[test]
+    fn the_content_type_is_fixed_or_a_valid_attribute_or_its_fallback() {
+        let settings = |value: &str| ObjectSettings {
+            content_type: ContentType::parse(value).expect(value),
+            ..ObjectSettings::default()
+        };
+        let json = message("1", 0, 0, b"{}");
+        assert_eq!(spec(&json, &settings("application/json")).content_type, "application/json");
+        let by_attribute = settings("{attributes.type|application/json}");
+        let typed = |value: &str| json.clone().set_attributes([("type", value)]);
+        let content_type = |m: &Message| spec(m, &by_attribute).content_type;
+        assert_eq!(content_type(&typed("text/csv; charset=utf-8")), "text/csv; charset=utf-8");
+        assert_eq!(content_type(&json), "application/json", "no attribute: the fallback");
+        for bad in ["", "csv", "text/csv\r\nX-Evil: 1", "a/b/c", "text /csv", &"x".repeat(300)] {
+            assert_eq!(content_type(&typed(bad)), "application/json", "{bad:?}");
+        }
+        // No fallback: today's choice by the data.
+        let binary = message("2", 0, 0, &[0xff]).set_attributes([("type", "nope")]);
+        assert_eq!(spec(&binary, &settings("{attributes.type}")).content_type, BINARY);
+        for bad in ["json", "{attributes.}", "{attributes.t|bad}", "{attributes.t", "a/b\n"] {
+            assert_eq!(ContentType::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn gzip_and_custom_time_change_only_the_ext_the_encoding_and_the_time() {
+        let m = message("7", 1_700_000_000, 5, b"{\"a\":1}");
+        let plain = spec(&m, &ObjectSettings::default());
+        let settings = ObjectSettings { gzip: true, custom_time: true, ..Default::default() };
+        let stored = spec(&m, &settings);
+        assert_eq!((plain.name.as_str(), stored.name.as_str()), ("7.txt", "7.txt.gz"));
+        assert!(stored.gzip);
+        assert_eq!(stored.custom_time, m.publish_time);
+        assert_eq!(
+            (&stored.metadata, &stored.content_type),
+            (&plain.metadata, &plain.content_type)
+        );
+    }
+
+    #[test]
+    fn gzip_inflates_to_the_same_bytes() {
+        use std::io::Read as _;
+        let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let zipped = gzip(&data).expect("gzip into memory");
+        assert!(zipped.len() < data.len() / 2, "{} of {} bytes", zipped.len(), data.len());
+        let mut inflated = Vec::new();
+        flate2::read::GzDecoder::new(zipped.as_slice())
+            .read_to_end(&mut inflated)
+            .expect("inflate");
+        assert_eq!(inflated, data);
+        assert_eq!(gzip(&data).expect("again"), zipped, "the same bytes each time");
     }
 
     #[test]

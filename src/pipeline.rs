@@ -15,7 +15,7 @@
 
 use crate::concurrency::{Outcome, WriteLimit};
 use crate::name::NameTemplate;
-use crate::object::ObjectSpec;
+use crate::object::{ObjectSettings, ObjectSpec};
 use crate::sink::{FailureKind, Sink, Written};
 use crate::stats::{NackReason, Stats};
 use google_cloud_pubsub::model::Message;
@@ -56,6 +56,7 @@ pub struct Pipeline {
     sink: Sink,
     stats: Arc<Stats>,
     names: NameTemplate,
+    objects: ObjectSettings,
     subscription: String,
     limits: Limits,
     shutdown_timeout: Duration,
@@ -78,6 +79,7 @@ impl Pipeline {
         sink: Sink,
         stats: Arc<Stats>,
         names: NameTemplate,
+        objects: ObjectSettings,
         subscription: String,
         limits: Limits,
         shutdown_timeout: Duration,
@@ -86,6 +88,7 @@ impl Pipeline {
             sink,
             stats,
             names,
+            objects,
             subscription,
             limits,
             shutdown_timeout,
@@ -229,8 +232,13 @@ impl Pipeline {
             return;
         };
         let delivery_attempt = handler.delivery_attempt();
-        let spec =
-            ObjectSpec::for_message(&message, &self.names, &self.subscription, delivery_attempt);
+        let spec = ObjectSpec::for_message(
+            &message,
+            &self.names,
+            &self.objects,
+            &self.subscription,
+            delivery_attempt,
+        );
         // Binary data is normal for a protobuf or Avro topic: a line per message would flood the
         // log (86 million a day at 1,000 msg/s), so it is counted and logged at debug.
         if !spec.is_text() {
@@ -238,7 +246,7 @@ impl Pipeline {
             debug!(
                 message_id = %message.message_id,
                 object = %spec.name,
-                "message data is not valid UTF-8; storing the bytes unchanged as application/octet-stream"
+                "message data is not valid UTF-8; storing the bytes unchanged"
             );
         }
         let data = std::mem::take(&mut message.data);

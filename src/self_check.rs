@@ -10,8 +10,13 @@
 //! lack the API: `STARTUP_CHECK` turns it off (and `auto` does so whenever
 //! `STORAGE_EMULATOR_HOST` is set). The subscription needs no check of its own: StreamingPull
 //! fails at once, with the subscription's name, when it is missing or forbidden.
+//!
+//! With `KMS_KEY_NAME`, the check also writes one empty object with that key
+//! ([`check_kms_key`]): Cloud Storage uses the key as the bucket's service agent, whose grant on
+//! the key no API lets the worker read, so only a write shows whether the key can be used.
 
-use google_cloud_storage::client::StorageControl;
+use google_cloud_storage::client::{Storage, StorageControl};
+use sha2::{Digest, Sha256};
 
 /// The permissions the worker needs on its bucket.
 pub const REQUIRED_PERMISSIONS: [&str; 2] = ["storage.objects.create", "storage.objects.get"];
@@ -32,6 +37,45 @@ pub enum SelfCheckError {
         "the start-up check of bucket gs://{bucket} failed (STARTUP_CHECK=off skips it): {source}"
     )]
     Failed { bucket: String, source: google_cloud_storage::Error },
+    #[error(
+        "objects cannot be encrypted with KMS key {key} (KMS_KEY_NAME) in bucket gs://{bucket}: \
+         the key must exist, be enabled and be in the bucket's location, and the project's Cloud \
+         Storage service agent needs roles/cloudkms.cryptoKeyEncrypterDecrypter on it (deploy/setup \
+         grants it): {source}"
+    )]
+    KmsKey { key: String, bucket: String, source: google_cloud_storage::Error },
+}
+
+/// Where [`check_kms_key`] writes: outside any `OBJECT_PREFIX`, in a folder that tools which
+/// read a bucket as a table (Spark, Hive, BigQuery external tables) skip, as its name starts
+/// with `_`; one object per key, named by a hash of the key.
+pub fn kms_probe_name(key: &str) -> String {
+    let hash = Sha256::digest(key.as_bytes());
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("_pubsub-gcs-worker/kms-check-{hex}")
+}
+
+/// Writes the empty object [`kms_probe_name`] with `key`, create-only: created, or already
+/// there from an earlier start with the same key (412), the key can be used; any other answer
+/// means it cannot, and the worker stops instead of nacking every message.
+pub async fn check_kms_key(
+    storage: &Storage,
+    bucket: &str,
+    key: &str,
+) -> Result<(), SelfCheckError> {
+    let written = storage
+        .write_object(format!("projects/_/buckets/{bucket}"), kms_probe_name(key), "")
+        .set_if_generation_match(0)
+        .set_kms_key(key)
+        .send_buffered()
+        .await;
+    match written {
+        Ok(_) => Ok(()),
+        Err(e) if e.http_status_code() == Some(412) => Ok(()),
+        Err(source) => {
+            Err(SelfCheckError::KmsKey { key: key.to_string(), bucket: bucket.to_string(), source })
+        }
+    }
 }
 
 /// Checks that the caller holds [`REQUIRED_PERMISSIONS`] on `bucket`.
@@ -98,6 +142,27 @@ mod tests {
         );
         let none = granted(&[]).expect_err("missing").to_string();
         assert!(none.contains("lack storage.objects.create and storage.objects.get"), "{none}");
+    }
+
+    #[test]
+    fn an_unusable_kms_key_is_named_with_what_to_grant() {
+        let body = r#"{"error":{"code":403,"message":"Permission denied on Cloud KMS key."}}"#;
+        let source = google_cloud_storage::Error::http(403, Default::default(), body.into());
+        let key = "projects/p/locations/us/keyRings/r/cryptoKeys/k".to_string();
+        let e = SelfCheckError::KmsKey { key: key.clone(), bucket: "b".into(), source }.to_string();
+        for part in [
+            key.as_str(),
+            "KMS_KEY_NAME",
+            "gs://b",
+            "cryptoKeyEncrypterDecrypter",
+            "deploy/setup",
+            "Permission denied on Cloud KMS key",
+        ] {
+            assert!(e.contains(part), "{part}: {e}");
+        }
+        let name = kms_probe_name(&key);
+        assert!(name.starts_with("_pubsub-gcs-worker/kms-check-") && name.len() == 45, "{name}");
+        assert_ne!(name, kms_probe_name("projects/p/locations/us/keyRings/r/cryptoKeys/other"));
     }
 
     #[test]

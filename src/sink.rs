@@ -8,7 +8,7 @@
 //! duplicates data; when it names another message, or none, the write fails with
 //! [`FailureKind::NameCollision`] and the object is left as it is.
 
-use crate::object::ObjectSpec;
+use crate::object::{ObjectSettings, ObjectSpec};
 use bytes::Bytes;
 use google_cloud_storage::client::Storage;
 use std::collections::HashMap;
@@ -92,27 +92,59 @@ pub struct Sink {
     /// after a time limit, but has no per-attempt timeout: a connection that hangs would hold
     /// the message (and a write permit) until its lease ran out.
     write_timeout: Duration,
+    /// Storage class, cache control and encryption key of every object.
+    settings: ObjectSettings,
 }
 
 impl Sink {
     pub fn new(client: Storage, bucket: &str, write_timeout: Duration) -> Self {
-        Self { client, bucket_path: format!("projects/_/buckets/{bucket}"), write_timeout }
+        let bucket_path = format!("projects/_/buckets/{bucket}");
+        Self { client, bucket_path, write_timeout, settings: ObjectSettings::default() }
+    }
+
+    /// Writes objects with `settings`' storage class, cache control and KMS key (the content
+    /// type, encoding and custom time come with each [`ObjectSpec`]).
+    pub fn with_settings(mut self, settings: &ObjectSettings) -> Self {
+        self.settings = settings.clone();
+        self
     }
 
     /// Creates the object described by `spec` with `data` as its body, unless it exists.
     ///
     /// `data` is the message's own buffer (`Bytes` is reference-counted), so no copy is made.
     pub async fn write(&self, spec: &ObjectSpec, data: Bytes) -> Result<Written, WriteError> {
+        let data = match spec.gzip {
+            true => gzipped(data).await?,
+            false => data,
+        };
         // Boxed: the client's upload future is about 32 KB. Inline, it would make every message
         // task that large from the moment it is spawned (and be copied on each move); boxed,
         // those bytes are allocated only while the write runs.
         let attempt = Box::pin(async {
-            let created = self
+            let mut write = self
                 .client
                 .write_object(&self.bucket_path, &spec.name, data)
                 .set_if_generation_match(0)
-                .set_content_type(spec.content_type)
-                .set_metadata(spec.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .set_content_type(&spec.content_type)
+                .set_metadata(spec.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            // Each setting is sent only when set: unset, the bucket's defaults apply as before.
+            if spec.gzip {
+                write = write.set_content_encoding("gzip");
+            }
+            if let Some(time) = spec.custom_time {
+                write = write.set_custom_time(time);
+            }
+            let stored = &self.settings;
+            if let Some(class) = &stored.storage_class {
+                write = write.set_storage_class(class);
+            }
+            if let Some(cache_control) = &stored.cache_control {
+                write = write.set_cache_control(cache_control);
+            }
+            if let Some(key) = &stored.kms_key {
+                write = write.set_kms_key(key);
+            }
+            let created = write
                 // Below the client's resumable threshold (16 MiB; Pub/Sub messages are at most
                 // 10 MB) this is a single multipart upload.
                 .send_buffered()
@@ -172,6 +204,22 @@ fn same_message(found: &HashMap<String, String>, spec: &ObjectSpec) -> bool {
         let ours = spec.metadata.get(*key);
         ours.is_some() && found.get(*key) == ours
     })
+}
+
+/// `data` gzipped, on a blocking thread: a 10 MB message takes tens of milliseconds of CPU,
+/// which must not stall the runtime's other tasks. Deterministic (flate2's default level, no
+/// name or time in the header), although nothing relies on it: the name alone makes a
+/// redelivery land on the existing object.
+async fn gzipped(data: Bytes) -> Result<Bytes, WriteError> {
+    let failed = |e: String| WriteError {
+        kind: FailureKind::Rejected,
+        source: google_cloud_storage::Error::io(format!("gzip failed: {e}")).into(),
+    };
+    match tokio::task::spawn_blocking(move || crate::object::gzip(&data)).await {
+        Ok(Ok(body)) => Ok(Bytes::from(body)),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(e) => Err(failed(e.to_string())),
+    }
 }
 
 /// Only a precondition failure proves the object exists: HTTP 412 on the JSON API (whatever
@@ -242,8 +290,11 @@ mod tests {
         let metadata = [("message_id", "42"), ("subscription", "projects/p/subscriptions/s")];
         let spec = ObjectSpec {
             name: "42.txt".into(),
-            content_type: crate::object::TEXT,
+            content_type: crate::object::TEXT.into(),
             metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            text: true,
+            gzip: false,
+            custom_time: None,
         };
         let found = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

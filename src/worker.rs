@@ -39,12 +39,16 @@ impl Worker {
         if config.startup_check {
             let control = clients::storage_control(&config).await?;
             self_check::check_bucket(&control, &config.bucket).await?;
+            if let Some(key) = &config.objects.kms_key {
+                self_check::check_kms_key(&storage, &config.bucket, key).await?;
+            }
         }
         let stats = Arc::new(Stats::default());
         let pipeline = Arc::new(Pipeline::new(
-            Sink::new(storage, &config.bucket, config.write_timeout),
+            Sink::new(storage, &config.bucket, config.write_timeout).with_settings(&config.objects),
             stats.clone(),
             config.names.clone(),
+            config.objects.clone(),
             config.subscription.clone(),
             Limits {
                 max_concurrent_writes: config.max_concurrent_writes,
@@ -85,6 +89,13 @@ impl Worker {
             subscription = %c.subscription,
             bucket = %c.bucket,
             object_name = c.names.template(),
+            object_content_type = ?c.objects.content_type,
+            object_compression = if c.objects.gzip { "gzip" } else { "none" },
+            object_storage_class = c.objects.storage_class.as_deref().unwrap_or("bucket default"),
+            object_cache_control = c.objects.cache_control.as_deref().unwrap_or("none"),
+            object_custom_time = if c.objects.custom_time { "publish_time" } else { "none" },
+            kms_key = c.objects.kms_key.as_deref().unwrap_or("none"),
+            pubsub_endpoint = c.pubsub_endpoint.as_deref().unwrap_or("global"),
             max_outstanding_messages = c.max_outstanding_messages,
             max_outstanding_bytes = c.max_outstanding_bytes,
             max_concurrent_writes = c.max_concurrent_writes,

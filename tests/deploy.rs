@@ -26,6 +26,8 @@ const SCRIPTS: [&str; 7] =
 /// An object name template with every character deploy/deploy must pass on intact.
 const TEMPLATE: &str =
     "dt={publish_time:%Y-%m-%d}/{attributes.task_type|unrouted}/{hash:2}/{message_id}.{ext}";
+/// A Cloud KMS key for `KMS_KEY_NAME`.
+const KMS_KEY: &str = "projects/keys/locations/us/keyRings/ring/cryptoKeys/key";
 /// Env file lines that turn the metrics export on.
 const METRICS: &str = "HEALTH_PORT=8080\nMETRICS_EXPORT=managed-prometheus";
 
@@ -566,7 +568,19 @@ fn health_port_wires_probes_and_metrics_export_adds_the_sidecar() {
         let probe = flag(&deploy, "--startup-probe").expect("startup probe");
         assert!(probe.contains("httpGet.path=/healthz/startup,httpGet.port=8080"));
     } else {
-        assert!(run.stderr().contains("worker-pools replace"), "a note says how\n{run}");
+        // The pool is read after the deploy and replaced with the probes added.
+        let replace = run.find("gcloud beta run worker-pools replace");
+        let pool = pool_json(&sandbox, &replace[5]);
+        let worker = &pool["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(worker["startupProbe"]["httpGet"]["path"], "/healthz/startup");
+        assert_eq!(worker["livenessProbe"]["httpGet"]["port"], 8080);
+        // The last of each: with the sidecar, deploy also describes the pool before the deploy.
+        let at = |prefix: &str| run.commands.iter().rposition(|c| c.starts_with(&words(prefix)));
+        let (deploy, describe) = (
+            at("gcloud beta run worker-pools deploy"),
+            at("gcloud beta run worker-pools describe"),
+        );
+        assert!(deploy < describe && describe < at("gcloud beta run worker-pools replace"));
     }
     // The worker's flags follow --container=worker; the sidecar starts after the worker.
     let at = |word: &str| deploy.iter().position(|w| w == word).expect(word);
@@ -615,6 +629,103 @@ for kind, name in (arg.split("=", 1) for arg in sys.argv[2:]):
     for problem in problems:
         print(name, problem)
 "#;
+
+/// For each file argument, why gcloud's `worker-pools replace` would refuse it: decoded as it
+/// decodes it, into the Cloud Run Admin API v1 `WorkerPool` with no field that type does not know.
+const DECODE_POOL: &str = r#"
+from googlecloudsdk.api_lib.util import messages as messages_util
+from googlecloudsdk.core import yaml
+from googlecloudsdk.generated_clients.apis.run.v1 import run_v1_messages as v1
+for name in sys.argv[2:]:
+    try:
+        messages_util.DictToMessageWithErrorCheck(yaml.load_path(name), v1.WorkerPool)
+    except Exception as e:
+        print(name, "cannot decode: %s" % e)
+"#;
+
+/// The worker pool file `path` as JSON, after checking that it decodes as gcloud's WorkerPool.
+fn pool_json(sandbox: &Sandbox, path: &str) -> serde_json::Value {
+    let problems = gcloud_python(sandbox, DECODE_POOL, &[path]);
+    assert_eq!(problems, "", "{}", fs::read_to_string(path).unwrap());
+    json(path)
+}
+
+/// With KMS_KEY_NAME, setup grants the project's Cloud Storage service agent encrypter/decrypter
+/// on that key, and nothing more to anyone; without it, no KMS grant.
+#[test]
+fn kms_key_gets_the_storage_agent_as_encrypter() {
+    let sandbox = Sandbox::new();
+    let plain = grants(&sandbox.run("", "setup").ok());
+    let run = sandbox.run(&format!("KMS_KEY_NAME={KMS_KEY}"), "setup").ok();
+    let with_key = grants(&run);
+    let added: Vec<&String> = with_key.difference(&plain).collect();
+    assert_eq!(
+        added,
+        ["service-PROJECT_NUMBER kms-keys roles/cloudkms.cryptoKeyEncrypterDecrypter"]
+    );
+    assert_eq!(run.find("gcloud kms keys add-iam-policy-binding")[4], KMS_KEY);
+    assert!(plain.iter().all(|g| !g.contains("kms")), "{plain:?}");
+}
+
+/// The probes edit keeps the pool as read, less what describe --format=export leaves out, and
+/// puts the probes on the worker's container (not the sidecar); the result decodes as gcloud's
+/// WorkerPool with no unknown field, while a bogus field is caught.
+#[test]
+fn the_probes_edit_adds_probes_to_the_worker_container_only() {
+    let sandbox = Sandbox::new();
+    let lib = read("deploy/lib.sh");
+    let edit = lib.split("ADD_PROBES='").nth(1).and_then(|c| c.split("\n'").next()).unwrap();
+    let described = serde_json::json!({
+        "apiVersion": "run.googleapis.com/v1", "kind": "WorkerPool",
+        "metadata": {
+            "name": "pool", "namespace": "123", "uid": "u", "generation": 4,
+            "resourceVersion": "r", "creationTimestamp": "2026-01-01T00:00:00Z",
+            "labels": {"cloud.googleapis.com/location": "us-central1"},
+            "annotations": {"run.googleapis.com/launch-stage": "BETA",
+                            "run.googleapis.com/operation-id": "op", "serving.knative.dev/creator": "me"}
+        },
+        "spec": {"template": {
+            "metadata": {"name": "pool-00004-abc", "annotations": {"run.googleapis.com/scalingMode": "manual"}},
+            "spec": {"serviceAccountName": "sa@p.iam.gserviceaccount.com", "containers": [
+                {"name": "worker", "image": "i", "env": [{"name": "BUCKET_NAME", "value": "b"}],
+                 "resources": {"limits": {"cpu": "1", "memory": "512Mi"}}},
+                {"name": "collector", "image": "gmp"}
+            ]}
+        }},
+        "status": {"observedGeneration": 4, "conditions": [{"type": "Ready", "status": "True"}]}
+    });
+    let startup = "httpGet.path=/healthz/startup,httpGet.port=8080,periodSeconds=2,timeoutSeconds=1,failureThreshold=30";
+    let liveness = "httpGet.path=/healthz/live,httpGet.port=8080,periodSeconds=30,timeoutSeconds=5,failureThreshold=3";
+    let input = sandbox.write("described.json", &described.to_string());
+    let code = format!("sys.stdin = open({input:?}); del sys.argv[1]\n{edit}");
+    let edited = gcloud_python(&sandbox, &code, &[startup, liveness]);
+    let path = sandbox.write("pool.yaml", &edited);
+    let pool = pool_json(&sandbox, path.to_str().unwrap());
+
+    let mut want = described.clone();
+    want.as_object_mut().unwrap().remove("status");
+    let meta = want["metadata"].as_object_mut().unwrap();
+    for key in ["uid", "generation", "resourceVersion", "creationTimestamp"] {
+        meta.remove(key);
+    }
+    let annotations = meta["annotations"].as_object_mut().unwrap();
+    annotations.retain(|k, _| k == "run.googleapis.com/launch-stage");
+    let template = &mut want["spec"]["template"];
+    template["metadata"].as_object_mut().unwrap().remove("name");
+    template["spec"]["containers"][0]["startupProbe"] = serde_json::json!({
+        "httpGet": {"path": "/healthz/startup", "port": 8080},
+        "periodSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 30});
+    template["spec"]["containers"][0]["livenessProbe"] = serde_json::json!({
+        "httpGet": {"path": "/healthz/live", "port": 8080},
+        "periodSeconds": 30, "timeoutSeconds": 5, "failureThreshold": 3});
+    assert_eq!(pool, want);
+
+    let mut bad = pool.clone();
+    bad["spec"]["template"]["spec"]["containers"][0]["startupProbe"]["bogusField"] = 1.into();
+    let bad = sandbox.write("bad.yaml", &bad.to_string());
+    let report = gcloud_python(&sandbox, DECODE_POOL, &[bad.to_str().unwrap()]);
+    assert!(report.contains("startupProbe.bogusField"), "{report}");
+}
 
 fn json(path: &str) -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(path).unwrap()).expect(path)
@@ -839,8 +950,10 @@ fn scripts_create_only_what_is_missing_and_teardown_deletes_it() {
 fn dry_run_commands_pass_gcloud_argument_parsing() {
     let sandbox = Sandbox::new();
     let exists = format!("{METRICS}\nDRY_RUN_EXISTS=1");
+    let kms = format!("KMS_KEY_NAME={KMS_KEY}");
     let invocations = [
         (METRICS, "setup"),
+        (&kms, "setup"),
         (&exists, "setup"),
         ("", "deploy"),
         (&format!("OBJECT_NAME='{TEMPLATE}'"), "deploy"),

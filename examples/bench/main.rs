@@ -33,7 +33,9 @@
 //! The worker binary is built first (`cargo build --bin pubsub-gcs-worker` in the profile this
 //! example was built with), so a fresh clone needs nothing else. The worker's tuning variables
 //! (`MAX_CONCURRENT_WRITES`, `MAX_OUTSTANDING_MESSAGES`, ...) pass through from the environment
-//! for experiments; without them the worker runs with its defaults.
+//! for experiments; without them the worker runs with its defaults. `OBJECT_COMPRESSION=gzip`
+//! passes through too: the worker's CPU per message then includes gzip, and a line gives the
+//! payload's ratio (the synthetic payload compresses far better than real data).
 //!
 //! # Storage latency
 //!
@@ -125,7 +127,8 @@ use testkit::{Emulators, Latency, LoopbackCa, OutMessage, PROJECT_ID, unique_nam
 use tokio::sync::Semaphore;
 
 /// Worker variables passed through from this process's environment when set.
-const PASS_THROUGH: [&str; 7] = [
+const PASS_THROUGH: [&str; 8] = [
+    "OBJECT_COMPRESSION",
     "MAX_OUTSTANDING_MESSAGES",
     "MAX_OUTSTANDING_BYTES",
     "MAX_CONCURRENT_WRITES",
@@ -331,6 +334,16 @@ async fn run(args: Args, ca: Option<&LoopbackCa>) -> anyhow::Result<()> {
         if overrides.is_empty() { String::new() } else { format!("; overrides {overrides:?}") },
         fakes_text(&args, "; "),
     );
+    if std::env::var("OBJECT_COMPRESSION").as_deref() == Ok("gzip") {
+        // What gzip costs shows in the worker's CPU per message, against a run without it.
+        let sample = Bench::payload_of(args.size, 0);
+        let stored = pubsub_gcs_worker::object::gzip(&sample)?.len();
+        let ratio = sample.len() as f64 / stored.max(1) as f64;
+        eprintln!(
+            "bench: gzip stores {} B as {stored} B ({ratio:.1}:1, a synthetic payload)",
+            sample.len()
+        );
+    }
     eprintln!("bench: starting the emulators...");
     let emu = Emulators::start().await.context("starting the emulators")?;
     let fakes = Fakes::start(&emu, args.pubsub_cap, ca).await?;
@@ -568,9 +581,13 @@ impl Rates {
 
 impl Bench<'_> {
     fn payload(&self, i: usize) -> Vec<u8> {
+        Self::payload_of(self.size, i)
+    }
+
+    fn payload_of(size: usize, i: usize) -> Vec<u8> {
         // Text (the worker's common case), distinct per message.
         let mut data = format!("{i:010} ").into_bytes();
-        data.resize(self.size, b'x');
+        data.resize(size, b'x');
         data
     }
 
@@ -692,7 +709,10 @@ impl Bench<'_> {
             // What the worker builds per message: a name, the content type and metadata.
             let spec = ObjectSpec {
                 name: format!("message_20250101_000000_{i:06}_{i}.txt"),
-                content_type: TEXT,
+                content_type: TEXT.into(),
+                text: true,
+                gzip: false,
+                custom_time: None,
                 metadata: BTreeMap::from([
                     ("message_id".to_string(), i.to_string()),
                     ("publish_time".to_string(), "2025-01-01T00:00:00.000000Z".to_string()),

@@ -54,6 +54,14 @@ fn each_token_renders() {
     }
     f.publish_time = None;
     assert_eq!(name("{publish_time:%F}/{message_id}", &f), "1970-01-01/1234567890");
+    // Gzipped bodies (`OBJECT_COMPRESSION=gzip`) say so in `{ext}`, text or not.
+    let gzipped = |f: &NameFields<'_>| {
+        let template = NameTemplate::parse("{message_id}.{ext}", "").expect("valid");
+        template.gzipped().expect("valid").render(f)
+    };
+    assert_eq!(gzipped(&f), "1234567890.txt.gz");
+    f.text = false;
+    assert_eq!(gzipped(&f), "1234567890.bin.gz");
 }
 
 /// The README's recipes give the names the README shows.
@@ -287,8 +295,10 @@ proptest! {
         // From year 0: nothing was published before, and `{publish_time}` is wider there.
         nanos in proptest::option::of(-62_167_219_200 * NANOS..253_402_300_800 * NANOS),
         text in any::<bool>(),
+        gzip in any::<bool>(),
     ) {
         let template = NameTemplate::parse(&template, &prefix);
+        let template = if gzip { template.and_then(NameTemplate::gzipped) } else { template };
         prop_assume!(template.is_ok(), "refused: {:?}", template);
         let template = template.expect("checked");
         let publish_time = nanos.and_then(|n| OffsetDateTime::from_unix_timestamp_nanos(n).ok());

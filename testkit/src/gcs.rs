@@ -61,12 +61,22 @@ impl Gcs {
         Ok(out)
     }
 
-    /// The object's bytes, exactly as stored.
+    /// The object's bytes, exactly as stored: a gzipped object (`Content-Encoding: gzip`) comes
+    /// gzipped, as for a client that accepts gzip.
     pub async fn download(&self, bucket: &str, name: &str) -> Result<Vec<u8>> {
         let (b, n) = (url_encode(bucket), url_encode(name));
         let url = format!("{}/download/storage/v1/b/{b}/o/{n}?alt=media", self.base);
         let what = format!("download gs://{bucket}/{name}");
-        Ok(send(self.http.get(url), &what).await?.bytes().await?.to_vec())
+        let request = self.http.get(url).header("accept-encoding", "gzip");
+        Ok(send(request, &what).await?.bytes().await?.to_vec())
+    }
+
+    /// The object's resource as the JSON API gives it (`storageClass`, `contentEncoding`,
+    /// `customTime`, `cacheControl`, ...).
+    pub async fn object(&self, bucket: &str, name: &str) -> Result<Value> {
+        let (b, n) = (url_encode(bucket), url_encode(name));
+        let url = format!("{}/storage/v1/b/{b}/o/{n}", self.base);
+        Ok(send(self.http.get(url), &format!("get gs://{bucket}/{name}")).await?.json().await?)
     }
 
     /// Uploads (or overwrites) an object, e.g. to pre-create a name the worker will meet.

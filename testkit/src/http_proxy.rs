@@ -207,17 +207,17 @@ impl State {
     }
 }
 
-/// Keeps the JSON part (the first part) of a multipart upload, named as the URL names it.
+/// Keeps the JSON part (the first part) of a multipart upload, with the `name` and `kmsKeyName`
+/// the URL gives (the storage client sends the key as a query parameter).
 fn record_upload(uploads: &Mutex<Vec<Value>>, target: &str, body: &[u8]) {
     let Some(start) = body.windows(4).position(|w| w == b"\r\n\r\n") else { return };
     let json = serde_json::Deserializer::from_slice(&body[start + 4..]).into_iter::<Value>().next();
     let Some(Ok(Value::Object(mut part))) = json else { return };
-    let url = reqwest::Url::parse(&format!("http://proxy{target}"));
-    let name = url
-        .ok()
-        .and_then(|u| u.query_pairs().find(|(k, _)| k == "name").map(|(_, v)| v.into_owned()));
-    if let Some(name) = name {
-        part.entry("name").or_insert(Value::String(name));
+    let Ok(url) = reqwest::Url::parse(&format!("http://proxy{target}")) else { return };
+    for (key, value) in url.query_pairs() {
+        if key == "name" || key == "kmsKeyName" {
+            part.entry(key.into_owned()).or_insert(Value::String(value.into_owned()));
+        }
     }
     uploads.lock().unwrap().push(Value::Object(part));
 }

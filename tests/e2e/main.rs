@@ -11,6 +11,7 @@
 mod faults;
 mod memory;
 mod names;
+mod objects;
 mod operations;
 mod support;
 mod worker;

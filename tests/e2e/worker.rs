@@ -262,14 +262,20 @@ async fn bad_configuration_exits_2_naming_every_variable_in_one_line() -> Result
         .env("BUCKET_NAME", "gs://")
         .env("SUBSCRIPTION_ID", "sub ")
         .env("RUST_LOG", "info,[{")
+        .env("OBJECT_COMPRESSION", "zip")
+        .env("KMS_KEY_NAME", "my-key")
         .output()
         .await?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
-    for problem in
-        ["PROJECT_ID is not set", "BUCKET_NAME=\"gs://\" is invalid", "RUST_LOG=\"info,[{\""]
-    {
+    for problem in [
+        "PROJECT_ID is not set",
+        "BUCKET_NAME=\"gs://\" is invalid",
+        "RUST_LOG=\"info,[{\"",
+        "OBJECT_COMPRESSION=\"zip\" is invalid",
+        "KMS_KEY_NAME=\"my-key\" is invalid",
+    ] {
         assert!(stderr.contains(problem), "{problem}: {stderr}");
     }
     assert!(!stderr.contains("SUBSCRIPTION_ID"), "a trailing space is trimmed: {stderr}");
