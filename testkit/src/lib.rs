@@ -23,6 +23,7 @@ mod emulators;
 mod gcs;
 mod http_proxy;
 mod latency;
+pub mod process;
 mod proxy;
 mod pubsub;
 mod rate_cap;

@@ -2,10 +2,11 @@
 //! and `#[ignore]`d: `cargo test -- --ignored` runs them, one at a time.
 
 use crate::support::OutMessage;
-use crate::support::app::{BinaryWorker, Fixture, ProcStats, Result, SETTLE, figures};
+use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE, figures};
 use crate::support::app::{one_slow_test_at_a_time, sample_message, with_vars};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use testkit::process::Usage;
 use tokio::time::{Instant, sleep};
 
 /// A backlog of 100,000 messages: the worker holds at most `MAX_OUTSTANDING_MESSAGES` of them,
@@ -130,7 +131,7 @@ async fn soak_at_a_steady_rate_keeps_memory_files_and_threads_flat() -> Result {
     );
     let mut worker = BinaryWorker::spawn(&env, "soak")?;
     let mut published = BTreeMap::new();
-    let mut samples: Vec<(Duration, ProcStats, u64)> = Vec::new();
+    let mut samples: Vec<(Duration, Usage, u64)> = Vec::new();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut second = 0usize;
@@ -151,7 +152,7 @@ async fn soak_at_a_steady_rate_keeps_memory_files_and_threads_flat() -> Result {
 
     // Compare the last third with the first third (after a warm-up minute).
     let third = samples.len() / 3;
-    let max = |s: &[(Duration, ProcStats, u64)], f: fn(&ProcStats) -> u64| {
+    let max = |s: &[(Duration, Usage, u64)], f: fn(&Usage) -> u64| {
         s.iter().map(|(_, p, _)| f(p)).max().unwrap_or(0)
     };
     let (early, late) = (&samples[third..2 * third], &samples[2 * third..]);
@@ -184,7 +185,7 @@ async fn sample_until_written(
     worker: &BinaryWorker,
     n: u64,
     limit: Duration,
-) -> Result<Vec<(Duration, ProcStats, u64)>> {
+) -> Result<Vec<(Duration, Usage, u64)>> {
     let started = Instant::now();
     let mut samples = Vec::new();
     loop {
@@ -199,6 +200,6 @@ async fn sample_until_written(
 }
 
 /// `(seconds, RSS KiB)` of every sixth sample (every 30 s).
-fn rss_series(samples: &[(Duration, ProcStats, u64)]) -> Vec<(u64, u64)> {
+fn rss_series(samples: &[(Duration, Usage, u64)]) -> Vec<(u64, u64)> {
     samples.iter().step_by(6).map(|(t, p, _)| (t.as_secs(), p.rss_kib)).collect()
 }

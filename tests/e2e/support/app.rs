@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::process::Usage;
 use testkit::{Emulators, Gcs, ObjectInfo, OutMessage, PubSub, unique_name};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -329,46 +330,8 @@ impl BinaryWorker {
     }
 
     /// CPU time, memory, threads and open files of the process, from `/proc`.
-    pub fn proc(&self) -> Result<ProcStats> {
-        ProcStats::read(self.pid)
-    }
-}
-
-/// A process's resource use, read from `/proc/PID/{stat,status,fd}`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcStats {
-    /// User plus system CPU time so far.
-    pub cpu: Duration,
-    /// Resident set size now, KiB.
-    pub rss_kib: u64,
-    /// Peak resident set size (VmHWM), KiB.
-    pub peak_rss_kib: u64,
-    pub threads: u64,
-    pub open_fds: u64,
-}
-
-impl ProcStats {
-    pub fn read(pid: u32) -> Result<Self> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // The command name may contain spaces; the fields after it do not. utime and stime are
-        // fields 14 and 15, the 12th and 13th after the ")".
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').context("malformed stat")?.1.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        // SAFETY: sysconf only reads a constant.
-        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let field = |name: &str| -> u64 {
-            let line = status.lines().find_map(|l| l.strip_prefix(name));
-            line.and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
-        };
-        Ok(ProcStats {
-            cpu: Duration::from_millis(ticks * 1000 / per_sec),
-            rss_kib: field("VmRSS:"),
-            peak_rss_kib: field("VmHWM:"),
-            threads: field("Threads:"),
-            open_fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64,
-        })
+    pub fn proc(&self) -> Result<Usage> {
+        Usage::of(self.pid)
     }
 }
 
