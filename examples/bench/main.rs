@@ -458,8 +458,8 @@ impl Worker {
         let Some(url) = &self.metrics else { return Ok(0) };
         let page = self.http.get(url).send().await?.error_for_status()?.text().await?;
         let total =
-            page.lines().find_map(|l| l.strip_prefix("pubsub_gcs_worker_objects_written_total"));
-        Ok(total.context("no objects_written_total in /metrics")?.trim().parse()?)
+            testkit::parse_metrics(&page).get("pubsub_gcs_worker_objects_written_total").copied();
+        Ok(total.context("no objects_written_total in /metrics")? as u64)
     }
 
     /// The rates, from the polls: when the k-th object was written, interpolated between two.

@@ -17,7 +17,8 @@
 //!   with a seeded generator, unit tests draw the same delays every run ([`rand`] is re-exported
 //!   so that theirs is the same version).
 //! - [`unique_name`] keeps tests apart on shared emulators, so they run in parallel;
-//!   [`wait_for`] is the one way to wait for an effect.
+//!   [`wait_for`] is the one way to wait for an effect; [`parse_metrics`] reads a Prometheus
+//!   text page such as the worker's `/metrics`.
 
 mod emulators;
 mod gcs;
@@ -86,6 +87,19 @@ pub async fn wait_for(
     Ok(())
 }
 
+/// The samples of a Prometheus text page (exposition format 0.0.4), by series: the name with its
+/// labels as written (`messages_nacked_total{reason="transient"}`), to its value. Comments, and
+/// lines that are not `SERIES VALUE`, are skipped; the worker writes no timestamps.
+pub fn parse_metrics(page: &str) -> std::collections::BTreeMap<String, f64> {
+    (page.lines())
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Accepts connections on `listener` for as long as the task running it lives, counts each in
 /// `accepted` and serves it with `serve`; the connections' tasks end with it (abort it to close
 /// them all).
@@ -107,5 +121,21 @@ async fn accept_each<F, Fut>(
         };
         accepted.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(serve(client));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_metrics;
+
+    #[test]
+    fn a_metrics_page_reads_as_series_and_values() {
+        let page = "# HELP a_total A.\n# TYPE a_total counter\na_total 3\n\
+                    b{reason=\"x y\"} 1.5\nc NaN\nnot a sample\n";
+        let metrics = parse_metrics(page);
+        assert_eq!(metrics.get("a_total"), Some(&3.0));
+        assert_eq!(metrics.get("b{reason=\"x y\"}"), Some(&1.5));
+        assert!(metrics["c"].is_nan());
+        assert_eq!(metrics.len(), 3);
     }
 }

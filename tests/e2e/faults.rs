@@ -11,12 +11,13 @@
 //! redelivers them. A restarted worker therefore completes the set only after some 10 s rounds:
 //! the tests wait with generous deadlines, never with fixed sleeps.
 
-use crate::operations::{HEALTH, get, parse_metrics};
+use crate::operations::{HEALTH, get};
 use crate::support::Emulators;
 use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, SETTLE, figures};
 use crate::support::app::{find_line, sample_message};
 use crate::support::app::{settled_message_ids, with_vars};
+use crate::support::parse_metrics;
 use crate::support::{HttpProxy, Latency};
 use crate::support::{Mode, Proxy};
 use crate::support::{unique_name, wait_for};

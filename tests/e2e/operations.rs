@@ -1,8 +1,7 @@
 //! Operating the worker: the health probes, `/metrics`, the start-up check, and storage over TLS.
 
 use crate::support::app::{BinaryWorker, Fixture, Result, find_line, with_vars};
-use crate::support::{LoopbackCa, Mode, OutMessage, Proxy, TlsFront};
-use std::collections::BTreeMap;
+use crate::support::{LoopbackCa, Mode, OutMessage, Proxy, TlsFront, parse_metrics};
 use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
@@ -143,15 +142,4 @@ async fn wait_for_status(http: &reqwest::Client, url: &str, want: u16) -> Result
         }
         sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// `name{labels} value` lines of the text format, keyed by `name{labels}`.
-pub fn parse_metrics(page: &str) -> BTreeMap<String, f64> {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse().ok()?))
-        })
-        .collect()
 }
