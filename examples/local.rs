@@ -9,8 +9,9 @@
 //! stops the emulators.
 
 use anyhow::Context as _;
-use pubsub_gcs_worker::telemetry::LogFormat;
-use pubsub_gcs_worker::{Config, Worker, shutdown::Signals, telemetry};
+use pubsub_gcs_worker::config::Config;
+use pubsub_gcs_worker::telemetry::{self, LogFormat};
+use pubsub_gcs_worker::worker::{Signals, Worker};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use testkit::{Emulators, Gcs, OutMessage, PROJECT_ID, PubSub};

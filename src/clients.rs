@@ -8,6 +8,8 @@
 //! an emulator is: the emulator wins, so a local run never reaches the real service.
 
 use crate::config::Config;
+/// What the start-up check asks of the storage client with `KMS_KEY_NAME`.
+pub use crate::self_check::{check_kms_key, kms_probe_name};
 use anyhow::Context as _;
 use google_cloud_auth::credentials::Builder as Credentials;
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;

@@ -11,32 +11,37 @@
 //!   emulators when asked.
 //! - [`worker`]: opens the StreamingPull streams (`PULL_STREAMS`) with their shares of the flow
 //!   control and lease extension, runs the pipeline, logs progress and the final summary.
-//! - [`pipeline`]: a receive loop per stream, one budget for all; a task per message takes a
+//! - `pipeline`: a receive loop per stream, one budget for all; a task per message takes a
 //!   write permit; ack or nack; the drain on shutdown.
-//! - [`name`]: `OBJECT_NAME` templates: parsed once, checked for uniqueness, rendered safely.
-//! - [`concurrency`]: how many writes run at once, following storage latency.
+//! - `name`: `OBJECT_NAME` templates: parsed once, checked for uniqueness, rendered safely.
+//! - `concurrency`: how many writes run at once, following storage latency.
 //! - [`object`]: the message's object name, content type, metadata and stored settings (pure
 //!   functions), and gzip.
-//! - [`sink`]: the create-only write, and what a failure means.
-//! - [`stats`]: the metrics behind the progress line, the summary, the probes and `/metrics`.
-//! - [`shutdown`]: SIGTERM/SIGINT; a second signal exits at once.
-//! - [`self_check`]: at start, may the credentials create objects in the bucket, and can the
+//! - `sink`: the create-only write, and what a failure means.
+//! - `stats`: the metrics behind the progress line, the summary, the probes and `/metrics`.
+//! - `shutdown`: SIGTERM/SIGINT; a second signal exits at once.
+//! - `self_check`: at start, may the credentials create objects in the bucket, and can the
 //!   KMS key be used?
-//! - [`health`]: opt-in HTTP endpoint with the startup and liveness probes and `/metrics`.
+//! - `health`: opt-in HTTP endpoint with the startup and liveness probes and `/metrics`.
+//!
+//! # Surface
+//!
+//! Five modules are public, for `main.rs`, the examples, the benchmarks and the tests: `config`
+//! (`Config`, the table of variables), `telemetry`, `worker` (`Worker`, `Signals`, the `Stats`
+//! it keeps), `clients` (and the KMS start-up check), `object` (an object's description, its
+//! name template and the `Sink` that writes it). The rest is private, so a change inside the
+//! message path cannot break a caller outside the crate.
 
 pub mod clients;
-pub mod concurrency;
+mod concurrency;
 pub mod config;
-pub mod health;
-pub mod name;
+mod health;
+mod name;
 pub mod object;
-pub mod pipeline;
-pub mod self_check;
-pub mod shutdown;
-pub mod sink;
-pub mod stats;
+mod pipeline;
+mod self_check;
+mod shutdown;
+mod sink;
+mod stats;
 pub mod telemetry;
 pub mod worker;
-
-pub use config::Config;
-pub use worker::Worker;

@@ -1,6 +1,8 @@
 //! The binary: configuration, logging, then the worker until SIGTERM or SIGINT.
 
-use pubsub_gcs_worker::{Config, Worker, shutdown::Signals, telemetry};
+use pubsub_gcs_worker::config::Config;
+use pubsub_gcs_worker::telemetry;
+use pubsub_gcs_worker::worker::{Signals, Worker};
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -3,11 +3,13 @@
 //! `OBJECT_CACHE_CONTROL`, `OBJECT_CUSTOM_TIME`, `KMS_KEY_NAME`).
 //!
 //! Everything here is a pure function of the message and the configuration, so a redelivered
-//! message maps to the same object name and the create-only write in [`crate::sink`] turns the
+//! message maps to the same object name and the create-only write in [`Sink`] turns the
 //! redelivery into a no-op. No setting changes the name but `OBJECT_COMPRESSION`, through `{ext}`
 //! ([`NameTemplate::gzipped`], which `config.rs` applies), fixed for the life of a deployment.
 
-use crate::name::{NameFields, NameTemplate};
+/// An object's name is part of its description; the sink writes the object.
+pub use crate::name::{DEFAULT_TEMPLATE, NameFields, NameTemplate};
+pub use crate::sink::Sink;
 use google_cloud_pubsub::model::Message;
 use google_cloud_wkt::Timestamp;
 use std::collections::BTreeMap;
@@ -117,7 +119,7 @@ pub fn is_media_type(value: &str) -> bool {
 /// The object a message is written to.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObjectSpec {
-    /// From the `OBJECT_PREFIX` and `OBJECT_NAME` template ([`crate::name`]).
+    /// From the `OBJECT_PREFIX` and `OBJECT_NAME` template ([`NameTemplate`]).
     pub name: String,
     pub content_type: String,
     pub metadata: BTreeMap<String, String>,

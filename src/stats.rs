@@ -216,7 +216,7 @@ impl Stats {
         self.settled();
     }
 
-    /// The write concurrency limit now ([`crate::concurrency::WriteLimit`]).
+    /// The write concurrency limit now (the `WriteLimit` of the pipeline).
     pub fn write_limit(&self, limit: usize) {
         self.write_limit.set(limit as i64);
     }

@@ -10,8 +10,8 @@
 use crate::support::app::{Fixture, Result, name_stamp, with_vars};
 use crate::support::{HttpProxy, Latency, OutMessage, wait_for};
 use google_cloud_wkt::Timestamp;
-use pubsub_gcs_worker::self_check::{check_kms_key, kms_probe_name};
-use pubsub_gcs_worker::{Config, clients};
+use pubsub_gcs_worker::clients::{self, check_kms_key, kms_probe_name};
+use pubsub_gcs_worker::config::Config;
 use std::io::Read as _;
 use std::time::Duration;
 

@@ -3,9 +3,9 @@
 //! with JSON logs ([`BinaryWorker`]), and the checks the tests share.
 
 use anyhow::Context as _;
+use pubsub_gcs_worker::config::Config;
 use pubsub_gcs_worker::object::RESERVED_KEYS;
-use pubsub_gcs_worker::stats::{Snapshot, Stats};
-use pubsub_gcs_worker::{Config, Worker};
+use pubsub_gcs_worker::worker::{Snapshot, Stats, Worker};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
