@@ -12,5 +12,6 @@ mod faults;
 mod memory;
 mod names;
 mod operations;
+mod soak;
 mod support;
 mod worker;
