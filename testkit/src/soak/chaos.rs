@@ -278,10 +278,11 @@ impl Faults<'_> {
                 break;
             }
             self.pubsub.set_mode(Mode::Reset);
-            let mut ledger = self.ledger.lock().unwrap();
-            ledger.resets.push(self.start.elapsed());
-            ledger.fault("pubsub_reset", Duration::from_secs(1));
-            drop(ledger);
+            {
+                let mut ledger = self.ledger.lock().unwrap();
+                ledger.resets.push(self.start.elapsed());
+                ledger.fault("pubsub_reset", Duration::from_secs(1));
+            }
             sleep(Duration::from_secs(1)).await;
             self.pubsub.set_mode(Mode::Pass);
         }
