@@ -151,7 +151,11 @@ pub async fn account(soak: &Soak, input: Input, gcs: &Gcs, bucket: &str) -> Resu
             );
             dead_lettered.push(json!({ "message_id": p.id, "seq": p.seq, "why": why }));
         } else if let Some(&life) = r.received.last() {
-            if reset_during(life) {
+            // A nacked message is redelivered, perhaps to a stream that ended near then.
+            let started = ledger.lives[life].started;
+            let redelivered_to_a_dead_stream =
+                !r.nacks.is_empty() && stream_ends.iter().any(|&end| end + ack_deadline >= started);
+            if reset_during(life) || redelivered_to_a_dead_stream {
                 stranded_received += 1;
             } else {
                 failures.push(format!("message {} received by a live worker, never settled", p.id));
