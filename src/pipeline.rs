@@ -160,6 +160,11 @@ impl Pipeline {
                 None => return Err(PipelineError::StreamEnded),
             };
             self.stats.received(handler.delivery_attempt());
+            debug!(
+                message_id = %message.message_id,
+                delivery_attempt = handler.delivery_attempt(),
+                "message received"
+            );
             let held = tokio::select! {
                 biased;
                 () = run.stopping.cancelled() => {

@@ -11,6 +11,9 @@
 //!   403 when the caller may not read objects; the proxy can turn the emulator's 412 into that.
 //! * **Throttling** ([`HttpProxy::throttle`]): uploads above a rate get 429, as a bucket's
 //!   index ramping up answers them.
+//! * **Failing uploads** ([`HttpProxy::fail_uploads`]): every upload gets a chosen status (403,
+//!   429, 503) until switched off, as a bucket whose permission was revoked, whose quota is
+//!   spent or whose backend is down answers them; the chaos soak switches it in windows.
 //!
 //! The proxy runs on the tokio runtime that started it; dropping it stops it.
 
@@ -44,6 +47,8 @@ struct State {
     /// Uploads allowed per second (0: no limit), and the current second's start and count.
     throttle: (AtomicU64, Mutex<(Instant, u64)>),
     throttled: AtomicU64,
+    /// The status every upload gets instead of being forwarded (0: forward).
+    fail_uploads: AtomicU64,
     /// `None` unless started with [`HttpProxy::recording`].
     uploads: Option<Mutex<Vec<Value>>>,
     connections: AtomicU64,
@@ -75,6 +80,7 @@ impl HttpProxy {
             forbid_existing: AtomicBool::new(false),
             throttle: (AtomicU64::new(0), Mutex::new((Instant::now(), 0))),
             throttled: AtomicU64::new(0),
+            fail_uploads: AtomicU64::new(0),
             uploads: record.then(|| Mutex::new(Vec::new())),
             connections: AtomicU64::new(0),
         });
@@ -105,6 +111,13 @@ impl HttpProxy {
     /// Answers 429 to the uploads beyond `per_second` in each second (0: no limit).
     pub fn throttle(&self, per_second: u64) {
         self.state.throttle.0.store(per_second, Ordering::Relaxed);
+    }
+
+    /// Answers every upload with `status` (e.g. 403, 429, 503) instead of forwarding it, from now
+    /// until called with `None`; other requests pass.
+    pub fn fail_uploads(&self, status: Option<StatusCode>) {
+        let code = status.map_or(0, |s| u64::from(s.as_u16()));
+        self.state.fail_uploads.store(code, Ordering::Relaxed);
     }
 
     /// Uploads answered with 429 so far.
@@ -156,6 +169,16 @@ async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
         && target.contains("uploadType=multipart")
     {
         record_upload(uploads, target, &body);
+    }
+    let failing = state.fail_uploads.load(Ordering::Relaxed);
+    if target.contains("uploadType=") && failing > 0 {
+        let status = StatusCode::from_u16(failing as u16)?;
+        tokio::time::sleep(state.delay()).await;
+        let body = format!(
+            r#"{{"error":{{"code":{failing},"message":"injected by the proxy","status":"{}"}}}}"#,
+            status.canonical_reason().unwrap_or("error")
+        );
+        return Ok(Response::builder().status(status).body(body.into())?);
     }
     if target.contains("uploadType=") && state.over_rate() {
         state.throttled.fetch_add(1, Ordering::Relaxed);

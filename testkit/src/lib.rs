@@ -16,6 +16,8 @@
 //! - [`Latency`]: a delay with a tail (log-normal), what the [`HttpProxy`] holds answers back by;
 //!   with a seeded generator, unit tests draw the same delays every run ([`rand`] is re-exported
 //!   so that theirs is the same version).
+//! - [`Soak`]: the chaos soak: worker processes killed and restarted at random while
+//!   storage and the Pub/Sub connection fail in windows, then an account of every message.
 //! - [`unique_name`] keeps tests apart on shared emulators, so they run in parallel;
 //!   [`wait_for`] is the one way to wait for an effect; [`parse_metrics`] reads a Prometheus
 //!   text page such as the worker's `/metrics`.
@@ -29,6 +31,7 @@ mod proxy;
 mod pubsub;
 mod rate_cap;
 mod rest;
+mod soak;
 mod tls;
 
 pub use emulators::{Emulators, PROJECT_ID};
@@ -36,9 +39,10 @@ pub use gcs::{Gcs, ObjectInfo};
 pub use http_proxy::HttpProxy;
 pub use latency::Latency;
 pub use proxy::{Mode, Proxy};
-pub use pubsub::{OutMessage, PubSub, Received};
+pub use pubsub::{DeliveryPolicy, OutMessage, PubSub, Received};
 pub use rand;
 pub use rate_cap::RateCap;
+pub use soak::{Soak, SoakReport};
 pub use tls::{LoopbackCa, TlsFront};
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -37,7 +37,19 @@ pub struct Received {
     pub ack_id: String,
     pub message_id: String,
     pub data: Vec<u8>,
+    pub attributes: BTreeMap<String, String>,
     pub publish_time: String,
+}
+
+/// What becomes of a subscription's failed messages, as `deploy/setup` sets it: redelivery
+/// after an exponential backoff between `min_backoff` and `max_backoff`, and after
+/// `max_delivery_attempts` deliveries a move to `dead_letter_topic`.
+#[derive(Clone, Debug)]
+pub struct DeliveryPolicy {
+    pub dead_letter_topic: String,
+    pub max_delivery_attempts: i32,
+    pub min_backoff: std::time::Duration,
+    pub max_backoff: std::time::Duration,
 }
 
 /// REST client for one emulator and project. Build one per test (`Emulators::pubsub()`).
@@ -90,6 +102,33 @@ impl PubSub {
             body["deadLetterPolicy"] =
                 json!({ "deadLetterTopic": topic_path(dead), "maxDeliveryAttempts": attempts });
         }
+        let request = self.http.put(self.url("subscriptions", sub, "")).json(&body);
+        send(request, &format!("create subscription {sub}")).await?;
+        Ok(())
+    }
+
+    /// Creates a pull subscription with a dead-letter and a retry policy.
+    pub async fn create_subscription_with_policy(
+        &self,
+        topic: &str,
+        sub: &str,
+        ack_deadline_secs: i32,
+        policy: &DeliveryPolicy,
+    ) -> Result<()> {
+        let topic_path = |t: &str| format!("projects/{}/topics/{t}", self.project);
+        let secs = |d: std::time::Duration| format!("{}s", d.as_secs());
+        let body = json!({
+            "topic": topic_path(topic),
+            "ackDeadlineSeconds": ack_deadline_secs,
+            "deadLetterPolicy": {
+                "deadLetterTopic": topic_path(&policy.dead_letter_topic),
+                "maxDeliveryAttempts": policy.max_delivery_attempts,
+            },
+            "retryPolicy": {
+                "minimumBackoff": secs(policy.min_backoff),
+                "maximumBackoff": secs(policy.max_backoff),
+            },
+        });
         let request = self.http.put(self.url("subscriptions", sub, "")).json(&body);
         send(request, &format!("create subscription {sub}")).await?;
         Ok(())
@@ -160,6 +199,12 @@ impl PubSub {
                 ack_id: text(&received["ackId"]),
                 message_id: text(&m["messageId"]),
                 data: B64.decode(m["data"].as_str().unwrap_or_default())?,
+                attributes: m["attributes"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect(),
                 publish_time: text(&m["publishTime"]),
             });
         }

@@ -5,13 +5,14 @@
 //! `.cargo/config.toml`). Worker logs stay quiet
 //! unless `TEST_LOG` is set; measured figures are printed on `[figures]` lines (`--nocapture`).
 //!
-//! The slow tests (`memory.rs`: a 100,000-message backlog, 5-10 MB messages, a soak) are
-//! `#[ignore]`d: `cargo test -- --ignored` runs them.
+//! The slow tests (`memory.rs`: a 100,000-message backlog, 5-10 MB messages, a soak; `soak.rs`:
+//! the chaos soak, shortened) are `#[ignore]`d: `cargo test -- --ignored` runs them.
 
 mod faults;
 mod memory;
 mod names;
 mod objects;
 mod operations;
+mod soak;
 mod support;
 mod worker;

@@ -1,0 +1,283 @@
+//! The soak's account: every published message stored (exactly one object, byte-exact),
+//! dead-lettered (with the workers' records of why), or stranded by the emulator on a stream
+//! that ended; anything else is a failure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::time::Duration;
+
+use anyhow::Result;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::chaos::Ledger;
+use super::{ACK_DEADLINE_SECS, MAX_DELIVERY_ATTEMPTS, Published, SEQ, Soak, SoakReport, body};
+use crate::{Gcs, ObjectInfo, Received};
+
+pub struct Input {
+    pub published: Vec<Published>,
+    pub objects: Vec<ObjectInfo>,
+    pub dead: Vec<Received>,
+    pub ledger: Ledger,
+    pub elapsed: Duration,
+}
+
+/// The message ids the objects carry in their metadata.
+pub fn stored_ids(objects: &[ObjectInfo]) -> BTreeSet<String> {
+    objects.iter().filter_map(|o| o.metadata.get("message_id").cloned()).collect()
+}
+
+/// What the workers' logs say about one message: which processes (index into the ledger's
+/// lives) received it, acked it, and why they nacked it.
+#[derive(Debug, Default)]
+struct Records {
+    received: Vec<usize>,
+    acked: usize,
+    nacks: BTreeMap<String, u64>,
+}
+
+/// Reads every worker log: a `message received` event per delivery, an event ending in
+/// "; acked" per ack, one with "nack" in it per nack (with `reason` when a write failed).
+fn read_records(ledger: &Ledger) -> (BTreeMap<String, Records>, u64) {
+    let (mut records, mut panics) = (BTreeMap::<String, Records>::new(), 0);
+    for (life, l) in ledger.lives.iter().enumerate() {
+        let text = std::fs::read_to_string(&l.log).unwrap_or_default();
+        panics += text.matches("panicked").count() as u64;
+        for line in text.lines() {
+            let Ok(event) = serde_json::from_str::<Value>(line) else { continue };
+            let (Some(id), Some(message)) =
+                (event["message_id"].as_str(), event["message"].as_str())
+            else {
+                continue;
+            };
+            let r = records.entry(id.to_string()).or_default();
+            if message == "message received" {
+                r.received.push(life);
+            } else if message.ends_with("; acked") {
+                r.acked += 1;
+            } else if message.contains("nack") {
+                let reason = event["reason"].as_str().unwrap_or("shutdown");
+                *r.nacks.entry(reason.to_string()).or_default() += 1;
+            }
+        }
+    }
+    (records, panics)
+}
+
+pub async fn account(soak: &Soak, input: Input, gcs: &Gcs, bucket: &str) -> Result<SoakReport> {
+    let Input { published, objects, dead, ledger, elapsed } = input;
+    let (records, panics) = read_records(&ledger);
+    let mut failures = Vec::new();
+    let by_seq: BTreeMap<String, &Published> =
+        published.iter().map(|p| (p.seq.to_string(), p)).collect();
+    let mut dead_ids = BTreeSet::new();
+    for m in &dead {
+        match m.attributes.get(SEQ).and_then(|s| by_seq.get(s)) {
+            Some(p) => drop(dead_ids.insert(p.id.clone())),
+            None => failures.push(format!("a dead letter that was never published: {m:?}")),
+        }
+    }
+
+    // Objects by the message id in their metadata; each compared with the body it must hold.
+    let seq_of: BTreeMap<&str, u64> = published.iter().map(|p| (p.id.as_str(), p.seq)).collect();
+    let mut per_id: BTreeMap<&str, Vec<&ObjectInfo>> = BTreeMap::new();
+    for o in &objects {
+        match o.metadata.get("message_id").filter(|id| seq_of.contains_key(id.as_str())) {
+            Some(id) => per_id.entry(id).or_default().push(o),
+            None => failures.push(format!("object {} is no published message's", o.name)),
+        }
+    }
+    let to_compare: Vec<(&str, u64)> = objects
+        .iter()
+        .filter_map(|o| {
+            Some((o.name.as_str(), *seq_of.get(o.metadata.get("message_id")?.as_str())?))
+        })
+        .collect();
+    let compared: Vec<Result<(String, usize, bool)>> = futures::stream::iter(to_compare)
+        .map(|(name, seq)| async move {
+            let bytes = gcs.download(bucket, name).await?;
+            Ok((name.to_string(), bytes.len(), bytes == body(seq)))
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let (mut bytes_compared, mut corrupted) = (0u64, Vec::new());
+    for c in compared {
+        let (name, len, same) = c?;
+        bytes_compared += len as u64;
+        if !same {
+            corrupted.push(name);
+        }
+    }
+
+    // Every published message, classified.
+    // The emulator goes on routing new messages to a stream that ended, for a while: a message
+    // no worker saw counts as stranded if a stream ended at most an ack deadline before it was
+    // published, or after.
+    let stream_ends: Vec<Duration> = ledger
+        .lives
+        .iter()
+        .filter(|l| !l.final_stop)
+        .filter_map(|l| l.ended)
+        .chain(ledger.resets.iter().copied())
+        .collect();
+    let ack_deadline = Duration::from_secs(ACK_DEADLINE_SECS as u64);
+    let reset_during = |life: usize| {
+        let l = &ledger.lives[life];
+        let ended = l.ended.unwrap_or(elapsed);
+        !l.final_stop || ledger.resets.iter().any(|&r| r >= l.started && r <= ended)
+    };
+    let (mut stored, mut doubled, mut acked_without_object) = (0u64, Vec::new(), Vec::new());
+    let (mut stranded_received, mut stranded_in_flight) = (0u64, 0u64);
+    let mut dead_lettered = Vec::new();
+    let nothing = Records::default();
+    for p in &published {
+        let r = records.get(&p.id).unwrap_or(&nothing);
+        let objects = per_id.get(p.id.as_str()).map_or(0, Vec::len);
+        if objects > 1 {
+            doubled.push(p.id.clone());
+        } else if objects == 1 {
+            stored += 1;
+        } else if r.acked > 0 {
+            acked_without_object.push(p.id.clone());
+        } else if dead_ids.contains(&p.id) {
+            let nacks: Vec<String> = r.nacks.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+            let recorded = r.received.len();
+            let why = format!(
+                "{recorded} deliveries recorded, nacked for [{}]; {} of {MAX_DELIVERY_ATTEMPTS} \
+                 attempts not recorded (spent on streams that ended)",
+                nacks.join(", "),
+                (MAX_DELIVERY_ATTEMPTS as usize).saturating_sub(recorded)
+            );
+            dead_lettered.push(json!({ "message_id": p.id, "seq": p.seq, "why": why }));
+        } else if let Some(&life) = r.received.last() {
+            // A nacked message is redelivered, perhaps to a stream that ended near then.
+            let started = ledger.lives[life].started;
+            let redelivered_to_a_dead_stream =
+                !r.nacks.is_empty() && stream_ends.iter().any(|&end| end + ack_deadline >= started);
+            if reset_during(life) || redelivered_to_a_dead_stream {
+                stranded_received += 1;
+            } else {
+                failures.push(format!("message {} received by a live worker, never settled", p.id));
+            }
+        } else if stream_ends.iter().any(|&end| end + ack_deadline >= p.at) {
+            stranded_in_flight += 1;
+        } else {
+            failures.push(format!(
+                "message {} (published at {:?}) never delivered, no stream ended after or an ack \
+                 deadline before it",
+                p.id, p.at
+            ));
+        }
+    }
+    for (what, list) in [
+        ("doubled", &doubled),
+        ("corrupted", &corrupted),
+        ("acked without object", &acked_without_object),
+    ] {
+        if !list.is_empty() {
+            failures.push(format!("{} {what}, e.g. {}", list.len(), list[0]));
+        }
+    }
+    if panics > 0 {
+        failures.push(format!("{panics} panics in the worker logs"));
+    }
+    failures.extend(ledger.surprises.iter().cloned());
+
+    let per_message: Vec<usize> = per_id.values().map(Vec::len).collect();
+    let faults: BTreeMap<&str, Value> = ledger
+        .faults
+        .iter()
+        .map(|(k, (n, t))| (*k, json!({ "count": n, "seconds": t.as_secs() })))
+        .collect();
+    let peak_rss_mib: Vec<f64> =
+        ledger.peak_rss_kib.iter().map(|&k| (k as f64 / 1024.0 * 10.0).round() / 10.0).collect();
+    let json = json!({
+        "duration_s": elapsed.as_secs(),
+        "soak_s": soak.duration.as_secs(),
+        "instances": soak.instances,
+        "seed": soak.seed,
+        "faults": faults,
+        "restarts": ledger.restarts,
+        "worker_processes": ledger.lives.len(),
+        "published": published.len(),
+        "objects": objects.len(),
+        "objects_per_message": { "min": per_message.iter().min(), "max": per_message.iter().max() },
+        "stored": stored,
+        "bytes_compared": bytes_compared,
+        "acked_without_object": acked_without_object.len(),
+        "doubled": doubled.len(),
+        "corrupted": corrupted.len(),
+        "dead_lettered": dead_lettered.len(),
+        "stranded_received": stranded_received,
+        "stranded_in_flight": stranded_in_flight,
+        "peak_rss_mib": peak_rss_mib,
+        "failures": failures.len(),
+    });
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "chaos soak: {} ({} min of chaos, {} instances, seed {})",
+        if failures.is_empty() { "PASSED" } else { "FAILED" },
+        soak.duration.as_secs() / 60,
+        soak.instances,
+        soak.seed
+    );
+    let _ = writeln!(
+        text,
+        "  faults:    {}",
+        ledger
+            .faults
+            .iter()
+            .map(|(k, (n, t))| format!("{k} {n}x/{}s", t.as_secs()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        text,
+        "  restarts:  {:?} ({} worker processes)",
+        ledger.restarts,
+        ledger.lives.len()
+    );
+    let _ = writeln!(
+        text,
+        "  published: {}; objects {}; objects per message {:?}..{:?}",
+        published.len(),
+        objects.len(),
+        per_message.iter().min(),
+        per_message.iter().max()
+    );
+    let _ = writeln!(
+        text,
+        "  stored byte-exact: {} ({bytes_compared} bytes compared); corrupted {}; doubled {}; acked without object {}",
+        stored - corrupted.len() as u64,
+        corrupted.len(),
+        doubled.len(),
+        acked_without_object.len()
+    );
+    let _ = writeln!(text, "  dead-lettered: {}", dead_lettered.len());
+    for d in &dead_lettered {
+        let _ = writeln!(
+            text,
+            "    {} (seq {}): {}",
+            d["message_id"].as_str().unwrap_or(""),
+            d["seq"],
+            d["why"].as_str().unwrap_or("")
+        );
+    }
+    let _ = writeln!(
+        text,
+        "  stranded by the emulator: {} received and never settled before their stream ended, \
+        {} never seen by a worker (in flight on a stream that ended)",
+        stranded_received, stranded_in_flight
+    );
+    let _ = writeln!(text, "  peak RSS per instance (MiB): {peak_rss_mib:?}");
+    for f in failures.iter().take(20) {
+        let _ = writeln!(text, "  FAILURE: {f}");
+    }
+    if failures.len() > 20 {
+        let _ = writeln!(text, "  ... {} failures in all", failures.len());
+    }
+    let _ = write!(text, "  worker logs: {}", soak.log_dir.display());
+    Ok(SoakReport { json, text, failures })
+}
