@@ -24,6 +24,12 @@ pub const BINARY: &str = "application/octet-stream";
 /// Cloud Storage rejects objects whose custom metadata exceeds 8 KiB (keys plus values).
 const METADATA_LIMIT: usize = 8 * 1024;
 
+/// At most this many attributes become metadata entries. Cloud Storage returns each entry as a
+/// response header, and the storage client reads at most 100 headers: with about 25 of its own
+/// and the worker's 5, an object of more entries could not be read back, and the name-collision
+/// check needs to read it when a redelivery meets it (a message may carry 100 attributes).
+const ATTRIBUTE_ENTRIES: usize = 64;
+
 /// Metadata keys this worker sets itself; an attribute with one of these names is stored under
 /// `attribute_{name}` instead, so it can neither hide nor be hidden by the worker's own keys.
 pub const RESERVED_KEYS: [&str; 4] =
@@ -184,9 +190,10 @@ pub fn is_text(data: &[u8]) -> bool {
 
 /// The object's custom metadata: where the message came from, and its attributes.
 ///
-/// Attributes that would push the metadata past Cloud Storage's 8 KiB limit are left out (in key
-/// order) and counted in `attributes_omitted`, because an object that can never be written would
-/// otherwise be redelivered forever.
+/// Attributes that would push the metadata past Cloud Storage's 8 KiB limit, or past
+/// [`ATTRIBUTE_ENTRIES`] entries, are left out (in key order) and counted in
+/// `attributes_omitted`: an object that can never be written, or never read back, would
+/// otherwise be redelivered until it is dead-lettered.
 pub fn metadata(
     message: &Message,
     subscription: &str,
@@ -205,7 +212,7 @@ pub fn metadata(
     metadata.insert("subscription".to_string(), subscription.to_string());
 
     let mut size: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
-    let mut omitted = 0usize;
+    let (mut kept, mut omitted) = (0usize, 0usize);
     let attributes: BTreeMap<&String, &String> = message.attributes.iter().collect();
     for (key, value) in attributes {
         let key = if RESERVED_KEYS.contains(&key.as_str()) || key == "attributes_omitted" {
@@ -214,11 +221,12 @@ pub fn metadata(
             key.clone()
         };
         // Reserve room for the `attributes_omitted` entry itself.
-        if size + key.len() + value.len() + 32 > METADATA_LIMIT {
+        if size + key.len() + value.len() + 32 > METADATA_LIMIT || kept >= ATTRIBUTE_ENTRIES {
             omitted += 1;
             continue;
         }
         size += key.len() + value.len();
+        kept += 1;
         metadata.insert(key, value.clone());
     }
     if omitted > 0 {
@@ -356,5 +364,18 @@ mod tests {
         let kept = md.keys().filter(|k| k.starts_with('k')).count();
         assert_eq!(md["attributes_omitted"], (20 - kept).to_string());
         assert!(kept >= 7, "kept {kept}");
+    }
+
+    #[test]
+    fn at_most_64_attributes_become_entries_so_the_object_reads_back() {
+        let attributes: Vec<(String, String)> =
+            (0..100).map(|i| (format!("k{i:03}"), "v".to_string())).collect();
+        let m = message("1", 0, 0, b"x").set_attributes(attributes);
+        let md = metadata(&m, "s", Some(1));
+        let kept: Vec<&String> = md.keys().filter(|k| k.starts_with('k')).collect();
+        assert_eq!(kept.len(), ATTRIBUTE_ENTRIES);
+        assert_eq!((kept[0].as_str(), kept[63].as_str()), ("k000", "k063"), "in key order");
+        assert_eq!(md["attributes_omitted"], "36");
+        assert_eq!(md["message_id"], "1", "the worker's own entries are kept");
     }
 }

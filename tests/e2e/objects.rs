@@ -23,7 +23,8 @@ const KEY: &str = "projects/p/locations/us/keyRings/r/cryptoKeys/k";
 ///
 /// The redelivery is real: the proxy holds every answer back past `WRITE_TIMEOUT_SECS`, so the
 /// first write of each message stores the object and then times out and is nacked; once the
-/// objects exist the proxy answers at once, and the redeliveries meet 412.
+/// objects exist the proxy answers at once, and the redeliveries meet 412 (one of them for a
+/// message with 100 attributes, whose object's metadata must still read back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_object_setting_is_stored_and_a_redelivery_adds_no_object() -> Result {
     let fx = Fixture::new(true).await?;
@@ -45,6 +46,8 @@ async fn every_object_setting_is_stored_and_a_redelivery_adds_no_object() -> Res
         OutMessage::new(json.clone()),
         OutMessage::new(vec![0xff, 0xfe, 0x00, 0x80]).attr("type", "image/png"),
         OutMessage::new("a,b\n").attr("type", "text/csv\r\nX-Injected: 1"),
+        // Pub/Sub's most attributes: the object must still read back for the redelivery.
+        (0..100).fold(OutMessage::new("many"), |m, i| m.attr(format!("a{i:03}"), "v")),
     ];
     let published = fx.publish(&messages).await?;
     let worker = fx.start_worker(&proxy.url(), &settings).await?;
