@@ -1,11 +1,9 @@
 //! Configuration: the only code that reads the environment.
 //!
-//! Each variable is one typed entry, a [`Var`]: its name, the parser of its value and its
-//! default. [`Config`] is filled from the entries' values, so a misspelt entry does not compile,
-//! and a unit test checks that [`VARIABLES`] names exactly the entries read. `envy` reads the
-//! environment into a map; every variable is then parsed, so that a misconfigured deployment fails
-//! with one line naming *every* bad variable and what it expects, instead of stopping at the first
-//! one. Values are trimmed, and an empty value counts as unset, as in `.env` files.
+//! Each variable is one typed entry (name, parser, default), and [`Config`] is filled from the
+//! entries, so a misspelt name does not compile. Every variable is parsed, so that a bad deployment
+//! fails with one line naming *every* bad variable and what it expects. Values are trimmed, and an
+//! empty value counts as unset, as in `.env` files.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -27,11 +25,11 @@ struct Var<T: 'static> {
 
 /// How a value becomes a `T`; a value refused is a problem that says what is expected.
 enum Parse<T: 'static> {
-    /// Text the first function accepts, made a `T` by the second.
-    Check(fn(&str) -> bool, fn(&str) -> T, &'static str),
+    /// Text the first function accepts, made a `T` by the second (`Some`, `Cow::Owned`).
+    Check(fn(&str) -> bool, fn(String) -> T, &'static str),
     /// Text the function parses (`None`: refused).
     Text(fn(&str) -> Option<T>, &'static str),
-    /// A whole number within the range, made a `T`.
+    /// A whole number within the range (which keeps it within `T`), made a `T`.
     Number(RangeInclusive<u64>, fn(u64) -> T),
     /// One of the words, each with its value.
     Choice(&'static [(&'static str, T)]),
@@ -45,32 +43,31 @@ macro_rules! variables {
         $($(#[$doc])* const $name: &Var<$type> =
             &Var { name: stringify!($name), parse: $parse, default: $default };)*
 
-        /// Every variable the worker reads, in the order the README documents them and
-        /// [`Env::config`] reads them. The deploy scripts pass exactly these (less
-        /// [`EMULATOR_VARIABLES`]) to the worker pool, and their tests check it.
+        /// Every variable the worker reads, in the README's order (as `Env::config` reads them).
+        /// The deploy scripts pass exactly these (less [`EMULATOR_VARIABLES`]): their tests check.
         pub const VARIABLES: [&str; [$(stringify!($name)),*].len()] = [$($name.name),*];
     };
 }
 
-// Unset, PROJECT_ID, SUBSCRIPTION_ID and BUCKET_NAME are `None`, which `Env::config` reports as
-// missing (PROJECT_ID not when SUBSCRIPTION_ID is a full path).
 variables! {
-    PROJECT_ID: Option<String> = Check(is_id, some, "a project id, e.g. my-project"), None;
-    SUBSCRIPTION_ID: Option<String> = Check(is_subscription, some, SUBSCRIPTION), None;
+    PROJECT_ID: Option<String> = Check(is_id, Some, "a project id, e.g. my-project"), None;
+    SUBSCRIPTION_ID: Option<String> = Check(is_subscription, Some, SUBSCRIPTION), None;
     BUCKET_NAME: Option<String> = Text(bucket, "3-222 lowercase letters, digits, -, _ or ."), None;
     /// With `OBJECT_NAME` and `OBJECT_COMPRESSION`, checked in [`Env::names`].
-    OBJECT_PREFIX: Cow<str> = Check(|_| true, cow, ""), Cow::Borrowed("");
-    OBJECT_NAME: Cow<str> = Check(|_| true, cow, ""), Cow::Borrowed(DEFAULT_TEMPLATE);
-    OBJECT_CONTENT_TYPE: ContentType = Text(ContentType::parse, CONTENT_TYPE), ContentType::Detect;
+    OBJECT_PREFIX: Cow<str> = Check(|_| true, Cow::Owned, ""), Cow::Borrowed("");
+    OBJECT_NAME: Cow<str> = Check(|_| true, Cow::Owned, ""), Cow::Borrowed(DEFAULT_TEMPLATE);
+    OBJECT_CONTENT_TYPE: ContentType = Text(ContentType::parse, "a media type such as \
+        application/json, or {attributes.NAME} or {attributes.NAME|FALLBACK}"), ContentType::Detect;
     OBJECT_COMPRESSION: bool = Choice(&[("none", false), ("gzip", true)]), false;
     /// Unset: the bucket's default class.
     OBJECT_STORAGE_CLASS: Option<&str> = Choice(&[("STANDARD", Some("STANDARD")),
-        ("NEARLINE", Some("NEARLINE")), ("COLDLINE", Some("COLDLINE")), ("ARCHIVE", Some("ARCHIVE"))]),
-        None;
+        ("NEARLINE", Some("NEARLINE")), ("COLDLINE", Some("COLDLINE")),
+        ("ARCHIVE", Some("ARCHIVE"))]), None;
     OBJECT_CACHE_CONTROL: Option<String> =
-        Check(is_header_value, some, "printable ASCII, e.g. no-store"), None;
+        Check(is_header_value, Some, "printable ASCII, e.g. no-store"), None;
     OBJECT_CUSTOM_TIME: bool = Choice(&[("none", false), ("publish_time", true)]), false;
-    KMS_KEY_NAME: Option<String> = Check(is_kms_key, some, KMS_KEY), None;
+    KMS_KEY_NAME: Option<String> = Check(is_kms_key, Some,
+        "projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY"), None;
     MAX_OUTSTANDING_MESSAGES: i64 = Number(1..=1_000_000, |n| n as i64), 2000;
     MAX_OUTSTANDING_BYTES: i64 = Number(1..=(i64::MAX as u64), |n| n as i64), 100 << 20;
     MAX_CONCURRENT_WRITES: usize = Number(1..=10_000, |n| n as usize), 1024;
@@ -84,12 +81,13 @@ variables! {
         Number(0..=86_400, |n| Some(secs(n)).filter(|d| !d.is_zero())), Some(secs(30));
     LOG_FORMAT: LogFormat = Choice(&[("auto", LogFormat::Auto), ("json", LogFormat::Json),
         ("text", LogFormat::Text)]), LogFormat::Auto;
-    RUST_LOG: Cow<str> =
-        Check(|s| EnvFilter::try_new(s).is_ok(), cow, "tracing directives"), Cow::Borrowed("info");
+    RUST_LOG: Cow<str> = Check(|s| EnvFilter::try_new(s).is_ok(), Cow::Owned, "tracing directives"),
+        Cow::Borrowed("info");
     WRITE_TIMEOUT_SECS: Duration = Number(1..=3600, secs), secs(60);
     /// Unset: no health server.
     HEALTH_PORT: Option<u16> = Number(0..=65_535, |n| Some(n as u16)), None;
-    HEALTH_HOST: IpAddr = Text(|s| s.parse().ok(), "an IP address"), IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    HEALTH_HOST: IpAddr =
+        Text(|s| s.parse().ok(), "an IP address"), IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     /// Above one write's `WRITE_TIMEOUT_SECS` plus the 10 s failure backoff.
     LIVENESS_STALL_SECS: Duration = Number(1..=86_400, secs), secs(120);
     /// `None` (auto): on unless `STORAGE_EMULATOR_HOST` is set.
@@ -97,20 +95,12 @@ variables! {
         Choice(&[("auto", None), ("on", Some(true)), ("off", Some(false))]), None;
     PUBSUB_ENDPOINT: Option<String> =
         Text(endpoint, "a host, e.g. us-east1-pubsub.googleapis.com"), None;
-    PUBSUB_EMULATOR_HOST: Option<String> = Check(|_| true, some, ""), None;
-    STORAGE_EMULATOR_HOST: Option<String> = Check(is_http, some, "http://host:port"), None;
+    PUBSUB_EMULATOR_HOST: Option<String> = Check(|_| true, Some, ""), None;
+    STORAGE_EMULATOR_HOST: Option<String> = Check(is_http, Some, "http://host:port"), None;
 }
 
 /// The variables that point the worker at local emulators: never deployed.
 pub const EMULATOR_VARIABLES: [&str; 2] = [PUBSUB_EMULATOR_HOST.name, STORAGE_EMULATOR_HOST.name];
-
-fn some(s: &str) -> Option<String> {
-    Some(s.into())
-}
-
-fn cow(s: &str) -> Cow<'static, str> {
-    Cow::Owned(s.into())
-}
 
 const fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -168,18 +158,15 @@ impl Config {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let raw: HashMap<String, String> = envy::from_iter(vars)
+        let values = envy::from_iter(vars)
             .map_err(|e| ConfigError(vec![format!("the environment could not be read: {e}")]))?;
-        let values = raw.into_iter().map(|(name, value)| (name, value.trim().to_string()));
-        let values = values.filter(|(_, value)| !value.is_empty()).collect();
         let mut env = Env { values, ..Env::default() };
         let config = env.config();
         env.problems.is_empty().then_some(config).ok_or(ConfigError(env.problems))
     }
 }
 
-/// The environment's values (by lowercase name, trimmed, empty ones left out), the names read
-/// from it so far, and the problems found.
+/// The environment (by lowercase name, as `envy` gives it), the names read so far, the problems.
 #[derive(Default)]
 struct Env {
     values: HashMap<String, String>,
@@ -191,17 +178,17 @@ impl Env {
     /// The variable's value, parsed, or its default when unset (or refused: a problem then).
     fn get<T: Clone>(&mut self, var: &Var<T>) -> T {
         self.read.push(var.name);
-        let Some(text) = self.values.get(&var.name.to_ascii_lowercase()) else {
+        let text = self.values.get(&var.name.to_ascii_lowercase()).map(|value| value.trim());
+        let Some(text) = text.filter(|text| !text.is_empty()) else {
             return var.default.clone();
         };
         let parsed = match &var.parse {
-            Check(valid, make, expected) => {
-                valid(text).then(|| make(text)).ok_or(expected.to_string())
-            }
+            Check(ok, to, _) if ok(text) => Ok(to(text.into())),
+            Check(_, _, expected) => Err(expected.to_string()),
             Text(parse, expected) => parse(text).ok_or(expected.to_string()),
-            Number(range, make) => (text.parse().ok().filter(|n| range.contains(n)).map(make))
+            Number(range, to) => (text.parse().ok().filter(|n| range.contains(n)).map(to))
                 .ok_or_else(|| format!("a whole number from {} to {}", range.start(), range.end())),
-            Choice(words) => (words.iter().find(|(word, _)| word == text).map(|(_, v)| v.clone()))
+            Choice(words) => (words.iter().find(|(word, _)| *word == text).map(|(_, v)| v.clone()))
                 .ok_or_else(|| {
                     let words: Vec<&str> = words.iter().map(|(word, _)| *word).collect();
                     let (last, rest) = words.split_last().unwrap_or((&"", &[]));
@@ -243,7 +230,6 @@ impl Env {
         let pubsub_endpoint = self.get(PUBSUB_ENDPOINT);
         let (pubsub_emulator, storage_emulator) =
             (self.get(PUBSUB_EMULATOR_HOST), self.get(STORAGE_EMULATOR_HOST));
-
         let full = id.as_deref().filter(|id| id.starts_with("projects/"));
         let project = match (project, full) {
             (Some(project), _) => project,
@@ -289,10 +275,9 @@ impl Env {
     fn names(&mut self, prefix: &str, template: &str, gzip: bool) -> NameTemplate {
         let parsed = NameTemplate::parse(template, prefix);
         parsed.and_then(|t| if gzip { t.gzipped() } else { Ok(t) }).unwrap_or_else(|e| {
-            let in_prefix = e.in_prefix();
             let (var, value) =
-                if in_prefix { (OBJECT_PREFIX.name, prefix) } else { (OBJECT_NAME.name, template) };
-            self.problems.push(format!("{var}={value:?} {e}"));
+                if e.in_prefix() { (OBJECT_PREFIX, prefix) } else { (OBJECT_NAME, template) };
+            self.problems.push(format!("{}={value:?} {e}", var.name));
             NameTemplate::default()
         })
     }
@@ -350,11 +335,6 @@ fn bucket(s: &str) -> Option<Option<String>> {
     let ok = (3..=222).contains(&name.len()) && name.chars().all(valid) && edges;
     ok.then(|| Some(name.into()))
 }
-
-const CONTENT_TYPE: &str =
-    "a media type such as application/json, or {attributes.NAME} or {attributes.NAME|FALLBACK}";
-
-const KMS_KEY: &str = "projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY";
 
 /// A header value Cloud Storage will store: printable ASCII, at most 1 KiB.
 fn is_header_value(s: &str) -> bool {
@@ -501,7 +481,6 @@ mod tests {
         assert!(p[5].contains("cryptoKeys"), "{p:?}");
     }
 
-    /// What the compiler cannot check: `Env::config` reads every entry, once, in list order.
     #[test]
     fn every_listed_variable_is_read_once_in_order() {
         let mut env = Env::default();
