@@ -1,12 +1,13 @@
 //! Configuration: the only code that reads the environment.
 //!
-//! `envy` reads the environment into a map; every variable of [`VARIABLES`] is then checked
-//! against its rule, so that a misconfigured deployment fails with one line naming *every* bad
-//! variable and what it expects, instead of stopping at the first one. Values are trimmed, and an
+//! Each variable is one typed entry (name, parser, default), and [`Config`] is filled from the
+//! entries, so a misspelt name does not compile. Every variable is parsed, so that a bad deployment
+//! fails with one line naming *every* bad variable and what it expects. Values are trimmed, and an
 //! empty value counts as unset, as in `.env` files.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
@@ -15,76 +16,95 @@ use crate::name::{DEFAULT_TEMPLATE, NameTemplate};
 use crate::object::{ContentType, ObjectSettings};
 pub use crate::telemetry::LogFormat;
 
-/// A variable the worker reads, and how its value is checked.
-pub struct Var {
-    pub name: &'static str,
-    rule: Rule,
+/// A variable the worker reads: its name, how its value is parsed, and its value when unset.
+struct Var<T: 'static> {
+    name: &'static str,
+    parse: Parse<T>,
+    default: T,
 }
 
-enum Rule {
-    /// Text that passes the check; otherwise, what is expected.
-    Text(fn(&str) -> bool, &'static str),
-    /// A whole number within the range, and its default (`None`: unset means off, or for
-    /// `PULL_STREAMS` a default that [`default_pull_streams`] computes at start).
-    Number(RangeInclusive<u64>, Option<u64>),
-    /// One of the words; unset means the first.
-    Choice(&'static [&'static str]),
+/// How a value becomes a `T`; a value refused is a problem that says what is expected.
+enum Parse<T: 'static> {
+    /// Text the first function accepts, made a `T` by the second (`Some`, `Cow::Owned`).
+    Check(fn(&str) -> bool, fn(String) -> T, &'static str),
+    /// Text the function parses (`None`: refused).
+    Text(fn(&str) -> Option<T>, &'static str),
+    /// A whole number within the range (which keeps it within `T`), made a `T`.
+    Number(RangeInclusive<u64>, fn(u64) -> T),
+    /// One of the words, each with its value.
+    Choice(&'static [(&'static str, T)]),
 }
 
-use Rule::{Choice, Number, Text};
+use Parse::{Check, Choice, Number, Text};
 
-/// Every variable the worker reads, in the order the README documents them. The deploy scripts
-/// pass exactly these (less [`EMULATOR_VARIABLES`]) to the worker pool, and their tests check it.
-/// `SHUTDOWN_TIMEOUT_SECS` defaults below Cloud Run's 10 s between SIGTERM and SIGKILL;
-/// `LIVENESS_STALL_SECS` above one write's `WRITE_TIMEOUT_SECS` plus the 10 s failure backoff.
-pub const VARIABLES: [Var; 28] = [
-    Var { name: "PROJECT_ID", rule: Text(is_id, "a project id, e.g. my-project") },
-    Var { name: "SUBSCRIPTION_ID", rule: Text(is_subscription, SUBSCRIPTION) },
-    Var {
-        name: "BUCKET_NAME",
-        rule: Text(is_bucket, "3-222 lowercase letters, digits, -, _ or ."),
-    },
-    Var { name: "OBJECT_PREFIX", rule: Text(|_| true, "") },
-    Var { name: "OBJECT_NAME", rule: Text(|_| true, "") },
-    Var {
-        name: "OBJECT_CONTENT_TYPE",
-        rule: Text(|s| ContentType::parse(s).is_some(), CONTENT_TYPE),
-    },
-    Var { name: "OBJECT_COMPRESSION", rule: Choice(&["none", "gzip"]) },
-    Var {
-        name: "OBJECT_STORAGE_CLASS",
-        rule: Choice(&["STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"]),
-    },
-    Var {
-        name: "OBJECT_CACHE_CONTROL",
-        rule: Text(is_header_value, "printable ASCII, e.g. no-store"),
-    },
-    Var { name: "OBJECT_CUSTOM_TIME", rule: Choice(&["none", "publish_time"]) },
-    Var { name: "KMS_KEY_NAME", rule: Text(is_kms_key, KMS_KEY) },
-    Var { name: "MAX_OUTSTANDING_MESSAGES", rule: Number(1..=1_000_000, Some(2000)) },
-    Var { name: "MAX_OUTSTANDING_BYTES", rule: Number(1..=(i64::MAX as u64), Some(100 << 20)) },
-    Var { name: "MAX_CONCURRENT_WRITES", rule: Number(1..=10_000, Some(1024)) },
-    Var { name: "PULL_STREAMS", rule: Number(1..=32, None) },
-    Var { name: "MAX_LEASE_EXTENSION_SECS", rule: Number(10..=600, Some(60)) },
-    Var { name: "SHUTDOWN_TIMEOUT_SECS", rule: Number(1..=3600, Some(8)) },
-    Var { name: "PROGRESS_INTERVAL_SECS", rule: Number(0..=86_400, Some(30)) },
-    Var { name: "LOG_FORMAT", rule: Choice(&["auto", "json", "text"]) },
-    Var { name: "RUST_LOG", rule: Text(|s| EnvFilter::try_new(s).is_ok(), "tracing directives") },
-    Var { name: "WRITE_TIMEOUT_SECS", rule: Number(1..=3600, Some(60)) },
-    Var { name: "HEALTH_PORT", rule: Number(0..=65_535, None) },
-    Var { name: "HEALTH_HOST", rule: Text(|s| s.parse::<IpAddr>().is_ok(), "an IP address") },
-    Var { name: "LIVENESS_STALL_SECS", rule: Number(1..=86_400, Some(120)) },
-    Var { name: "STARTUP_CHECK", rule: Choice(&["auto", "on", "off"]) },
-    Var {
-        name: "PUBSUB_ENDPOINT",
-        rule: Text(is_endpoint, "a host, e.g. us-east1-pubsub.googleapis.com"),
-    },
-    Var { name: "PUBSUB_EMULATOR_HOST", rule: Text(|_| true, "") },
-    Var { name: "STORAGE_EMULATOR_HOST", rule: Text(is_http, "http://host:port") },
-];
+/// Declares each variable once: a constant named as the variable, of the type of its value.
+macro_rules! variables {
+    ($($(#[$doc:meta])* $name:ident: $type:ty = $parse:expr, $default:expr;)*) => {
+        $($(#[$doc])* const $name: &Var<$type> =
+            &Var { name: stringify!($name), parse: $parse, default: $default };)*
+
+        /// Every variable the worker reads, in the README's order (as `Env::config` reads them).
+        /// The deploy scripts pass exactly these (less [`EMULATOR_VARIABLES`]): their tests check.
+        pub const VARIABLES: [&str; [$(stringify!($name)),*].len()] = [$($name.name),*];
+    };
+}
+
+variables! {
+    PROJECT_ID: Option<String> = Check(is_id, Some, "a project id, e.g. my-project"), None;
+    SUBSCRIPTION_ID: Option<String> = Check(is_subscription, Some, SUBSCRIPTION), None;
+    BUCKET_NAME: Option<String> = Text(bucket, "3-222 lowercase letters, digits, -, _ or ."), None;
+    /// With `OBJECT_NAME` and `OBJECT_COMPRESSION`, checked in [`Env::names`].
+    OBJECT_PREFIX: Cow<str> = Check(|_| true, Cow::Owned, ""), Cow::Borrowed("");
+    OBJECT_NAME: Cow<str> = Check(|_| true, Cow::Owned, ""), Cow::Borrowed(DEFAULT_TEMPLATE);
+    OBJECT_CONTENT_TYPE: ContentType = Text(ContentType::parse, "a media type such as \
+        application/json, or {attributes.NAME} or {attributes.NAME|FALLBACK}"), ContentType::Detect;
+    OBJECT_COMPRESSION: bool = Choice(&[("none", false), ("gzip", true)]), false;
+    /// Unset: the bucket's default class.
+    OBJECT_STORAGE_CLASS: Option<&str> = Choice(&[("STANDARD", Some("STANDARD")),
+        ("NEARLINE", Some("NEARLINE")), ("COLDLINE", Some("COLDLINE")),
+        ("ARCHIVE", Some("ARCHIVE"))]), None;
+    OBJECT_CACHE_CONTROL: Option<String> =
+        Check(is_header_value, Some, "printable ASCII, e.g. no-store"), None;
+    OBJECT_CUSTOM_TIME: bool = Choice(&[("none", false), ("publish_time", true)]), false;
+    KMS_KEY_NAME: Option<String> = Check(is_kms_key, Some,
+        "projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY"), None;
+    MAX_OUTSTANDING_MESSAGES: i64 = Number(1..=1_000_000, |n| n as i64), 2000;
+    MAX_OUTSTANDING_BYTES: i64 = Number(1..=(i64::MAX as u64), |n| n as i64), 100 << 20;
+    MAX_CONCURRENT_WRITES: usize = Number(1..=10_000, |n| n as usize), 1024;
+    /// Unset: [`default_pull_streams`], computed at start.
+    PULL_STREAMS: Option<usize> = Number(1..=32, |n| Some(n as usize)), None;
+    MAX_LEASE_EXTENSION_SECS: Duration = Number(10..=600, secs), secs(60);
+    /// Below Cloud Run's 10 s between SIGTERM and SIGKILL.
+    SHUTDOWN_TIMEOUT_SECS: Duration = Number(1..=3600, secs), secs(8);
+    /// 0: no progress line.
+    PROGRESS_INTERVAL_SECS: Option<Duration> =
+        Number(0..=86_400, |n| Some(secs(n)).filter(|d| !d.is_zero())), Some(secs(30));
+    LOG_FORMAT: LogFormat = Choice(&[("auto", LogFormat::Auto), ("json", LogFormat::Json),
+        ("text", LogFormat::Text)]), LogFormat::Auto;
+    RUST_LOG: Cow<str> = Check(|s| EnvFilter::try_new(s).is_ok(), Cow::Owned, "tracing directives"),
+        Cow::Borrowed("info");
+    WRITE_TIMEOUT_SECS: Duration = Number(1..=3600, secs), secs(60);
+    /// Unset: no health server.
+    HEALTH_PORT: Option<u16> = Number(0..=65_535, |n| Some(n as u16)), None;
+    HEALTH_HOST: IpAddr =
+        Text(|s| s.parse().ok(), "an IP address"), IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    /// Above one write's `WRITE_TIMEOUT_SECS` plus the 10 s failure backoff.
+    LIVENESS_STALL_SECS: Duration = Number(1..=86_400, secs), secs(120);
+    /// `None` (auto): on unless `STORAGE_EMULATOR_HOST` is set.
+    STARTUP_CHECK: Option<bool> =
+        Choice(&[("auto", None), ("on", Some(true)), ("off", Some(false))]), None;
+    PUBSUB_ENDPOINT: Option<String> =
+        Text(endpoint, "a host, e.g. us-east1-pubsub.googleapis.com"), None;
+    PUBSUB_EMULATOR_HOST: Option<String> = Check(|_| true, Some, ""), None;
+    STORAGE_EMULATOR_HOST: Option<String> = Check(is_http, Some, "http://host:port"), None;
+}
 
 /// The variables that point the worker at local emulators: never deployed.
-pub const EMULATOR_VARIABLES: [&str; 2] = ["PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"];
+pub const EMULATOR_VARIABLES: [&str; 2] = [PUBSUB_EMULATOR_HOST.name, STORAGE_EMULATOR_HOST.name];
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
 
 /// The worker's settings, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,162 +158,136 @@ impl Config {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let raw: HashMap<String, String> = envy::from_iter(vars)
+        let values = envy::from_iter(vars)
             .map_err(|e| ConfigError(vec![format!("the environment could not be read: {e}")]))?;
-        let mut env = Env::default();
-        for var in &VARIABLES {
-            let value = raw.get(&var.name.to_ascii_lowercase()).map(|v| v.trim());
-            env.read(var, value.filter(|v| !v.is_empty()));
-        }
+        let mut env = Env { values, ..Env::default() };
         let config = env.config();
         env.problems.is_empty().then_some(config).ok_or(ConfigError(env.problems))
     }
 }
 
-/// The values read, each checked against its own rule, and the problems found so far.
+/// The environment (by lowercase name, as `envy` gives it), the names read so far, the problems.
 #[derive(Default)]
 struct Env {
-    texts: HashMap<&'static str, String>,
-    numbers: HashMap<&'static str, u64>,
+    values: HashMap<String, String>,
+    read: Vec<&'static str>,
     problems: Vec<String>,
 }
 
 impl Env {
-    /// Checks `value` (`None`: unset) against the variable's own rule; keeps it or the default.
-    fn read(&mut self, var: &Var, value: Option<&str>) {
-        let name = var.name;
-        match (&var.rule, value) {
-            (Number(range, default), value) => {
-                let n = value.map(|v| v.parse::<u64>().ok().filter(|n| range.contains(n)));
-                if let (Some(text), Some(None)) = (value, n) {
-                    let (low, high) = (range.start(), range.end());
-                    self.invalid(name, text, &format!("a whole number from {low} to {high}"));
-                }
-                if let Some(n) = n.flatten().or(*default) {
-                    self.numbers.insert(name, n);
-                }
-            }
-            (_, None) => {}
-            (Text(valid, expected), Some(text)) if !valid(text) => {
-                self.invalid(name, text, expected)
-            }
-            (Choice(words), Some(text)) if !words.contains(&text) => {
-                let (last, rest) = words.split_last().unwrap_or((&"", &[]));
-                self.invalid(name, text, &format!("{} or {last}", rest.join(", ")));
-            }
-            (_, Some(text)) => drop(self.texts.insert(name, text.into())),
-        }
+    /// The variable's value, parsed, or its default when unset (or refused: a problem then).
+    fn get<T: Clone>(&mut self, var: &Var<T>) -> T {
+        self.read.push(var.name);
+        let text = self.values.get(&var.name.to_ascii_lowercase()).map(|value| value.trim());
+        let Some(text) = text.filter(|text| !text.is_empty()) else {
+            return var.default.clone();
+        };
+        let parsed = match &var.parse {
+            Check(ok, to, _) if ok(text) => Ok(to(text.into())),
+            Check(_, _, expected) => Err(expected.to_string()),
+            Text(parse, expected) => parse(text).ok_or(expected.to_string()),
+            Number(range, to) => (text.parse().ok().filter(|n| range.contains(n)).map(to))
+                .ok_or_else(|| format!("a whole number from {} to {}", range.start(), range.end())),
+            Choice(words) => (words.iter().find(|(word, _)| *word == text).map(|(_, v)| v.clone()))
+                .ok_or_else(|| {
+                    let words: Vec<&str> = words.iter().map(|(word, _)| *word).collect();
+                    let (last, rest) = words.split_last().unwrap_or((&"", &[]));
+                    format!("{} or {last}", rest.join(", "))
+                }),
+        };
+        parsed.unwrap_or_else(|expected| {
+            self.problems.push(format!("{}={text:?} is invalid (expected {expected})", var.name));
+            var.default.clone()
+        })
     }
 
-    /// The settings, from values that passed their rules; a required one missing is a problem.
+    /// The settings: every variable read in the order of [`VARIABLES`], so that problems come in
+    /// that order; then the rules across variables.
     fn config(&mut self) -> Config {
-        let id = self.text("SUBSCRIPTION_ID");
+        let (project, id) = (self.get(PROJECT_ID), self.get(SUBSCRIPTION_ID));
+        let (bucket, prefix, template) =
+            (self.get(BUCKET_NAME), self.get(OBJECT_PREFIX), self.get(OBJECT_NAME));
+        let objects = ObjectSettings {
+            content_type: self.get(OBJECT_CONTENT_TYPE),
+            gzip: self.get(OBJECT_COMPRESSION),
+            storage_class: self.get(OBJECT_STORAGE_CLASS).map(String::from),
+            cache_control: self.get(OBJECT_CACHE_CONTROL),
+            custom_time: self.get(OBJECT_CUSTOM_TIME),
+            kms_key: self.get(KMS_KEY_NAME),
+        };
+        let max_outstanding_messages = self.get(MAX_OUTSTANDING_MESSAGES);
+        let max_outstanding_bytes = self.get(MAX_OUTSTANDING_BYTES);
+        let max_concurrent_writes = self.get(MAX_CONCURRENT_WRITES);
+        let pull_streams = self.get(PULL_STREAMS).unwrap_or_else(default_pull_streams);
+        let max_lease_extension = self.get(MAX_LEASE_EXTENSION_SECS);
+        let shutdown_timeout = self.get(SHUTDOWN_TIMEOUT_SECS);
+        let progress_interval = self.get(PROGRESS_INTERVAL_SECS);
+        let (log_format, log_filter) = (self.get(LOG_FORMAT), self.get(RUST_LOG).into_owned());
+        let (write_timeout, health_port) = (self.get(WRITE_TIMEOUT_SECS), self.get(HEALTH_PORT));
+        let health_addr = health_port.zip(Some(self.get(HEALTH_HOST)));
+        let (liveness_stall, startup_check) =
+            (self.get(LIVENESS_STALL_SECS), self.get(STARTUP_CHECK));
+        let pubsub_endpoint = self.get(PUBSUB_ENDPOINT);
+        let (pubsub_emulator, storage_emulator) =
+            (self.get(PUBSUB_EMULATOR_HOST), self.get(STORAGE_EMULATOR_HOST));
         let full = id.as_deref().filter(|id| id.starts_with("projects/"));
-        let project = match (self.text("PROJECT_ID"), full) {
+        let project = match (project, full) {
             (Some(project), _) => project,
             (None, Some(_)) => String::new(),
             (None, None) => {
-                self.missing("PROJECT_ID", "the Google Cloud project id, e.g. my-project")
+                self.missing(PROJECT_ID, "the Google Cloud project id, e.g. my-project")
             }
         };
         let subscription = match (full, &id) {
             (Some(path), _) => path.to_string(),
             (None, Some(id)) => format!("projects/{project}/subscriptions/{id}"),
-            (None, None) => self.missing("SUBSCRIPTION_ID", SUBSCRIPTION),
+            (None, None) => self.missing(SUBSCRIPTION_ID, SUBSCRIPTION),
         };
-        let bucket = self.text("BUCKET_NAME");
         let bucket =
-            bucket.unwrap_or_else(|| self.missing("BUCKET_NAME", "a bucket name, e.g. my-bucket"));
-        let health_ip =
-            self.text("HEALTH_HOST").map_or(Ok(IpAddr::from([0, 0, 0, 0])), |h| h.parse());
-        let health_port = self.numbers.get("HEALTH_PORT").map(|&port| port as u16);
-        let names = self.names();
-        let objects = ObjectSettings {
-            content_type: (self.text("OBJECT_CONTENT_TYPE").as_deref())
-                .and_then(ContentType::parse)
-                .unwrap_or_default(),
-            gzip: self.text("OBJECT_COMPRESSION").as_deref() == Some("gzip"),
-            storage_class: self.text("OBJECT_STORAGE_CLASS"),
-            cache_control: self.text("OBJECT_CACHE_CONTROL"),
-            custom_time: self.text("OBJECT_CUSTOM_TIME").as_deref() == Some("publish_time"),
-            kms_key: self.text("KMS_KEY_NAME"),
-        };
-        let secs = |name| Duration::from_secs(self.number(name));
+            bucket.unwrap_or_else(|| self.missing(BUCKET_NAME, "a bucket name, e.g. my-bucket"));
         Config {
             subscription,
-            bucket: bucket.strip_prefix("gs://").unwrap_or(&bucket).to_string(),
-            names,
+            bucket,
+            names: self.names(&prefix, &template, objects.gzip),
             objects,
-            max_outstanding_messages: self.number("MAX_OUTSTANDING_MESSAGES") as i64,
-            max_outstanding_bytes: self.number("MAX_OUTSTANDING_BYTES") as i64,
-            max_concurrent_writes: self.number("MAX_CONCURRENT_WRITES") as usize,
-            pull_streams: self
-                .numbers
-                .get("PULL_STREAMS")
-                .map_or_else(default_pull_streams, |&n| n as usize),
-            max_lease_extension: secs("MAX_LEASE_EXTENSION_SECS"),
-            shutdown_timeout: secs("SHUTDOWN_TIMEOUT_SECS"),
-            progress_interval: Some(secs("PROGRESS_INTERVAL_SECS")).filter(|d| !d.is_zero()),
-            log_format: match self.text("LOG_FORMAT").as_deref() {
-                Some("json") => LogFormat::Json,
-                Some("text") => LogFormat::Text,
-                _ => LogFormat::Auto,
-            },
-            log_filter: self.text("RUST_LOG").unwrap_or_else(|| "info".into()),
-            health_addr: health_ip.ok().zip(health_port).map(SocketAddr::from),
-            write_timeout: secs("WRITE_TIMEOUT_SECS"),
-            liveness_stall: secs("LIVENESS_STALL_SECS"),
+            max_outstanding_messages,
+            max_outstanding_bytes,
+            max_concurrent_writes,
+            pull_streams,
+            max_lease_extension,
+            shutdown_timeout,
+            progress_interval,
+            log_format,
+            log_filter,
+            pubsub_endpoint,
+            pubsub_emulator,
+            health_addr: health_addr.map(|(port, ip)| SocketAddr::new(ip, port)),
+            write_timeout,
+            liveness_stall,
             // By default the check runs against the real service only: emulators lack the API.
-            startup_check: match self.text("STARTUP_CHECK").as_deref() {
-                Some("on") => true,
-                Some("off") => false,
-                _ => !self.texts.contains_key("STORAGE_EMULATOR_HOST"),
-            },
-            pubsub_endpoint: self.text("PUBSUB_ENDPOINT").map(|e| {
-                let host = e.trim_end_matches('/');
-                let host = host.strip_prefix("https://").unwrap_or(host);
-                format!("https://{host}")
-            }),
-            pubsub_emulator: self.text("PUBSUB_EMULATOR_HOST"),
-            storage_emulator: self.text("STORAGE_EMULATOR_HOST"),
+            startup_check: startup_check.unwrap_or(storage_emulator.is_none()),
+            storage_emulator,
         }
     }
 
     /// `OBJECT_PREFIX` and `OBJECT_NAME`; a template that could lose messages is refused. With
     /// `OBJECT_COMPRESSION=gzip`, `{ext}` says so.
-    fn names(&mut self) -> NameTemplate {
-        let prefix = self.text("OBJECT_PREFIX").unwrap_or_default();
-        let template = self.text("OBJECT_NAME").unwrap_or_else(|| DEFAULT_TEMPLATE.into());
-        let gzip = self.text("OBJECT_COMPRESSION").as_deref() == Some("gzip");
-        let parsed = NameTemplate::parse(&template, &prefix);
+    fn names(&mut self, prefix: &str, template: &str, gzip: bool) -> NameTemplate {
+        let parsed = NameTemplate::parse(template, prefix);
         parsed.and_then(|t| if gzip { t.gzipped() } else { Ok(t) }).unwrap_or_else(|e| {
-            let in_prefix = e.in_prefix();
-            let (name, value) =
-                if in_prefix { ("OBJECT_PREFIX", prefix) } else { ("OBJECT_NAME", template) };
-            self.problems.push(format!("{name}={value:?} {e}"));
+            let (var, value) =
+                if e.in_prefix() { (OBJECT_PREFIX, prefix) } else { (OBJECT_NAME, template) };
+            self.problems.push(format!("{}={value:?} {e}", var.name));
             NameTemplate::default()
         })
     }
 
-    fn text(&self, name: &str) -> Option<String> {
-        self.texts.get(name).cloned()
-    }
-
-    /// A number of [`VARIABLES`]: the value that passed its rule, or its default.
-    fn number(&self, name: &str) -> u64 {
-        self.numbers.get(name).copied().unwrap_or_default()
-    }
-
     /// A required variable is unset, unless set to something invalid; an empty value stands in.
-    fn missing(&mut self, name: &str, expected: &str) -> String {
-        if !self.problems.iter().any(|p| p.starts_with(&format!("{name}="))) {
-            self.problems.push(format!("{name} is not set (expected {expected})"));
+    fn missing<T>(&mut self, var: &Var<T>, expected: &str) -> String {
+        if !self.problems.iter().any(|p| p.starts_with(&format!("{}=", var.name))) {
+            self.problems.push(format!("{} is not set (expected {expected})", var.name));
         }
         String::new()
-    }
-
-    fn invalid(&mut self, name: &str, value: &str, expected: &str) {
-        self.problems.push(format!("{name}={value:?} is invalid (expected {expected})"));
     }
 }
 
@@ -332,18 +326,15 @@ fn is_subscription(s: &str) -> bool {
     }
 }
 
-/// The naming rules of Cloud Storage buckets, loosely: enough to catch typos and paths.
-fn is_bucket(s: &str) -> bool {
+/// A bucket name, without `gs://` if given with it. The naming rules of Cloud Storage buckets,
+/// loosely: enough to catch typos and paths.
+fn bucket(s: &str) -> Option<Option<String>> {
     let name = s.strip_prefix("gs://").unwrap_or(s);
     let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c);
     let edges = !name.starts_with(['-', '_', '.']) && !name.ends_with(['-', '_', '.']);
-    (3..=222).contains(&name.len()) && name.chars().all(valid) && edges
+    let ok = (3..=222).contains(&name.len()) && name.chars().all(valid) && edges;
+    ok.then(|| Some(name.into()))
 }
-
-const CONTENT_TYPE: &str =
-    "a media type such as application/json, or {attributes.NAME} or {attributes.NAME|FALLBACK}";
-
-const KMS_KEY: &str = "projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY";
 
 /// A header value Cloud Storage will store: printable ASCII, at most 1 KiB.
 fn is_header_value(s: &str) -> bool {
@@ -360,11 +351,13 @@ fn is_kms_key(s: &str) -> bool {
     }
 }
 
-/// A host (`us-east1-pubsub.googleapis.com`), `host:port`, or an `https://` URL without a path.
-fn is_endpoint(s: &str) -> bool {
+/// A host (`us-east1-pubsub.googleapis.com`), `host:port`, or an `https://` URL without a path,
+/// as the URL `https://host`.
+fn endpoint(s: &str) -> Option<Option<String>> {
     let host = s.strip_prefix("https://").unwrap_or(s).trim_end_matches('/');
     let valid = |c: char| c.is_ascii_alphanumeric() || "-.:".contains(c);
-    !host.is_empty() && !host.starts_with(['-', '.', ':']) && host.chars().all(valid)
+    let ok = !host.is_empty() && !host.starts_with(['-', '.', ':']) && host.chars().all(valid);
+    ok.then(|| Some(format!("https://{host}")))
 }
 
 /// `host:port`, or a URL with the http(s) scheme.
@@ -486,6 +479,13 @@ mod tests {
         ], "{p:?}");
         assert!(p[2].ends_with("(expected STANDARD, NEARLINE, COLDLINE or ARCHIVE)"), "{p:?}");
         assert!(p[5].contains("cryptoKeys"), "{p:?}");
+    }
+
+    #[test]
+    fn every_listed_variable_is_read_once_in_order() {
+        let mut env = Env::default();
+        env.config();
+        assert_eq!(env.read, VARIABLES);
     }
 
     #[test]

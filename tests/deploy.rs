@@ -502,7 +502,7 @@ fn the_worker_pool_gets_exactly_the_worker_variables_of_the_env_file() {
     // .env.example sets every one of them (some empty), so all are passed.
     let env = deployed_env(&sandbox, &sandbox.run("", "deploy").ok());
     let keys: BTreeSet<&str> = env.keys().map(String::as_str).collect();
-    let worker = VARIABLES.iter().map(|v| v.name).filter(|v| !EMULATOR_VARIABLES.contains(v));
+    let worker = VARIABLES.into_iter().filter(|v| !EMULATOR_VARIABLES.contains(v));
     assert_eq!(keys, worker.collect());
 
     // Emulator variables are not passed even when set; variables missing from the file are not
