@@ -77,14 +77,15 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{}-{}-{n}-{tail}", p.trim_end_matches('-'), std::process::id())
 }
 
-/// Polls `done` every 100 ms until it holds; fails after `limit`, naming `what`.
+/// Polls `done` every 100 ms until it holds; fails after `limit`, naming `what`, or as soon as
+/// `done` fails. `done` is async, so a check may ask an emulator or the worker's `/metrics`.
 pub async fn wait_for(
     limit: Duration,
     what: &str,
-    mut done: impl FnMut() -> bool,
+    mut done: impl AsyncFnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
-    while !done() {
+    while !done().await? {
         anyhow::ensure!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         sleep(Duration::from_millis(100)).await;
     }

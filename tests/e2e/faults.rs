@@ -203,8 +203,10 @@ async fn storage_slower_than_the_ack_deadline_causes_no_redelivery() -> Result {
     let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
     let published = fx.publish(&messages).await?;
     // The first writes take 12 s; every message waits at least that long for its ack.
-    wait_for(Duration::from_secs(60), "the first slow writes", || worker.counters().written > 0)
-        .await?;
+    wait_for(Duration::from_secs(60), "the first slow writes", async || {
+        Ok(worker.counters().written > 0)
+    })
+    .await?;
     proxy.set_latency(Latency::ZERO);
     fx.gcs.wait_for_objects(&fx.bucket, N, SETTLE).await?;
     let end = fx.settle(&mut worker, &published).await?;
@@ -436,8 +438,8 @@ async fn missing_bucket_backs_off_without_spinning_and_recovers_when_created() -
         BinaryWorker::spawn(&fx.binary_env(&fx.emulators.storage_url()), "missing-bucket")?;
     let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
     let published = fx.publish(&messages).await?;
-    wait_for(Duration::from_secs(60), "every message to fail once", || {
-        worker.counters().nacked >= N as u64
+    wait_for(Duration::from_secs(60), "every message to fail once", async || {
+        Ok(worker.counters().nacked >= N as u64)
     })
     .await?;
 
@@ -678,17 +680,12 @@ async fn objects_by_half(fx: &Fixture<'_>) -> Result<BTreeMap<u8, Vec<(String, V
 }
 
 async fn wait_for_half(fx: &Fixture<'_>, half: u8, n: usize, limit: Duration) -> Result {
-    let (deadline, half) = (Instant::now() + limit, half.to_string());
-    loop {
+    let half = half.to_string();
+    wait_for(limit, &format!("{n} objects of half {half}"), async || {
         let objects = fx.gcs.list_objects(&fx.bucket).await?;
-        let count = objects.iter().filter(|o| o.metadata.get("half") == Some(&half)).count();
-        if count >= n {
-            return Ok(());
-        }
-        let late = Instant::now() >= deadline;
-        anyhow::ensure!(!late, "half {half}: {count} of {n} objects after {limit:?}");
-        sleep(Duration::from_millis(500)).await;
-    }
+        Ok(objects.iter().filter(|o| o.metadata.get("half") == Some(&half)).count() >= n)
+    })
+    .await
 }
 
 /// The worker's ERROR lines.

@@ -1,8 +1,8 @@
 //! Object names users shape with `OBJECT_NAME`: the expected names are worked out here from the
 //! README's rules (strftime, percent-encoding, SHA-256), not with the worker's own code.
 
-use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, Result, name_stamp, with_vars};
+use crate::support::{OutMessage, wait_for};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
@@ -114,13 +114,11 @@ async fn an_invalid_template_exits_2_and_leaves_the_backlog_untouched() -> Resul
     }
     // Nothing was leased: both messages can be pulled at once.
     let mut pulled = Vec::new();
-    for _ in 0..20 {
+    wait_for(Duration::from_secs(2), "both messages, untouched", async || {
         pulled.extend(fx.pubsub.pull(&fx.subscription, 10).await?);
-        if pulled.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(pulled.len() >= 2)
+    })
+    .await?;
     assert_eq!(pulled.len(), 2, "the backlog is untouched: {pulled:?}");
     Ok(())
 }

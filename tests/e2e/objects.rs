@@ -53,8 +53,8 @@ async fn every_object_setting_is_stored_and_a_redelivery_adds_no_object() -> Res
     let worker = fx.start_worker(&proxy.url(), &settings).await?;
     fx.gcs.wait_for_objects(&fx.bucket, messages.len(), Duration::from_secs(60)).await?;
     proxy.set_latency(Latency::fixed(Duration::ZERO));
-    wait_for(Duration::from_secs(90), "every redelivery to be acked", || {
-        worker.stats.snapshot().acked == messages.len() as u64
+    wait_for(Duration::from_secs(90), "every redelivery to be acked", async || {
+        Ok(worker.stats.snapshot().acked == messages.len() as u64)
     })
     .await?;
     let summary = worker.stop().await?;

@@ -1,9 +1,8 @@
 //! Operating the worker: the health probes, `/metrics`, the start-up check, and storage over TLS.
 
 use crate::support::app::{BinaryWorker, Fixture, Result, find_line, with_vars};
-use crate::support::{LoopbackCa, Mode, OutMessage, Proxy, TlsFront, parse_metrics};
+use crate::support::{LoopbackCa, Mode, OutMessage, Proxy, TlsFront, parse_metrics, wait_for};
 use std::time::Duration;
-use tokio::time::{Instant, sleep};
 
 /// The health endpoint on a free loopback port.
 pub const HEALTH: [(&str, &str); 2] = [("HEALTH_PORT", "0"), ("HEALTH_HOST", "127.0.0.1")];
@@ -53,18 +52,15 @@ async fn metrics_match_what_was_published_and_written() -> Result {
     fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(60)).await?;
 
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let metrics = loop {
-        let (status, page) = get(&http, &format!("{base}/metrics")).await?;
+    let (url, acked) = (format!("{base}/metrics"), "pubsub_gcs_worker_messages_acked_total");
+    let mut metrics = Default::default();
+    wait_for(Duration::from_secs(30), "every ack on /metrics", async || {
+        let (status, page) = get(&http, &url).await?;
         assert_eq!(status, 200);
-        let metrics = parse_metrics(&page);
-        if metrics.get("pubsub_gcs_worker_messages_acked_total") == Some(&(N as f64))
-            || Instant::now() >= deadline
-        {
-            break metrics;
-        }
-        sleep(Duration::from_millis(100)).await;
-    };
+        metrics = parse_metrics(&page);
+        Ok(metrics.get(acked) == Some(&(N as f64)))
+    })
+    .await?;
     let n = N as f64;
     for (name, want) in [
         ("pubsub_gcs_worker_messages_received_total", n),
@@ -129,17 +125,13 @@ pub async fn get(http: &reqwest::Client, url: &str) -> Result<(u16, String)> {
     Ok((status, response.text().await?))
 }
 
-/// Polls `url` until it answers `want`; returns the last answer.
+/// Polls `url` until it answers `want`; returns the answer.
 async fn wait_for_status(http: &reqwest::Client, url: &str, want: u16) -> Result<(u16, String)> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let answer = get(http, url).await?;
-        if answer.0 == want {
-            return Ok(answer);
-        }
-        if Instant::now() >= deadline {
-            anyhow::bail!("{url} still answers {answer:?}, expected {want}");
-        }
-        sleep(Duration::from_millis(100)).await;
-    }
+    let mut answer = (0, String::new());
+    wait_for(Duration::from_secs(60), &format!("{url} to answer {want}"), async || {
+        answer = get(http, url).await?;
+        Ok(answer.0 == want)
+    })
+    .await?;
+    Ok(answer)
 }

@@ -100,8 +100,8 @@ async fn redelivered_message_with_existing_object_is_acked_once() -> Result {
     fx.pubsub.settle(&fx.subscription, std::slice::from_ref(&first.ack_id), Some(0)).await?;
 
     let worker = fx.start_worker(&fx.emulators.storage_url(), &[]).await?;
-    wait_for(Duration::from_secs(60), "the redelivery to be acked", || {
-        worker.stats.snapshot().acked == 1
+    wait_for(Duration::from_secs(60), "the redelivery to be acked", async || {
+        Ok(worker.stats.snapshot().acked == 1)
     })
     .await?;
     sleep(REDELIVERY_WINDOW).await;
@@ -165,8 +165,8 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
     let mut second = BinaryWorker::spawn(&env, "second")?;
     fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(240)).await?;
     // Let the second worker ack the last writes before stopping it.
-    wait_for(Duration::from_secs(30), "the second worker to settle", || {
-        acked_first.len() + settled_message_ids(&second.log_lines()).len() >= N
+    wait_for(Duration::from_secs(30), "the second worker to settle", async || {
+        Ok(acked_first.len() + settled_message_ids(&second.log_lines()).len() >= N)
     })
     .await?;
     second.signal(libc::SIGTERM);
@@ -203,8 +203,8 @@ async fn writes_unfinished_at_the_shutdown_deadline_are_nacked_and_redelivered()
     let worker = fx.start_worker(&proxy.url(), &[("SHUTDOWN_TIMEOUT_SECS", "2")]).await?;
     let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
     fx.pubsub.publish(&fx.topic, &messages).await?;
-    wait_for(Duration::from_secs(30), "every message to be in flight", || {
-        worker.stats.snapshot().in_flight == N as u64
+    wait_for(Duration::from_secs(30), "every message to be in flight", async || {
+        Ok(worker.stats.snapshot().in_flight == N as u64)
     })
     .await?;
 
@@ -216,8 +216,8 @@ async fn writes_unfinished_at_the_shutdown_deadline_are_nacked_and_redelivered()
     proxy.set_mode(Mode::Pass);
     let again = fx.start_worker(&proxy.url(), &[]).await?;
     let objects = fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(120)).await?;
-    wait_for(Duration::from_secs(30), "every message to be acked", || {
-        again.stats.snapshot().acked == N as u64
+    wait_for(Duration::from_secs(30), "every message to be acked", async || {
+        Ok(again.stats.snapshot().acked == N as u64)
     })
     .await?;
     let summary = again.stop().await?;
@@ -236,8 +236,10 @@ async fn sigterm_during_a_storage_outage_nacks_at_once_without_spending_the_budg
     let mut worker = BinaryWorker::spawn(&fx.binary_env(&fx.emulators.storage_url()), "outage")?;
     fx.publish(&(0..N).map(sample_message).collect::<Vec<_>>()).await?;
     // By then the backoff before each nack has grown to seconds.
-    wait_for(Duration::from_secs(60), "failed writes", || worker.counters().nacked >= N as u64)
-        .await?;
+    wait_for(Duration::from_secs(60), "failed writes", async || {
+        Ok(worker.counters().nacked >= N as u64)
+    })
+    .await?;
     let signalled = Instant::now();
     worker.signal(libc::SIGTERM);
     let status = worker.wait(Duration::from_secs(15)).await?;
