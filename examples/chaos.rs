@@ -10,11 +10,11 @@
 //! Prints a report and one `CHAOS {json}` line; exits non-zero if the worker failed the soak.
 //! The workers' logs, the evidence of the account, are kept in a directory the report names.
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use testkit::Soak;
+use testkit::process::build_worker;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     }
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let logs = std::env::temp_dir().join(format!("pubsub-gcs-worker-chaos-{stamp}"));
-    let mut soak = Soak::hour(build_worker()?, minutes, instances, logs);
+    let mut soak = Soak::hour(build_worker(!cfg!(debug_assertions))?, minutes, instances, logs);
     soak.rate = rate.unwrap_or(soak.rate);
     soak.seed = seed.unwrap_or(soak.seed);
     eprintln!("chaos: {minutes} min, {instances} instances, seed {}", soak.seed);
@@ -41,27 +41,4 @@ async fn main() -> anyhow::Result<ExitCode> {
     println!("{}", report.text);
     println!("CHAOS {}", report.json);
     Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-/// Builds the worker in this example's profile and returns its path (next to `examples/`).
-fn build_worker() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-        "build",
-        "--quiet",
-        "--bin",
-        "pubsub-gcs-worker",
-    ]);
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build --bin pubsub-gcs-worker failed ({status})");
-    }
-    // target/<profile>/examples/chaos -> target/<profile>/pubsub-gcs-worker
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("locating the target directory")?;
-    Ok(dir.join("pubsub-gcs-worker"))
 }

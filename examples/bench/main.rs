@@ -14,11 +14,11 @@ use futures::future::OptionFuture;
 use pubsub_gcs_worker::config::Config;
 use pubsub_gcs_worker::object::{NameTemplate, ObjectSpec, Sink, TEXT};
 use pubsub_gcs_worker::{clients, worker};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::process::{self, Usage};
+use testkit::process::{self, Process, Usage};
 use testkit::{Emulators, HttpProxy, Latency, LoopbackCa, OutMessage, RateCap, TlsFront};
 
 /// Worker variables passed through from this process's environment when set.
@@ -82,7 +82,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
-    let bin = args.worker.clone().map_or_else(build_worker, Ok)?;
+    let release = !cfg!(debug_assertions);
+    if args.worker.is_none() && !release {
+        eprintln!("bench: WARNING: a debug build; use `cargo run --release --example bench`");
+    }
+    let bin = args.worker.clone().map_or_else(|| process::build_worker(release), Ok)?;
     let binary_mb = std::fs::metadata(&bin).context("the worker binary")?.len() as f64 / 1e6;
     let overrides: Vec<(String, String)> = (PASS_THROUGH.split_whitespace())
         .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
@@ -163,21 +167,6 @@ fn raise_open_files_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
-}
-
-/// Builds the worker in this example's profile; it lands next to `examples/`.
-fn build_worker() -> anyhow::Result<PathBuf> {
-    let release = !cfg!(debug_assertions);
-    if !release {
-        eprintln!("bench: WARNING: a debug build; use `cargo run --release --example bench`");
-    }
-    let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--quiet", "--bin"]);
-    let status = cmd.arg("pubsub-gcs-worker").args(release.then_some("--release")).status()?;
-    ensure!(status.success(), "cargo build --bin pubsub-gcs-worker failed ({status})");
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("the target directory")?;
-    Ok(dir.join("pubsub-gcs-worker"))
 }
 
 /// What runs against the emulators: the worker's environment, and the configuration the worker
@@ -329,10 +318,10 @@ impl Bench<'_> {
         let rates = worker.rates(start, n);
         // Let the acks flush and the process go idle.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let usage = Usage::of(worker.pid)?;
+        let usage = worker.process.usage()?;
         let idle_exit_s = worker.terminate().await?;
-        let written = worker.line("stopped")["written"].as_u64();
-        ensure!(written == Some(n as u64), "{written:?} of {n} objects written: {}", worker.log);
+        let (written, log) = (worker.stopped("written"), worker.process.log_path().display());
+        ensure!(written == Some(n as u64), "{written:?} of {n} objects written: {log}");
         let steady_cpu = (cpu_90 - cpu_10).as_secs_f64() / (count_90 - count_10).max(1) as f64;
         Ok(WorkerRun { rates, usage, steady_cpu_per_msg: steady_cpu, idle_exit_s })
     }
@@ -352,7 +341,7 @@ impl Bench<'_> {
         let mut busy = Worker::spawn(self, &fresh.name, "busy")?;
         busy.wait_for(busy_n / 4, Instant::now() + self.budget(busy_n)).await?;
         let busy_exit_s = busy.terminate().await?;
-        let busy_nacked = busy.line("stopped")["nacked"].as_f64().unwrap_or(f64::NAN);
+        let busy_nacked = busy.stopped("nacked").map_or(f64::NAN, |n| n as f64);
         let (w, mb) = (&worker, |kib: u64| kib as f64 / 1024.0);
         let (rates, ps, gcs, cpu) = (&w.rates, &pubsub, &storage, w.usage.cpu.as_secs_f64());
         Ok(vec![
@@ -403,9 +392,7 @@ impl Drop for Fresh<'_> {
 
 /// A worker process, watched through its own `/metrics` (`HEALTH_PORT=0`: it logs the address).
 struct Worker {
-    child: tokio::process::Child,
-    pid: u32,
-    log: String,
+    process: Process,
     metrics: Option<String>,
     http: reqwest::Client,
     /// Objects written, polled 100 times a second until the first, then 10 times (each poll
@@ -416,35 +403,27 @@ struct Worker {
 impl Worker {
     fn spawn(bench: &Bench, name: &str, role: &str) -> anyhow::Result<Self> {
         let log = bench.emu.log_dir().join(format!("{name}.{role}.log"));
-        let file = std::fs::File::create(&log)?;
         let own = [("SUBSCRIPTION_ID", name), ("BUCKET_NAME", name), ("LOG_FORMAT", "json")];
         let health = [("HEALTH_HOST", "127.0.0.1"), ("HEALTH_PORT", "0")];
-        let child = tokio::process::Command::new(bench.bin)
-            .env_clear()
-            .envs(bench.env.iter().cloned())
-            .envs(own.into_iter().chain(health))
-            .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()?;
-        let (pid, log) = (child.id().context("pid")?, log.display().to_string());
-        let http = reqwest::Client::new();
-        Ok(Self { child, pid, log, metrics: None, http, samples: Vec::new() })
+        let own = own.into_iter().chain(health).map(|(k, v)| (k.to_string(), v.to_string()));
+        let env: Vec<_> = bench.env.iter().cloned().chain(own).collect();
+        let process = Process::spawn(bench.bin, &env, log)?;
+        Ok(Self { process, metrics: None, http: reqwest::Client::new(), samples: Vec::new() })
     }
 
     /// Polls until `n` objects are written; the count and the worker's CPU time then.
     async fn wait_for(&mut self, n: usize, deadline: Instant) -> anyhow::Result<(u64, Duration)> {
         loop {
-            let written = self.written().await.with_context(|| self.log.clone())?;
+            let log = self.process.log_path().display().to_string();
+            let written = self.written().await.with_context(|| log.clone())?;
             self.samples.push((Instant::now(), written));
             if written >= n as u64 {
-                return Ok((written, process::cpu(self.pid)?));
+                return Ok((written, process::cpu(self.process.pid())?));
             }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the worker exited ({status}) after {written} of {n} objects: {}", self.log);
+            if let Some(status) = self.process.exited()? {
+                bail!("the worker exited ({status}) after {written} of {n} objects: {log}");
             }
-            ensure!(Instant::now() < deadline, "{written} of {n} objects in time: {}", self.log);
+            ensure!(Instant::now() < deadline, "{written} of {n} objects in time: {log}");
             let pause = if written == 0 { 10 } else { 100 };
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
@@ -453,8 +432,9 @@ impl Worker {
     /// `objects_written_total` from `/metrics`; 0 until the worker listens.
     async fn written(&mut self) -> anyhow::Result<u64> {
         if self.metrics.is_none() {
-            let up = self.line("health and metrics endpoint listening");
-            self.metrics = up["addr"].as_str().map(|addr| format!("http://{addr}/metrics"));
+            let up = self.process.line("health and metrics endpoint listening");
+            self.metrics =
+                up.and_then(|up| Some(format!("http://{}/metrics", up["addr"].as_str()?)));
         }
         let Some(url) = &self.metrics else { return Ok(0) };
         let page = self.http.get(url).send().await?.error_for_status()?.text().await?;
@@ -477,19 +457,16 @@ impl Worker {
     /// Sends SIGTERM; the seconds until the process exited (successfully).
     async fn terminate(&mut self) -> anyhow::Result<f64> {
         let sent = Instant::now();
-        // SAFETY: kill(2) on our own child, not reaped yet; no memory is shared.
-        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
-        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
-        let status = exit.context("no exit within 30 s of SIGTERM")??;
-        ensure!(status.success(), "the worker exited with {status} after SIGTERM: {}", self.log);
+        self.process.signal(libc::SIGTERM);
+        let status = self.process.wait(Duration::from_secs(30)).await?;
+        let log = self.process.log_path().display();
+        ensure!(status.success(), "the worker exited with {status} after SIGTERM: {log}");
         Ok(sent.elapsed().as_secs_f64())
     }
 
-    /// The last log line with this message: the address, the counters of `stopped`.
-    fn line(&self, message: &str) -> Value {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let mut lines = log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok());
-        lines.rfind(|l| l["message"] == message).unwrap_or(Value::Null)
+    /// The counter `key` of the worker's `stopped` line.
+    fn stopped(&self, key: &str) -> Option<u64> {
+        self.process.line("stopped")?[key].as_u64()
     }
 }
 

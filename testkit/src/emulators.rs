@@ -285,7 +285,7 @@ impl Proc {
             let failed = exited.or((started.elapsed() > START_TIMEOUT).then(|| "no answer".into()));
             if let Some(why) = failed {
                 self.kill();
-                let log = tail(&self.log);
+                let log = crate::process::tail(&self.log, 40);
                 bail!(
                     "{} on port {port} did not start ({why}); log {}:\n{log}",
                     self.name,
@@ -316,14 +316,6 @@ impl Proc {
 /// binds, so there is a small race, handled by retrying in `Proc::start`.
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Last 40 lines of a log file, for error messages.
-fn tail(path: &Path) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// Spawns `cmd` so that it is SIGKILLed when this process dies.

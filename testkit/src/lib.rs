@@ -21,6 +21,9 @@
 //! - [`unique_name`] keeps tests apart on shared emulators, so they run in parallel;
 //!   [`wait_for`] is the one way to wait for an effect; [`parse_metrics`] reads a Prometheus
 //!   text page such as the worker's `/metrics`.
+//! - [`process`]: one child process ([`process::Process`]: spawn with an environment and a log
+//!   file, signal, wait with a deadline, read its log and its `/proc` figures) and
+//!   [`process::build_worker`], which the examples run the worker binary from.
 
 mod emulators;
 mod gcs;

@@ -1,8 +1,121 @@
-//! What a process uses, from `/proc`: CPU time, memory, threads and open files. The tests check
-//! bounds with it, the benchmark reports it: one reader, so both mean the same by each figure.
+//! A program run as a child process, and what it uses, from `/proc`. The tests, the benchmark
+//! and the soak start the worker binary with [`Process`] and read its figures with [`Usage`]: one
+//! helper and one reader, so all of them mean the same by "its log" and by each figure.
 
 use anyhow::Context as _;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
+
+/// A child process with exactly the environment it was given (and `PATH`), its stdout and
+/// stderr in one log file; killed when dropped, so a failed test leaves no worker behind.
+pub struct Process {
+    child: tokio::process::Child,
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `program` with `env` only, its output into a new file at `log`.
+    pub fn spawn(program: &Path, env: &[(String, String)], log: PathBuf) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(&log).with_context(|| log.display().to_string())?;
+        let child = tokio::process::Command::new(program)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let pid = child.id().context("the child has no pid")?;
+        Ok(Self { child, pid, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Sends `signal` (`libc::SIGTERM`, ...), unless the process has already been reaped.
+    pub fn signal(&self, signal: i32) {
+        if self.child.id().is_some() {
+            // SAFETY: kill(2) with a pid we own and have not reaped; no memory is shared.
+            unsafe { libc::kill(self.pid as i32, signal) };
+        }
+    }
+
+    /// Waits for the exit; fails after `limit` with the log's tail. Cancel-safe, so it can race
+    /// other events in a `select!` (with `Duration::MAX`: until it exits).
+    pub async fn wait(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => anyhow::bail!("no exit within {limit:?}; log:\n{}", self.log_tail()),
+        }
+    }
+
+    /// How it exited, if it has.
+    pub fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// The log so far (empty if it cannot be read).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last 60 lines of the log, for error messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log, 60)
+    }
+
+    /// The log's JSON lines (`LOG_FORMAT=json`); other lines are skipped.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.log().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// The first JSON line whose `message` is `message`.
+    pub fn line(&self, message: &str) -> Option<Value> {
+        self.json_lines().into_iter().find(|l| l["message"] == message)
+    }
+
+    /// Its CPU time, memory, threads and open files now.
+    pub fn usage(&self) -> anyhow::Result<Usage> {
+        Usage::of(self.pid)
+    }
+}
+
+/// The last `n` lines of a log file, for error messages (empty if it cannot be read).
+pub(crate) fn tail(path: &Path, n: usize) -> String {
+    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Builds the worker binary with cargo (`release`: the release profile) and returns its path, as
+/// cargo reports it: the examples run it, and this way honour `CARGO_TARGET_DIR` too. The
+/// workspace is this crate's parent directory (`testkit` is one of its members).
+pub fn build_worker(release: bool) -> anyhow::Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("the workspace root")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(root).args(["build", "--quiet", "--message-format=json"]);
+    cmd.args(["--package", "pubsub-gcs-worker", "--bin", "pubsub-gcs-worker"]);
+    let output = cmd.args(release.then_some("--release")).stderr(Stdio::inherit()).output()?;
+    let status = output.status;
+    anyhow::ensure!(status.success(), "cargo build --bin pubsub-gcs-worker failed ({status})");
+    let messages = output.stdout.split(|&b| b == b'\n');
+    let artifact = messages
+        .filter_map(|m| serde_json::from_slice::<Value>(m).ok())
+        .find(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "pubsub-gcs-worker");
+    let exe = artifact.and_then(|m| Some(PathBuf::from(m["executable"].as_str()?)));
+    exe.context("cargo named no pubsub-gcs-worker executable")
+}
 
 /// A process's resource use at one moment, from `/proc/PID/{stat,status,fd}`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -59,6 +172,33 @@ pub fn cpu(pid: u32) -> anyhow::Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_process_is_started_read_signalled_and_reaped() -> anyhow::Result<()> {
+        use std::os::unix::process::ExitStatusExt as _;
+        let dir = tempfile::tempdir()?;
+        // bash, with no arguments and stdin at /dev/null, runs the file named by BASH_ENV: it
+        // logs a JSON line and a plain one, then waits to be signalled. (The file is read, not
+        // executed: no "text file busy" while another test thread forks.)
+        let script = dir.path().join("script");
+        let text = r#"echo "{\"message\":\"ready\",\"n\":$N}"; echo plain; exec sleep 30"#;
+        std::fs::write(&script, text)?;
+        let env = [("N", "7"), ("BASH_ENV", &script.display().to_string())];
+        let env = env.map(|(k, v)| (k.to_string(), v.to_string()));
+        let mut p = Process::spawn(Path::new("/bin/bash"), &env, dir.path().join("bash.log"))?;
+        crate::wait_for(Duration::from_secs(10), "the ready line", async || {
+            Ok(p.line("ready").is_some())
+        })
+        .await?;
+        assert_eq!(p.line("ready").map(|l| l["n"].clone()), Some(7.into()));
+        assert_eq!(p.json_lines().len(), 1, "{}", p.log());
+        assert!(p.log_tail().ends_with("plain"), "{}", p.log());
+        assert!(p.exited()?.is_none() && p.usage()?.threads >= 1 && p.pid() > 0);
+        p.signal(libc::SIGTERM);
+        let status = p.wait(Duration::from_secs(10)).await?;
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        Ok(())
+    }
 
     #[test]
     fn reads_this_process() -> anyhow::Result<()> {

@@ -57,7 +57,7 @@ async fn repeated_sigterm_under_load_loses_and_duplicates_nothing() -> Result {
         assert!(took <= SHUTDOWN_TIMEOUT, "round {round}: exit took {took:?}");
         worker.assert_no_panic()?;
 
-        let lines = worker.log_lines();
+        let lines = worker.json_lines();
         find_line(&lines, "stopped receiving; finishing in-flight writes");
         let settled = settled_message_ids(&lines);
         let objects = fx.object_ids().await?;
@@ -134,7 +134,7 @@ async fn sigkill_and_restart(forbid_existing: bool) -> Result {
     }
     let end = second.wait_quiet(SETTLE).await?;
     let bodies: BTreeSet<String> = published.values().map(|m| text(&m.data)).collect();
-    let seen = settled_message_ids(&second.log_lines());
+    let seen = settled_message_ids(&second.json_lines());
     let objects = fx.gcs.list_objects(&fx.bucket).await?;
     let ids: BTreeSet<&String> = objects.iter().map(|o| &o.metadata["message_id"]).collect();
     assert_eq!(ids.len(), objects.len(), "a message has two objects");
@@ -236,7 +236,7 @@ async fn a_throttling_bucket_gets_every_object_and_dead_letters_nothing() -> Res
     let mut worker = BinaryWorker::spawn(&env, "throttled")?;
     let started = Instant::now();
     fx.gcs.wait_for_objects(&fx.bucket, N, SETTLE).await?;
-    let (took, cpu) = (started.elapsed(), worker.proc()?.cpu);
+    let (took, cpu) = (started.elapsed(), worker.usage()?.cpu);
     let end = fx.settle(&mut worker, &published).await?;
     let throttled = proxy.throttled();
     assert!(throttled > 0, "the bucket throttled nothing");
@@ -268,14 +268,14 @@ async fn storage_outage(mode: Mode, reason: &str, extra: &[(&str, &str)]) -> Res
     let mut published = fx.publish(&messages[..600]).await?;
     fx.gcs.wait_for_objects(&fx.bucket, 200, SETTLE).await?;
 
-    let cpu_before = worker.proc()?.cpu;
+    let cpu_before = worker.usage()?.cpu;
     let connections_before = proxy.accepted_connections();
     let started = Instant::now();
     proxy.set_mode(mode);
     // More messages arrive during the outage.
     published.extend(fx.publish(&messages[600..]).await?);
     sleep(OUTAGE.saturating_sub(started.elapsed())).await;
-    let cpu = worker.proc()?.cpu - cpu_before;
+    let cpu = worker.usage()?.cpu - cpu_before;
     let connections = proxy.accepted_connections() - connections_before;
     let outage = started.elapsed();
     worker.assert_running()?;
@@ -323,7 +323,7 @@ async fn pubsub_emulator_restart_reconnects_with_backoff_and_carries_on() -> Res
 
     emulators.stop_pubsub();
     gate.set_mode(Mode::Refuse);
-    let settled_before = settled_message_ids(&worker.log_lines());
+    let settled_before = settled_message_ids(&worker.json_lines());
     sleep(Duration::from_secs(3)).await;
     emulators.restart_pubsub().await?;
     fx.create_topic_and_subscription(None).await?;
@@ -371,11 +371,11 @@ async fn pubsub_connection_resets_reconnect_and_carry_on() -> Result {
     let mut published = fx.publish(&messages[..N / 2]).await?;
     fx.gcs.wait_for_objects(&fx.bucket, N / 8, SETTLE).await?;
 
-    let cpu_before = worker.proc()?.cpu;
+    let cpu_before = worker.usage()?.cpu;
     let started = Instant::now();
     gate.set_mode(Mode::Reset);
     sleep(OUTAGE).await;
-    let cpu = worker.proc()?.cpu - cpu_before;
+    let cpu = worker.usage()?.cpu - cpu_before;
     worker.assert_running()?;
     gate.set_mode(Mode::Pass);
     published.extend(fx.publish(&messages[N / 2..]).await?);
@@ -407,7 +407,7 @@ async fn subscription_deleted_while_running_exits_non_zero_with_a_clear_error() 
     let status = worker.wait(Duration::from_secs(30)).await?;
     assert_eq!(status.code(), Some(1), "{}", worker.log_tail());
     worker.assert_no_panic()?;
-    let lines = worker.log_lines();
+    let lines = worker.json_lines();
     let error = find_line(&lines, "worker stopped with an error");
     let text = error["error"].as_str().unwrap_or_default().to_lowercase();
     assert!(text.contains("subscription") && text.contains("not_found"), "{error}");
@@ -444,10 +444,10 @@ async fn missing_bucket_backs_off_without_spinning_and_recovers_when_created() -
     .await?;
 
     let errors_before = error_lines(&worker).len();
-    let cpu_before = worker.proc()?.cpu;
+    let cpu_before = worker.usage()?.cpu;
     let started = Instant::now();
     sleep(WINDOW).await;
-    let cpu = worker.proc()?.cpu - cpu_before;
+    let cpu = worker.usage()?.cpu - cpu_before;
     let window = started.elapsed();
     worker.assert_running()?;
     let errors = error_lines(&worker);
@@ -480,7 +480,7 @@ async fn messages_that_can_never_be_written_end_in_the_dead_letter_topic() -> Re
     let dead_sub = dead_letter_subscription(&fx, MAX_ATTEMPTS).await?;
     let mut worker =
         BinaryWorker::spawn(&fx.binary_env(&fx.emulators.storage_url()), "dead-letter")?;
-    let cpu_before = worker.proc()?.cpu;
+    let cpu_before = worker.usage()?.cpu;
     let started = Instant::now();
     let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
     let published = fx.publish(&messages).await?;
@@ -501,7 +501,7 @@ async fn messages_that_can_never_be_written_end_in_the_dead_letter_topic() -> Re
         sleep(Duration::from_millis(500)).await;
     }
     let took = started.elapsed();
-    let cpu = worker.proc()?.cpu - cpu_before;
+    let cpu = worker.usage()?.cpu - cpu_before;
     let end = worker.wait_quiet(SETTLE).await?;
     let mut sent: Vec<&Vec<u8>> = published.values().map(|m| &m.data).collect();
     sent.sort();
@@ -607,7 +607,7 @@ async fn bad_input_is_stored_byte_exact_without_a_redelivery_loop() -> Result {
     let n = messages.len() as u64;
     assert_eq!((end.received, end.written, end.duplicates, end.nacked), (n, n, 0, 0), "{end:?}");
     // Binary data is no reason for a warning: at 1,000 msg/s a line each would flood the log.
-    let lines = worker.log_lines();
+    let lines = worker.json_lines();
     let per_message =
         lines.iter().filter(|l| l["severity"] == "WARNING" && l["message_id"].is_string());
     let warned: Vec<_> = per_message.take(3).collect();
@@ -690,5 +690,5 @@ async fn wait_for_half(fx: &Fixture<'_>, half: u8, n: usize, limit: Duration) ->
 
 /// The worker's ERROR lines.
 fn error_lines(worker: &BinaryWorker) -> Vec<serde_json::Value> {
-    worker.log_lines().into_iter().filter(|l| l["severity"] == "ERROR").collect()
+    worker.json_lines().into_iter().filter(|l| l["severity"] == "ERROR").collect()
 }

@@ -42,7 +42,7 @@ async fn huge_backlog_of_small_messages_keeps_memory_bounded() -> Result {
     let samples = sample_until_written(&worker, N as u64, Duration::from_secs(1800)).await?;
     let drained = started.elapsed();
     let end = worker.wait_quiet(SETTLE).await?;
-    let peak = worker.proc()?.peak_rss_kib;
+    let peak = worker.usage()?.peak_rss_kib;
     // Every object's size and attributes, every 50th body (fake-gcs-server downloads are slow).
     fx.assert_exactly_once(&published, 50).await?;
     assert!(peak < BOUND_KIB, "peak RSS {peak} KiB over {BOUND_KIB} KiB; samples {samples:?}");
@@ -93,7 +93,7 @@ async fn large_messages_keep_memory_within_the_byte_budget() -> Result {
     let mut worker = BinaryWorker::spawn(&env, "large")?;
     let samples = sample_until_written(&worker, N as u64, Duration::from_secs(1800)).await?;
     let end = worker.wait_quiet(SETTLE).await?;
-    let peak = worker.proc()?.peak_rss_kib;
+    let peak = worker.usage()?.peak_rss_kib;
     fx.assert_exactly_once(&published, 1).await?;
     // The process itself (an idle debug build is about 40 MiB), the budget's message data, one
     // upload body per running write (at most the budget again), and the client's receive
@@ -141,7 +141,7 @@ async fn soak_at_a_steady_rate_keeps_memory_files_and_threads_flat() -> Result {
             (0..PER_SECOND).map(|i| sample_message(second * PER_SECOND + i)).collect();
         published.extend(fx.publish(&batch).await?);
         if second.is_multiple_of(10) {
-            samples.push((started.elapsed(), worker.proc()?, worker.counters().written));
+            samples.push((started.elapsed(), worker.usage()?, worker.counters().written));
         }
         second += 1;
     }
@@ -168,7 +168,7 @@ async fn soak_at_a_steady_rate_keeps_memory_files_and_threads_flat() -> Result {
         .windows(2)
         .map(|w| (w[1].2 - w[0].2) / (w[1].0 - w[0].0).as_secs().max(1))
         .collect();
-    let (n, peak) = (published.len(), worker.proc()?.peak_rss_kib);
+    let (n, peak) = (published.len(), worker.usage()?.peak_rss_kib);
     figures(
         "soak",
         &format!(
@@ -190,7 +190,7 @@ async fn sample_until_written(
     let mut samples = Vec::new();
     loop {
         let written = worker.counters().written;
-        samples.push((started.elapsed(), worker.proc()?, written));
+        samples.push((started.elapsed(), worker.usage()?, written));
         if written >= n {
             return Ok(samples);
         }

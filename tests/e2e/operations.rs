@@ -90,7 +90,7 @@ async fn failed_startup_check_stops_the_worker_with_one_clear_line() -> Result {
     let mut worker = BinaryWorker::spawn(&env, "startup-check")?;
     let status = worker.wait(Duration::from_secs(60)).await?;
     assert_eq!(status.code(), Some(1), "log:\n{}", worker.log());
-    let lines = worker.log_lines();
+    let lines = worker.json_lines();
     let error = find_line(&lines, "worker stopped with an error");
     let text = error["error"].as_str().unwrap_or_default();
     let clear = text.contains(&format!("gs://{}", fx.bucket)) && text.contains("STARTUP_CHECK=off");

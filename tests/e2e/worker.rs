@@ -142,7 +142,7 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
     assert!(status.success(), "exit status {status:?}; log:\n{}", first.log());
     assert!(elapsed <= SHUTDOWN_TIMEOUT, "took {elapsed:?} to exit");
 
-    let lines = first.log_lines();
+    let lines = first.json_lines();
     assert_eq!(find_line(&lines, "starting")["pull_streams"], 4);
     let drain = find_line(&lines, "stopped receiving; finishing in-flight writes");
     let in_flight = drain["in_flight"].as_u64().unwrap_or(0);
@@ -166,14 +166,14 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
     fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(240)).await?;
     // Let the second worker ack the last writes before stopping it.
     wait_for(Duration::from_secs(30), "the second worker to settle", async || {
-        Ok(acked_first.len() + settled_message_ids(&second.log_lines()).len() >= N)
+        Ok(acked_first.len() + settled_message_ids(&second.json_lines()).len() >= N)
     })
     .await?;
     second.signal(libc::SIGTERM);
     let status = second.wait(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await?;
     assert!(status.success(), "exit status {status:?}");
 
-    let settled_second = settled_message_ids(&second.log_lines());
+    let settled_second = settled_message_ids(&second.json_lines());
     assert!(
         acked_first.is_disjoint(&settled_second),
         "an acked message came back: {:?}",
@@ -246,7 +246,7 @@ async fn sigterm_during_a_storage_outage_nacks_at_once_without_spending_the_budg
     let took = signalled.elapsed();
     assert!(status.success(), "{status:?}: {}", worker.log_tail());
     assert!(took < Duration::from_secs(3), "took {took:?} to exit");
-    let lines = worker.log_lines();
+    let lines = worker.json_lines();
     let spent = has_line(&lines, "shutdown budget spent");
     assert!(!spent, "nothing was writing, yet the budget was spent: {}", worker.log_tail());
     let summary = find_line(&lines, "stopped");
@@ -295,7 +295,7 @@ async fn missing_subscription_exits_non_zero_with_a_clear_error() -> Result {
     let mut worker = BinaryWorker::spawn(&env, "missing-subscription")?;
     let status = worker.wait(Duration::from_secs(60)).await?;
     assert_eq!(status.code(), Some(1), "log:\n{}", worker.log());
-    let lines = worker.log_lines();
+    let lines = worker.json_lines();
     let error = find_line(&lines, "worker stopped with an error");
     assert_eq!(error["severity"], "ERROR");
     let text = error["error"].as_str().unwrap_or_default().to_lowercase();

@@ -3,19 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use hyper::StatusCode;
 use rand::RngExt;
 use rand::rngs::StdRng;
-use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep};
 
 use super::Soak;
+use crate::process::Process;
 use crate::{HttpProxy, Latency, Mode, Proxy};
 
 /// Where the soak is: faults on, faults off (workers left running, restarted if they exit),
@@ -114,7 +113,7 @@ impl Supervisor {
             let end = loop {
                 let chaos = *phase.borrow_and_update() == Phase::Chaos;
                 tokio::select! {
-                    status = child.wait() => {
+                    status = child.wait(Duration::MAX) => {
                         let status = status?;
                         self.note(|l| l.surprises.push(format!("instance {}: exited {status}", self.slot)));
                         break Some("exited");
@@ -151,21 +150,12 @@ impl Supervisor {
         Ok(())
     }
 
-    fn spawn(&self, life: u64) -> Result<Child> {
+    fn spawn(&self, life: u64) -> Result<Process> {
         let log = self.soak.log_dir.join(format!("worker-{}-{life:03}.log", self.slot));
-        let file = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new(&self.soak.worker_bin)
-            .env_clear()
-            .envs(self.env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", self.soak.worker_bin.display()))?;
+        let child = Process::spawn(&self.soak.worker_bin, &self.env, log.clone())?;
         let (slot, started) = (self.slot, self.start.elapsed());
         self.note(|l| {
-            l.pids[slot] = child.id();
+            l.pids[slot] = Some(child.pid());
             l.lives.push(Life { slot, log, started, ended: None, final_stop: false });
         });
         Ok(child)
@@ -173,25 +163,20 @@ impl Supervisor {
 
     /// Kills the worker; what kind of restart that makes. A SIGTERM that does not end the
     /// process within 30 s (its shutdown budget is 8 s) is followed by a SIGKILL and noted.
-    async fn kill(&self, child: &mut Child, sigkill: bool) -> Result<&'static str> {
+    async fn kill(&self, child: &mut Process, sigkill: bool) -> Result<&'static str> {
         let slot = self.slot;
         self.note(|l| l.sample_rss(slot));
-        let Some(pid) = child.id() else { return Ok("exited") };
-        let signal = if sigkill { libc::SIGKILL } else { libc::SIGTERM };
-        // SAFETY: kill(2) on a child we have not reaped (`id()` is `Some`); no memory is shared.
-        unsafe {
-            libc::kill(pid as i32, signal);
-        }
-        match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+        child.signal(if sigkill { libc::SIGKILL } else { libc::SIGTERM });
+        match child.wait(Duration::from_secs(30)).await {
             Ok(status) => {
-                let status = status?;
                 if !sigkill && !status.success() {
                     self.note(|l| l.surprises.push(format!("instance {slot}: SIGTERM, {status}")));
                 }
                 Ok(if sigkill { "sigkill" } else { "sigterm" })
             }
             Err(_) => {
-                child.kill().await?;
+                child.signal(libc::SIGKILL);
+                child.wait(Duration::from_secs(10)).await?;
                 self.note(|l| l.surprises.push(format!("instance {slot}: SIGTERM ignored 30 s")));
                 Ok("sigterm_then_sigkill")
             }

@@ -1,6 +1,6 @@
 //! The worker under test: a fresh [`Fixture`] (topic, subscription, bucket), the worker run in
 //! this process ([`RunningWorker`], the same `Worker` that `main` runs) or as the real binary
-//! with JSON logs ([`BinaryWorker`]), and the checks the tests share.
+//! with JSON logs ([`BinaryWorker`], on testkit's process helper), and the checks the tests share.
 
 use anyhow::Context as _;
 use pubsub_gcs_worker::config::Config;
@@ -8,11 +8,10 @@ use pubsub_gcs_worker::object::RESERVED_KEYS;
 use pubsub_gcs_worker::worker::{Snapshot, Stats, Worker};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use testkit::process::Usage;
+use testkit::process::Process;
 use testkit::{Emulators, Gcs, ObjectInfo, OutMessage, PubSub, unique_name};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -218,55 +217,41 @@ impl RunningWorker {
     }
 }
 
-/// The real binary, with its JSON log in a file.
+/// The real binary, with its JSON log in a file: testkit's [`Process`] (signal, wait, log,
+/// usage), plus what is about the worker: its counters and when it is quiet.
 pub struct BinaryWorker {
-    child: tokio::process::Child,
-    pid: u32,
+    process: Process,
     /// The stream ack deadline it was given: how long an un-acked message takes to come back.
     lease: Duration,
-    log: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for BinaryWorker {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for BinaryWorker {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 impl BinaryWorker {
     pub fn spawn(env: &[(String, String)], name: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let log = dir.path().join(format!("{name}.log"));
-        let file = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pubsub-gcs-worker"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()?;
-        let pid = child.id().context("the worker has no pid")?;
+        let bin = Path::new(env!("CARGO_BIN_EXE_pubsub-gcs-worker"));
+        let process = Process::spawn(bin, env, dir.path().join(format!("{name}.log")))?;
         let lease = env.iter().rev().find(|(k, _)| k == "MAX_LEASE_EXTENSION_SECS");
         let lease = lease.and_then(|(_, v)| v.parse().ok()).unwrap_or(60);
-        Ok(Self { child, pid, lease: Duration::from_secs(lease), log, _dir: dir })
-    }
-
-    pub fn signal(&self, signal: i32) {
-        if self.child.id().is_some() {
-            // SAFETY: kill(2) with a pid we own and have not reaped; no memory is shared.
-            unsafe {
-                libc::kill(self.pid as i32, signal);
-            }
-        }
-    }
-
-    pub async fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
-        match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => Ok(status?),
-            Err(_) => anyhow::bail!("no exit within {limit:?}; log:\n{}", self.log_tail()),
-        }
+        Ok(Self { process, lease: Duration::from_secs(lease), _dir: dir })
     }
 
     /// Fails if the worker exited or logged a panic: the faults in these tests must not stop it.
     pub fn assert_running(&mut self) -> Result {
-        if let Some(status) = self.child.try_wait()? {
+        if let Some(status) = self.exited()? {
             anyhow::bail!("the worker exited ({status}); log:\n{}", self.log_tail());
         }
         self.assert_no_panic()
@@ -278,24 +263,9 @@ impl BinaryWorker {
         Ok(())
     }
 
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The last 60 lines of the log, for error messages.
-    pub fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    }
-
-    pub fn log_lines(&self) -> Vec<Value> {
-        self.log().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
-
     /// The counters of the last `progress` (or final `stopped`) line.
     pub fn counters(&self) -> Snapshot {
-        let lines = self.log_lines();
+        let lines = self.json_lines();
         let last =
             lines.iter().rev().find(|l| l["message"] == "progress" || l["message"] == "stopped");
         let n = |k: &str| last.and_then(|l| l[k].as_u64()).unwrap_or(0);
@@ -327,11 +297,6 @@ impl BinaryWorker {
             let late = Instant::now() >= deadline;
             anyhow::ensure!(!late, "the worker did not settle within {limit:?}: {now:?}");
         }
-    }
-
-    /// CPU time, memory, threads and open files of the process, from `/proc`.
-    pub fn proc(&self) -> Result<Usage> {
-        Usage::of(self.pid)
     }
 }
 
