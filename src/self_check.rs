@@ -55,27 +55,35 @@ pub fn kms_probe_name(key: &str) -> String {
     format!("_pubsub-gcs-worker/kms-check-{hex}")
 }
 
-/// Writes the empty object [`kms_probe_name`] with `key`, create-only: created, or already
-/// there from an earlier start with the same key (412), the key can be used; any other answer
-/// means it cannot, and the worker stops instead of nacking every message.
+/// Writes the empty object [`kms_probe_name`] with `key`, create-only: created, the key can be
+/// used. Already there from an earlier start (412), it is read back, as reading needs the key
+/// too: a key disabled (or a grant revoked) since then fails the read, where taking the 412 as
+/// proof would pass every later start. Any other answer means the key cannot be used, and the
+/// worker stops instead of nacking every message.
 pub async fn check_kms_key(
     storage: &Storage,
     bucket: &str,
     key: &str,
 ) -> Result<(), SelfCheckError> {
+    let (bucket_path, name) = (format!("projects/_/buckets/{bucket}"), kms_probe_name(key));
     let written = storage
-        .write_object(format!("projects/_/buckets/{bucket}"), kms_probe_name(key), "")
+        .write_object(&bucket_path, &name, "")
         .set_if_generation_match(0)
         .set_kms_key(key)
         .send_buffered()
         .await;
-    match written {
+    let result = match written {
         Ok(_) => Ok(()),
-        Err(e) if e.http_status_code() == Some(412) => Ok(()),
-        Err(source) => {
-            Err(SelfCheckError::KmsKey { key: key.to_string(), bucket: bucket.to_string(), source })
+        Err(e) if e.http_status_code() == Some(412) => {
+            storage.read_object(&bucket_path, &name).send().await.map(drop)
         }
-    }
+        Err(e) => Err(e),
+    };
+    result.map_err(|source| SelfCheckError::KmsKey {
+        key: key.to_string(),
+        bucket: bucket.to_string(),
+        source,
+    })
 }
 
 /// Checks that the caller holds [`REQUIRED_PERMISSIONS`] on `bucket`.

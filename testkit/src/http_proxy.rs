@@ -14,6 +14,8 @@
 //! * **Failing uploads** ([`HttpProxy::fail_uploads`]): every upload gets a chosen status (403,
 //!   429, 503) until switched off, as a bucket whose permission was revoked, whose quota is
 //!   spent or whose backend is down answers them; the chaos soak switches it in windows.
+//!   [`HttpProxy::fail_reads`] does the same to reads of an object's data (`alt=media`), as
+//!   Cloud Storage answers them once the object's encryption key is disabled.
 //!
 //! The proxy runs on the tokio runtime that started it; dropping it stops it.
 
@@ -49,6 +51,8 @@ struct State {
     throttled: AtomicU64,
     /// The status every upload gets instead of being forwarded (0: forward).
     fail_uploads: AtomicU64,
+    /// The status every read of an object's data gets instead of being forwarded (0: forward).
+    fail_reads: AtomicU64,
     /// `None` unless started with [`HttpProxy::recording`].
     uploads: Option<Mutex<Vec<Value>>>,
     connections: AtomicU64,
@@ -81,6 +85,7 @@ impl HttpProxy {
             throttle: (AtomicU64::new(0), Mutex::new((Instant::now(), 0))),
             throttled: AtomicU64::new(0),
             fail_uploads: AtomicU64::new(0),
+            fail_reads: AtomicU64::new(0),
             uploads: record.then(|| Mutex::new(Vec::new())),
             connections: AtomicU64::new(0),
         });
@@ -118,6 +123,13 @@ impl HttpProxy {
     pub fn fail_uploads(&self, status: Option<StatusCode>) {
         let code = status.map_or(0, |s| u64::from(s.as_u16()));
         self.state.fail_uploads.store(code, Ordering::Relaxed);
+    }
+
+    /// Answers every read of an object's data (`alt=media`) with `status` instead of forwarding
+    /// it, from now until called with `None`; other requests pass.
+    pub fn fail_reads(&self, status: Option<StatusCode>) {
+        let code = status.map_or(0, |s| u64::from(s.as_u16()));
+        self.state.fail_reads.store(code, Ordering::Relaxed);
     }
 
     /// Uploads answered with 429 so far.
@@ -170,8 +182,12 @@ async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
     {
         record_upload(uploads, target, &body);
     }
-    let failing = state.fail_uploads.load(Ordering::Relaxed);
-    if target.contains("uploadType=") && failing > 0 {
+    let failing = match target {
+        t if t.contains("uploadType=") => state.fail_uploads.load(Ordering::Relaxed),
+        t if t.contains("alt=media") => state.fail_reads.load(Ordering::Relaxed),
+        _ => 0,
+    };
+    if failing > 0 {
         let status = StatusCode::from_u16(failing as u16)?;
         tokio::time::sleep(state.delay()).await;
         let body = format!(

@@ -138,6 +138,12 @@ async fn the_kms_check_writes_one_object_with_the_key_and_passes_again() -> Resu
     let uploads = proxy.recorded_uploads();
     assert_eq!(uploads.len(), 2, "{uploads:?}");
     assert!(uploads.iter().all(|u| u["kmsKeyName"] == KEY), "{uploads:?}");
+    // A key disabled since: the probe exists (412), but it no longer reads back.
+    proxy.fail_reads(Some(hyper::StatusCode::FORBIDDEN));
+    let disabled = check_kms_key(&storage, &fx.bucket, KEY).await;
+    let error = disabled.expect_err("a probe that does not read back fails the check").to_string();
+    assert!(error.contains(KEY) && error.contains("KMS_KEY_NAME"), "{error}");
+    proxy.fail_reads(None);
 
     let missing = check_kms_key(&storage, "no-such-bucket-for-kms", KEY).await;
     let error = missing.expect_err("a failed write fails the check").to_string();
