@@ -12,6 +12,7 @@ pub use crate::name::{DEFAULT_TEMPLATE, NameFields, NameTemplate};
 pub use crate::sink::Sink;
 use google_cloud_pubsub::model::Message;
 use google_cloud_wkt::Timestamp;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -30,10 +31,21 @@ const METADATA_LIMIT: usize = 8 * 1024;
 /// check needs to read it when a redelivery meets it (a message may carry 100 attributes).
 const ATTRIBUTE_ENTRIES: usize = 64;
 
-/// Metadata keys this worker sets itself; an attribute with one of these names is stored under
-/// `attribute_{name}` instead, so it can neither hide nor be hidden by the worker's own keys.
-pub const RESERVED_KEYS: [&str; 4] =
-    ["message_id", "publish_time", "delivery_attempt", "subscription"];
+/// Metadata keys this worker sets itself; see [`metadata_key`].
+const RESERVED_KEYS: [&str; 5] =
+    ["message_id", "publish_time", "delivery_attempt", "subscription", "attributes_omitted"];
+
+/// The metadata key an attribute is stored under: its own name, or `attribute_{name}` when that
+/// is one of the worker's own keys in any case (`Message_ID` too). Cloud Storage returns
+/// metadata as HTTP headers, whose names are lowercased, so an attribute that differed from the
+/// worker's key only in case would read back as a second value of it: the name-collision check
+/// could then take another object for this message's.
+pub fn metadata_key(attribute: &str) -> Cow<'_, str> {
+    match RESERVED_KEYS.iter().any(|key| key.eq_ignore_ascii_case(attribute)) {
+        true => Cow::Owned(format!("attribute_{attribute}")),
+        false => Cow::Borrowed(attribute),
+    }
+}
 
 /// The longest content type taken from an attribute; a longer value falls back.
 const CONTENT_TYPE_MAX: usize = 256;
@@ -215,11 +227,7 @@ pub fn metadata(
     let (mut kept, mut omitted) = (0usize, 0usize);
     let attributes: BTreeMap<&String, &String> = message.attributes.iter().collect();
     for (key, value) in attributes {
-        let key = if RESERVED_KEYS.contains(&key.as_str()) || key == "attributes_omitted" {
-            format!("attribute_{key}")
-        } else {
-            key.clone()
-        };
+        let key = metadata_key(key).into_owned();
         // Reserve room for the `attributes_omitted` entry itself.
         if size + key.len() + value.len() + 32 > METADATA_LIMIT || kept >= ATTRIBUTE_ENTRIES {
             omitted += 1;
@@ -334,8 +342,11 @@ mod tests {
 
     #[test]
     fn metadata_traces_the_object_to_its_message() {
-        let m = message("42", 1_700_000_000, 5_000_000, b"x")
-            .set_attributes([("origin", "test"), ("message_id", "spoofed")]);
+        let m = message("42", 1_700_000_000, 5_000_000, b"x").set_attributes([
+            ("origin", "test"),
+            ("message_id", "spoofed"),
+            ("Subscription", "x"),
+        ]);
         let md = metadata(&m, "projects/p/subscriptions/s", Some(3));
         let want: BTreeMap<String, String> = [
             ("message_id", "42"),
@@ -344,6 +355,7 @@ mod tests {
             ("subscription", "projects/p/subscriptions/s"),
             ("origin", "test"),
             ("attribute_message_id", "spoofed"),
+            ("attribute_Subscription", "x"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use pubsub_gcs_worker::config::Config;
-use pubsub_gcs_worker::object::RESERVED_KEYS;
+use pubsub_gcs_worker::object::metadata_key;
 use pubsub_gcs_worker::worker::{Snapshot, Stats, Worker};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -185,9 +185,7 @@ impl<'a> Fixture<'a> {
 fn check_attributes(object: &ObjectInfo, sent: &OutMessage) -> Result {
     let mut missing = 0;
     for (key, value) in &sent.attributes {
-        let reserved = RESERVED_KEYS.contains(&key.as_str()) || key == "attributes_omitted";
-        let stored = if reserved { format!("attribute_{key}") } else { key.clone() };
-        match object.metadata.get(&stored) {
+        match object.metadata.get(metadata_key(key).as_ref()) {
             Some(v) => {
                 anyhow::ensure!(v == value, "{}: {key:?} is {v:?}, sent {value:?}", object.name)
             }
