@@ -182,6 +182,18 @@ pub async fn account(soak: &Soak, input: Input, gcs: &Gcs, bucket: &str) -> Resu
     if panics > 0 {
         failures.push(format!("{panics} panics in the worker logs"));
     }
+    // The soak's bucket holds only its workers' objects: a name collision there means a
+    // redelivery failed to recognise its own object, which would dead-letter stored messages.
+    let collisions: Vec<&String> = (records.iter())
+        .filter(|(_, r)| r.nacks.contains_key("name_collision"))
+        .map(|(id, _)| id)
+        .collect();
+    if let Some(id) = collisions.first() {
+        failures.push(format!(
+            "{} name collisions in the soak's own bucket, e.g. message {id}",
+            collisions.len()
+        ));
+    }
     failures.extend(ledger.surprises.iter().cloned());
 
     let per_message: Vec<usize> = per_id.values().map(Vec::len).collect();
