@@ -236,15 +236,22 @@ impl SoakReport {
 }
 
 /// A message the publisher sent: its id, its sequence number (its body and attributes follow
-/// from it) and when, since the soak's start.
+/// from it) and when, since the soak's start. `retried`: an earlier attempt to publish it failed
+/// without an answer, so the emulator may also hold a copy under an id never learnt.
 #[derive(Clone, Debug)]
 struct Published {
     id: String,
     seq: u64,
     at: Duration,
+    retried: bool,
 }
 
-/// Publishes `rate` messages a second, a batch every 100 ms, until `until`.
+/// How long the publisher goes on retrying one batch before the soak gives up.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Publishes `rate` messages a second, a batch every 100 ms, until `until`. A failed publish is
+/// retried (the emulator stalls now and then under an hour of resets); its messages are marked
+/// `retried`, since the failed attempt may have published them too.
 async fn publish(
     pubsub: &PubSub,
     topic: &str,
@@ -260,12 +267,28 @@ async fn publish(
         if !batch.is_empty() {
             let messages: Vec<OutMessage> = batch.iter().map(|(_, m)| m.clone()).collect();
             let at = start.elapsed();
-            let ids = pubsub.publish(topic, &messages).await?;
+            let (mut retried, mut delay) = (false, Duration::from_secs(1));
+            let ids = loop {
+                match pubsub.publish(topic, &messages).await {
+                    Ok(ids) => break ids,
+                    Err(e) if start.elapsed() < at + PUBLISH_PATIENCE => {
+                        eprintln!(
+                            "[soak] {:?}: {e:#}; retrying messages {seq}..{due}",
+                            start.elapsed()
+                        );
+                        retried = true;
+                        sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                    Err(e) => return Err(e.context(format!("publish messages {seq}..{due}"))),
+                }
+            };
             let mut out = out.lock().unwrap();
             out.extend(ids.into_iter().zip(&batch).map(|(id, (seq, _))| Published {
                 id,
                 seq: *seq,
                 at,
+                retried,
             }));
             seq = due;
         }
