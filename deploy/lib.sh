@@ -17,7 +17,7 @@ exec 3>&1
 REPO_ROOT="$(cd "$DEPLOY_DIR/.." && pwd)"
 
 # The worker's variables passed to the worker pool: all that the worker reads (VARIABLES in
-# src/config.rs) but the emulator ones; tests/deploy.rs checks it.
+# src/config.rs) but the emulator ones; tests/deploy/worker_pool.rs checks it.
 WORKER_VARS=(
   PROJECT_ID SUBSCRIPTION_ID BUCKET_NAME OBJECT_PREFIX OBJECT_NAME
   OBJECT_CONTENT_TYPE OBJECT_COMPRESSION OBJECT_STORAGE_CLASS OBJECT_CACHE_CONTROL

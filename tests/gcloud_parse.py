@@ -1,17 +1,18 @@
 # Runs many gcloud command lines in one process, each as a gcloud process of its own would.
 #
-# tests/deploy.rs runs this with gcloud's Python, started as bin/gcloud starts it, with the SDK's
-# lib/ on sys.path; sys.argv[2] is a file with a JSON list of argument lists (without "gcloud").
-# It prints a JSON list: for each command line, its exit status and what it printed on stdout and
-# stderr.
+# tests/deploy/gcloud_parse.rs runs this with gcloud's Python, started as bin/gcloud starts it,
+# with the SDK's lib/ on sys.path; sys.argv[2] is a file with a JSON list of argument lists
+# (without "gcloud"). It prints a JSON list: for each command line, its exit status and what it
+# printed on stdout and stderr.
 #
 # A gcloud process spends about a second of CPU loading before it parses anything; here that is
 # paid once. The CLI is built once (gcloud_main.CreateCLI), and each command line goes, as
 # sys.argv, to gcloud_main.main: the function that lib/gcloud.py, gcloud's entry point, calls.
 # What a command prints is read from file descriptors 1 and 2, whoever writes it. The properties
 # that flags set belong to one invocation: calliope pushes them before it and pops them after (and
-# resets what it caches between commands, for test runs that reuse one CLI). tests/deploy.rs
-# checks that a command ends here exactly as in a gcloud process of its own.
+# resets what it caches between commands, for test runs that reuse one CLI).
+# tests/deploy/gcloud_parse.rs checks that a command ends here exactly as in a gcloud process of
+# its own.
 import atexit, json, os, sys, tempfile
 
 with open(sys.argv[2]) as file:

@@ -1,0 +1,129 @@
+//! Pub/Sub goes away: the emulator restarted with its state lost, the connection reset for a
+//! while. The worker reconnects and carries on.
+
+use super::OUTAGE;
+use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE, sample_message};
+use crate::support::app::{settled_message_ids, with_vars};
+use crate::support::wait_for;
+use crate::support::{Emulators, OutMessage};
+use crate::support::{Mode, Proxy};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tokio::time::{Instant, sleep};
+
+/// The Pub/Sub emulator is killed and restarted mid-stream (its state is lost: the topic and
+/// subscription are created again and the second half published to them). The client treats
+/// the broken stream and the refused connections as transient and reconnects with backoff, so
+/// the worker carries on: it never exits, and the second half is written exactly once.
+///
+/// The worker reaches the emulator through a proxy that refuses connections until the
+/// subscription exists again. Without it, a reconnect that lands between the emulator's start
+/// and the subscription's creation gets NOT_FOUND, which the client treats as permanent: the
+/// worker then exits 1 and Cloud Run restarts it - the behaviour of
+/// `gone::subscription_deleted_while_running_exits_non_zero_with_a_clear_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_emulator_restart_reconnects_with_backoff_and_carries_on() -> Result {
+    const HALF: usize = 1000;
+    let emulators = Emulators::start().await?;
+    let fx = Fixture::on(&emulators, true).await?;
+    let gate = Proxy::start(emulators.pubsub_addr()).await?;
+    let env = with_vars(
+        fx.binary_env(&emulators.storage_url()),
+        &[("PUBSUB_EMULATOR_HOST", &gate.addr().to_string())],
+    );
+    let mut worker = BinaryWorker::spawn(&env, "emulator-restart")?;
+    let first: Vec<OutMessage> = (0..HALF).map(|i| half_message(1, i)).collect();
+    let published_first = fx.publish(&first).await?;
+    fx.gcs.wait_for_objects(&fx.bucket, HALF / 4, SETTLE).await?;
+
+    emulators.stop_pubsub();
+    gate.set_mode(Mode::Refuse);
+    let settled_before = settled_message_ids(&worker.json_lines());
+    sleep(Duration::from_secs(3)).await;
+    emulators.restart_pubsub().await?;
+    fx.create_topic_and_subscription(None).await?;
+    gate.set_mode(Mode::Pass);
+    let second: Vec<OutMessage> = (0..HALF).map(|i| half_message(2, i)).collect();
+    let published_second = fx.publish(&second).await?;
+
+    wait_for_half(&fx, 2, HALF, SETTLE).await?;
+    worker.wait_quiet(SETTLE).await?;
+    worker.assert_running()?;
+
+    let objects = objects_by_half(&fx).await?;
+    // Message ids start again after the restart, so each half is checked on its own.
+    for (half, published) in [(1, &published_first), (2, &published_second)] {
+        let got = objects.get(&half).cloned().unwrap_or_default();
+        let ids: BTreeSet<&String> = got.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), got.len(), "half {half}: a message has two objects");
+        for (id, body) in &got {
+            let sent = published.get(id).map(|m| &m.data);
+            assert_eq!(Some(body), sent, "half {half}: body of message {id}");
+        }
+    }
+    let second_objects = objects.get(&2).map_or(0, Vec::len);
+    assert_eq!(second_objects, HALF, "every message of the second half");
+    let first_ids: BTreeSet<String> =
+        objects.get(&1).map(|v| v.iter().map(|(id, _)| id.clone()).collect()).unwrap_or_default();
+    let kept = settled_before.is_subset(&first_ids);
+    assert!(kept, "every message acked before the kill has its object");
+    Ok(())
+}
+
+/// The connection to Pub/Sub is reset for 10 s mid-stream: the worker reconnects and carries
+/// on; acks lost with the connection turn into redeliveries that land on existing objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_connection_resets_reconnect_and_carry_on() -> Result {
+    const N: usize = 1000;
+    let fx = Fixture::new(true).await?;
+    let gate = Proxy::start(fx.emulators.pubsub_addr()).await?;
+    let env = with_vars(
+        fx.binary_env(&fx.emulators.storage_url()),
+        &[("PUBSUB_EMULATOR_HOST", &gate.addr().to_string())],
+    );
+    let mut worker = BinaryWorker::spawn(&env, "pubsub-reset")?;
+    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
+    let mut published = fx.publish(&messages[..N / 2]).await?;
+    fx.gcs.wait_for_objects(&fx.bucket, N / 8, SETTLE).await?;
+
+    let cpu_before = worker.usage()?.cpu;
+    let started = Instant::now();
+    gate.set_mode(Mode::Reset);
+    sleep(OUTAGE).await;
+    let cpu = worker.usage()?.cpu - cpu_before;
+    worker.assert_running()?;
+    gate.set_mode(Mode::Pass);
+    published.extend(fx.publish(&messages[N / 2..]).await?);
+    assert!(cpu < started.elapsed() / 2, "{cpu:?} of CPU during the outage");
+
+    fx.gcs.wait_for_objects(&fx.bucket, N, SETTLE).await?;
+    fx.settle(&mut worker, &published).await?;
+    Ok(())
+}
+
+/// A message of the first or second half of the emulator-restart test.
+fn half_message(half: u8, i: usize) -> OutMessage {
+    OutMessage::new(format!("half {half} message {i:05} {}", "h".repeat(i % 300)))
+        .attr("half", half.to_string())
+}
+
+/// `(message id, body)` of every object, by the `half` attribute.
+async fn objects_by_half(fx: &Fixture<'_>) -> Result<BTreeMap<u8, Vec<(String, Vec<u8>)>>> {
+    let mut out: BTreeMap<u8, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+    for o in fx.gcs.list_objects(&fx.bucket).await? {
+        let half: u8 = o.metadata.get("half").map_or(Ok(0), |h| h.parse())?;
+        let id = o.metadata.get("message_id").cloned().unwrap_or_default();
+        let body = fx.gcs.download(&fx.bucket, &o.name).await?;
+        out.entry(half).or_default().push((id, body));
+    }
+    Ok(out)
+}
+
+async fn wait_for_half(fx: &Fixture<'_>, half: u8, n: usize, limit: Duration) -> Result {
+    let half = half.to_string();
+    wait_for(limit, &format!("{n} objects of half {half}"), async || {
+        let objects = fx.gcs.list_objects(&fx.bucket).await?;
+        Ok(objects.iter().filter(|o| o.metadata.get("half") == Some(&half)).count() >= n)
+    })
+    .await
+}

@@ -1,0 +1,128 @@
+//! The process stops mid-stream: SIGTERM (a drain) and SIGKILL (none), each followed by a restart.
+
+use super::dead_letter_subscription;
+use crate::support::OutMessage;
+use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE, figures};
+use crate::support::app::{find_line, sample_message};
+use crate::support::app::{settled_message_ids, with_vars};
+use crate::support::{HttpProxy, Latency};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::time::{Instant, sleep};
+
+/// The worker's default `SHUTDOWN_TIMEOUT_SECS`.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// SIGTERM twice under a backlog of thousands (`worker.rs` covers one SIGTERM with slow
+/// storage): each worker exits 0 within the shutdown timeout, every message it acked has
+/// its object, and the last worker completes the set exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sigterm_under_load_loses_and_duplicates_nothing() -> Result {
+    const N: usize = 2000;
+    let fx = Fixture::new(true).await?;
+    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
+    let published = fx.publish(&messages).await?;
+    let env = fx.binary_env(&fx.emulators.storage_url());
+
+    let mut acked = BTreeSet::new();
+    for (round, share) in [(1, 0.25), (2, 0.6)] {
+        let mut worker = BinaryWorker::spawn(&env, &format!("round-{round}"))?;
+        fx.gcs.wait_for_objects(&fx.bucket, (N as f64 * share) as usize, SETTLE).await?;
+        let signalled = Instant::now();
+        worker.signal(libc::SIGTERM);
+        let status = worker.wait(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await?;
+        let took = signalled.elapsed();
+        assert!(status.success(), "round {round}: {status}\n{}", worker.log_tail());
+        assert!(took <= SHUTDOWN_TIMEOUT, "round {round}: exit took {took:?}");
+        worker.assert_no_panic()?;
+
+        let lines = worker.json_lines();
+        find_line(&lines, "stopped receiving; finishing in-flight writes");
+        let settled = settled_message_ids(&lines);
+        let objects = fx.object_ids().await?;
+        let lost: Vec<_> = settled.difference(&objects).take(5).collect();
+        assert!(lost.is_empty(), "acked without an object: {lost:?}");
+        acked.extend(settled);
+    }
+
+    let mut last = BinaryWorker::spawn(&env, "last")?;
+    fx.settle(&mut last, &published).await?;
+    Ok(())
+}
+
+/// SIGKILL under load: no drain. Writes the storage had finished but whose acks never left are
+/// redelivered to the restarted worker and land on their existing objects (412, counted as
+/// duplicates); no message gets two objects, and no worker refuses (nacks) a message, so none is
+/// dead-lettered on its account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_redeliveries_land_on_existing_objects() -> Result {
+    sigkill_and_restart(false).await
+}
+
+/// The same where Cloud Storage answers 403, not 412, to a create-only write of an object that
+/// exists (as it may to a principal that cannot read objects): the worker reads that object's
+/// metadata, finds it and acks, so redeliveries after a crash do not pile up as false alarms in
+/// the dead-letter topic (without the read, each would be nacked until dead-lettered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_403_for_existing_objects_dead_letters_nothing() -> Result {
+    sigkill_and_restart(true).await
+}
+
+/// Dead-letter policy: 5 attempts. The emulator (not the service) goes on sending a share of
+/// the redeliveries to a crashed worker's dead stream, counting each 10 s round as an attempt,
+/// so under load some messages are dead-lettered before a live worker sees them. Hence: every
+/// message ends as one object or in the dead-letter topic, and neither worker nacked any.
+async fn sigkill_and_restart(forbid_existing: bool) -> Result {
+    const N: usize = 1000;
+    let fx = Fixture::new(true).await?;
+    let dead_letters = dead_letter_subscription(&fx, 5).await?;
+    // Responses 250 ms late: at the kill, objects exist whose writes were never acknowledged.
+    let proxy = HttpProxy::start(fx.emulators.storage_addr()).await?;
+    proxy.set_latency(Latency::fixed(Duration::from_millis(250)));
+    proxy.forbid_existing(forbid_existing);
+    let messages: Vec<OutMessage> = (0..N).map(|i| OutMessage::new(format!("m{i:04}"))).collect();
+    let published = fx.publish(&messages).await?;
+    let extra = [("MAX_OUTSTANDING_MESSAGES", "5000"), ("MAX_CONCURRENT_WRITES", "64")];
+    let env = with_vars(fx.binary_env(&proxy.url()), &extra);
+
+    let mut first = BinaryWorker::spawn(&env, "killed")?;
+    fx.gcs.wait_for_objects(&fx.bucket, N - 200, SETTLE).await?;
+    first.signal(libc::SIGKILL);
+    let status = first.wait(Duration::from_secs(10)).await?;
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    first.assert_no_panic()?;
+
+    proxy.set_latency(Latency::ZERO);
+    let mut second = BinaryWorker::spawn(&env, "restarted")?;
+    let text = |data: &[u8]| String::from_utf8_lossy(data).into_owned();
+    let (deadline, mut dead) = (Instant::now() + SETTLE, BTreeSet::new());
+    loop {
+        let got = fx.pubsub.pull(&dead_letters, 100).await?;
+        let ack_ids: Vec<String> = got.iter().map(|m| m.ack_id.clone()).collect();
+        fx.pubsub.settle(&dead_letters, &ack_ids, None).await?;
+        dead.extend(got.iter().map(|m| text(&m.data)));
+        let written = fx.object_ids().await?;
+        let left = published
+            .iter()
+            .filter(|(id, m)| !written.contains(*id) && !dead.contains(&text(&m.data)));
+        match left.count() {
+            0 => break,
+            left => anyhow::ensure!(Instant::now() < deadline, "{left} neither written nor dead"),
+        }
+        sleep(Duration::from_secs(1)).await;
+    }
+    let end = second.wait_quiet(SETTLE).await?;
+    let bodies: BTreeSet<String> = published.values().map(|m| text(&m.data)).collect();
+    let seen = settled_message_ids(&second.json_lines());
+    let objects = fx.gcs.list_objects(&fx.bucket).await?;
+    let ids: BTreeSet<&String> = objects.iter().map(|o| &o.metadata["message_id"]).collect();
+    assert_eq!(ids.len(), objects.len(), "a message has two objects");
+    for id in &seen {
+        assert!(ids.contains(id), "message {id} acked without its object");
+    }
+    assert!(dead.is_subset(&bodies), "unknown dead letters");
+    assert_eq!(first.counters().nacked + end.nacked, 0, "{end:?}");
+    assert!(end.duplicates > 0, "unacked writes are redelivered onto their objects: {end:?}");
+    figures("sigkill", &format!("{} dead-lettered by the emulator; {end:?}", dead.len()));
+    Ok(())
+}
