@@ -12,7 +12,7 @@ fn gcloudignore_keeps_secrets_and_build_output_out() {
     }
     let stand_ins = "src/main.rs src/lib.rs testkit/Cargo.toml .env .env.local .git/config \
                      examples/local.rs target/release/pubsub-gcs-worker deploy/setup \
-                     tests/deploy.rs .ci/run";
+                     tests/deploy/main.rs .ci/run";
     for file in words(stand_ins) {
         sandbox.write(&format!("tree/{file}"), "x");
     }
