@@ -7,6 +7,8 @@
 //! so all spawning happens on one dedicated thread that never exits. A private pair
 //! ([`Emulators::start`]) is also killed in `Drop`.
 
+mod mend;
+
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
@@ -91,12 +93,12 @@ impl Emulators {
             tokio::task::spawn_blocking(pubsub_emulator_bin),
             tokio::task::spawn_blocking(fake_gcs_server_bin)
         );
-        let ps_bin = ps_bin??;
+        let (ps_program, ps_args) = ps_bin??;
         let gcs_bin = gcs_bin??;
 
         let pubsub = Proc::new("pubsub-emulator", pubsub_log, move |port| {
-            let mut c = Command::new(&ps_bin);
-            c.arg("--host=127.0.0.1").arg(format!("--port={port}"));
+            let mut c = Command::new(&ps_program);
+            c.args(&ps_args).arg("--host=127.0.0.1").arg(format!("--port={port}"));
             c
         });
         let gcs = Proc::new("fake-gcs-server", gcs_log, move |port| {
@@ -367,14 +369,20 @@ fn spawn_tied_to_process(mut cmd: Command) -> Result<Child> {
     Ok(reply_rx.recv().map_err(|_| anyhow!("emulator-spawner thread is gone"))??)
 }
 
-/// Path of Google's Pub/Sub emulator launcher (`cloud-pubsub-emulator`, a script that ends
-/// in `exec java`, so the child we kill is the JVM itself; `gcloud beta emulators pubsub
-/// start` would leave the JVM as a grandchild). Override with `PUBSUB_EMULATOR_BIN`.
-fn pubsub_emulator_bin() -> Result<PathBuf> {
-    const REL: &str = "platform/pubsub-emulator/bin/cloud-pubsub-emulator";
+/// How to start Google's Pub/Sub emulator: its jar with [`mend`] when it needs it, else its
+/// launcher (`cloud-pubsub-emulator`, a script that ends in `exec java`). Either way the child
+/// we kill is the JVM itself (`gcloud beta emulators pubsub start` would leave the JVM as a
+/// grandchild). `PUBSUB_EMULATOR_BIN` names another launcher, run as it is.
+fn pubsub_emulator_bin() -> Result<(PathBuf, Vec<std::ffi::OsString>)> {
     if let Ok(p) = std::env::var("PUBSUB_EMULATOR_BIN") {
-        return Ok(PathBuf::from(p));
+        return Ok((PathBuf::from(p), Vec::new()));
     }
+    Ok(mend::emulator_command(&pubsub_emulator_launcher()?))
+}
+
+/// Path of the emulator's launcher in the gcloud installation.
+fn pubsub_emulator_launcher() -> Result<PathBuf> {
+    const REL: &str = "platform/pubsub-emulator/bin/cloud-pubsub-emulator";
     let out = Command::new("gcloud")
         .args(["info", "--format=value(installation.sdk_root)"])
         .output()

@@ -140,12 +140,6 @@ impl Soak {
             ("BUCKET_NAME".into(), bucket.clone()),
             ("LOG_FORMAT".into(), "json".into()),
             ("RUST_LOG".into(), "info,pubsub_gcs_worker=debug".into()),
-            // The emulator never closes a stream the client cancels (its handler of RST_STREAM
-            // throws NoSuchMethodError): each kill or reset leaks every stream the process had,
-            // with the messages on them, and the emulator slows down with each one until
-            // publishing times out (after 22 minutes with 4 streams per process). One stream
-            // per process leaks a quarter as many.
-            ("PULL_STREAMS".into(), "1".into()),
         ];
 
         let start = Instant::now();
