@@ -3,8 +3,9 @@
 //! and the Pub/Sub connection is reset now and then; then faults off, the backlog drained, and an
 //! account of every published message.
 //!
-//! The Pub/Sub emulator strands the messages it delivered on a stream that ended: they never come
-//! back, so "every message arrived" cannot be the check. The account keeps apart, from the
+//! The Pub/Sub emulator as gcloud ships it strands the messages it delivered on a stream a client
+//! cancelled; `testkit` runs it mended ([`crate::Emulators`]), and the account still does not
+//! take "every message arrived" for granted. It keeps apart, from the
 //! workers' own JSON logs (a `message received` and an ack or nack event per message, at debug
 //! level), what a worker received and never settled before its stream ended (stranded, received)
 //! from what no worker ever saw although a stream ended after it was published (stranded, in

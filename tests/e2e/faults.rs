@@ -6,10 +6,10 @@
 //! counters stay put, with nothing in flight, for longer than the stream ack deadline); the
 //! worker never exited or panicked unless the test stopped it.
 //!
-//! Known emulator defect (jar 0.8.20): once a subscriber's stream closes, the emulator keeps
-//! routing some messages to the dead stream until its ack deadline (10 s here) passes, then
-//! redelivers them. A restarted worker therefore completes the set only after some 10 s rounds:
-//! the tests wait with generous deadlines, never with fixed sleeps.
+//! A stream that ended leaves its leased messages to the emulator until their ack deadline
+//! (10 s here) passes (and the unmended jar 0.8.20 never closed a stream a client cancelled:
+//! `testkit` mends it). A restarted worker therefore completes the set only after some 10 s
+//! rounds: the tests wait with generous deadlines, never with fixed sleeps.
 //!
 //! One file per kind of fault: the process stopped by a signal (`signals`), storage failing or
 //! slow (`storage`), Pub/Sub restarted or cut off (`pubsub`), the subscription or the bucket gone
