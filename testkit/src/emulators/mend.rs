@@ -92,6 +92,7 @@ fn compiled(jar: &Path) -> Result<PathBuf> {
         .output()
         .context("running javac")?;
     if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&work);
         bail!("javac failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     // Another process may have won the race: its copy is as good.
