@@ -126,3 +126,39 @@ async fn sigkill_and_restart(forbid_existing: bool) -> Result {
     figures("sigkill", &format!("{} dead-lettered by the emulator; {end:?}", dead.len()));
     Ok(())
 }
+
+/// The streams a worker cancels on SIGTERM are closed on the emulator's side too, and the
+/// messages they held reach the next worker: here a worker whose storage never answers leases
+/// most of them, and nacks them on its way out. The emulator as gcloud ships it fails to close a
+/// cancelled stream (`NoSuchMethodError` in its log; `testkit` mends it) and goes on routing
+/// messages to it: over an hour of restarts that strands messages and wears the emulator down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_a_sigtermed_worker_held_reach_the_next_one() -> Result {
+    const N: usize = 300;
+    let fx = Fixture::new(true).await?;
+    let hung = HttpProxy::start(fx.emulators.storage_addr()).await?;
+    hung.set_latency(Latency::fixed(Duration::from_secs(600)));
+    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
+    let published = fx.publish(&messages).await?;
+
+    let mut first = BinaryWorker::spawn(&fx.binary_env(&hung.url()), "storage-hung")?;
+    let deadline = Instant::now() + SETTLE;
+    while first.counters().received < N as u64 / 2 {
+        anyhow::ensure!(Instant::now() < deadline, "received {:?}", first.counters());
+        sleep(Duration::from_millis(200)).await;
+    }
+    // What the emulator sends it now, it holds too.
+    sleep(Duration::from_secs(2)).await;
+    first.signal(libc::SIGTERM);
+    let status = first.wait(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await?;
+    assert!(status.success(), "{status}\n{}", first.log_tail());
+    assert_eq!(first.counters().acked, 0, "nothing was written");
+
+    let mut next = BinaryWorker::spawn(&fx.binary_env(&fx.emulators.storage_url()), "next")?;
+    // Their leases were given back (nacked) at the SIGTERM: a few stream ack deadlines at most.
+    fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(60)).await?;
+    fx.settle(&mut next, &published).await?;
+    let log = std::fs::read_to_string(fx.emulators.log_dir().join("pubsub-emulator.log"))?;
+    assert!(!log.contains("NoSuchMethodError"), "the emulator failed to close a stream");
+    Ok(())
+}
