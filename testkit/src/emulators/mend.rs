@@ -5,9 +5,8 @@
 //! calls `io.grpc.InternalStatus.asRuntimeException(Status, Metadata, boolean)`, which the API
 //! lacks, and the `NoSuchMethodError` leaves the stream open on the emulator's side for good. It
 //! goes on routing messages to that stream, and many of them come back late or never, even to a
-//! new subscriber;
-//! every such stream also costs the emulator CPU, until after enough of them (a few hundred in an
-//! hour of restarts) publishing times out. The mend is that class with both methods
+//! new subscriber; every such stream also costs the emulator CPU, until after enough of them (a
+//! few hundred in an hour of restarts) publishing times out. The mend is that class with both methods
 //! (`InternalStatus.java`), compiled against the jar with the machine's JDK and put first on
 //! the classpath; the emulator then runs as `java -cp MEND:JAR Main`, its launcher's command.
 //!
