@@ -294,7 +294,22 @@ impl Pipeline {
             }
             Err(e) => {
                 let took = started.elapsed();
-                let delay = self.backoff.failure(delivery_attempt);
+                // A failure of this one message (a name collision, a name or object the bucket
+                // refuses) says nothing of the others: its write permit goes back at once, it
+                // waits for its nack without one, and the worker-wide backoff does not grow, so
+                // a trickle of such messages never holds up the healthy ones. A failure of the
+                // bucket (an outage, throttling, a hung connection, a revoked permission) is
+                // everyone's: the message keeps its permit while it waits, and the waits grow
+                // with the failures in a row, so the worker slows down instead of spinning
+                // messages through a broken bucket.
+                let (delay, held) = match e.kind.is_bucket_wide() {
+                    true => (self.backoff.failure(delivery_attempt), Some(write)),
+                    false => {
+                        write.settle(Outcome::Failed);
+                        self.stats.write_limit(permits.writes.current());
+                        (FailureBackoff::for_message(delivery_attempt), None)
+                    }
+                };
                 // A collision is not retried into success: the nacks end in the dead-letter
                 // topic, and the object, someone else's, is never touched.
                 let what = match e.kind {
@@ -312,17 +327,20 @@ impl Pipeline {
                     retry_in_ms = delay.as_millis() as u64,
                     "{what}"
                 );
-                // Holding the message (and its write permit) for a moment before the nack keeps
-                // a broken bucket from turning into a tight redelivery loop. On shutdown the
-                // wait is pointless: nack at once, so the drain does not spend its budget here.
+                // Holding the message for a moment before the nack keeps it from turning into a
+                // tight redelivery loop. On shutdown the wait is pointless: nack at once, so the
+                // drain does not spend its budget here.
                 tokio::select! {
                     () = stopping.cancelled() => {}
                     () = sleep(delay) => {}
                 }
                 handler.nack();
-                let pushed_back = matches!(e.kind, FailureKind::Transient | FailureKind::Timeout);
-                write.settle(if pushed_back { Outcome::PushedBack } else { Outcome::Failed });
-                self.stats.write_limit(permits.writes.current());
+                if let Some(write) = held {
+                    let pushed_back =
+                        matches!(e.kind, FailureKind::Transient | FailureKind::Timeout);
+                    write.settle(if pushed_back { Outcome::PushedBack } else { Outcome::Failed });
+                    self.stats.write_limit(permits.writes.current());
+                }
                 self.stats.nacked(NackReason::WriteFailed(e.kind), Some(took));
             }
         }

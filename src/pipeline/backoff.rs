@@ -21,6 +21,12 @@ impl FailureBackoff {
         Self::delay(consecutive.max(attempt))
     }
 
+    /// The delay for a failure of one message alone (a name collision, an object refused): it
+    /// follows the message's own delivery attempt and leaves the worker-wide count as it is.
+    pub(super) fn for_message(delivery_attempt: Option<i32>) -> Duration {
+        Self::delay(delivery_attempt.unwrap_or(1).max(1) as u32)
+    }
+
     pub(super) fn success(&self) {
         self.consecutive.store(0, Ordering::Relaxed);
     }
@@ -54,5 +60,15 @@ mod tests {
         assert_eq!(b.failure(Some(4)), Duration::from_millis(800));
         b.success();
         assert_eq!(b.failure(Some(1000)), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn one_message_s_failure_leaves_the_worker_wide_count_alone() {
+        let b = FailureBackoff::default();
+        for _ in 0..20 {
+            assert_eq!(FailureBackoff::for_message(None), Duration::from_millis(100));
+        }
+        assert_eq!(FailureBackoff::for_message(Some(3)), Duration::from_millis(400));
+        assert_eq!(b.failure(None), Duration::from_millis(100), "the count did not grow");
     }
 }
