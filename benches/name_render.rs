@@ -3,7 +3,7 @@
 //! "What a naming template costs" quotes it.
 
 use divan::{Bencher, black_box};
-use pubsub_gcs_worker::object::{DEFAULT_TEMPLATE, NameFields, NameTemplate};
+use pubsub_gcs_worker::name::{DEFAULT_TEMPLATE, NameFields, NameTemplate};
 use std::collections::HashMap;
 use time::macros::datetime;
 

@@ -8,8 +8,6 @@
 //! an emulator is: the emulator wins, so a local run never reaches the real service.
 
 use crate::config::Config;
-/// What the start-up check asks of the storage client with `KMS_KEY_NAME`.
-pub use crate::self_check::{check_kms_key, kms_probe_name};
 use anyhow::Context as _;
 use google_cloud_auth::credentials::Builder as Credentials;
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
@@ -17,6 +15,11 @@ use google_cloud_gax::retry_policy::RetryPolicyExt as _;
 use google_cloud_pubsub::client::Subscriber;
 use google_cloud_storage::client::{Storage, StorageControl};
 use google_cloud_storage::retry_policy::RetryableErrors;
+
+use crate::sink::MetadataReader;
+
+/// Cloud Storage's endpoint, where no emulator is set.
+const STORAGE_ENDPOINT: &str = "https://storage.googleapis.com";
 
 /// One Pub/Sub subscriber client per pull stream (`PULL_STREAMS`), all with the same
 /// credentials (and so one token).
@@ -46,16 +49,32 @@ pub async fn subscribers(config: &Config) -> anyhow::Result<Vec<Subscriber>> {
     Ok(subscribers)
 }
 
-/// The one storage client the whole process shares: it keeps the connection pool and the token.
-pub async fn storage(config: &Config) -> anyhow::Result<Storage> {
+/// The storage clients the whole process shares, with one set of credentials (one token).
+#[derive(Clone, Debug)]
+pub struct StorageClients {
+    /// Writes objects; keeps the connection pool.
+    pub storage: Storage,
+    /// Reads an existing object's metadata, from the JSON object resource.
+    pub metadata: MetadataReader,
+}
+
+/// Builds the [`StorageClients`], pointed at the emulator when `STORAGE_EMULATOR_HOST` is set.
+pub async fn storage(config: &Config) -> anyhow::Result<StorageClients> {
+    let context = "the Cloud Storage client could not be created";
+    let (credentials, endpoint) = match &config.storage_emulator {
+        Some(host) => (Anonymous::new().build(), emulator_url(host)),
+        None => (Credentials::default().build().context(context)?, STORAGE_ENDPOINT.to_string()),
+    };
     // No new attempt starts after WRITE_TIMEOUT_SECS; the sink bounds the running one.
-    let mut builder =
-        Storage::builder().with_retry_policy(RetryableErrors.with_time_limit(config.write_timeout));
-    if let Some(host) = &config.storage_emulator {
-        builder =
-            builder.with_endpoint(emulator_url(host)).with_credentials(Anonymous::new().build());
+    let mut builder = Storage::builder()
+        .with_retry_policy(RetryableErrors.with_time_limit(config.write_timeout))
+        .with_credentials(credentials.clone());
+    if config.storage_emulator.is_some() {
+        builder = builder.with_endpoint(&endpoint);
     }
-    builder.build().await.context("the Cloud Storage client could not be created")
+    let storage = builder.build().await.context(context)?;
+    let metadata = MetadataReader::new(&endpoint, credentials).context(context)?;
+    Ok(StorageClients { storage, metadata })
 }
 
 /// The storage control client, used once at start for the self-check.

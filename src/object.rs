@@ -3,13 +3,11 @@
 //! `OBJECT_CACHE_CONTROL`, `OBJECT_CUSTOM_TIME`, `KMS_KEY_NAME`).
 //!
 //! Everything here is a pure function of the message and the configuration, so a redelivered
-//! message maps to the same object name and the create-only write in [`Sink`] turns the
+//! message maps to the same object name and the create-only write in [`crate::sink::Sink`] turns the
 //! redelivery into a no-op. No setting changes the name but `OBJECT_COMPRESSION`, through `{ext}`
 //! ([`NameTemplate::gzipped`], which `config.rs` applies), fixed for the life of a deployment.
 
-/// An object's name is part of its description; the sink writes the object.
-pub use crate::name::{DEFAULT_TEMPLATE, NameFields, NameTemplate};
-pub use crate::sink::Sink;
+use crate::name::{NameFields, NameTemplate};
 use google_cloud_pubsub::model::Message;
 use google_cloud_wkt::Timestamp;
 use std::borrow::Cow;
@@ -25,24 +23,26 @@ pub const BINARY: &str = "application/octet-stream";
 /// Cloud Storage rejects objects whose custom metadata exceeds 8 KiB (keys plus values).
 const METADATA_LIMIT: usize = 8 * 1024;
 
-/// At most this many attributes become metadata entries. Cloud Storage returns each entry as a
-/// response header, and the storage client reads at most 100 headers: with about 25 of its own
-/// and the worker's 5, an object of more entries could not be read back, and the name-collision
-/// check needs to read it when a redelivery meets it (a message may carry 100 attributes).
-const ATTRIBUTE_ENTRIES: usize = 64;
-
 /// Metadata keys this worker sets itself; see [`metadata_key`].
 const RESERVED_KEYS: [&str; 5] =
     ["message_id", "publish_time", "delivery_attempt", "subscription", "attributes_omitted"];
 
+/// What an attribute's key is prefixed with when it would take one of the worker's own keys.
+const ATTRIBUTE_PREFIX: &str = "attribute_";
+
 /// The metadata key an attribute is stored under: its own name, or `attribute_{name}` when that
-/// is one of the worker's own keys in any case (`Message_ID` too). Cloud Storage returns
-/// metadata as HTTP headers, whose names are lowercased, so an attribute that differed from the
-/// worker's key only in case would read back as a second value of it: the name-collision check
-/// could then take another object for this message's.
+/// is one of the worker's own keys in any case (`Message_ID` too: metadata read as HTTP headers
+/// comes back lowercased, and a tool reading the object that way would see a second value of
+/// the worker's key) or itself starts with `attribute_` in any case. The second rule keeps the
+/// mapping one-to-one: `message_id` becomes `attribute_message_id`, and a literal
+/// `attribute_message_id` becomes `attribute_attribute_message_id`, so no attribute's value
+/// replaces another's.
 pub fn metadata_key(attribute: &str) -> Cow<'_, str> {
-    match RESERVED_KEYS.iter().any(|key| key.eq_ignore_ascii_case(attribute)) {
-        true => Cow::Owned(format!("attribute_{attribute}")),
+    let prefixed = attribute
+        .get(..ATTRIBUTE_PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(ATTRIBUTE_PREFIX));
+    match prefixed || RESERVED_KEYS.iter().any(|key| key.eq_ignore_ascii_case(attribute)) {
+        true => Cow::Owned(format!("{ATTRIBUTE_PREFIX}{attribute}")),
         false => Cow::Borrowed(attribute),
     }
 }
@@ -202,10 +202,10 @@ pub fn is_text(data: &[u8]) -> bool {
 
 /// The object's custom metadata: where the message came from, and its attributes.
 ///
-/// Attributes that would push the metadata past Cloud Storage's 8 KiB limit, or past
-/// [`ATTRIBUTE_ENTRIES`] entries, are left out (in key order) and counted in
-/// `attributes_omitted`: an object that can never be written, or never read back, would
-/// otherwise be redelivered until it is dead-lettered.
+/// Attributes that would push the metadata past Cloud Storage's 8 KiB limit are left out (in key
+/// order) and counted in `attributes_omitted`: an object that can never be written would
+/// otherwise be redelivered until it is dead-lettered. Every attribute kept has a key of its
+/// own ([`metadata_key`]).
 pub fn metadata(
     message: &Message,
     subscription: &str,
@@ -224,17 +224,16 @@ pub fn metadata(
     metadata.insert("subscription".to_string(), subscription.to_string());
 
     let mut size: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
-    let (mut kept, mut omitted) = (0usize, 0usize);
+    let mut omitted = 0usize;
     let attributes: BTreeMap<&String, &String> = message.attributes.iter().collect();
     for (key, value) in attributes {
         let key = metadata_key(key).into_owned();
         // Reserve room for the `attributes_omitted` entry itself.
-        if size + key.len() + value.len() + 32 > METADATA_LIMIT || kept >= ATTRIBUTE_ENTRIES {
+        if size + key.len() + value.len() + 32 > METADATA_LIMIT {
             omitted += 1;
             continue;
         }
         size += key.len() + value.len();
-        kept += 1;
         metadata.insert(key, value.clone());
     }
     if omitted > 0 {
@@ -379,15 +378,42 @@ mod tests {
     }
 
     #[test]
-    fn at_most_64_attributes_become_entries_so_the_object_reads_back() {
+    fn every_attribute_keeps_a_key_of_its_own() {
+        let m = message("7", 0, 0, b"x").set_attributes([
+            ("message_id", "a"),
+            ("attribute_message_id", "b"),
+            ("Attribute_Message_ID", "c"),
+            ("attribute_attribute_message_id", "d"),
+            ("app/version", "e"),
+        ]);
+        let md = metadata(&m, "s", None);
+        let values: std::collections::BTreeSet<&str> = md.values().map(String::as_str).collect();
+        for value in ["a", "b", "c", "d", "e"] {
+            assert!(values.contains(value), "{value} lost: {md:?}");
+        }
+        assert_eq!(md["message_id"], "7");
+        assert!(!md.contains_key("attributes_omitted"));
+    }
+
+    #[test]
+    fn a_hundred_attributes_all_become_entries() {
         let attributes: Vec<(String, String)> =
             (0..100).map(|i| (format!("k{i:03}"), "v".to_string())).collect();
         let m = message("1", 0, 0, b"x").set_attributes(attributes);
         let md = metadata(&m, "s", Some(1));
-        let kept: Vec<&String> = md.keys().filter(|k| k.starts_with('k')).collect();
-        assert_eq!(kept.len(), ATTRIBUTE_ENTRIES);
-        assert_eq!((kept[0].as_str(), kept[63].as_str()), ("k000", "k063"), "in key order");
-        assert_eq!(md["attributes_omitted"], "36");
-        assert_eq!(md["message_id"], "1", "the worker's own entries are kept");
+        assert_eq!(md.keys().filter(|k| k.starts_with('k')).count(), 100);
+        assert!(!md.contains_key("attributes_omitted"));
+    }
+
+    proptest::proptest! {
+        /// Two attributes never share a metadata key, nor take one of the worker's own.
+        #[test]
+        fn metadata_keys_are_one_to_one(
+            a in "(?i)(attribute_){0,2}(message_id|subscription|x|/|)",
+            b in "(?i)(attribute_){0,2}(message_id|subscription|x|/|)",
+        ) {
+            proptest::prop_assert!(!RESERVED_KEYS.contains(&metadata_key(&a).as_ref()));
+            proptest::prop_assert_eq!(a == b, metadata_key(&a) == metadata_key(&b));
+        }
     }
 }

@@ -3,16 +3,21 @@
 //! The write carries `ifGenerationMatch=0`, so it succeeds only if no object of that name exists.
 //! Because the name is a function of the message ([`crate::object`]), a precondition failure means
 //! an earlier delivery may already have stored this message. The sink reads that object's
-//! metadata: when it names this message (its `message_id` and `subscription`), the write is
+//! metadata ([`metadata`]: from the JSON object resource, whatever its keys): when it names this message (its `message_id` and `subscription`), the write is
 //! reported as [`Written::AlreadyExisted`] and the caller acks, which is how redelivery never
 //! duplicates data; when it names another message, or none, the write fails with
 //! [`FailureKind::NameCollision`] and the object is left as it is.
 
+mod metadata;
+
+use crate::clients::StorageClients;
 use crate::object::{ObjectSettings, ObjectSpec};
 use bytes::Bytes;
 use google_cloud_storage::client::Storage;
 use std::collections::HashMap;
 use std::time::Duration;
+
+pub use metadata::{MetadataReader, ReadError};
 
 /// What a successful write did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +49,20 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Whether the failure is the bucket's, so every write would meet it now (an outage,
+    /// throttling, a hung connection, a missing bucket or permission), rather than this
+    /// message's alone (its name is taken by another object, or the bucket refuses this name or
+    /// object).
+    pub fn is_bucket_wide(self) -> bool {
+        match self {
+            FailureKind::BucketNotFound
+            | FailureKind::PermissionDenied
+            | FailureKind::Transient
+            | FailureKind::Timeout => true,
+            FailureKind::Rejected | FailureKind::NameCollision => false,
+        }
+    }
+
     /// A stable name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -70,6 +89,9 @@ pub struct WriteError {
 enum Cause {
     #[error(transparent)]
     Storage(#[from] google_cloud_storage::Error),
+    /// The existing object's metadata could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// The existing object's metadata, as found: `Debug`-quoted in the message, since anyone
     /// who can create objects chose it.
     #[error("the existing object is message {message_id:?} of subscription {subscription:?}")]
@@ -86,6 +108,10 @@ impl WriteError {
 #[derive(Clone, Debug)]
 pub struct Sink {
     client: Storage,
+    /// Reads an existing object's metadata when a write meets one.
+    metadata: MetadataReader,
+    /// The bucket's name, for the metadata reader.
+    bucket: String,
     /// The bucket in the form the client wants: `projects/_/buckets/NAME`.
     bucket_path: String,
     /// Bound on one write, retries included. The client's retry policy stops starting attempts
@@ -97,9 +123,15 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn new(client: Storage, bucket: &str, write_timeout: Duration) -> Self {
-        let bucket_path = format!("projects/_/buckets/{bucket}");
-        Self { client, bucket_path, write_timeout, settings: ObjectSettings::default() }
+    pub fn new(clients: StorageClients, bucket: &str, write_timeout: Duration) -> Self {
+        Self {
+            client: clients.storage,
+            metadata: clients.metadata,
+            bucket: bucket.to_string(),
+            bucket_path: format!("projects/_/buckets/{bucket}"),
+            write_timeout,
+            settings: ObjectSettings::default(),
+        }
     }
 
     /// Writes objects with `settings`' storage class, cache control and KMS key (the content
@@ -156,9 +188,7 @@ impl Sink {
                 // but not read them; with `storage.objects.get`, a read of this one name tells
                 // "already written" from "forbidden".
                 Err(e) if is_forbidden(&e) => match self.existing(spec).await {
-                    Err(WriteError { source: Cause::Storage(_), .. }) => {
-                        Err(WriteError::storage(e))
-                    }
+                    Err(WriteError { source: Cause::Read(_), .. }) => Err(WriteError::storage(e)),
                     found => found,
                 },
                 Err(e) => Err(WriteError::storage(e)),
@@ -172,19 +202,18 @@ impl Sink {
         result
     }
 
-    /// The object of this name exists: is it this message's? Its body is not read: the
-    /// response is dropped once the object's metadata has arrived. A failed read is a
-    /// transient failure, as the object may be gone by then (a redelivery then writes it).
+    /// The object of this name exists: is it this message's? Only its metadata is read. A
+    /// failed read is a transient failure, as the object may be gone by then (a redelivery then
+    /// writes it).
     async fn existing(&self, spec: &ObjectSpec) -> Result<Written, WriteError> {
-        let read = self.client.read_object(&self.bucket_path, &spec.name).send().await;
-        let found = match read {
-            Ok(response) => response.object().metadata,
+        let found = match self.metadata.metadata(&self.bucket, &spec.name).await {
+            Ok(found) => found,
             Err(e) => {
-                let kind = match classify(&e) {
-                    FailureKind::BucketNotFound => FailureKind::Transient,
-                    kind => kind,
+                let kind = match e.http_status() {
+                    Some(401 | 403) => FailureKind::PermissionDenied,
+                    _ => FailureKind::Transient,
                 };
-                return Err(WriteError { kind, source: Cause::Storage(e) });
+                return Err(WriteError { kind, source: Cause::Read(e) });
             }
         };
         if same_message(&found, spec) {

@@ -41,7 +41,7 @@ impl Worker {
             let control = clients::storage_control(&config).await?;
             self_check::check_bucket(&control, &config.bucket).await?;
             if let Some(key) = &config.objects.kms_key {
-                self_check::check_kms_key(&storage, &config.bucket, key).await?;
+                self_check::check_kms_key(&storage.storage, &config.bucket, key).await?;
             }
         }
         let stats = Arc::new(Stats::default());

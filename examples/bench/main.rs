@@ -12,7 +12,9 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use futures::future::OptionFuture;
 use pubsub_gcs_worker::config::Config;
-use pubsub_gcs_worker::object::{NameTemplate, ObjectSpec, Sink, TEXT};
+use pubsub_gcs_worker::name::NameTemplate;
+use pubsub_gcs_worker::object::{ObjectSpec, TEXT};
+use pubsub_gcs_worker::sink::Sink;
 use pubsub_gcs_worker::{clients, worker};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -265,8 +267,8 @@ impl Bench<'_> {
     async fn storage_ceiling(&self, n: usize) -> anyhow::Result<Rates> {
         let fresh = self.fresh(0, 0).await?;
         let config = &self.config;
-        let client = clients::storage(config).await?;
-        let sink = Arc::new(Sink::new(client, &fresh.name, config.write_timeout));
+        let clients = clients::storage(config).await?;
+        let sink = Arc::new(Sink::new(clients, &fresh.name, config.write_timeout));
         let permits = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_writes));
         let times = Arc::new(Mutex::new(Vec::with_capacity(n)));
         let (start, mut tasks) = (Instant::now(), tokio::task::JoinSet::new());

@@ -17,11 +17,18 @@
 //!   [`HttpProxy::fail_reads`] does the same to reads of an object's data (`alt=media`), as
 //!   Cloud Storage answers them once the object's encryption key is disabled.
 //!
+//! * **Metadata as the service sends it**: Cloud Storage returns an object's custom metadata
+//!   with its data (`alt=media`) as `x-goog-meta-KEY` headers, each key byte for byte, even one
+//!   that is not a valid header name (`app/version`, `a b`); fake-gcs-server drops such entries.
+//!   The proxy sends every entry of the object's resource that way ([`RawHeaders`]).
+//!
 //! The proxy runs on the tokio runtime that started it; dropping it stops it.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use crate::Latency;
@@ -32,6 +39,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
@@ -166,6 +174,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |r| forward(state.clone(), r));
+            let stream = RawHeaders { inner: stream, pending: Vec::new() };
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -214,18 +223,49 @@ async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
     if status == StatusCode::PRECONDITION_FAILED && state.forbid_existing.load(Ordering::Relaxed) {
         status = StatusCode::FORBIDDEN;
     }
+    let media = target.contains("alt=media") && status.is_success();
     let mut response = Response::builder().status(status);
     for (name, value) in answer.headers() {
-        if !matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
+        let meta = media && name.as_str().starts_with(META);
+        if !meta && !matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection")
+        {
             response = response.header(name, value);
         }
     }
     let body = answer.bytes().await?;
+    if media {
+        for (key, value) in state.metadata(target).await? {
+            let name =
+                match hyper::header::HeaderName::from_bytes(format!("{META}{key}").as_bytes()) {
+                    Ok(name) if name.as_str() == format!("{META}{key}") => name.to_string(),
+                    _ => format!("{RAW}{}", hex(key.as_bytes())),
+                };
+            response = response.header(name, value);
+        }
+    }
     tokio::time::sleep(state.delay()).await;
     Ok(response.body(Full::new(body))?)
 }
 
+/// The prefix of a metadata entry's header.
+const META: &str = "x-goog-meta-";
+/// What a metadata header whose key is not a valid header name is sent as by hyper, the key in
+/// hex; [`RawHeaders`] writes it out as `x-goog-meta-KEY`.
+const RAW: &str = "x-testkit-raw-";
+
 impl State {
+    /// The custom metadata of the object a media read at `target` asks for, from its resource.
+    async fn metadata(&self, target: &str) -> Result<Vec<(String, String)>> {
+        let path = target.split('?').next().unwrap_or(target);
+        let resource: Value =
+            self.client.get(format!("{}{path}", self.upstream)).send().await?.json().await?;
+        let entries = resource["metadata"].as_object().cloned().unwrap_or_default();
+        Ok(entries
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string()))
+            .collect())
+    }
+
     /// Counts an upload against this second's allowance; whether it is over.
     fn over_rate(&self) -> bool {
         let limit = self.throttle.0.load(Ordering::Relaxed);
@@ -259,4 +299,102 @@ fn record_upload(uploads: &Mutex<Vec<Value>>, target: &str, body: &[u8]) {
         }
     }
     uploads.lock().unwrap().push(Value::Object(part));
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A connection that writes each `x-testkit-raw-HEX:` header name hyper sends as
+/// `x-goog-meta-KEY:`, the key's bytes as they are: what hyper (rightly) cannot send, and Cloud
+/// Storage does. A response head reaches it in one write (hyper flattens its buffers for a
+/// writer without vectored writes), so a marker is never cut in two.
+struct RawHeaders<S> {
+    inner: S,
+    /// Rewritten bytes accepted from hyper and not yet written.
+    pending: Vec<u8>,
+}
+
+impl<S: AsyncWrite + Unpin> RawHeaders<S> {
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// `buf` with every `\r\nx-testkit-raw-HEX:` turned into `\r\nx-goog-meta-KEY:`.
+fn unmask(buf: &[u8]) -> Vec<u8> {
+    let marker = format!("\r\n{RAW}");
+    let marker = marker.as_bytes();
+    let (mut out, mut rest) = (Vec::with_capacity(buf.len()), buf);
+    while let Some(at) = rest.windows(marker.len()).position(|w| w == marker) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(META.as_bytes());
+        rest = &rest[at + marker.len()..];
+        let end = rest.iter().position(|&b| b == b':').unwrap_or(rest.len());
+        let key: Vec<u8> = rest[..end]
+            .chunks(2)
+            .filter_map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+            .collect();
+        out.extend_from_slice(&key);
+        rest = &rest[end..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for RawHeaders<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        ready!(self.poll_pending(cx))?;
+        if !buf.windows(RAW.len()).any(|w| w == RAW.as_bytes()) {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        }
+        self.pending = unmask(buf);
+        // Accepted whole; written by this call as far as the socket takes, the rest later.
+        let _ = self.poll_pending(cx)?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_pending(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_pending(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for RawHeaders<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masked_header_names_are_written_byte_for_byte() {
+        let head = format!("HTTP/1.1 200 OK\r\n{RAW}{}: 1\r\nx-a: 2\r\n\r\n", hex(b"app/version"));
+        let out = unmask(head.as_bytes());
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nx-goog-meta-app/version: 1\r\nx-a: 2\r\n\r\n");
+    }
 }

@@ -30,6 +30,9 @@ pub(crate) async fn send(
 pub(crate) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
+        // A download carries a header per metadata entry, and a message may have 100 attributes:
+        // past hyper's default of 100 headers.
+        .http1_max_headers(1000)
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap_or_default()
