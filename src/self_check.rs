@@ -11,8 +11,8 @@
 //! `STORAGE_EMULATOR_HOST` is set). The subscription needs no check of its own: StreamingPull
 //! fails at once, with the subscription's name, when it is missing or forbidden.
 //!
-//! With `KMS_KEY_NAME`, the check also writes one empty object with that key
-//! ([`check_kms_key`]): Cloud Storage uses the key as the bucket's service agent, whose grant on
+//! With `KMS_KEY_NAME`, the check also writes an empty object with that key, a new one at each
+//! start ([`check_kms_key`]): Cloud Storage uses the key as the bucket's service agent, whose grant on
 //! the key no API lets the worker read, so only a write shows whether the key can be used.
 
 use google_cloud_storage::client::{Storage, StorageControl};
@@ -46,38 +46,55 @@ pub enum SelfCheckError {
     KmsKey { key: String, bucket: String, source: google_cloud_storage::Error },
 }
 
-/// Where [`check_kms_key`] writes: outside any `OBJECT_PREFIX`, in a folder that tools which
-/// read a bucket as a table (Spark, Hive, BigQuery external tables) skip, as its name starts
-/// with `_`; one object per key, named by a hash of the key.
-pub fn kms_probe_name(key: &str) -> String {
+/// Where [`check_kms_key`] writes at this start: outside any `OBJECT_PREFIX`, in a folder that
+/// tools which read a bucket as a table (Spark, Hive, BigQuery external tables) skip, as its name
+/// starts with `_`; a folder per key, named by a hash of the key, and an object per start, named
+/// by `start` (e.g. the time and a random number). One empty object is left per start with a
+/// key: a lifecycle rule on the prefix `_pubsub-gcs-worker/` can delete them.
+pub fn kms_probe_name(key: &str, start: &str) -> String {
     let hash = Sha256::digest(key.as_bytes());
     let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("_pubsub-gcs-worker/kms-check-{hex}")
+    format!("_pubsub-gcs-worker/kms-check-{hex}/{start}")
 }
 
-/// Writes the empty object [`kms_probe_name`] with `key`, create-only: created, the key can be
-/// used. Already there from an earlier start (412), it is read back, as reading needs the key
-/// too: a key disabled (or a grant revoked) since then fails the read, where taking the 412 as
-/// proof would pass every later start. Any other answer means the key cannot be used, and the
-/// worker stops instead of nacking every message.
+/// A name for this start's probe: the time in UTC and a random number, so that no start meets
+/// an earlier start's probe.
+fn start_name() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let now = time::OffsetDateTime::now_utc();
+    let format = time::macros::format_description!(
+        "[year][month][day]T[hour][minute][second].[subsecond digits:6]Z"
+    );
+    let stamp = now.format(format).unwrap_or_else(|_| now.unix_timestamp().to_string());
+    format!("{stamp}-{:016x}", RandomState::new().hash_one(std::process::id()))
+}
+
+/// Creates an empty object with `key` under a name no earlier start used: created, the key can
+/// be used now. Each start writes a new object and reads none back, because an object written
+/// at an earlier start is encrypted with the key version that was primary then, and reading it
+/// would fail once that version is disabled after a rotation, though writes with the new
+/// primary version work. Any answer but success means the key cannot be used (or the bucket
+/// refuses the write), and the worker stops instead of nacking every message.
 pub async fn check_kms_key(
     storage: &Storage,
     bucket: &str,
     key: &str,
 ) -> Result<(), SelfCheckError> {
-    let (bucket_path, name) = (format!("projects/_/buckets/{bucket}"), kms_probe_name(key));
-    let written = storage
-        .write_object(&bucket_path, &name, "")
-        .set_if_generation_match(0)
-        .set_kms_key(key)
-        .send_buffered()
-        .await;
-    let result = match written {
-        Ok(_) => Ok(()),
-        Err(e) if e.http_status_code() == Some(412) => {
-            storage.read_object(&bucket_path, &name).send().await.map(drop)
+    let bucket_path = format!("projects/_/buckets/{bucket}");
+    let mut attempts = 0;
+    let result = loop {
+        let written = storage
+            .write_object(&bucket_path, kms_probe_name(key, &start_name()), "")
+            .set_if_generation_match(0)
+            .set_kms_key(key)
+            .send_buffered()
+            .await;
+        attempts += 1;
+        match written {
+            // Someone took this start's name (a clock set back, a copy of the process): another.
+            Err(e) if e.http_status_code() == Some(412) && attempts < 3 => continue,
+            written => break written.map(drop),
         }
-        Err(e) => Err(e),
     };
     result.map_err(|source| SelfCheckError::KmsKey {
         key: key.to_string(),
@@ -168,9 +185,11 @@ mod tests {
         ] {
             assert!(e.contains(part), "{part}: {e}");
         }
-        let name = kms_probe_name(&key);
-        assert!(name.starts_with("_pubsub-gcs-worker/kms-check-") && name.len() == 45, "{name}");
-        assert_ne!(name, kms_probe_name("projects/p/locations/us/keyRings/r/cryptoKeys/other"));
+        let name = kms_probe_name(&key, "s");
+        assert!(name.starts_with("_pubsub-gcs-worker/kms-check-") && name.len() == 47, "{name}");
+        let other = "projects/p/locations/us/keyRings/r/cryptoKeys/other";
+        assert_ne!(name, kms_probe_name(other, "s"));
+        assert_ne!(start_name(), start_name(), "each start its own name");
     }
 
     #[test]

@@ -10,8 +10,9 @@
 use crate::support::app::{Fixture, Result, name_stamp, with_vars};
 use crate::support::{HttpProxy, Latency, OutMessage, wait_for};
 use google_cloud_wkt::Timestamp;
-use pubsub_gcs_worker::clients::{self, check_kms_key, kms_probe_name};
+use pubsub_gcs_worker::clients;
 use pubsub_gcs_worker::config::Config;
+use pubsub_gcs_worker::self_check::{check_kms_key, kms_probe_name};
 use std::io::Read as _;
 use std::time::Duration;
 
@@ -24,7 +25,8 @@ const KEY: &str = "projects/p/locations/us/keyRings/r/cryptoKeys/k";
 /// The redelivery is real: the proxy holds every answer back past `WRITE_TIMEOUT_SECS`, so the
 /// first write of each message stores the object and then times out and is nacked; once the
 /// objects exist the proxy answers at once, and the redeliveries meet 412 (one of them for a
-/// message with 100 attributes, whose object's metadata must still read back).
+/// message with 100 attributes, some with keys such as `app/version`, whose object's metadata
+/// must still read back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_object_setting_is_stored_and_a_redelivery_adds_no_object() -> Result {
     let fx = Fixture::new(true).await?;
@@ -46,8 +48,14 @@ async fn every_object_setting_is_stored_and_a_redelivery_adds_no_object() -> Res
         OutMessage::new(json.clone()),
         OutMessage::new(vec![0xff, 0xfe, 0x00, 0x80]).attr("type", "image/png"),
         OutMessage::new("a,b\n").attr("type", "text/csv\r\nX-Injected: 1"),
-        // Pub/Sub's most attributes: the object must still read back for the redelivery.
-        (0..100).fold(OutMessage::new("many"), |m, i| m.attr(format!("a{i:03}"), "v")),
+        // Pub/Sub's most attributes, three of them keys that are not valid header names (Cloud
+        // Storage sends them byte for byte, as the proxy does): the object's metadata must
+        // still read back for the redelivery.
+        (0..97)
+            .fold(OutMessage::new("many"), |m, i| m.attr(format!("a{i:03}"), "v"))
+            .attr("app/version", "1.2")
+            .attr("a b", "spaced")
+            .attr("k8s.io/name", "worker"),
     ];
     let published = fx.publish(&messages).await?;
     let worker = fx.start_worker(&proxy.url(), &settings).await?;
@@ -121,30 +129,35 @@ async fn without_settings_nothing_more_is_sent() -> Result {
     Ok(())
 }
 
-/// The start-up check of `KMS_KEY_NAME` writes one empty object with the key, create-only, so a
-/// restart (412) passes too; a write that fails stops the worker with the key named. (The
-/// emulator ignores keys: that Cloud Storage refuses an unusable one is not testable here.)
+/// The start-up check of `KMS_KEY_NAME` writes an empty object with the key, create-only, a new
+/// one at each start, and reads none back: a restart passes even when objects written with an
+/// older key version can no longer be read (that version disabled after a rotation), and a write
+/// that fails stops the worker with the key named. (The emulator ignores keys: that Cloud
+/// Storage refuses an unusable one is not testable here; the proxy answers 403 in its place.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_kms_check_writes_one_object_with_the_key_and_passes_again() -> Result {
+async fn the_kms_check_writes_with_the_key_at_each_start_and_reads_nothing_back() -> Result {
     let fx = Fixture::new(true).await?;
     let proxy = HttpProxy::recording(fx.emulators.storage_addr()).await?;
     let config = Config::from_vars(with_vars(fx.env(&proxy.url()), &[("KMS_KEY_NAME", KEY)]))?;
-    let storage = clients::storage(&config).await?;
+    let storage = clients::storage(&config).await?.storage;
     check_kms_key(&storage, &fx.bucket, KEY).await?;
+    // The first start's probe no longer reads back, as once its key version is disabled.
+    proxy.fail_reads(Some(hyper::StatusCode::FORBIDDEN));
     check_kms_key(&storage, &fx.bucket, KEY).await?;
+    proxy.fail_reads(None);
     let objects = fx.gcs.list_objects(&fx.bucket).await?;
-    let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
-    assert_eq!(names, [kms_probe_name(KEY).as_str()]);
+    let folder = kms_probe_name(KEY, "");
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    assert!(objects.iter().all(|o| o.name.starts_with(&folder)), "{objects:?}");
     let uploads = proxy.recorded_uploads();
     assert_eq!(uploads.len(), 2, "{uploads:?}");
     assert!(uploads.iter().all(|u| u["kmsKeyName"] == KEY), "{uploads:?}");
-    // A key disabled since: the probe exists (412), but it no longer reads back.
-    proxy.fail_reads(Some(hyper::StatusCode::FORBIDDEN));
-    let disabled = check_kms_key(&storage, &fx.bucket, KEY).await;
-    let error = disabled.expect_err("a probe that does not read back fails the check").to_string();
-    assert!(error.contains(KEY) && error.contains("KMS_KEY_NAME"), "{error}");
-    proxy.fail_reads(None);
 
+    proxy.fail_uploads(Some(hyper::StatusCode::FORBIDDEN));
+    let refused = check_kms_key(&storage, &fx.bucket, KEY).await;
+    let error = refused.expect_err("a refused write fails the check").to_string();
+    assert!(error.contains(KEY) && error.contains("KMS_KEY_NAME"), "{error}");
+    proxy.fail_uploads(None);
     let missing = check_kms_key(&storage, "no-such-bucket-for-kms", KEY).await;
     let error = missing.expect_err("a failed write fails the check").to_string();
     assert!(error.contains(KEY) && error.contains("KMS_KEY_NAME"), "{error}");
