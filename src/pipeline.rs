@@ -166,6 +166,7 @@ impl Pipeline {
             debug!(
                 message_id = %message.message_id,
                 delivery_attempt = handler.delivery_attempt(),
+                outcome = "received",
                 "message received"
             );
             let held = tokio::select! {
@@ -173,6 +174,7 @@ impl Pipeline {
                 () = run.stopping.cancelled() => {
                     handler.nack();
                     self.stats.nacked(NackReason::Shutdown, None);
+                    debug!(message_id = %message.message_id, outcome = "nacked", reason = "shutdown", "not held before shutdown; nacked");
                     return Ok(());
                 }
                 held = run.budget.reserve(held_bytes(&message)) => held,
@@ -236,7 +238,7 @@ impl Pipeline {
         let Some(write) = write else {
             handler.nack();
             self.stats.nacked(NackReason::Shutdown, None);
-            debug!(message_id = %message.message_id, "write not started before shutdown; nacked");
+            debug!(message_id = %message.message_id, outcome = "nacked", reason = "shutdown", "write not started before shutdown; nacked");
             return;
         };
         let delivery_attempt = handler.delivery_attempt();
@@ -265,7 +267,7 @@ impl Pipeline {
             () = abandon.cancelled() => {
                 handler.nack();
                 self.stats.nacked(NackReason::Shutdown, None);
-                debug!(message_id = %message.message_id, object = %spec.name, "write abandoned at shutdown; nacked");
+                debug!(message_id = %message.message_id, object = %spec.name, outcome = "nacked", reason = "shutdown", "write abandoned at shutdown; nacked");
                 return;
             }
             result = self.sink.write(&spec, data) => result,
@@ -279,7 +281,7 @@ impl Pipeline {
                 match written {
                     Written::Created => {
                         self.stats.written(size, started.elapsed());
-                        debug!(message_id = %message.message_id, delivery_attempt, object = %spec.name, "object written; acked");
+                        debug!(message_id = %message.message_id, delivery_attempt, object = %spec.name, outcome = "acked", reason = "written", "object written; acked");
                     }
                     Written::AlreadyExisted => {
                         self.stats.duplicate(started.elapsed());
@@ -287,6 +289,8 @@ impl Pipeline {
                             message_id = %message.message_id,
                             delivery_attempt,
                             object = %spec.name,
+                            outcome = "acked",
+                            reason = "already_written",
                             "object already exists from an earlier delivery; acked"
                         );
                     }
@@ -322,6 +326,7 @@ impl Pipeline {
                     message_id = %message.message_id,
                     delivery_attempt,
                     object = %spec.name,
+                    outcome = "nacked",
                     reason = e.kind.as_str(),
                     error = %e,
                     retry_in_ms = delay.as_millis() as u64,

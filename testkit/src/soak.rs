@@ -4,13 +4,11 @@
 //! account of every published message.
 //!
 //! The Pub/Sub emulator as gcloud ships it strands the messages it delivered on a stream a client
-//! cancelled; `testkit` runs it mended ([`crate::Emulators`]), and the account still does not
-//! take "every message arrived" for granted. It keeps apart, from the
-//! workers' own JSON logs (a `message received` and an ack or nack event per message, at debug
-//! level), what a worker received and never settled before its stream ended (stranded, received)
-//! from what no worker ever saw although a stream ended after it was published (stranded, in
-//! flight). Anything else without its object fails the soak. A Pub/Sub fake that redelivers as
-//! the service does would prove more; it is not built yet.
+//! cancelled; `testkit` runs it mended ([`crate::Emulators`]). The drain waits out the retry
+//! policy's longest backoff plus an ack deadline without progress ([`Soak::quiet`]), so every
+//! published message must then be stored (exactly one byte-exact object) or dead-lettered;
+//! anything else fails the soak, with what the workers' own JSON logs say of the message (its
+//! `outcome` events: `received`, `acked`, `nacked` with a `reason`).
 //!
 //! It runs the worker binary it is given: `testkit` does not depend on the worker crate, it only
 //! reads the log events the worker documents.
@@ -35,8 +33,10 @@ use chaos::{Ledger, Phase};
 /// The subscription `deploy/setup` makes with `deploy/lib.sh`'s defaults.
 const ACK_DEADLINE_SECS: i32 = 60;
 const MAX_DELIVERY_ATTEMPTS: i32 = 5;
-const MIN_RETRY_DELAY: Duration = Duration::from_secs(10);
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
+/// `deploy/setup`'s retry policy: a nacked (or expired) message waits 10 s to 600 s, growing
+/// with its delivery attempt, before Pub/Sub delivers it again.
+const SETUP_RETRY_BACKOFF: (Duration, Duration) =
+    (Duration::from_secs(10), Duration::from_secs(600));
 /// The attribute that names a message's sequence number, which its body is made from; dead
 /// letters are matched to what was published by it.
 const SEQ: &str = "soak_seq";
@@ -62,9 +62,11 @@ pub struct Soak {
     pub pubsub_gap: (Duration, Duration),
     /// How long a storage fault lasts.
     pub fault_window: (Duration, Duration),
-    /// The drain ends when nothing new was stored or dead-lettered for this long (beyond the
-    /// ack deadline: stranded messages never come back), or after `drain_limit`.
-    pub quiet: Duration,
+    /// The subscription's retry policy, least and most a message waits before it is delivered
+    /// again. The drain waits for the most, plus an ack deadline, without progress before it
+    /// gives up on a message ([`Soak::quiet`]).
+    pub retry_backoff: (Duration, Duration),
+    /// The drain ends after this long in any case.
     pub drain_limit: Duration,
     /// Where the workers' logs go (kept: they are the evidence of the account).
     pub log_dir: PathBuf,
@@ -85,8 +87,8 @@ impl Soak {
             fault_gap: (Duration::from_secs(10), Duration::from_secs(60)),
             pubsub_gap: (Duration::from_secs(60), Duration::from_secs(360)),
             fault_window: (Duration::from_secs(3), Duration::from_secs(120)),
-            quiet: Duration::from_secs(150),
-            drain_limit: Duration::from_secs(20 * 60),
+            retry_backoff: SETUP_RETRY_BACKOFF,
+            drain_limit: Duration::from_secs(45 * 60),
             log_dir,
             seed: rand::rng().random(),
         }
@@ -100,10 +102,21 @@ impl Soak {
             fault_gap: (Duration::from_secs(5), Duration::from_secs(20)),
             pubsub_gap: (Duration::from_secs(10), Duration::from_secs(40)),
             fault_window: (Duration::from_secs(2), Duration::from_secs(25)),
-            quiet: Duration::from_secs(100),
-            drain_limit: Duration::from_secs(8 * 60),
+            // A shorter maximum backoff than deploy/setup's, so the drain can wait it out in
+            // minutes.
+            retry_backoff: (Duration::from_secs(10), Duration::from_secs(60)),
+            drain_limit: Duration::from_secs(10 * 60),
             ..Soak::hour(worker_bin, 3, 2, log_dir)
         }
+    }
+
+    /// How long the drain waits without progress before it gives up: a message whose lease
+    /// expired (its worker killed) comes back after the ack deadline and the retry policy's
+    /// backoff, which grows with each delivery up to its maximum; 30 s more for the emulator's
+    /// redelivery rounds.
+    pub fn quiet(&self) -> Duration {
+        let ack_deadline = Duration::from_secs(ACK_DEADLINE_SECS as u64);
+        self.retry_backoff.1 + ack_deadline + Duration::from_secs(30)
     }
 
     /// Runs the soak and returns its report; an error only when the soak itself could not run.
@@ -121,8 +134,8 @@ impl Soak {
         let policy = DeliveryPolicy {
             dead_letter_topic: dead_topic.clone(),
             max_delivery_attempts: MAX_DELIVERY_ATTEMPTS,
-            min_backoff: MIN_RETRY_DELAY,
-            max_backoff: MAX_RETRY_DELAY,
+            min_backoff: self.retry_backoff.0,
+            max_backoff: self.retry_backoff.1,
         };
         pubsub.create_subscription_with_policy(&topic, &sub, ACK_DEADLINE_SECS, &policy).await?;
         gcs.create_bucket(&bucket).await?;
@@ -207,7 +220,7 @@ impl Soak {
                 (last, progress) = (settled, Instant::now());
             }
             if settled == published.len()
-                || progress.elapsed() > self.quiet
+                || progress.elapsed() > self.quiet()
                 || drained_at.elapsed() > self.drain_limit
             {
                 break;

@@ -1,6 +1,6 @@
-//! The soak's account: every published message stored (exactly one object, byte-exact),
-//! dead-lettered (with the workers' records of why), or stranded by the emulator on a stream
-//! that ended; anything else is a failure.
+//! The soak's account: every published message stored (exactly one object, byte-exact) or
+//! dead-lettered (with the workers' records of why); anything else is a failure, described by
+//! what the workers' logs and the soak's ledger say of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::chaos::Ledger;
-use super::{ACK_DEADLINE_SECS, MAX_DELIVERY_ATTEMPTS, Published, SEQ, Soak, SoakReport, body};
+use super::{MAX_DELIVERY_ATTEMPTS, Published, SEQ, Soak, SoakReport, body};
 use crate::{Gcs, ObjectInfo, Received};
 
 pub struct Input {
@@ -36,8 +36,8 @@ struct Records {
     nacks: BTreeMap<String, u64>,
 }
 
-/// Reads every worker log: a `message received` event per delivery, an event ending in
-/// "; acked" per ack, one with "nack" in it per nack (with `reason` when a write failed).
+/// Reads every worker log by its stable fields, never its wording: `outcome` is `received` once
+/// per delivery, then `acked` or `nacked` (with the `reason`) once per settled delivery.
 fn read_records(ledger: &Ledger) -> (BTreeMap<String, Records>, u64) {
     let (mut records, mut panics) = (BTreeMap::<String, Records>::new(), 0);
     for (life, l) in ledger.lives.iter().enumerate() {
@@ -45,19 +45,20 @@ fn read_records(ledger: &Ledger) -> (BTreeMap<String, Records>, u64) {
         panics += text.matches("panicked").count() as u64;
         for line in text.lines() {
             let Ok(event) = serde_json::from_str::<Value>(line) else { continue };
-            let (Some(id), Some(message)) =
-                (event["message_id"].as_str(), event["message"].as_str())
+            let (Some(id), Some(outcome)) =
+                (event["message_id"].as_str(), event["outcome"].as_str())
             else {
                 continue;
             };
             let r = records.entry(id.to_string()).or_default();
-            if message == "message received" {
-                r.received.push(life);
-            } else if message.ends_with("; acked") {
-                r.acked += 1;
-            } else if message.contains("nack") {
-                let reason = event["reason"].as_str().unwrap_or("shutdown");
-                *r.nacks.entry(reason.to_string()).or_default() += 1;
+            match outcome {
+                "received" => r.received.push(life),
+                "acked" => r.acked += 1,
+                "nacked" => {
+                    let reason = event["reason"].as_str().unwrap_or("unknown");
+                    *r.nacks.entry(reason.to_string()).or_default() += 1;
+                }
+                _ => {}
             }
         }
     }
@@ -126,24 +127,18 @@ pub async fn account(soak: &Soak, input: Input, gcs: &Gcs, bucket: &str) -> Resu
     }
 
     // Every published message, classified.
-    // The emulator goes on routing new messages to a stream that ended, for a while: a message
-    // no worker saw counts as stranded if a stream ended at most an ack deadline before it was
-    // published, or after.
-    let stream_ends: Vec<Duration> = ledger
-        .lives
-        .iter()
-        .filter(|l| !l.final_stop)
-        .filter_map(|l| l.ended)
-        .chain(ledger.resets.iter().copied())
-        .collect();
-    let ack_deadline = Duration::from_secs(ACK_DEADLINE_SECS as u64);
-    let reset_during = |life: usize| {
-        let l = &ledger.lives[life];
-        let ended = l.ended.unwrap_or(elapsed);
-        !l.final_stop || ledger.resets.iter().any(|&r| r >= l.started && r <= ended)
+    let lives = &ledger.lives;
+    let killed = |life: usize| {
+        let l = &lives[life];
+        let end = match (l.ended, l.final_stop) {
+            (Some(at), false) => format!("killed or exited at {at:?}"),
+            (Some(_), true) => "stopped at the end".to_string(),
+            (None, _) => "still running".to_string(),
+        };
+        format!("process {life} (instance {}, started at {:?}, {end})", l.slot, l.started)
     };
     let (mut stored, mut doubled, mut acked_without_object) = (0u64, Vec::new(), Vec::new());
-    let (mut stranded_received, mut stranded_in_flight) = (0u64, 0u64);
+    let mut missing = Vec::new();
     let mut dead_lettered = Vec::new();
     let nothing = Records::default();
     for p in &published {
@@ -165,28 +160,23 @@ pub async fn account(soak: &Soak, input: Input, gcs: &Gcs, bucket: &str) -> Resu
                 (MAX_DELIVERY_ATTEMPTS as usize).saturating_sub(recorded)
             );
             dead_lettered.push(json!({ "message_id": p.id, "seq": p.seq, "why": why }));
-        } else if let Some(&life) = r.received.last() {
-            // A nacked message is redelivered, perhaps to a stream that ended near then.
-            let started = ledger.lives[life].started;
-            let redelivered_to_a_dead_stream =
-                !r.nacks.is_empty() && stream_ends.iter().any(|&end| end + ack_deadline >= started);
-            if reset_during(life) || redelivered_to_a_dead_stream {
-                stranded_received += 1;
-            } else {
-                failures.push(format!("message {} received by a live worker, never settled", p.id));
-            }
-        } else if stream_ends.iter().any(|&end| end + ack_deadline >= p.at) {
-            stranded_in_flight += 1;
         } else {
-            failures.push(format!(
-                "message {} (published at {:?}) never delivered, no stream ended after or an ack \
-                 deadline before it",
-                p.id, p.at
+            let nacks: Vec<String> = r.nacks.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+            let last = r.received.last().map_or("never received".to_string(), |&l| killed(l));
+            missing.push(format!(
+                "message {} (seq {}, published at {:?}) neither stored nor dead-lettered: {} \
+                 deliveries recorded, the last by {last}; nacked for [{}]",
+                p.id,
+                p.seq,
+                p.at,
+                r.received.len(),
+                nacks.join(", ")
             ));
         }
     }
     // An extra copy is a message of its own to Pub/Sub: it too must have exactly one object.
     doubled.extend(extra_copies.iter().filter(|(_, l)| l.len() > 1).map(|(id, _)| id.to_string()));
+    failures.extend(missing.iter().cloned());
     for (what, list) in [
         ("doubled", &doubled),
         ("corrupted", &corrupted),
@@ -241,8 +231,7 @@ pub async fn account(soak: &Soak, input: Input, gcs: &Gcs, bucket: &str) -> Resu
         "doubled": doubled.len(),
         "corrupted": corrupted.len(),
         "dead_lettered": dead_lettered.len(),
-        "stranded_received": stranded_received,
-        "stranded_in_flight": stranded_in_flight,
+        "neither_stored_nor_dead_lettered": missing.len(),
         "peak_rss_mib": peak_rss_mib,
         "failures": failures.len(),
     });
@@ -308,9 +297,9 @@ pub async fn account(soak: &Soak, input: Input, gcs: &Gcs, bucket: &str) -> Resu
     }
     let _ = writeln!(
         text,
-        "  stranded by the emulator: {} received and never settled before their stream ended, \
-        {} never seen by a worker (in flight on a stream that ended)",
-        stranded_received, stranded_in_flight
+        "  neither stored nor dead-lettered after a drain of {:?} without progress: {}",
+        soak.quiet(),
+        missing.len()
     );
     let _ = writeln!(text, "  peak RSS per instance (MiB): {peak_rss_mib:?}");
     for f in failures.iter().take(20) {

@@ -298,11 +298,10 @@ impl BinaryWorker {
     }
 }
 
-/// The ids of messages the worker logged as acked (written or already existing).
+/// The ids of messages the worker logged as acked (written or already existing), by the
+/// event's `outcome` field.
 pub fn settled_message_ids(lines: &[Value]) -> BTreeSet<String> {
-    const ACKED: [&str; 2] =
-        ["object written; acked", "object already exists from an earlier delivery; acked"];
-    let acked = lines.iter().filter(|l| l["message"].as_str().is_some_and(|m| ACKED.contains(&m)));
+    let acked = lines.iter().filter(|l| l["outcome"] == "acked");
     acked.filter_map(|l| Some(l["message_id"].as_str()?.to_string())).collect()
 }
 
