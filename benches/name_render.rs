@@ -1,13 +1,14 @@
 //! What an object name costs per message: `NameTemplate::render` on the worker's default names
-//! and on templates that use every kind of token. `cargo bench --bench name_render`; the README's
-//! "What a naming template costs" quotes it.
+//! and on templates that use every kind of token. `cargo bench --bench name_render`;
+//! docs/performance.md, "What a naming template costs", quotes it.
 
 use divan::{Bencher, black_box};
 use pubsub_gcs_worker::name::{DEFAULT_TEMPLATE, NameFields, NameTemplate};
 use std::collections::HashMap;
 use time::macros::datetime;
 
-/// The README's routing example: a strftime, an attribute with a default, a hash shard.
+/// The routing example of docs/performance.md: a strftime, an attribute with a default, a
+/// hash shard.
 const ROUTED: &str =
     "dt={publish_time:%Y-%m-%d}/{attributes.task_type|unrouted}/{hash:2}/{message_id}.{ext}";
 

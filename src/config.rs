@@ -300,8 +300,8 @@ pub fn default_pull_streams() -> usize {
 /// Two StreamingPull streams per core, at least 2 and at most 8.
 ///
 /// Pub/Sub caps each stream at about 10 MB/s (150 messages/s of 64 KiB), while one core of
-/// this worker handles well over that (README, "Capacity planning"), so one stream would hold a
-/// 1 vCPU instance back; a second stream also keeps messages coming while the service restarts
+/// this worker handles well over that (docs/performance.md, "Capacity planning"), so one stream
+/// would hold a 1 vCPU instance back; a second stream also keeps messages coming while the service restarts
 /// the other (it closes streams from time to time). Two per core is what the Rust client's own
 /// concurrency sample opens (`pubsub_subscriber_concurrency_control`: `2 * NCPU` streams); the
 /// other official clients default to one stream (Java's `parallelPullCount`, Go's v2

@@ -1,5 +1,5 @@
-//! The end-to-end benchmark: `cargo run --release --example bench -- --help`. README,
-//! "Performance", says what it measures and quotes each figure with the command that gives it.
+//! The end-to-end benchmark: `cargo run --release --example bench -- --help`.
+//! docs/performance.md says what it measures and quotes each figure with the command that gives it.
 //!
 //! It builds the release worker, starts the emulators as the tests do, and times the worker from
 //! outside: its objects through its own `/metrics`, its CPU and memory through
@@ -28,7 +28,7 @@ const PASS_THROUGH: &str = "OBJECT_COMPRESSION MAX_OUTSTANDING_MESSAGES MAX_OUTS
     PULL_STREAMS MAX_LEASE_EXTENSION_SECS RUST_LOG TOKIO_WORKER_THREADS";
 
 /// The worker on loopback emulators: its rate against the two ceilings, memory, CPU and
-/// shutdown (README, "Performance"). Worker variables such as PULL_STREAMS pass through.
+/// shutdown (docs/performance.md). Worker variables such as PULL_STREAMS pass through.
 #[derive(Parser, Debug)]
 struct Args {
     /// Messages per run [default: 20000; in a sweep, what takes ~15 s per cell]

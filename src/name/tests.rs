@@ -64,7 +64,7 @@ fn each_token_renders() {
     assert_eq!(gzipped(&f), "1234567890.bin.gz");
 }
 
-/// The README's recipes give the names the README shows.
+/// The recipes of docs/objects.md give the names it shows.
 #[test]
 #[rustfmt::skip]
 fn readme_recipes() {

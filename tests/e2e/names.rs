@@ -1,5 +1,5 @@
 //! Object names users shape with `OBJECT_NAME`: the expected names are worked out here from the
-//! README's rules (strftime, percent-encoding, SHA-256), not with the worker's own code.
+//! rules of docs/objects.md (strftime, percent-encoding, SHA-256), not with the worker's own code.
 
 use crate::support::app::{BinaryWorker, Fixture, Result, name_stamp, with_vars};
 use crate::support::{OutMessage, wait_for};
