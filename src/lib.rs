@@ -13,24 +13,25 @@
 //!   control and lease extension, runs the pipeline, logs progress and the final summary.
 //! - `pipeline`: a receive loop per stream, one budget for all; a task per message takes a
 //!   write permit; ack or nack; the drain on shutdown.
-//! - `name`: `OBJECT_NAME` templates: parsed once, checked for uniqueness, rendered safely.
+//! - [`name`]: `OBJECT_NAME` templates: parsed once, checked for uniqueness, rendered safely.
 //! - `concurrency`: how many writes run at once, following storage latency.
 //! - [`object`]: the message's object name, content type, metadata and stored settings (pure
 //!   functions), and gzip.
-//! - `sink`: the create-only write, and what a failure means.
+//! - [`sink`]: the create-only write, and what a failure means.
 //! - `stats`: the metrics behind the progress line, the summary, the probes and `/metrics`.
 //! - `shutdown`: SIGTERM/SIGINT; a second signal exits at once.
-//! - `self_check`: at start, may the credentials create objects in the bucket, and can the
+//! - [`self_check`]: at start, may the credentials create objects in the bucket, and can the
 //!   KMS key be used?
 //! - `health`: opt-in HTTP endpoint with the startup and liveness probes and `/metrics`.
 //!
 //! # Surface
 //!
-//! Five modules are public, for `main.rs`, the examples, the benchmarks and the tests: `config`
-//! (`Config`, the table of variables), `telemetry`, `worker` (`Worker`, `Signals`, the `Stats`
-//! it keeps), `clients` (and the KMS start-up check), `object` (an object's description, its
-//! name template and the `Sink` that writes it). The rest is private, so a change inside the
-//! message path cannot break a caller outside the crate.
+//! These modules are public, for `main.rs`, the examples, the benchmarks and the tests:
+//! `config` (`Config`, the table of variables), `telemetry`, `worker` (`Worker`, `Signals`, the
+//! `Stats` it keeps), `clients`, `self_check` (the start-up checks), `object` (an object's
+//! description), `name` (its name template) and `sink` (the `Sink` that writes it). The rest
+//! (the pipeline, the write limit, the metrics, shutdown, the health endpoint) is private, so a
+//! change inside the message path cannot break a caller outside the crate.
 
 pub mod clients;
 mod concurrency;
