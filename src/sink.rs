@@ -3,9 +3,10 @@
 //! The write carries `ifGenerationMatch=0`, so it succeeds only if no object of that name exists.
 //! Because the name is a function of the message ([`crate::object`]), a precondition failure means
 //! an earlier delivery may already have stored this message. The sink reads that object's
-//! metadata ([`metadata`]: from the JSON object resource, whatever its keys): when it names this message (its `message_id` and `subscription`), the write is
-//! reported as [`Written::AlreadyExisted`] and the caller acks, which is how redelivery never
-//! duplicates data; when it names another message, or none, the write fails with
+//! metadata (with [`MetadataReader`], from the JSON object resource, whatever its keys): when it
+//! names this message (its `message_id` and `subscription`), the write is reported as
+//! [`Written::AlreadyExisted`] and the caller acks, which is how redelivery never duplicates
+//! data; when it names another message, or none, the write fails with
 //! [`FailureKind::NameCollision`] and the object is left as it is.
 
 mod metadata;
