@@ -62,6 +62,6 @@ async fn run(config: Config) -> ExitCode {
 
 /// Logs the error chain once, where it is handled, and picks the exit code.
 fn failed(e: anyhow::Error) -> ExitCode {
-    tracing::error!(error = format!("{e:#}"), "worker stopped with an error");
+    tracing::error!(error = format!("{e:#}"), event = "failed", "worker stopped with an error");
     ExitCode::FAILURE
 }

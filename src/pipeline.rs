@@ -16,14 +16,15 @@
 mod backoff;
 mod budget;
 
-use crate::concurrency::{Outcome, WriteLimit};
+use crate::concurrency::{Outcome, WriteLimit, WritePermit};
+use crate::config::Config;
 use crate::name::NameTemplate;
 use crate::object::{ObjectSettings, ObjectSpec};
-use crate::sink::{FailureKind, Sink, Written};
+use crate::sink::{FailureKind, Sink, WriteError, Written};
 use crate::stats::{NackReason, Stats};
 use backoff::FailureBackoff;
-pub use budget::held_bytes;
-use budget::{Budget, Held};
+use budget::{Budget, Held, held_bytes};
+use bytes::Bytes;
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::{MessageStream, ShutdownToken};
@@ -68,33 +69,49 @@ pub struct Pipeline {
 
 /// How much work the pipeline takes on at once.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+struct Limits {
     /// Object writes running at once (`MAX_CONCURRENT_WRITES`).
-    pub max_concurrent_writes: usize,
+    max_concurrent_writes: usize,
     /// Messages held at once, waiting for a write or being written (`MAX_OUTSTANDING_MESSAGES`).
-    pub max_outstanding_messages: i64,
+    max_outstanding_messages: i64,
     /// Bytes of messages held at once (`MAX_OUTSTANDING_BYTES`), as [`held_bytes`] counts them.
-    pub max_outstanding_bytes: i64,
+    max_outstanding_bytes: i64,
+}
+
+/// How one delivery ended: the value [`Pipeline::settle`] acks or nacks on.
+#[derive(Debug)]
+enum Settlement {
+    /// The object exists: created by this delivery, or found from an earlier one.
+    Stored { written: Written, size: usize, took: Duration },
+    /// The write failed: no object of this message's is known to exist.
+    Failed { error: WriteError, took: Duration },
+    /// Shutdown came first, before the write began or while it ran.
+    Abandoned,
+}
+
+/// Who a settlement is for: the message (its id, its object once named) and its handler.
+struct Delivery<'a> {
+    handler: Handler,
+    message_id: &'a str,
+    object: &'a str,
+    attempt: Option<i32>,
 }
 
 impl Pipeline {
-    pub fn new(
-        sink: Sink,
-        stats: Arc<Stats>,
-        names: NameTemplate,
-        objects: ObjectSettings,
-        subscription: String,
-        limits: Limits,
-        shutdown_timeout: Duration,
-    ) -> Self {
+    /// The pipeline `config` describes, writing through `sink` and counting in `stats`.
+    pub fn new(sink: Sink, stats: Arc<Stats>, config: &Config) -> Self {
         Self {
             sink,
             stats,
-            names,
-            objects,
-            subscription,
-            limits,
-            shutdown_timeout,
+            names: config.names.clone(),
+            objects: config.objects.clone(),
+            subscription: config.subscription.clone(),
+            limits: Limits {
+                max_concurrent_writes: config.max_concurrent_writes,
+                max_outstanding_messages: config.max_outstanding_messages,
+                max_outstanding_bytes: config.max_outstanding_bytes,
+            },
+            shutdown_timeout: config.shutdown_timeout,
             backoff: FailureBackoff::default(),
         }
     }
@@ -179,9 +196,7 @@ impl Pipeline {
                 }
                 held = run.budget.reserve(held_bytes(&message)) => held,
             };
-            let permits = Permits { writes: run.writes.clone(), _held: held };
-            let (stopping, abandon) = (run.stopping.clone(), run.abandon.clone());
-            run.tasks.spawn(self.clone().handle(message, handler, permits, stopping, abandon));
+            run.tasks.spawn(self.clone().handle(message, handler, held, run.clone()));
         }
     }
 
@@ -194,11 +209,13 @@ impl Pipeline {
         info!(
             in_flight = tasks.len(),
             timeout_ms = self.shutdown_timeout.as_millis() as u64,
+            event = "draining",
             "stopped receiving; finishing in-flight writes"
         );
         if timeout_at(deadline - reserve, tasks.wait()).await.is_err() {
             warn!(
                 unfinished = tasks.len(),
+                event = "budget_spent",
                 "shutdown budget spent; nacking unfinished writes so they are redelivered at once"
             );
             run.abandon.cancel();
@@ -221,34 +238,28 @@ impl Pipeline {
         }
     }
 
-    /// Writes one message and settles it: ack after the object exists, nack otherwise.
+    /// Writes one message and settles it. `_held` is its share of the budget, for its whole
+    /// life.
     async fn handle(
         self: Arc<Self>,
         mut message: Message,
         handler: Handler,
-        permits: Permits,
-        stopping: CancellationToken,
-        abandon: CancellationToken,
+        _held: Held,
+        run: Run,
     ) {
+        let attempt = handler.delivery_attempt();
         let write = tokio::select! {
             biased;
-            () = stopping.cancelled() => None,
-            permit = permits.writes.acquire() => Some(permit),
+            () = run.stopping.cancelled() => None,
+            permit = run.writes.acquire() => Some(permit),
         };
         let Some(write) = write else {
-            handler.nack();
-            self.stats.nacked(NackReason::Shutdown, None);
-            debug!(message_id = %message.message_id, outcome = "nacked", reason = "shutdown", "write not started before shutdown; nacked");
-            return;
+            let delivery =
+                Delivery { handler, message_id: &message.message_id, object: "", attempt };
+            return self.settle(delivery, Settlement::Abandoned, None, &run).await;
         };
-        let delivery_attempt = handler.delivery_attempt();
-        let spec = ObjectSpec::for_message(
-            &message,
-            &self.names,
-            &self.objects,
-            &self.subscription,
-            delivery_attempt,
-        );
+        let (names, objects) = (&self.names, &self.objects);
+        let spec = ObjectSpec::for_message(&message, names, objects, &self.subscription, attempt);
         // Binary data is normal for a protobuf or Avro topic: a line per message would flood the
         // log (86 million a day at 1,000 msg/s), so it is counted and logged at debug.
         if !spec.is_text() {
@@ -260,96 +271,140 @@ impl Pipeline {
             );
         }
         let data = std::mem::take(&mut message.data);
-        let size = data.len();
-        let started = Instant::now();
-        let result = tokio::select! {
+        let settlement = tokio::select! {
             biased;
-            () = abandon.cancelled() => {
-                handler.nack();
-                self.stats.nacked(NackReason::Shutdown, None);
-                debug!(message_id = %message.message_id, object = %spec.name, outcome = "nacked", reason = "shutdown", "write abandoned at shutdown; nacked");
-                return;
-            }
-            result = self.sink.write(&spec, data) => result,
+            () = run.abandon.cancelled() => Settlement::Abandoned,
+            settlement = self.process(&spec, data) => settlement,
         };
-        match result {
-            Ok(written) => {
-                handler.ack();
-                write.settle(Outcome::Answered);
-                self.stats.write_limit(permits.writes.current());
-                self.backoff.success();
-                match written {
-                    Written::Created => {
-                        self.stats.written(size, started.elapsed());
-                        debug!(message_id = %message.message_id, delivery_attempt, object = %spec.name, outcome = "acked", reason = "written", "object written; acked");
-                    }
-                    Written::AlreadyExisted => {
-                        self.stats.duplicate(started.elapsed());
-                        debug!(
-                            message_id = %message.message_id,
-                            delivery_attempt,
-                            object = %spec.name,
-                            outcome = "acked",
-                            reason = "already_written",
-                            "object already exists from an earlier delivery; acked"
-                        );
-                    }
-                }
-            }
-            Err(e) => {
-                let took = started.elapsed();
-                // A failure of this one message (a name collision, a name or object the bucket
-                // refuses) says nothing of the others: its write permit goes back at once, it
-                // waits for its nack without one, and the worker-wide backoff does not grow, so
-                // a trickle of such messages never holds up the healthy ones. A failure of the
-                // bucket (an outage, throttling, a hung connection, a revoked permission) is
-                // everyone's: the message keeps its permit while it waits, and the waits grow
-                // with the failures in a row, so the worker slows down instead of spinning
-                // messages through a broken bucket.
-                let (delay, held) = match e.kind.is_bucket_wide() {
-                    true => (self.backoff.failure(delivery_attempt), Some(write)),
-                    false => {
-                        write.settle(Outcome::Failed);
-                        self.stats.write_limit(permits.writes.current());
-                        (FailureBackoff::for_message(delivery_attempt), None)
-                    }
-                };
-                // A collision is not retried into success: the nacks end in the dead-letter
-                // topic, and the object, someone else's, is never touched.
-                let what = match e.kind {
-                    FailureKind::NameCollision => {
-                        "an object of this name holds another message; leaving it untouched and nacking"
-                    }
-                    _ => "object write failed; nacking for redelivery",
-                };
-                error!(
-                    message_id = %message.message_id,
-                    delivery_attempt,
-                    object = %spec.name,
-                    outcome = "nacked",
-                    reason = e.kind.as_str(),
-                    error = %e,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "{what}"
-                );
-                // Holding the message for a moment before the nack keeps it from turning into a
-                // tight redelivery loop. On shutdown the wait is pointless: nack at once, so the
-                // drain does not spend its budget here.
-                tokio::select! {
-                    () = stopping.cancelled() => {}
-                    () = sleep(delay) => {}
-                }
-                handler.nack();
-                if let Some(write) = held {
-                    let pushed_back =
-                        matches!(e.kind, FailureKind::Transient | FailureKind::Timeout);
-                    write.settle(if pushed_back { Outcome::PushedBack } else { Outcome::Failed });
-                    self.stats.write_limit(permits.writes.current());
-                }
-                self.stats.nacked(NackReason::WriteFailed(e.kind), Some(took));
-            }
+        let delivery =
+            Delivery { handler, message_id: &message.message_id, object: &spec.name, attempt };
+        self.settle(delivery, settlement, Some(write), &run).await;
+    }
+
+    /// The write, the only effect a message has before it is settled.
+    async fn process(&self, spec: &ObjectSpec, data: Bytes) -> Settlement {
+        let (size, started) = (data.len(), Instant::now());
+        match self.sink.write(spec, data).await {
+            Ok(written) => Settlement::Stored { written, size, took: started.elapsed() },
+            Err(error) => Settlement::Failed { error, took: started.elapsed() },
         }
     }
+
+    /// Acks or nacks the delivery, settles its write permit, counts, and logs one event with
+    /// stable fields (`outcome`, `reason`, `message_id`, `object`). **A message is acked here,
+    /// and only when its object exists**; every other settlement is a nack, for redelivery.
+    async fn settle(
+        &self,
+        delivery: Delivery<'_>,
+        settlement: Settlement,
+        write: Option<WritePermit>,
+        run: &Run,
+    ) {
+        let Delivery { handler, message_id, object, attempt } = delivery;
+        match settlement {
+            Settlement::Stored { written, size, took } => {
+                handler.ack();
+                self.backoff.success();
+                let reason = match written {
+                    Written::Created => {
+                        self.stats.written(size, took);
+                        "written"
+                    }
+                    Written::AlreadyExisted => {
+                        self.stats.duplicate(took);
+                        "already_written"
+                    }
+                };
+                debug!(
+                    message_id,
+                    delivery_attempt = attempt,
+                    object,
+                    outcome = "acked",
+                    reason,
+                    "acked"
+                );
+                if let Some(write) = write {
+                    write.settle(Outcome::Answered);
+                }
+            }
+            Settlement::Failed { error, took } => {
+                let kind = error.kind;
+                let nack = Nack { message_id, object, attempt, error };
+                self.fail(handler, nack, write, &run.stopping).await;
+                self.stats.nacked(NackReason::WriteFailed(kind), Some(took));
+            }
+            Settlement::Abandoned => {
+                handler.nack();
+                self.stats.nacked(NackReason::Shutdown, None);
+                let reason = "shutdown";
+                debug!(message_id, object, outcome = "nacked", reason, "nacked at shutdown");
+            }
+        }
+        self.stats.write_limit(run.writes.current());
+    }
+
+    /// A failed write: logged once, then nacked after a wait. A failure of this one message (a
+    /// name collision, a name or object the bucket refuses) says nothing of the others: its
+    /// write permit goes back at once, it waits by its own delivery attempt, and the worker-wide
+    /// backoff does not grow, so a trickle of such messages never holds up the healthy ones. A
+    /// failure of the bucket (an outage, throttling, a hung connection, a revoked permission)
+    /// is everyone's: the message keeps its permit while it waits, and the waits grow with the
+    /// failures in a row, so the worker slows down instead of spinning messages through a
+    /// broken bucket. Shutdown cuts either wait short, so the drain does not spend its budget
+    /// here.
+    async fn fail(
+        &self,
+        handler: Handler,
+        nack: Nack<'_>,
+        write: Option<WritePermit>,
+        stopping: &CancellationToken,
+    ) {
+        let Nack { message_id, object, attempt, error } = nack;
+        let (delay, held) = match error.kind.is_bucket_wide() {
+            true => (self.backoff.failure(attempt), write),
+            false => {
+                if let Some(write) = write {
+                    write.settle(Outcome::Failed);
+                }
+                (FailureBackoff::for_message(attempt), None)
+            }
+        };
+        // A collision is not retried into success: the nacks end in the dead-letter topic, and
+        // the object, someone else's, is never touched.
+        let what = match error.kind {
+            FailureKind::NameCollision => {
+                "an object of this name holds another message; leaving it untouched and nacking"
+            }
+            _ => "object write failed; nacking for redelivery",
+        };
+        error!(
+            message_id,
+            delivery_attempt = attempt,
+            object,
+            outcome = "nacked",
+            reason = error.kind.as_str(),
+            error = %error,
+            retry_in_ms = delay.as_millis() as u64,
+            "{what}"
+        );
+        tokio::select! {
+            () = stopping.cancelled() => {}
+            () = sleep(delay) => {}
+        }
+        handler.nack();
+        if let Some(write) = held {
+            let pushed_back = matches!(error.kind, FailureKind::Transient | FailureKind::Timeout);
+            write.settle(if pushed_back { Outcome::PushedBack } else { Outcome::Failed });
+        }
+    }
+}
+
+/// A failed write, as [`Pipeline::fail`] logs and nacks it.
+struct Nack<'a> {
+    message_id: &'a str,
+    object: &'a str,
+    attempt: Option<i32>,
+    error: WriteError,
 }
 
 /// A receive loop's result: a panic in one (a bug) ends the run as a failed stream does.
@@ -368,11 +423,4 @@ struct Run {
     stopping: CancellationToken,
     /// Cancelled when the shutdown budget is spent: running writes are abandoned and nacked.
     abandon: CancellationToken,
-}
-
-/// What a message task holds: its share of the [`Budget`] for its whole life, and the write
-/// permits to take one from.
-struct Permits {
-    writes: Arc<WriteLimit>,
-    _held: Held,
 }

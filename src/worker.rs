@@ -5,7 +5,7 @@
 use crate::clients;
 use crate::config::Config;
 use crate::health::{Health, HealthServer};
-use crate::pipeline::{Limits, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::self_check;
 pub use crate::shutdown::Signals;
 use crate::sink::Sink;
@@ -45,19 +45,9 @@ impl Worker {
             }
         }
         let stats = Arc::new(Stats::default());
-        let pipeline = Arc::new(Pipeline::new(
-            Sink::new(storage, &config.bucket, config.write_timeout).with_settings(&config.objects),
-            stats.clone(),
-            config.names.clone(),
-            config.objects.clone(),
-            config.subscription.clone(),
-            Limits {
-                max_concurrent_writes: config.max_concurrent_writes,
-                max_outstanding_messages: config.max_outstanding_messages,
-                max_outstanding_bytes: config.max_outstanding_bytes,
-            },
-            config.shutdown_timeout,
-        ));
+        let sink =
+            Sink::new(storage, &config.bucket, config.write_timeout).with_settings(&config.objects);
+        let pipeline = Arc::new(Pipeline::new(sink, stats.clone(), &config));
         let health = Arc::new(Health::new(stats.clone(), config.liveness_stall));
         let health_server = match config.health_addr {
             Some(addr) => Some(
@@ -108,6 +98,7 @@ impl Worker {
             health_endpoint = %self.health_addr().map_or("off".to_string(), |a| a.to_string()),
             startup_check = c.startup_check,
             version = env!("CARGO_PKG_VERSION"),
+            event = "starting",
             "starting"
         );
         let streams = open_streams(&self.subscribers, &c.subscription, c);
@@ -188,6 +179,7 @@ fn log_counters(stats: &Stats, message: &'static str) -> Snapshot {
         bytes_written = s.bytes_written,
         in_flight = s.in_flight,
         write_limit = stats.current_write_limit(),
+        event = message,
         "{message}"
     );
     s

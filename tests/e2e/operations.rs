@@ -1,6 +1,6 @@
 //! Operating the worker: the health probes, `/metrics`, the start-up check, and storage over TLS.
 
-use crate::support::app::{BinaryWorker, Fixture, Result, find_line, with_vars};
+use crate::support::app::{BinaryWorker, Fixture, Result, find_event, has_event, with_vars};
 use crate::support::{LoopbackCa, Mode, OutMessage, Proxy, TlsFront, parse_metrics, wait_for};
 use std::time::Duration;
 
@@ -91,11 +91,11 @@ async fn failed_startup_check_stops_the_worker_with_one_clear_line() -> Result {
     let status = worker.wait(Duration::from_secs(60)).await?;
     assert_eq!(status.code(), Some(1), "log:\n{}", worker.log());
     let lines = worker.json_lines();
-    let error = find_line(&lines, "worker stopped with an error");
+    let error = find_event(&lines, "failed");
     let text = error["error"].as_str().unwrap_or_default();
     let clear = text.contains(&format!("gs://{}", fx.bucket)) && text.contains("STARTUP_CHECK=off");
     assert!(clear, "{error}");
-    let started = lines.iter().any(|l| l["message"] == "starting");
+    let started = has_event(&lines, "starting");
     assert!(!started, "nothing consumed before the check passed");
     Ok(())
 }

@@ -5,7 +5,7 @@
 use crate::support::Emulators;
 use crate::support::OutMessage;
 use crate::support::app::name_stamp;
-use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, find_line, has_line};
+use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, find_event, has_event};
 use crate::support::app::{sample_message, settled_message_ids, with_vars};
 use crate::support::{HttpProxy, Latency};
 use crate::support::{Mode, Proxy};
@@ -143,8 +143,8 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
     assert!(elapsed <= SHUTDOWN_TIMEOUT, "took {elapsed:?} to exit");
 
     let lines = first.json_lines();
-    assert_eq!(find_line(&lines, "starting")["pull_streams"], 4);
-    let drain = find_line(&lines, "stopped receiving; finishing in-flight writes");
+    assert_eq!(find_event(&lines, "starting")["pull_streams"], 4);
+    let drain = find_event(&lines, "draining");
     let in_flight = drain["in_flight"].as_u64().unwrap_or(0);
     assert!(in_flight > 0, "the signal should catch writes in flight: {drain}");
     // The writes in flight at the signal were allowed to finish, not abandoned.
@@ -152,9 +152,9 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
         lines.iter().position(|l| l["signal"] == "SIGTERM").expect("the signal is logged");
     let finished_in_drain = settled_message_ids(&lines[signal_at..]).len();
     assert!(finished_in_drain > 0, "no write finished during the drain");
-    let spent = has_line(&lines, "shutdown budget spent");
+    let spent = has_event(&lines, "budget_spent");
     assert!(!spent, "a 150 ms write cannot need the 8 s budget");
-    let summary = find_line(&lines, "stopped");
+    let summary = find_event(&lines, "stopped");
     let acked_first = settled_message_ids(&lines);
     assert_eq!(summary["acked"].as_u64(), Some(acked_first.len() as u64));
     assert!(acked_first.len() < N, "the signal came before the end");
@@ -247,9 +247,9 @@ async fn sigterm_during_a_storage_outage_nacks_at_once_without_spending_the_budg
     assert!(status.success(), "{status:?}: {}", worker.log_tail());
     assert!(took < Duration::from_secs(3), "took {took:?} to exit");
     let lines = worker.json_lines();
-    let spent = has_line(&lines, "shutdown budget spent");
+    let spent = has_event(&lines, "budget_spent");
     assert!(!spent, "nothing was writing, yet the budget was spent: {}", worker.log_tail());
-    let summary = find_line(&lines, "stopped");
+    let summary = find_event(&lines, "stopped");
     let settled = (summary["acked"].as_u64(), summary["in_flight"].as_u64());
     assert_eq!(settled, (Some(0), Some(0)), "{summary}");
     Ok(())
@@ -296,7 +296,7 @@ async fn missing_subscription_exits_non_zero_with_a_clear_error() -> Result {
     let status = worker.wait(Duration::from_secs(60)).await?;
     assert_eq!(status.code(), Some(1), "log:\n{}", worker.log());
     let lines = worker.json_lines();
-    let error = find_line(&lines, "worker stopped with an error");
+    let error = find_event(&lines, "failed");
     assert_eq!(error["severity"], "ERROR");
     let text = error["error"].as_str().unwrap_or_default().to_lowercase();
     assert!(text.contains("subscription") && text.contains("not found"), "{error}");

@@ -4,7 +4,7 @@
 use super::error_lines;
 use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE};
-use crate::support::app::{find_line, sample_message, settled_message_ids};
+use crate::support::app::{find_event, sample_message, settled_message_ids};
 use crate::support::wait_for;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -28,7 +28,7 @@ async fn subscription_deleted_while_running_exits_non_zero_with_a_clear_error() 
     assert_eq!(status.code(), Some(1), "{}", worker.log_tail());
     worker.assert_no_panic()?;
     let lines = worker.json_lines();
-    let error = find_line(&lines, "worker stopped with an error");
+    let error = find_event(&lines, "failed");
     let text = error["error"].as_str().unwrap_or_default().to_lowercase();
     assert!(text.contains("subscription") && text.contains("not_found"), "{error}");
     let errors = error_lines(&worker);
@@ -80,7 +80,7 @@ async fn missing_bucket_backs_off_without_spinning_and_recovers_when_created() -
     );
     let error = errors.last().cloned().unwrap_or_default();
     assert_eq!(error["reason"], "bucket_not_found", "{error}");
-    assert_eq!(error["message"], "object write failed; nacking for redelivery");
+    assert_eq!(error["outcome"], "nacked", "{error}");
 
     fx.gcs.create_bucket(&fx.bucket).await?;
     fx.gcs.wait_for_objects(&fx.bucket, N, SETTLE).await?;

@@ -3,7 +3,7 @@
 use super::dead_letter_subscription;
 use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE, figures};
-use crate::support::app::{find_line, sample_message};
+use crate::support::app::{find_event, sample_message};
 use crate::support::app::{settled_message_ids, with_vars};
 use crate::support::{HttpProxy, Latency};
 use std::collections::BTreeSet;
@@ -37,7 +37,7 @@ async fn repeated_sigterm_under_load_loses_and_duplicates_nothing() -> Result {
         worker.assert_no_panic()?;
 
         let lines = worker.json_lines();
-        find_line(&lines, "stopped receiving; finishing in-flight writes");
+        find_event(&lines, "draining");
         let settled = settled_message_ids(&lines);
         let objects = fx.object_ids().await?;
         let lost: Vec<_> = settled.difference(&objects).take(5).collect();

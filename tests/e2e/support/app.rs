@@ -264,8 +264,7 @@ impl BinaryWorker {
     /// The counters of the last `progress` (or final `stopped`) line.
     pub fn counters(&self) -> Snapshot {
         let lines = self.json_lines();
-        let last =
-            lines.iter().rev().find(|l| l["message"] == "progress" || l["message"] == "stopped");
+        let last = lines.iter().rev().find(|l| l["event"] == "progress" || l["event"] == "stopped");
         let n = |k: &str| last.and_then(|l| l[k].as_u64()).unwrap_or(0);
         Snapshot {
             received: n("received"),
@@ -305,14 +304,15 @@ pub fn settled_message_ids(lines: &[Value]) -> BTreeSet<String> {
     acked.filter_map(|l| Some(l["message_id"].as_str()?.to_string())).collect()
 }
 
-/// Whether a line's message starts with `prefix`.
-pub fn has_line(lines: &[Value], prefix: &str) -> bool {
-    lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.starts_with(prefix)))
+/// Whether the worker logged the lifecycle event `event` (its stable `event` field).
+pub fn has_event(lines: &[Value], event: &str) -> bool {
+    lines.iter().any(|l| l["event"] == event)
 }
 
-pub fn find_line<'a>(lines: &'a [Value], message: &str) -> &'a Value {
-    let line = lines.iter().find(|l| l["message"] == message);
-    line.unwrap_or_else(|| panic!("no log line {message:?} in {lines:#?}"))
+/// The first line of the lifecycle event `event`.
+pub fn find_event<'a>(lines: &'a [Value], event: &str) -> &'a Value {
+    let line = lines.iter().find(|l| l["event"] == event);
+    line.unwrap_or_else(|| panic!("no event {event:?} in {lines:#?}"))
 }
 
 /// Mixed sizes (empty to 100 KiB), some invalid UTF-8, some with attributes.
