@@ -230,19 +230,7 @@ impl Env {
         let pubsub_endpoint = self.get(PUBSUB_ENDPOINT);
         let (pubsub_emulator, storage_emulator) =
             (self.get(PUBSUB_EMULATOR_HOST), self.get(STORAGE_EMULATOR_HOST));
-        let full = id.as_deref().filter(|id| id.starts_with("projects/"));
-        let project = match (project, full) {
-            (Some(project), _) => project,
-            (None, Some(_)) => String::new(),
-            (None, None) => {
-                self.missing(PROJECT_ID, "the Google Cloud project id, e.g. my-project")
-            }
-        };
-        let subscription = match (full, &id) {
-            (Some(path), _) => path.to_string(),
-            (None, Some(id)) => format!("projects/{project}/subscriptions/{id}"),
-            (None, None) => self.missing(SUBSCRIPTION_ID, SUBSCRIPTION),
-        };
+        let subscription = self.subscription(project, id);
         let bucket =
             bucket.unwrap_or_else(|| self.missing(BUCKET_NAME, "a bucket name, e.g. my-bucket"));
         Config {
@@ -267,6 +255,24 @@ impl Env {
             // By default the check runs against the real service only: emulators lack the API.
             startup_check: startup_check.unwrap_or(storage_emulator.is_none()),
             storage_emulator,
+        }
+    }
+
+    /// The subscription's full path from `SUBSCRIPTION_ID` (a bare id, with `PROJECT_ID`, or
+    /// a full `projects/P/subscriptions/S`, which needs no project).
+    fn subscription(&mut self, project: Option<String>, id: Option<String>) -> String {
+        let full = id.as_deref().filter(|id| id.starts_with("projects/"));
+        let project = match (project, full) {
+            (Some(project), _) => project,
+            (None, Some(_)) => String::new(),
+            (None, None) => {
+                self.missing(PROJECT_ID, "the Google Cloud project id, e.g. my-project")
+            }
+        };
+        match (full, &id) {
+            (Some(path), _) => path.to_string(),
+            (None, Some(id)) => format!("projects/{project}/subscriptions/{id}"),
+            (None, None) => self.missing(SUBSCRIPTION_ID, SUBSCRIPTION),
         }
     }
 

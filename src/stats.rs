@@ -83,11 +83,12 @@ impl Default for Stats {
 impl Stats {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))
-                .expect("valid metric options");
-            register(&registry, c.clone());
-            c
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(NAMESPACE);
+        let counter = |name, help| registered(&registry, IntCounter::with_opts(opts(name, help)));
+        let gauge = |name, help| registered(&registry, IntGauge::with_opts(opts(name, help)));
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help).namespace(NAMESPACE).buckets(buckets.into());
+            registered(&registry, Histogram::with_opts(opts))
         };
         let received = counter(
             "messages_received_total",
@@ -106,56 +107,28 @@ impl Stats {
         );
         let bytes_written =
             counter("bytes_written_total", "Bytes of message data in created objects.");
-        let nacked = IntCounterVec::new(
-            Opts::new(
-                "messages_nacked_total",
-                "Messages nacked, by reason: bucket_not_found, permission_denied, rejected, \
-                 transient, timeout (write failures), name_collision (an object of the name holds \
-                 another message) or shutdown (unfinished at the shutdown deadline).",
-            )
-            .namespace(NAMESPACE),
-            &["reason"],
-        )
-        .expect("valid metric options");
-        register(&registry, nacked.clone());
-        let in_flight = IntGauge::with_opts(
-            Opts::new("messages_in_flight", "Messages received and not yet acked or nacked.")
-                .namespace(NAMESPACE),
-        )
-        .expect("valid metric options");
-        register(&registry, in_flight.clone());
-        let write_limit = IntGauge::with_opts(
-            Opts::new(
-                "write_concurrency_limit",
-                "Object writes allowed at once now: follows storage latency, up to MAX_CONCURRENT_WRITES.",
-            )
-            .namespace(NAMESPACE),
-        )
-        .expect("valid metric options");
-        register(&registry, write_limit.clone());
-        let write_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "write_duration_seconds",
-                "Time to write one object, retries included, successful or not.",
-            )
-            .namespace(NAMESPACE)
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ]),
-        )
-        .expect("valid metric options");
-        register(&registry, write_seconds.clone());
-        let delivery_attempt = Histogram::with_opts(
-            HistogramOpts::new(
-                "delivery_attempt",
-                "Delivery attempt of received messages (only known when the subscription has \
-                 a dead-letter policy).",
-            )
-            .namespace(NAMESPACE)
-            .buckets(vec![1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
-        )
-        .expect("valid metric options");
-        register(&registry, delivery_attempt.clone());
+        let nacked_help = "Messages nacked, by reason: bucket_not_found, permission_denied, \
+             rejected, transient, timeout (write failures), name_collision (an object of the name \
+             holds another message) or shutdown (unfinished at the shutdown deadline).";
+        let nacked = IntCounterVec::new(opts("messages_nacked_total", nacked_help), &["reason"]);
+        let nacked = registered(&registry, nacked);
+        let in_flight =
+            gauge("messages_in_flight", "Messages received and not yet acked or nacked.");
+        let write_limit = gauge(
+            "write_concurrency_limit",
+            "Object writes allowed at once now: follows storage latency, up to MAX_CONCURRENT_WRITES.",
+        );
+        let write_seconds = histogram(
+            "write_duration_seconds",
+            "Time to write one object, retries included, successful or not.",
+            &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+        );
+        let delivery_attempt = histogram(
+            "delivery_attempt",
+            "Delivery attempt of received messages (only known when the subscription has a \
+             dead-letter policy).",
+            &[1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0],
+        );
         register(&registry, prometheus::process_collector::ProcessCollector::for_self());
         Self {
             registry,
@@ -279,6 +252,17 @@ impl Stats {
 /// never has; the process collector also fails harmlessly where `/proc` is missing.
 fn register(registry: &Registry, collector: impl Collector + 'static) {
     let _ = registry.register(Box::new(collector));
+}
+
+/// `metric`, registered in `registry`. Its options are constants of this file, so an error is a
+/// bug caught by the tests.
+fn registered<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric options");
+    register(registry, metric.clone());
+    metric
 }
 
 #[cfg(test)]
