@@ -71,11 +71,7 @@ pub struct WriteLimit {
 struct State {
     limit: f64,
     in_flight: usize,
-    /// Until the first sign of congestion, the limit doubles every other round trip.
-    slow_start: bool,
-    /// The limit just doubled: most writes that end in this round began before, at half of it,
-    /// so this round cannot tell whether the new limit queues, and the limit waits for the next.
-    doubled: bool,
+    growth: Growth,
     phase: Phase,
     probe: Probe,
     /// The medians of the last probe and of the one before it; the lower one is the baseline.
@@ -95,6 +91,85 @@ enum Phase {
     Probing,
     /// Writes run up to the limit, which each round trip adjusts.
     Running,
+}
+
+/// How the limit grows while storage keeps up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Growth {
+    /// Until the first sign of congestion, the limit doubles each round trip it could use more.
+    SlowStart,
+    /// The limit just doubled: most writes that end in this round began before, at half of it,
+    /// so this round cannot tell whether the new limit queues; the limit waits for the next.
+    /// `slow_start`: whether slow start goes on afterwards.
+    Doubled { slow_start: bool },
+    /// After the first sign of congestion: the limit grows by its square root per round trip.
+    Steady,
+}
+
+/// What one round trip saw, as [`decide`] needs it.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// The median duration of the writes answered in the round, in seconds.
+    median: Option<f32>,
+    /// Storage's latency without a queue, in seconds, once a probe has measured it.
+    baseline: Option<f32>,
+    /// Every permit was in use at some point: more would have been used.
+    full: bool,
+    /// Storage pushed back (429, 503, a timeout) on a write begun since the last back-off.
+    pushed_back: bool,
+    /// The round ran while a probe held the limit to a quarter: its medians say nothing of the
+    /// limit's own load.
+    probing: bool,
+}
+
+/// What to do with the limit at the end of a round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Halve it ([`BACK_OFF`]): storage pushed back.
+    BackOff,
+    /// Take a tenth off ([`EASE`]): writes queue.
+    Ease,
+    /// Double it: slow start, and more would have been used.
+    Double,
+    /// Add its square root: more would have been used, and writes do not queue.
+    Grow,
+    /// Leave it.
+    Hold,
+}
+
+/// The rule, as a pure function of the round and how the limit grows; returns the step and how
+/// the limit grows next. In the manner of Vector's `manage_limit`:
+///
+/// - push-back from storage (429, 503, timeouts) triggers a back-off, whatever else was seen;
+/// - a round median over [`TOLERANCE`] baselines means writes queue: ease;
+/// - a round median over [`SLOW_START_EXIT`] baselines ends slow start (the queue is building);
+/// - a round that used every permit, with a baseline known and not just after a doubling, grows
+///   the limit: doubling in slow start, by its square root after;
+/// - otherwise the limit holds.
+///
+/// Rounds during a probe change nothing but a back-off: their medians are of a quarter-limit.
+fn decide(seen: Seen, growth: Growth) -> (Step, Growth) {
+    let over = |factor: f64| matches!((seen.median, seen.baseline), (Some(m), Some(b)) if m > factor as f32 * b);
+    let running = !seen.probing;
+    let growth = match growth {
+        _ if !(running && over(SLOW_START_EXIT)) => growth,
+        Growth::SlowStart | Growth::Steady => Growth::Steady,
+        Growth::Doubled { .. } => Growth::Doubled { slow_start: false },
+    };
+    if seen.pushed_back {
+        return (Step::BackOff, Growth::Steady);
+    }
+    if running && over(TOLERANCE) {
+        return (Step::Ease, Growth::Steady);
+    }
+    let may_grow = seen.full && running && seen.baseline.is_some();
+    match growth {
+        Growth::SlowStart if may_grow => (Step::Double, Growth::Doubled { slow_start: true }),
+        Growth::Steady if may_grow => (Step::Grow, Growth::Steady),
+        Growth::Doubled { slow_start: true } => (Step::Hold, Growth::SlowStart),
+        Growth::Doubled { slow_start: false } => (Step::Hold, Growth::Steady),
+        growth => (Step::Hold, growth),
+    }
 }
 
 /// The writes of the latest probe.
@@ -154,8 +229,7 @@ impl WriteLimit {
         let state = State {
             limit: START.min(max),
             in_flight: 0,
-            slow_start: true,
-            doubled: false,
+            growth: Growth::SlowStart,
             // The first load is a probe: the limit is at its start, so nothing queues.
             phase: Phase::Probing,
             probe: Probe::new(0, PROBE_SAMPLES),
@@ -280,32 +354,27 @@ impl State {
             self.start_probe(now);
         }
         let median = median(&mut self.round.seconds);
-        let queued = matches!((median, baseline), (Some(m), Some(b)) if m > TOLERANCE as f32 * b);
-        let running = self.phase == Phase::Running;
-        let building =
-            matches!((median, baseline), (Some(m), Some(b)) if m > SLOW_START_EXIT as f32 * b);
-        if building && running {
-            self.slow_start = false;
-        }
-        if self.round.pushed_back {
-            self.backed_off = now;
-            self.shrink(BACK_OFF, max);
-        } else if queued && running {
-            self.shrink(EASE, max);
-        } else if self.round.full && running && baseline.is_some() && !self.doubled {
-            let grown =
-                if self.slow_start { self.limit * 2.0 } else { self.limit + self.limit.sqrt() };
-            self.doubled = self.slow_start;
-            self.limit = grown.min(max);
-            return self.round.restart(now, median.unwrap_or(0.0));
-        }
-        self.doubled = false;
+        let seen = Seen {
+            median,
+            baseline,
+            full: self.round.full,
+            pushed_back: self.round.pushed_back,
+            probing: self.phase == Phase::Probing,
+        };
+        let (step, growth) = decide(seen, self.growth);
+        self.growth = growth;
+        let floor = START.min(max);
+        self.limit = match step {
+            Step::BackOff => {
+                self.backed_off = now;
+                (self.limit * BACK_OFF).max(floor)
+            }
+            Step::Ease => (self.limit * EASE).max(floor),
+            Step::Double => (self.limit * 2.0).min(max),
+            Step::Grow => (self.limit + self.limit.sqrt()).min(max),
+            Step::Hold => self.limit,
+        };
         self.round.restart(now, median.unwrap_or(0.0));
-    }
-
-    fn shrink(&mut self, factor: f64, max: f64) {
-        self.limit = (self.limit * factor).max(START.min(max));
-        self.slow_start = false;
     }
 
     /// Storage's latency without a queue, in seconds: the lower median of the last two probes.

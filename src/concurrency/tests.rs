@@ -158,3 +158,49 @@ async fn push_back_halves_the_limit_and_the_cap_holds() {
     permit.settle(Outcome::PushedBack);
     assert_eq!(limit.current(), 50);
 }
+
+/// The rule, case by case: a round (its median against a baseline of 10 ms, whether every
+/// permit was used, push-back, a probe) and how the limit grows -> the step and what follows.
+#[test]
+fn the_rule_at_the_end_of_a_round() {
+    use Growth::{Doubled, SlowStart, Steady};
+    use Step::{BackOff, Double, Ease, Grow, Hold};
+    let seen = |median_ms: f32, full: bool, pushed_back: bool, probing: bool| Seen {
+        median: Some(median_ms / 1000.0),
+        baseline: Some(0.010),
+        full,
+        pushed_back,
+        probing,
+    };
+    let not_yet = Seen { baseline: None, ..seen(10.0, true, false, false) };
+    let after_double = Doubled { slow_start: true };
+    let cases = [
+        // (what, seen, growth) -> (step, growth next)
+        ("push-back wins over all", seen(50.0, true, true, false), SlowStart, (BackOff, Steady)),
+        ("push-back during a probe", seen(10.0, true, true, true), Steady, (BackOff, Steady)),
+        ("a queue eases", seen(25.0, true, false, false), Steady, (Ease, Steady)),
+        ("a queue ends slow start", seen(25.0, true, false, false), SlowStart, (Ease, Steady)),
+        ("slow start doubles", seen(10.0, true, false, false), SlowStart, (Double, after_double)),
+        ("then waits a round", seen(10.0, true, false, false), after_double, (Hold, SlowStart)),
+        (
+            "a building queue: grow slowly",
+            seen(16.0, true, false, false),
+            SlowStart,
+            (Grow, Steady),
+        ),
+        (
+            "a building queue after a doubling waits, then grows slowly",
+            seen(16.0, true, false, false),
+            after_double,
+            (Hold, Steady),
+        ),
+        ("steady grows by its root", seen(12.0, true, false, false), Steady, (Grow, Steady)),
+        ("permits to spare: hold", seen(10.0, false, false, false), SlowStart, (Hold, SlowStart)),
+        ("no baseline yet: hold", not_yet, SlowStart, (Hold, SlowStart)),
+        ("a probe's round: hold", seen(30.0, true, false, true), SlowStart, (Hold, SlowStart)),
+        ("the tail alone is no queue", seen(19.0, true, false, false), Steady, (Grow, Steady)),
+    ];
+    for (what, seen, growth, expected) in cases {
+        assert_eq!(decide(seen, growth), expected, "{what}");
+    }
+}
