@@ -9,9 +9,10 @@
 //! stops the emulators.
 
 use anyhow::Context as _;
+use pubsub_gcs_worker::Signals;
 use pubsub_gcs_worker::config::Config;
 use pubsub_gcs_worker::telemetry::{self, LogFormat};
-use pubsub_gcs_worker::worker::{Signals, Worker};
+use pubsub_gcs_worker::worker::Worker;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use testkit::{Emulators, Gcs, OutMessage, PROJECT_ID, PubSub};

@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::name::{DEFAULT_TEMPLATE, NameTemplate};
 use crate::object::{ContentType, ObjectSettings};
-pub use crate::telemetry::LogFormat;
+use crate::telemetry::LogFormat;
 
 /// A variable the worker reads: its name, how its value is parsed, and its value when unset.
 struct Var<T: 'static> {

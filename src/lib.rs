@@ -46,3 +46,6 @@ pub mod sink;
 mod stats;
 pub mod telemetry;
 pub mod worker;
+
+pub use shutdown::Signals;
+pub use stats::{Snapshot, Stats};

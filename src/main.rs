@@ -1,8 +1,9 @@
 //! The binary: configuration, logging, then the worker until SIGTERM or SIGINT.
 
+use pubsub_gcs_worker::Signals;
 use pubsub_gcs_worker::config::Config;
 use pubsub_gcs_worker::telemetry;
-use pubsub_gcs_worker::worker::{Signals, Worker};
+use pubsub_gcs_worker::worker::Worker;
 use std::process::ExitCode;
 use std::time::Duration;
 

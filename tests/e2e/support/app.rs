@@ -5,7 +5,8 @@
 use anyhow::Context as _;
 use pubsub_gcs_worker::config::Config;
 use pubsub_gcs_worker::object::metadata_key;
-use pubsub_gcs_worker::worker::{Snapshot, Stats, Worker};
+use pubsub_gcs_worker::worker::Worker;
+use pubsub_gcs_worker::{Snapshot, Stats};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
