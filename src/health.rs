@@ -94,7 +94,7 @@ impl HealthServer {
     /// Answers requests until `stop` is cancelled.
     pub async fn serve(self, health: Arc<Health>, stop: CancellationToken) {
         if let Ok(addr) = self.listener.local_addr() {
-            info!(%addr, "health and metrics endpoint listening");
+            info!(%addr, event = "listening", "health and metrics endpoint listening");
         }
         loop {
             let (stream, peer) = tokio::select! {
