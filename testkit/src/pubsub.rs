@@ -52,6 +52,15 @@ pub struct DeliveryPolicy {
     pub max_backoff: std::time::Duration,
 }
 
+/// Where [`PubSub::seek`] takes a subscription.
+#[derive(Clone, Copy, Debug)]
+pub enum SeekTo<'a> {
+    /// An RFC 3339 time: messages published since then are delivered again.
+    Time(&'a str),
+    /// A snapshot's id ([`PubSub::create_snapshot`]).
+    Snapshot(&'a str),
+}
+
 /// REST client for one emulator and project. Build one per test (`Emulators::pubsub()`).
 #[derive(Clone)]
 pub struct PubSub {
@@ -131,6 +140,50 @@ impl PubSub {
         });
         let request = self.http.put(self.url("subscriptions", sub, "")).json(&body);
         send(request, &format!("create subscription {sub}")).await?;
+        Ok(())
+    }
+
+    /// Creates a pull subscription that keeps acked messages for `retention`
+    /// (`retainAckedMessages`), as `deploy/setup` makes them with `RETAIN_ACKED_FOR`, so that a
+    /// [`PubSub::seek`] to a time can deliver them again.
+    pub async fn create_replayable_subscription(
+        &self,
+        topic: &str,
+        sub: &str,
+        ack_deadline_secs: i32,
+        retention: std::time::Duration,
+    ) -> Result<()> {
+        let body = json!({
+            "topic": format!("projects/{}/topics/{topic}", self.project),
+            "ackDeadlineSeconds": ack_deadline_secs,
+            "retainAckedMessages": true,
+            "messageRetentionDuration": format!("{}s", retention.as_secs()),
+        });
+        let request = self.http.put(self.url("subscriptions", sub, "")).json(&body);
+        send(request, &format!("create subscription {sub}")).await?;
+        Ok(())
+    }
+
+    /// Takes the snapshot `snapshot` of `sub`, as `deploy/snapshot` does: the messages unacked now
+    /// and every one published from now on.
+    pub async fn create_snapshot(&self, snapshot: &str, sub: &str) -> Result<()> {
+        let body = json!({ "subscription": self.subscription_path(sub) });
+        let request = self.http.put(self.url("snapshots", snapshot, "")).json(&body);
+        send(request, &format!("create snapshot {snapshot}")).await?;
+        Ok(())
+    }
+
+    /// Seeks `sub`, as `deploy/replay` does: what was published since the time, or what the
+    /// snapshot keeps, is delivered again; the rest is marked acked.
+    pub async fn seek(&self, sub: &str, to: SeekTo<'_>) -> Result<()> {
+        let body = match to {
+            SeekTo::Time(time) => json!({ "time": time }),
+            SeekTo::Snapshot(snapshot) => {
+                json!({ "snapshot": format!("projects/{}/snapshots/{snapshot}", self.project) })
+            }
+        };
+        let request = self.http.post(self.url("subscriptions", sub, ":seek")).json(&body);
+        send(request, &format!("seek {sub} to {to:?}")).await?;
         Ok(())
     }
 
