@@ -52,6 +52,15 @@ pub struct DeliveryPolicy {
     pub max_backoff: std::time::Duration,
 }
 
+/// What [`PubSub::create_subscription_with`] gives a subscription.
+#[derive(Clone, Debug, Default)]
+pub struct SubscriptionSettings {
+    /// Keep acked messages this long (`retainAckedMessages`, `messageRetentionDuration`).
+    pub retain_acked_for: Option<std::time::Duration>,
+    /// Exactly-once delivery: acks confirmed on the stream, no redelivery of an acked message.
+    pub exactly_once: bool,
+}
+
 /// Where [`PubSub::seek`] takes a subscription.
 #[derive(Clone, Copy, Debug)]
 pub enum SeekTo<'a> {
@@ -143,22 +152,25 @@ impl PubSub {
         Ok(())
     }
 
-    /// Creates a pull subscription that keeps acked messages for `retention`
-    /// (`retainAckedMessages`), as `deploy/setup` makes them with `RETAIN_ACKED_FOR`, so that a
-    /// [`PubSub::seek`] to a time can deliver them again.
-    pub async fn create_replayable_subscription(
+    /// Creates a pull subscription with the settings `deploy/setup` may give it beyond its ack
+    /// deadline: acked messages kept (`RETAIN_ACKED_FOR`), so that a [`PubSub::seek`] to a time
+    /// can deliver them again, and exactly-once delivery (`EXACTLY_ONCE_DELIVERY`).
+    pub async fn create_subscription_with(
         &self,
         topic: &str,
         sub: &str,
         ack_deadline_secs: i32,
-        retention: std::time::Duration,
+        settings: &SubscriptionSettings,
     ) -> Result<()> {
-        let body = json!({
+        let mut body = json!({
             "topic": format!("projects/{}/topics/{topic}", self.project),
             "ackDeadlineSeconds": ack_deadline_secs,
-            "retainAckedMessages": true,
-            "messageRetentionDuration": format!("{}s", retention.as_secs()),
+            "enableExactlyOnceDelivery": settings.exactly_once,
         });
+        if let Some(retention) = settings.retain_acked_for {
+            body["retainAckedMessages"] = json!(true);
+            body["messageRetentionDuration"] = json!(format!("{}s", retention.as_secs()));
+        }
         let request = self.http.put(self.url("subscriptions", sub, "")).json(&body);
         send(request, &format!("create subscription {sub}")).await?;
         Ok(())

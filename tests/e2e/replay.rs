@@ -9,7 +9,7 @@ use pubsub_gcs_worker::object::metadata_key;
 use std::collections::BTreeMap;
 use std::process::ExitStatus;
 use std::time::Duration;
-use testkit::{PROJECT_ID, SeekTo};
+use testkit::{PROJECT_ID, SeekTo, SubscriptionSettings};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::time::sleep;
@@ -162,9 +162,13 @@ async fn dead_letters_moved_back_become_one_object_each() -> Result {
 
 /// Makes the fixture's subscription keep acked messages for an hour, as `deploy/setup` does.
 async fn replayable(fx: &Fixture<'_>) -> Result {
+    let settings = SubscriptionSettings {
+        retain_acked_for: Some(Duration::from_secs(3600)),
+        exactly_once: false,
+    };
     fx.pubsub.delete_subscription(&fx.subscription).await?;
-    let (lease, retention) = (LEASE_SECS as i32, Duration::from_secs(3600));
-    fx.pubsub.create_replayable_subscription(&fx.topic, &fx.subscription, lease, retention).await
+    let lease = LEASE_SECS as i32;
+    fx.pubsub.create_subscription_with(&fx.topic, &fx.subscription, lease, &settings).await
 }
 
 /// The object's generation: a new one each time it is written.
