@@ -202,6 +202,9 @@ load_env() {
   : "${DEAD_LETTER_TOPIC_ID:=pubsub-gcs-worker-dead-letter}"
   : "${DEAD_LETTER_SUBSCRIPTION_ID:=pubsub-gcs-worker-dead-letter}"
   : "${MAX_DELIVERY_ATTEMPTS:=5}"
+  # Set but empty means "keep no acked messages", so only an unset one takes the default.
+  : "${RETAIN_ACKED_FOR=7d}"
+  : "${EXACTLY_ONCE_DELIVERY:=}"
   : "${BUCKET_LOCATION:=$REGION}"
   : "${ARTIFACT_REPO:=pubsub-gcs-worker}"
   : "${IMAGE_NAME:=pubsub-gcs-worker}"
@@ -237,6 +240,14 @@ load_env() {
       ;;
     *) die "METRICS_EXPORT must be managed-prometheus or empty, got '$METRICS_EXPORT'" ;;
   esac
+  # How long the subscriptions keep messages, acked ones included: the window deploy/replay
+  # can seek back in. Pub/Sub takes 10 minutes to 31 days.
+  RETAIN_SECS=0
+  if [[ -n $RETAIN_ACKED_FOR ]]; then
+    if ! RETAIN_SECS="$(duration_seconds "$RETAIN_ACKED_FOR")" || ((RETAIN_SECS < 600 || RETAIN_SECS > 31 * 86400)); then
+      die "RETAIN_ACKED_FOR must be a duration from 10m to 31d such as 7d, 36h or 90m (or empty: keep no acked messages), got '$RETAIN_ACKED_FOR'"
+    fi
+  fi
 
   # Derived names, used by the scripts that source this file.
   # shellcheck disable=SC2034
@@ -323,6 +334,96 @@ require() {
 
 is_count() {
   [[ $1 =~ ^[0-9]+$ ]]
+}
+
+# duration_seconds DURATION: a duration as gcloud writes them (90s, 30m, 36h, 7d) in seconds;
+# fails on anything else.
+duration_seconds() {
+  [[ $1 =~ ^([0-9]{1,7})([smhd])$ ]] || return 1
+  local n=$((10#${BASH_REMATCH[1]}))
+  case ${BASH_REMATCH[2]} in
+    s) printf '%s\n' "$n" ;;
+    m) printf '%s\n' $((n * 60)) ;;
+    h) printf '%s\n' $((n * 3600)) ;;
+    d) printf '%s\n' $((n * 86400)) ;;
+  esac
+}
+
+# iso_time SECONDS: the time SECONDS after the epoch in RFC 3339, UTC (2026-12-01T09:30:00Z).
+iso_time() {
+  date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || date -u -r "$1" +%Y-%m-%dT%H:%M:%SZ
+}
+
+# epoch_of TIME: the RFC 3339 time TIME (2026-12-01T09:30:00Z, with a fraction of a second or an
+# offset such as +01:00) in seconds since the epoch; fails on anything else. BSD date (macOS)
+# reads only the UTC form.
+epoch_of() {
+  local rfc3339='^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$'
+  [[ $1 =~ $rfc3339 ]] || return 1
+  if ! date -u -d "$1" +%s 2>/dev/null; then
+    [[ $1 == *Z ]] && date -j -u -f %Y-%m-%dT%H:%M:%S "${1:0:19}" +%s 2>/dev/null
+  fi
+}
+
+# confirm YES WHAT: before a step that deletes something or changes what the subscription
+# delivers, prints WHAT and asks for the project id to be typed; stops the script otherwise.
+# Asks nothing when YES is 1 (--yes) or under DRY_RUN, and refuses without a terminal.
+confirm() {
+  local answer
+  if [[ $1 -eq 1 ]] || is_dry_run; then
+    return 0
+  fi
+  [[ -t 0 ]] || die "refusing to go on without a terminal to confirm on; pass --yes"
+  printf '%s\nType the project id to go on: ' "$2" >&2
+  read -r answer
+  [[ $answer == "$PROJECT_ID" ]] || die "not confirmed, nothing done"
+}
+
+# access_token: sets TOKEN to an access token of the gcloud account, for the APIs that gcloud
+# has no command for (under DRY_RUN, prints the command and leaves TOKEN empty).
+TOKEN=
+access_token() {
+  if is_dry_run; then
+    print_cmd gcloud auth print-access-token >&3
+    return 0
+  fi
+  print_cmd gcloud auth print-access-token >&2
+  TOKEN="$("${GCLOUD:-gcloud}" auth print-access-token)" || die "gcloud auth print-access-token failed"
+}
+
+# latest_point METRIC SUBSCRIPTION: the newest point, in the last 15 minutes, of the metric
+# pubsub.googleapis.com/subscription/METRIC of the subscription, as "VALUE SECONDS" (the point's
+# time in seconds since the epoch), from the Monitoring API (gcloud has no command that reads
+# time series); nothing when there is no point. A failed request is noted on stderr and fails.
+# The token (TOKEN, from access_token) goes to curl on stdin, never on a command line. Under
+# DRY_RUN, prints the request instead. Pub/Sub samples these metrics every 60 s and they arrive
+# a few minutes late.
+latest_point() {
+  local metric=$1 sub=${2##*/} start end
+  end=$(date -u +%s)
+  start=$((end - 900))
+  local curl_cmd=(curl -sS --fail-with-body -G -H @-
+    "https://monitoring.googleapis.com/v3/projects/$PROJECT_ID/timeSeries"
+    --data-urlencode "filter=metric.type=\"pubsub.googleapis.com/subscription/$metric\" AND resource.labels.subscription_id=\"$sub\""
+    --data-urlencode "interval.startTime=$(iso_time "$start")"
+    --data-urlencode "interval.endTime=$(iso_time "$end")")
+  if is_dry_run; then
+    print_cmd "${curl_cmd[@]}" >&3
+    note "curl reads the header 'Authorization: Bearer <token from gcloud auth print-access-token>' on stdin"
+    return 0
+  fi
+  print_cmd "${curl_cmd[@]}" >&2
+  local response value at
+  if ! response="$(printf 'Authorization: Bearer %s\n' "$TOKEN" | "${curl_cmd[@]}")"; then
+    note "Monitoring API request failed: $response"
+    return 1
+  fi
+  # Points come newest first, each with its interval; int64Value is a JSON string.
+  value="$(sed -n 's/.*"int64Value": *"\([0-9]*\)".*/\1/p' <<<"$response" | sed -n 1p)"
+  at="$(sed -n 's/.*"endTime": *"\([^"]*\)".*/\1/p' <<<"$response" | sed -n 1p)"
+  if [[ -n $value ]] && at="$(epoch_of "$at")"; then
+    printf '%s %s\n' "$value" "$at"
+  fi
 }
 
 # Writes the worker's variables as a YAML map for --env-vars-file (all values quoted strings).

@@ -106,6 +106,14 @@ impl Gcs {
         Ok(())
     }
 
+    /// Deletes an object, as a lifecycle rule or a person would.
+    pub async fn delete_object(&self, bucket: &str, name: &str) -> Result<()> {
+        let (b, n) = (url_encode(bucket), url_encode(name));
+        let url = format!("{}/storage/v1/b/{b}/o/{n}", self.base);
+        send(self.http.delete(url), &format!("delete gs://{bucket}/{name}")).await?;
+        Ok(())
+    }
+
     /// Polls the bucket until it holds at least `n` objects and returns the listing; fails
     /// after `timeout` with the count last seen. The pause grows with the listing time, so that
     /// polling a large bucket does not starve the worker of CPU.

@@ -42,7 +42,7 @@ pub use gcs::{Gcs, ObjectInfo};
 pub use http_proxy::HttpProxy;
 pub use latency::Latency;
 pub use proxy::{Mode, Proxy};
-pub use pubsub::{DeliveryPolicy, OutMessage, PubSub, Received};
+pub use pubsub::{DeliveryPolicy, OutMessage, PubSub, Received, SeekTo, SubscriptionSettings};
 pub use rand;
 pub use rate_cap::RateCap;
 pub use soak::{Soak, SoakReport};

@@ -52,6 +52,24 @@ pub struct DeliveryPolicy {
     pub max_backoff: std::time::Duration,
 }
 
+/// What [`PubSub::create_subscription_with`] gives a subscription.
+#[derive(Clone, Debug, Default)]
+pub struct SubscriptionSettings {
+    /// Keep acked messages this long (`retainAckedMessages`, `messageRetentionDuration`).
+    pub retain_acked_for: Option<std::time::Duration>,
+    /// Exactly-once delivery: acks confirmed on the stream, no redelivery of an acked message.
+    pub exactly_once: bool,
+}
+
+/// Where [`PubSub::seek`] takes a subscription.
+#[derive(Clone, Copy, Debug)]
+pub enum SeekTo<'a> {
+    /// An RFC 3339 time: messages published since then are delivered again.
+    Time(&'a str),
+    /// A snapshot's id ([`PubSub::create_snapshot`]).
+    Snapshot(&'a str),
+}
+
 /// REST client for one emulator and project. Build one per test (`Emulators::pubsub()`).
 #[derive(Clone)]
 pub struct PubSub {
@@ -131,6 +149,53 @@ impl PubSub {
         });
         let request = self.http.put(self.url("subscriptions", sub, "")).json(&body);
         send(request, &format!("create subscription {sub}")).await?;
+        Ok(())
+    }
+
+    /// Creates a pull subscription with the settings `deploy/setup` may give it beyond its ack
+    /// deadline: acked messages kept (`RETAIN_ACKED_FOR`), so that a [`PubSub::seek`] to a time
+    /// can deliver them again, and exactly-once delivery (`EXACTLY_ONCE_DELIVERY`).
+    pub async fn create_subscription_with(
+        &self,
+        topic: &str,
+        sub: &str,
+        ack_deadline_secs: i32,
+        settings: &SubscriptionSettings,
+    ) -> Result<()> {
+        let mut body = json!({
+            "topic": format!("projects/{}/topics/{topic}", self.project),
+            "ackDeadlineSeconds": ack_deadline_secs,
+            "enableExactlyOnceDelivery": settings.exactly_once,
+        });
+        if let Some(retention) = settings.retain_acked_for {
+            body["retainAckedMessages"] = json!(true);
+            body["messageRetentionDuration"] = json!(format!("{}s", retention.as_secs()));
+        }
+        let request = self.http.put(self.url("subscriptions", sub, "")).json(&body);
+        send(request, &format!("create subscription {sub}")).await?;
+        Ok(())
+    }
+
+    /// Takes the snapshot `snapshot` of `sub`, as `deploy/snapshot` does: the messages unacked now
+    /// and every one published from now on.
+    pub async fn create_snapshot(&self, snapshot: &str, sub: &str) -> Result<()> {
+        let body = json!({ "subscription": self.subscription_path(sub) });
+        let request = self.http.put(self.url("snapshots", snapshot, "")).json(&body);
+        send(request, &format!("create snapshot {snapshot}")).await?;
+        Ok(())
+    }
+
+    /// Seeks `sub`, as `deploy/replay` does: what was published since the time, or what the
+    /// snapshot keeps, is delivered again; the rest is marked acked.
+    pub async fn seek(&self, sub: &str, to: SeekTo<'_>) -> Result<()> {
+        let body = match to {
+            SeekTo::Time(time) => json!({ "time": time }),
+            SeekTo::Snapshot(snapshot) => {
+                json!({ "snapshot": format!("projects/{}/snapshots/{snapshot}", self.project) })
+            }
+        };
+        let request = self.http.post(self.url("subscriptions", sub, ":seek")).json(&body);
+        send(request, &format!("seek {sub} to {to:?}")).await?;
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! What the scripts accept and refuse before they run anything: `--help` and unknown arguments,
-//! a missing env file or variable, scale's instance count, teardown without confirmation.
+//! a missing env file or variable, scale's instance count, teardown and replays without
+//! confirmation.
 
 use crate::harness::{SCRIPTS, Sandbox, describe, flag, hermetic, repo_root, text};
 use std::process::Command;
@@ -39,17 +40,22 @@ fn scale_takes_exactly_one_whole_number() {
     sandbox.run("SCALING_FLAG=--scaling\nINSTANCES=two", "deploy").refused("INSTANCES");
 }
 
+/// Teardown and the replays change what a project holds or delivers: without `--yes` they ask on
+/// a terminal, and without one they refuse before running anything.
 #[test]
-fn teardown_refuses_without_yes_and_a_terminal() {
+fn destructive_steps_refuse_without_yes_and_a_terminal() {
     let sandbox = Sandbox::new();
     let marker = sandbox.path().join("gcloud-was-run");
     let fake = sandbox.write("fake-gcloud", &format!("#!/bin/sh\ntouch '{}'\n", marker.display()));
     Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
-    let mut cmd = Command::new(repo_root().join("deploy/teardown"));
-    let env_file = sandbox.env_file("");
-    let out = hermetic(&mut cmd, &sandbox).env("ENV_FILE", env_file).env("GCLOUD", &fake);
-    let out = out.output().unwrap();
-    assert!(!out.status.success(), "{}", describe(&out));
-    assert!(text(&out.stderr).contains("--yes"), "{}", describe(&out));
-    assert!(!marker.exists(), "teardown ran gcloud without confirmation");
+    for args in ["teardown", "replay --snapshot before-deploy", "replay --dead-letters"] {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        let mut cmd = Command::new(repo_root().join("deploy").join(args[0]));
+        let env_file = sandbox.env_file("");
+        let out = hermetic(&mut cmd, &sandbox).args(&args[1..]);
+        let out = out.env("ENV_FILE", env_file).env("GCLOUD", &fake).output().unwrap();
+        assert!(!out.status.success(), "{args:?}: {}", describe(&out));
+        assert!(text(&out.stderr).contains("--yes"), "{args:?}: {}", describe(&out));
+        assert!(!marker.exists(), "deploy/{} ran gcloud without confirmation", args.join(" "));
+    }
 }

@@ -30,10 +30,18 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
         ("", "autoscale off"),
         (METRICS, "teardown --yes"),
         ("", "teardown --yes --purge-bucket"),
+        ("EXACTLY_ONCE_DELIVERY=true", "setup"),
+        ("RETAIN_ACKED_FOR=", "setup"),
+        ("", "replay --since 2h"),
+        ("", "replay --snapshot before-deploy"),
+        ("", "replay --dead-letters"),
+        ("", "snapshot before-deploy"),
     ];
     let runs = parallel_map(&invocations, |(extra, args)| sandbox.run(extra, args).ok());
+    // What deploy/replay suggests for a subscription that keeps no acked messages.
+    let suggested = sandbox.run_against("604800s\t", "replay --since 1h --yes").stderr_commands();
     let mut argvs: Vec<Vec<String>> = Vec::new();
-    for command in runs.iter().flat_map(ScriptRun::gcloud) {
+    for command in runs.iter().flat_map(ScriptRun::gcloud).chain(suggested) {
         if !argvs.contains(&command) {
             argvs.push(command);
         }

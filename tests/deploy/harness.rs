@@ -15,8 +15,17 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 
 /// The scripts in `deploy/`.
-pub const SCRIPTS: [&str; 7] =
-    ["setup", "deploy", "scale", "status", "teardown", "monitoring", "autoscale"];
+pub const SCRIPTS: [&str; 9] = [
+    "setup",
+    "deploy",
+    "scale",
+    "status",
+    "teardown",
+    "monitoring",
+    "autoscale",
+    "replay",
+    "snapshot",
+];
 /// An object name template with every character deploy/deploy must pass on intact.
 pub const TEMPLATE: &str =
     "dt={publish_time:%Y-%m-%d}/{attributes.task_type|unrouted}/{hash:2}/{message_id}.{ext}";
@@ -70,6 +79,24 @@ impl Sandbox {
     pub fn run(&self, extra: &str, args: &str) -> ScriptRun {
         let args: Vec<&str> = args.split_whitespace().collect();
         self.run_with(&self.env_file(extra), &args, &[])
+    }
+
+    /// `deploy/ARGS` run for real (no DRY_RUN) with `.env.example` as the env file and a stand-in
+    /// gcloud that answers `gcloud pubsub subscriptions describe` with `settings` (as a `value()`
+    /// format prints them) and fails any other command, so nothing reaches a project or the
+    /// network.
+    pub fn run_against(&self, settings: &str, args: &str) -> ScriptRun {
+        let fake = format!(
+            "#!/bin/sh\ncase \"$*\" in\n  'pubsub subscriptions describe '*) printf '%s\\n' '{settings}' ;;\n  \
+             *) echo \"stand-in gcloud: $*\" >&2; exit 1 ;;\nesac\n"
+        );
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("describe-only-gcloud-{}", N.fetch_add(1, Ordering::SeqCst));
+        let fake = self.write(&name, &fake);
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+        let fake = fake.to_str().unwrap();
+        let args: Vec<&str> = args.split_whitespace().collect();
+        self.run_with(&self.env_file(""), &args, &[("DRY_RUN", ""), ("GCLOUD", fake)])
     }
 
     /// `deploy/ARGS` with DRY_RUN=1, `env_file`, and `inherited` variables in its environment.
@@ -194,6 +221,12 @@ impl ScriptRun {
 
     pub fn stderr(&self) -> String {
         text(&self.out.stderr)
+    }
+
+    /// The commands a run printed on stderr ("+ " lines): those it ran, or suggests.
+    pub fn stderr_commands(&self) -> Vec<Vec<String>> {
+        let stderr = self.stderr();
+        shell_words(stderr.lines().filter_map(|line| line.strip_prefix("+ ")))
     }
 
     pub fn ok(self) -> Self {

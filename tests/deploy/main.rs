@@ -14,10 +14,11 @@
 //! module one subject: `lint` (shellcheck, hadolint), `arguments` (what the scripts accept and
 //! refuse), `worker_pool` (what deploy/deploy gives the pool: the env file's variables, probes,
 //! the metrics sidecar), `upload` (what the image build uploads), `image` (the Dockerfile's build
-//! stage replayed from that upload, without Docker), `monitoring`, `autoscale`, `resources`
-//! (what the scripts create and grant, and that teardown removes it), `gcloud_parse` (every
-//! command through gcloud's own argument parsing) and `docs` (every relative link in the README,
-//! ARCHITECTURE.md and `docs/` resolves).
+//! stage replayed from that upload, without Docker), `monitoring`, `autoscale`, `replay` (the
+//! replay window setup keeps, what deploy/replay seeks to and refuses, deploy/snapshot),
+//! `resources` (what the scripts create and grant, and that teardown removes it), `gcloud_parse`
+//! (every command through gcloud's own argument parsing) and `docs` (every relative link in the
+//! README, ARCHITECTURE.md and `docs/` resolves).
 
 mod arguments;
 mod autoscale;
@@ -27,6 +28,7 @@ mod harness;
 mod image;
 mod lint;
 mod monitoring;
+mod replay;
 mod resources;
 mod upload;
 mod worker_pool;

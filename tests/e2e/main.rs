@@ -13,6 +13,7 @@ mod memory;
 mod names;
 mod objects;
 mod operations;
+mod replay;
 mod soak;
 mod support;
 mod worker;

@@ -13,6 +13,7 @@ use crate::support::{unique_name, wait_for};
 use pubsub_gcs_worker::object::{BINARY, TEXT};
 use std::collections::BTreeSet;
 use std::time::Duration;
+use testkit::SubscriptionSettings;
 use tokio::time::{Instant, sleep};
 
 /// Longer than the lease the tests give the worker: an un-acked message is back by then.
@@ -300,5 +301,32 @@ async fn missing_subscription_exits_non_zero_with_a_clear_error() -> Result {
     assert_eq!(error["severity"], "ERROR");
     let text = error["error"].as_str().unwrap_or_default().to_lowercase();
     assert!(text.contains("subscription") && text.contains("not found"), "{error}");
+    Ok(())
+}
+
+/// A subscription with exactly-once delivery (`EXACTLY_ONCE_DELIVERY=true` in `deploy/setup`),
+/// which the emulator implements (it says so on the stream and confirms each ack): the client
+/// hands the worker exactly-once handlers and confirms their acks by itself. Every message
+/// becomes one byte-exact object, and none is left to deliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_subscription_gets_every_object_once() -> Result {
+    const N: u64 = 100;
+    let fx = Fixture::new(true).await?;
+    let settings = SubscriptionSettings { exactly_once: true, ..SubscriptionSettings::default() };
+    fx.pubsub.delete_subscription(&fx.subscription).await?;
+    let lease = LEASE_SECS as i32;
+    fx.pubsub.create_subscription_with(&fx.topic, &fx.subscription, lease, &settings).await?;
+    let published = fx.publish(&(0..N as usize).map(sample_message).collect::<Vec<_>>()).await?;
+    let worker = fx.start_worker(&fx.emulators.storage_url(), &[]).await?;
+    wait_for(Duration::from_secs(120), "every message acked", async || {
+        Ok(worker.stats.snapshot().acked == N)
+    })
+    .await?;
+    sleep(REDELIVERY_WINDOW).await;
+    let summary = worker.stop().await?;
+    assert_eq!((summary.received, summary.written, summary.duplicates), (N, N, 0), "{summary:?}");
+    fx.assert_exactly_once(&published, 1).await?;
+    let left = fx.pubsub.pull(&fx.subscription, 100).await?;
+    assert!(left.is_empty(), "acked messages left to deliver: {left:?}");
     Ok(())
 }
