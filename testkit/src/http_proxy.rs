@@ -36,17 +36,19 @@ use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::task::JoinHandle;
+use tokio::net::TcpSocket;
+use tokio_util::task::AbortOnDropHandle;
 
 pub struct HttpProxy {
     addr: SocketAddr,
     state: Arc<State>,
-    accept: JoinHandle<()>,
+    connections: Arc<AtomicU64>,
+    _accept: AbortOnDropHandle<()>,
 }
 
 struct State {
@@ -63,7 +65,6 @@ struct State {
     fail_reads: AtomicU64,
     /// `None` unless started with [`HttpProxy::recording`].
     uploads: Option<Mutex<Vec<Value>>>,
-    connections: AtomicU64,
 }
 
 impl HttpProxy {
@@ -95,10 +96,18 @@ impl HttpProxy {
             fail_uploads: AtomicU64::new(0),
             fail_reads: AtomicU64::new(0),
             uploads: record.then(|| Mutex::new(Vec::new())),
-            connections: AtomicU64::new(0),
         });
-        let accept = tokio::spawn(accept_loop(listener, state.clone()));
-        Ok(HttpProxy { addr, state, accept })
+        let shared = state.clone();
+        let serve = move |stream| {
+            let state = shared.clone();
+            let service = hyper::service::service_fn(move |r| forward(state.clone(), r));
+            let stream = RawHeaders { inner: stream, pending: Vec::new() };
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            async move { drop(connection.await) }
+        };
+        let connections = Arc::new(AtomicU64::new(0));
+        let _accept = crate::accept_each(listener, connections.clone(), serve);
+        Ok(HttpProxy { addr, state, connections, _accept })
     }
 
     /// `http://127.0.0.1:PORT`, to use as `STORAGE_EMULATOR_HOST`.
@@ -154,31 +163,7 @@ impl HttpProxy {
 
     /// Connections the worker opened to the proxy so far.
     pub fn connections(&self) -> u64 {
-        self.state.connections.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for HttpProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        state.connections.fetch_add(1, Ordering::Relaxed);
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |r| forward(state.clone(), r));
-            let stream = RawHeaders { inner: stream, pending: Vec::new() };
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        self.connections.load(Ordering::Relaxed)
     }
 }
 

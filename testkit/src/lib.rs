@@ -19,8 +19,8 @@
 //! - [`Soak`]: the chaos soak: worker processes killed and restarted at random while
 //!   storage and the Pub/Sub connection fail in windows, then an account of every message.
 //! - [`unique_name`] keeps tests apart on shared emulators, so they run in parallel;
-//!   [`wait_for`] is the one way to wait for an effect; [`parse_metrics`] reads a Prometheus
-//!   text page such as the worker's `/metrics`.
+//!   [`wait_for`] is the one way to wait for an effect; [`get`] and [`metrics`] read the
+//!   worker's health endpoint and its `/metrics` page.
 //! - [`process`]: one child process ([`process::Process`]: spawn with an environment and a log
 //!   file, signal, wait with a deadline, read its log and its `/proc` figures) and
 //!   [`process::build_worker`], which the examples run the worker binary from.
@@ -48,9 +48,11 @@ pub use rate_cap::RateCap;
 pub use soak::{Soak, SoakReport};
 pub use tls::{LoopbackCa, TlsFront};
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::{Instant, sleep};
+use tokio_util::task::AbortOnDropHandle;
 
 /// A fresh name such as `orders-4242-7-k3f9q`, valid at once as a topic id, a subscription id
 /// and a bucket name: the process id (several test processes may share an emulator), a counter
@@ -95,10 +97,21 @@ pub async fn wait_for(
     Ok(())
 }
 
-/// The samples of a Prometheus text page (exposition format 0.0.4), by series: the name with its
-/// labels as written (`messages_nacked_total{reason="transient"}`), to its value. Comments, and
-/// lines that are not `SERIES VALUE`, are skipped; the worker writes no timestamps.
-pub fn parse_metrics(page: &str) -> std::collections::BTreeMap<String, f64> {
+/// GETs `url` (the worker's health endpoint, say): the status and the body.
+pub async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<(u16, String)> {
+    let response = http.get(url).send().await?;
+    Ok((response.status().as_u16(), response.text().await?))
+}
+
+/// The samples of the Prometheus page at `url` (the worker's `/metrics`) by series: the name with
+/// its labels as written (`messages_nacked_total{reason="transient"}`), to its value.
+pub async fn metrics(http: &reqwest::Client, url: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    Ok(parse_metrics(&rest::send(http.get(url), url).await?.text().await?))
+}
+
+/// A Prometheus text page (exposition format 0.0.4) by series. Comments, and lines that are not
+/// `SERIES VALUE`, are skipped; the worker writes no timestamps.
+fn parse_metrics(page: &str) -> BTreeMap<String, f64> {
     (page.lines())
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {
@@ -108,28 +121,30 @@ pub fn parse_metrics(page: &str) -> std::collections::BTreeMap<String, f64> {
         .collect()
 }
 
-/// Accepts connections on `listener` for as long as the task running it lives, counts each in
-/// `accepted` and serves it with `serve`; the connections' tasks end with it (abort it to close
-/// them all).
-async fn accept_each<F, Fut>(
+/// Accepts connections on `listener` in a task that lives as long as the handle, counts each in
+/// `accepted` and serves it with `serve`; dropping the handle closes every connection.
+fn accept_each<F, Fut>(
     listener: tokio::net::TcpListener,
     accepted: std::sync::Arc<AtomicU64>,
     serve: F,
-) where
-    F: Fn(tokio::net::TcpStream) -> Fut,
+) -> AbortOnDropHandle<()>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let Ok((client, _)) = listener.accept().await else {
-            // e.g. EMFILE: back off instead of spinning.
-            sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        accepted.fetch_add(1, Ordering::Relaxed);
-        tasks.spawn(serve(client));
-    }
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let Ok((client, _)) = listener.accept().await else {
+                // e.g. EMFILE: back off instead of spinning.
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            accepted.fetch_add(1, Ordering::Relaxed);
+            tasks.spawn(serve(client));
+        }
+    }))
 }
 
 #[cfg(test)]

