@@ -26,6 +26,7 @@ mod unwritable;
 use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result};
 use crate::support::unique_name;
 use std::time::Duration;
+use testkit::DeliveryPolicy;
 
 /// How long a storage or Pub/Sub fault lasts.
 const OUTAGE: Duration = Duration::from_secs(10);
@@ -38,8 +39,12 @@ async fn dead_letter_subscription(fx: &Fixture<'_>, max_attempts: i32) -> Result
     fx.pubsub.create_topic(&topic).await?;
     fx.pubsub.create_subscription(&topic, &sub, lease, None).await?;
     fx.pubsub.delete_subscription(&fx.subscription).await?;
-    let policy = Some((topic.as_str(), max_attempts));
-    fx.pubsub.create_subscription(&fx.topic, &fx.subscription, lease, policy).await?;
+    let policy = DeliveryPolicy {
+        dead_letter_topic: topic,
+        max_delivery_attempts: max_attempts,
+        backoff: None,
+    };
+    fx.pubsub.create_subscription(&fx.topic, &fx.subscription, lease, Some(&policy)).await?;
     Ok(sub)
 }
 

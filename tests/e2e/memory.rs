@@ -3,7 +3,7 @@
 
 use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE, figures};
-use crate::support::app::{one_slow_test_at_a_time, sample_message, with_vars};
+use crate::support::app::{one_slow_test_at_a_time, sample_messages, with_vars};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use testkit::process::Usage;
@@ -137,8 +137,7 @@ async fn soak_at_a_steady_rate_keeps_memory_files_and_threads_flat() -> Result {
     let mut second = 0usize;
     while started.elapsed() < DURATION {
         tick.tick().await;
-        let batch: Vec<OutMessage> =
-            (0..PER_SECOND).map(|i| sample_message(second * PER_SECOND + i)).collect();
+        let batch = sample_messages(second * PER_SECOND..(second + 1) * PER_SECOND);
         published.extend(fx.publish(&batch).await?);
         if second.is_multiple_of(10) {
             samples.push((started.elapsed(), worker.usage()?, worker.counters().written));

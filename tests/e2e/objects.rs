@@ -109,26 +109,6 @@ async fn every_object_setting_is_stored_and_a_redelivery_adds_no_object() -> Res
     Ok(())
 }
 
-/// Without settings, objects are written as before: no encoding, class, cache control, custom
-/// time or key is sent, so the bucket's defaults apply.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_settings_nothing_more_is_sent() -> Result {
-    let fx = Fixture::new(true).await?;
-    let proxy = HttpProxy::recording(fx.emulators.storage_addr()).await?;
-    let worker = fx.start_worker(&proxy.url(), &[]).await?;
-    let published = fx.publish(&[OutMessage::new("plain")]).await?;
-    let objects = fx.gcs.wait_for_objects(&fx.bucket, 1, Duration::from_secs(60)).await?;
-    worker.stop().await?;
-    let body = fx.gcs.download(&fx.bucket, &objects[0].name).await?;
-    assert_eq!(Some(&body), published.values().next().map(|m| &m.data));
-    let uploads = proxy.recorded_uploads();
-    let [upload] = uploads.as_slice() else { anyhow::bail!("one upload expected: {uploads:?}") };
-    for field in ["contentEncoding", "storageClass", "cacheControl", "customTime", "kmsKeyName"] {
-        assert!(upload.get(field).is_none(), "{field} sent: {upload}");
-    }
-    Ok(())
-}
-
 /// The start-up check of `KMS_KEY_NAME` writes an empty object with the key, create-only, a new
 /// one at each start, and reads none back: a restart passes even when objects written with an
 /// older key version can no longer be read (that version disabled after a rotation), and a write

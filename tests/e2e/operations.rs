@@ -1,7 +1,7 @@
 //! Operating the worker: the health probes, `/metrics`, the start-up check, and storage over TLS.
 
 use crate::support::app::{BinaryWorker, Fixture, Result, find_event, has_event, with_vars};
-use crate::support::{LoopbackCa, Mode, OutMessage, Proxy, TlsFront, parse_metrics, wait_for};
+use crate::support::{LoopbackCa, Mode, OutMessage, Proxy, TlsFront, get, metrics, wait_for};
 use std::time::Duration;
 
 /// The health endpoint on a free loopback port.
@@ -53,12 +53,10 @@ async fn metrics_match_what_was_published_and_written() -> Result {
 
     let http = reqwest::Client::new();
     let (url, acked) = (format!("{base}/metrics"), "pubsub_gcs_worker_messages_acked_total");
-    let mut metrics = Default::default();
+    let mut page = Default::default();
     wait_for(Duration::from_secs(30), "every ack on /metrics", async || {
-        let (status, page) = get(&http, &url).await?;
-        assert_eq!(status, 200);
-        metrics = parse_metrics(&page);
-        Ok(metrics.get(acked) == Some(&(N as f64)))
+        page = metrics(&http, &url).await?;
+        Ok(page.get(acked) == Some(&(N as f64)))
     })
     .await?;
     let n = N as f64;
@@ -72,9 +70,9 @@ async fn metrics_match_what_was_published_and_written() -> Result {
         ("pubsub_gcs_worker_messages_in_flight", 0.0),
         ("pubsub_gcs_worker_write_duration_seconds_count", n),
     ] {
-        assert_eq!(metrics.get(name), Some(&want), "{name}");
+        assert_eq!(page.get(name), Some(&want), "{name}");
     }
-    let positive = |name: &str| metrics.get(name).is_some_and(|v| *v > 0.0);
+    let positive = |name: &str| page.get(name).is_some_and(|v| *v > 0.0);
     assert!(positive("process_resident_memory_bytes"), "process metrics");
     assert!(positive("pubsub_gcs_worker_write_concurrency_limit"), "the write limit");
     worker.stop().await?;
@@ -117,12 +115,6 @@ async fn storage_over_tls_trusts_the_authority_of_ssl_cert_file() -> Result {
     assert!(front.connections() > 0, "the write went through the front");
     worker.assert_running()?;
     Ok(())
-}
-
-pub async fn get(http: &reqwest::Client, url: &str) -> Result<(u16, String)> {
-    let response = http.get(url).send().await?;
-    let status = response.status().as_u16();
-    Ok((status, response.text().await?))
 }
 
 /// Polls `url` until it answers `want`; returns the answer.

@@ -1,14 +1,10 @@
-//! The worker's core guarantees: every message becomes exactly one byte-exact object, a
-//! redelivery lands on its existing object, failed writes are nacked and retried, SIGTERM drains,
-//! and bad configuration or a missing subscription stops it with a clear error.
+//! The worker's core guarantees: every message becomes exactly one byte-exact object, failed
+//! writes are nacked and retried, SIGTERM drains, and bad configuration or a missing subscription
+//! stops it with a clear error.
 
-use crate::support::Emulators;
-use crate::support::OutMessage;
-use crate::support::app::name_stamp;
 use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, find_event, has_event};
-use crate::support::app::{sample_message, settled_message_ids, with_vars};
-use crate::support::{HttpProxy, Latency};
-use crate::support::{Mode, Proxy};
+use crate::support::app::{name_stamp, sample_messages, settled_message_ids, with_vars};
+use crate::support::{Emulators, HttpProxy, Latency, Mode, OutMessage, Proxy};
 use crate::support::{unique_name, wait_for};
 use pubsub_gcs_worker::object::{BINARY, TEXT};
 use std::collections::BTreeSet;
@@ -21,6 +17,8 @@ const REDELIVERY_WINDOW: Duration = Duration::from_secs(LEASE_SECS + 3);
 /// N messages of mixed sizes and encodings on four pull streams, each with its own connection,
 /// become N objects with byte-exact bodies, the right names, types and metadata, none left to
 /// redeliver. The uploads share a pool of connections, about one per write permit, not per message.
+/// Without object settings, an upload sends no encoding, class, cache control, custom time or key,
+/// so the bucket's defaults apply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     const N: usize = 600;
@@ -32,16 +30,12 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     let streams = [("PULL_STREAMS", "4"), ("PUBSUB_EMULATOR_HOST", &pubsub.addr().to_string())];
     let worker = fx.start_worker(&proxy.url(), &[extra, streams].concat()).await?;
 
-    let published = fx.publish(&(0..N).map(sample_message).collect::<Vec<_>>()).await?;
+    let published = fx.publish(&sample_messages(0..N)).await?;
     assert_eq!(published.len(), N, "message ids are unique");
     let objects = fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(120)).await?;
     fx.assert_exactly_once(&published, 1).await?;
 
     let uploads = proxy.recorded_uploads();
-    let content_type = |name: &str| {
-        let upload = uploads.iter().find(|u| u["name"] == name);
-        upload.and_then(|u| u["contentType"].as_str().map(String::from))
-    };
     let subscription = fx.pubsub.subscription_path(&fx.subscription);
     for object in &objects {
         let id = &object.metadata["message_id"];
@@ -50,8 +44,13 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
         let ext = if text { "txt" } else { "bin" };
         assert_eq!(object.name, format!("test/message_{stamp}_{id}.{ext}"));
         assert_eq!(object.metadata["subscription"], subscription);
-        let want = if text { TEXT } else { BINARY };
-        assert_eq!(content_type(&object.name).as_deref(), Some(want), "{}", object.name);
+        let sent_with: Vec<_> = uploads.iter().filter(|u| u["name"] == object.name).collect();
+        let [upload] = sent_with[..] else { anyhow::bail!("one upload expected: {sent_with:?}") };
+        assert_eq!(upload["contentType"], if text { TEXT } else { BINARY }, "{upload}");
+        for field in ["contentEncoding", "storageClass", "cacheControl", "customTime", "kmsKeyName"]
+        {
+            assert!(upload.get(field).is_none(), "{field} sent: {upload}");
+        }
     }
     // One connection per write permit (16 in every run so far). The bound leaves room for the
     // HTTP client's pool hand-over: a finished connection goes back to the pool from a spawned
@@ -79,43 +78,6 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     Ok(())
 }
 
-/// A redelivered message whose object already exists is acked without a second object and
-/// without overwriting the first.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redelivered_message_with_existing_object_is_acked_once() -> Result {
-    let fx = Fixture::new(true).await?;
-    fx.pubsub.publish(&fx.topic, &[OutMessage::new("second delivery")]).await?;
-
-    // A first delivery that wrote the object and died before acking: pull the message, write
-    // its object, and hand the message back for redelivery.
-    let first = fx.pubsub.pull(&fx.subscription, 1).await?;
-    let [first] = first.as_slice() else {
-        anyhow::bail!("expected one message, got {first:?}");
-    };
-    let name = format!("message_{}_{}.txt", name_stamp(&first.publish_time), first.message_id);
-    let subscription = fx.pubsub.subscription_path(&fx.subscription);
-    let metadata = [("message_id", first.message_id.as_str()), ("subscription", &subscription)];
-    let body = b"written by the first delivery";
-    fx.gcs.put_object_with_metadata(&fx.bucket, &name, body, &metadata).await?;
-    fx.pubsub.settle(&fx.subscription, std::slice::from_ref(&first.ack_id), Some(0)).await?;
-
-    let worker = fx.start_worker(&fx.emulators.storage_url(), &[]).await?;
-    wait_for(Duration::from_secs(60), "the redelivery to be acked", async || {
-        Ok(worker.stats.snapshot().acked == 1)
-    })
-    .await?;
-    sleep(REDELIVERY_WINDOW).await;
-    let summary = worker.stop().await?;
-    let counts = (summary.received, summary.duplicates, summary.written, summary.acked);
-    assert_eq!(counts, (1, 1, 0, 1), "{summary:?}");
-    let objects = fx.gcs.list_objects(&fx.bucket).await?;
-    assert_eq!(objects.len(), 1, "{objects:?}");
-    assert_eq!(objects[0].name, name);
-    let body = fx.gcs.download(&fx.bucket, &name).await?;
-    assert_eq!(body, b"written by the first delivery", "a create-only write never overwrites");
-    Ok(())
-}
-
 /// SIGTERM to the real binary on four pull streams while writes are in flight: exit 0 within the
 /// shutdown timeout, every acked message has its object and never comes back (each stream's acks
 /// flushed), and a restarted worker completes the set with exactly one object per message.
@@ -135,11 +97,7 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
     let env = with_vars(fx.binary_env(&proxy.url()), &[("PULL_STREAMS", "4")]);
     let mut first = BinaryWorker::spawn(&env, "first")?;
     fx.gcs.wait_for_objects(&fx.bucket, 300, Duration::from_secs(120)).await?;
-    let signalled = Instant::now();
-    first.signal(libc::SIGTERM);
-    let status = first.wait(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await?;
-    let elapsed = signalled.elapsed();
-    assert!(status.success(), "exit status {status:?}; log:\n{}", first.log());
+    let elapsed = first.terminate(SHUTDOWN_TIMEOUT).await?;
     assert!(elapsed <= SHUTDOWN_TIMEOUT, "took {elapsed:?} to exit");
 
     let lines = first.json_lines();
@@ -169,9 +127,7 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
         Ok(acked_first.len() + settled_message_ids(&second.json_lines()).len() >= N)
     })
     .await?;
-    second.signal(libc::SIGTERM);
-    let status = second.wait(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await?;
-    assert!(status.success(), "exit status {status:?}");
+    second.terminate(SHUTDOWN_TIMEOUT).await?;
 
     let settled_second = settled_message_ids(&second.json_lines());
     assert!(
@@ -201,8 +157,7 @@ async fn writes_unfinished_at_the_shutdown_deadline_are_nacked_and_redelivered()
     let proxy = Proxy::start(fx.emulators.storage_addr()).await?;
     proxy.set_mode(Mode::Hang);
     let worker = fx.start_worker(&proxy.url(), &[("SHUTDOWN_TIMEOUT_SECS", "2")]).await?;
-    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
-    fx.pubsub.publish(&fx.topic, &messages).await?;
+    fx.publish(&sample_messages(0..N)).await?;
     wait_for(Duration::from_secs(30), "every message to be in flight", async || {
         Ok(worker.stats.snapshot().in_flight == N as u64)
     })
@@ -234,17 +189,13 @@ async fn sigterm_during_a_storage_outage_nacks_at_once_without_spending_the_budg
     const N: usize = 20;
     let fx = Fixture::new(false).await?;
     let mut worker = BinaryWorker::spawn(&fx.binary_env(&fx.emulators.storage_url()), "outage")?;
-    fx.publish(&(0..N).map(sample_message).collect::<Vec<_>>()).await?;
+    fx.publish(&sample_messages(0..N)).await?;
     // By then the backoff before each nack has grown to seconds.
     wait_for(Duration::from_secs(60), "failed writes", async || {
         Ok(worker.counters().nacked >= N as u64)
     })
     .await?;
-    let signalled = Instant::now();
-    worker.signal(libc::SIGTERM);
-    let status = worker.wait(Duration::from_secs(15)).await?;
-    let took = signalled.elapsed();
-    assert!(status.success(), "{status:?}: {}", worker.log_tail());
+    let took = worker.terminate(Duration::from_secs(10)).await?;
     assert!(took < Duration::from_secs(3), "took {took:?} to exit");
     let lines = worker.json_lines();
     let spent = has_event(&lines, "budget_spent");

@@ -2,9 +2,8 @@
 //! missing (it backs off and recovers once the bucket exists).
 
 use super::error_lines;
-use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE};
-use crate::support::app::{find_event, sample_message, settled_message_ids};
+use crate::support::app::{find_event, sample_messages, settled_message_ids};
 use crate::support::wait_for;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -19,8 +18,7 @@ async fn subscription_deleted_while_running_exits_non_zero_with_a_clear_error() 
     let fx = Fixture::new(true).await?;
     let mut worker =
         BinaryWorker::spawn(&fx.binary_env(&fx.emulators.storage_url()), "deleted-subscription")?;
-    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
-    let published = fx.publish(&messages).await?;
+    let published = fx.publish(&sample_messages(0..N)).await?;
     fx.gcs.wait_for_objects(&fx.bucket, N / 5, SETTLE).await?;
 
     fx.pubsub.delete_subscription(&fx.subscription).await?;
@@ -56,8 +54,7 @@ async fn missing_bucket_backs_off_without_spinning_and_recovers_when_created() -
     let fx = Fixture::new(false).await?;
     let mut worker =
         BinaryWorker::spawn(&fx.binary_env(&fx.emulators.storage_url()), "missing-bucket")?;
-    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
-    let published = fx.publish(&messages).await?;
+    let published = fx.publish(&sample_messages(0..N)).await?;
     wait_for(Duration::from_secs(60), "every message to fail once", async || {
         Ok(worker.counters().nacked >= N as u64)
     })

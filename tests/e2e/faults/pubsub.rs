@@ -2,7 +2,7 @@
 //! while. The worker reconnects and carries on.
 
 use super::OUTAGE;
-use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE, sample_message};
+use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE, sample_messages};
 use crate::support::app::{settled_message_ids, with_vars};
 use crate::support::wait_for;
 use crate::support::{Emulators, OutMessage};
@@ -41,7 +41,7 @@ async fn pubsub_emulator_restart_reconnects_with_backoff_and_carries_on() -> Res
     let settled_before = settled_message_ids(&worker.json_lines());
     sleep(Duration::from_secs(3)).await;
     emulators.restart_pubsub().await?;
-    fx.create_topic_and_subscription(None).await?;
+    fx.create_topic_and_subscription().await?;
     gate.set_mode(Mode::Pass);
     let second: Vec<OutMessage> = (0..HALF).map(|i| half_message(2, i)).collect();
     let published_second = fx.publish(&second).await?;
@@ -82,8 +82,7 @@ async fn pubsub_connection_resets_reconnect_and_carry_on() -> Result {
         &[("PUBSUB_EMULATOR_HOST", &gate.addr().to_string())],
     );
     let mut worker = BinaryWorker::spawn(&env, "pubsub-reset")?;
-    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
-    let mut published = fx.publish(&messages[..N / 2]).await?;
+    let mut published = fx.publish(&sample_messages(0..N / 2)).await?;
     fx.gcs.wait_for_objects(&fx.bucket, N / 8, SETTLE).await?;
 
     let cpu_before = worker.usage()?.cpu;
@@ -93,7 +92,7 @@ async fn pubsub_connection_resets_reconnect_and_carry_on() -> Result {
     let cpu = worker.usage()?.cpu - cpu_before;
     worker.assert_running()?;
     gate.set_mode(Mode::Pass);
-    published.extend(fx.publish(&messages[N / 2..]).await?);
+    published.extend(fx.publish(&sample_messages(N / 2..N)).await?);
     assert!(cpu < started.elapsed() / 2, "{cpu:?} of CPU during the outage");
 
     fx.gcs.wait_for_objects(&fx.bucket, N, SETTLE).await?;

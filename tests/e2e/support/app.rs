@@ -56,19 +56,18 @@ impl<'a> Fixture<'a> {
             subscription: unique_name("sub"),
             bucket: unique_name("bucket"),
         };
-        fx.create_topic_and_subscription(None).await?;
+        fx.create_topic_and_subscription().await?;
         if create_bucket {
             fx.gcs.create_bucket(&fx.bucket).await?;
         }
         Ok(fx)
     }
 
-    /// Creates the topic and the subscription (again, after a Pub/Sub emulator restart);
-    /// `dead_letter` is `(dead-letter topic, max delivery attempts)`.
-    pub async fn create_topic_and_subscription(&self, dead_letter: Option<(&str, i32)>) -> Result {
+    /// Creates the topic and the subscription (again, after a Pub/Sub emulator restart).
+    pub async fn create_topic_and_subscription(&self) -> Result {
         self.pubsub.create_topic(&self.topic).await?;
         let lease = LEASE_SECS as i32;
-        self.pubsub.create_subscription(&self.topic, &self.subscription, lease, dead_letter).await
+        self.pubsub.create_subscription(&self.topic, &self.subscription, lease, None).await
     }
 
     /// The worker's environment, with storage reached at `storage_url`.
@@ -256,6 +255,16 @@ impl BinaryWorker {
         self.assert_no_panic()
     }
 
+    /// Sends SIGTERM and waits for a successful exit within `limit` (and 5 s of grace); how long
+    /// the exit took.
+    pub async fn terminate(&mut self, limit: Duration) -> Result<Duration> {
+        let signalled = Instant::now();
+        self.signal(libc::SIGTERM);
+        let status = self.wait(limit + Duration::from_secs(5)).await?;
+        anyhow::ensure!(status.success(), "exit status {status}; log:\n{}", self.log_tail());
+        Ok(signalled.elapsed())
+    }
+
     pub fn assert_no_panic(&self) -> Result {
         let panicked = self.log().contains("panicked");
         anyhow::ensure!(!panicked, "the worker panicked:\n{}", self.log_tail());
@@ -316,26 +325,30 @@ pub fn find_event<'a>(lines: &'a [Value], event: &str) -> &'a Value {
     line.unwrap_or_else(|| panic!("no event {event:?} in {lines:#?}"))
 }
 
-/// Mixed sizes (empty to 100 KiB), some invalid UTF-8, some with attributes.
-pub fn sample_message(i: usize) -> OutMessage {
-    let data: Vec<u8> = match i % 6 {
-        0 => Vec::new(),
-        1 => format!("message {i}").into_bytes(),
-        2 => format!("{i:05} ünïcödé ✓ ").repeat(60).into_bytes(),
-        3 => format!("{i:05} ").repeat(16 * 1024 / 6).into_bytes(),
-        4 => format!("{i:05}\n").repeat(100 * 1024 / 6).into_bytes(),
-        _ => [0xff, 0xfe, 0x00, (i % 256) as u8]
-            .into_iter()
-            .chain((0..300).map(|b| (b * 7 + i) as u8))
-            .collect(),
+/// Messages number `range`: mixed sizes (empty to 100 KiB), some invalid UTF-8, some with
+/// attributes.
+pub fn sample_messages(range: std::ops::Range<usize>) -> Vec<OutMessage> {
+    let message = |i: usize| {
+        let data: Vec<u8> = match i % 6 {
+            0 => Vec::new(),
+            1 => format!("message {i}").into_bytes(),
+            2 => format!("{i:05} ünïcödé ✓ ").repeat(60).into_bytes(),
+            3 => format!("{i:05} ").repeat(16 * 1024 / 6).into_bytes(),
+            4 => format!("{i:05}\n").repeat(100 * 1024 / 6).into_bytes(),
+            _ => [0xff, 0xfe, 0x00, (i % 256) as u8]
+                .into_iter()
+                .chain((0..300).map(|b| (b * 7 + i) as u8))
+                .collect(),
+        };
+        match i % 3 {
+            0 => OutMessage::new(data)
+                .attr("index", i.to_string())
+                .attr("origin", "tests/e2e")
+                .attr("note", "ünïcödé, spaces & symbols =/?"),
+            _ => OutMessage::new(data),
+        }
     };
-    match i % 3 {
-        0 => OutMessage::new(data)
-            .attr("index", i.to_string())
-            .attr("origin", "tests/e2e")
-            .attr("note", "ünïcödé, spaces & symbols =/?"),
-        _ => OutMessage::new(data),
-    }
+    range.map(message).collect()
 }
 
 /// `2026-11-23T18:44:40.854Z` (a publish time as Pub/Sub prints it) -> `20261123_184440_854000`.

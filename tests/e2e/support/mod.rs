@@ -6,4 +6,4 @@
 pub mod app;
 
 pub use testkit::{Emulators, HttpProxy, Latency, LoopbackCa, Mode, OutMessage, Proxy, TlsFront};
-pub use testkit::{parse_metrics, unique_name, wait_for};
+pub use testkit::{get, metrics, unique_name, wait_for};
