@@ -1,7 +1,7 @@
 //! What the scripts accept and refuse before they run anything: `--help` and unknown arguments,
 //! a missing env file or variable, scale's instance count, teardown without confirmation.
 
-use crate::harness::{SCRIPTS, Sandbox, describe, flag, hermetic, repo_root, text};
+use crate::harness::{SCRIPTS, Sandbox, describe, executable, flag, hermetic, repo_root, text};
 use std::process::Command;
 
 #[test]
@@ -43,8 +43,8 @@ fn scale_takes_exactly_one_whole_number() {
 fn teardown_refuses_without_yes_and_a_terminal() {
     let sandbox = Sandbox::new();
     let marker = sandbox.path().join("gcloud-was-run");
-    let fake = sandbox.write("fake-gcloud", &format!("#!/bin/sh\ntouch '{}'\n", marker.display()));
-    Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+    let fake = sandbox.path().join("fake-gcloud");
+    executable(&fake, &format!("#!/bin/sh\ntouch '{}'\n", marker.display()));
     let mut cmd = Command::new(repo_root().join("deploy/teardown"));
     let env_file = sandbox.env_file("");
     let out = hermetic(&mut cmd, &sandbox).env("ENV_FILE", env_file).env("GCLOUD", &fake);
