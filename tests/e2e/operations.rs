@@ -1,7 +1,8 @@
-//! Operating the worker: the health probes, `/metrics`, the start-up check, and storage over TLS.
+//! Operating the worker: the health probes, the start-up check, and storage over TLS (`/metrics`:
+//! `worker.rs`).
 
 use crate::support::app::{BinaryWorker, Fixture, Result, find_event, has_event, with_vars};
-use crate::support::{LoopbackCa, Mode, OutMessage, Proxy, TlsFront, get, metrics, wait_for};
+use crate::support::{LoopbackCa, Mode, OutMessage, Proxy, TlsFront, get, wait_for};
 use std::time::Duration;
 
 /// The health endpoint on a free loopback port.
@@ -32,50 +33,6 @@ async fn liveness_fails_while_storage_hangs_and_recovers_with_it() -> Result {
     wait_for_status(&http, &format!("{base}/healthz/live"), 200).await?;
     let summary = worker.stop().await?;
     assert_eq!(summary.acked, N as u64, "{summary:?}");
-    Ok(())
-}
-
-/// `/metrics` counts exactly what the test published and the worker wrote, binary messages too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_match_what_was_published_and_written() -> Result {
-    const N: usize = 50;
-    let fx = Fixture::new(true).await?;
-    let worker = fx.start_worker(&fx.emulators.storage_url(), &HEALTH).await?;
-    let base = format!("http://{}", worker.health.expect("health endpoint asked for"));
-    // Every fifth message is binary (not UTF-8).
-    let data = |i: usize| {
-        if i.is_multiple_of(5) { vec![0xff; (i + 1) * 10] } else { vec![b'x'; (i + 1) * 10] }
-    };
-    let messages: Vec<OutMessage> = (0..N).map(|i| OutMessage::new(data(i))).collect();
-    let bytes: usize = messages.iter().map(|m| m.data.len()).sum();
-    fx.pubsub.publish(&fx.topic, &messages).await?;
-    fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(60)).await?;
-
-    let http = reqwest::Client::new();
-    let (url, acked) = (format!("{base}/metrics"), "pubsub_gcs_worker_messages_acked_total");
-    let mut page = Default::default();
-    wait_for(Duration::from_secs(30), "every ack on /metrics", async || {
-        page = metrics(&http, &url).await?;
-        Ok(page.get(acked) == Some(&(N as f64)))
-    })
-    .await?;
-    let n = N as f64;
-    for (name, want) in [
-        ("pubsub_gcs_worker_messages_received_total", n),
-        ("pubsub_gcs_worker_objects_written_total", n),
-        ("pubsub_gcs_worker_messages_acked_total", n),
-        ("pubsub_gcs_worker_duplicates_skipped_total", 0.0),
-        ("pubsub_gcs_worker_binary_messages_total", (N / 5) as f64),
-        ("pubsub_gcs_worker_bytes_written_total", bytes as f64),
-        ("pubsub_gcs_worker_messages_in_flight", 0.0),
-        ("pubsub_gcs_worker_write_duration_seconds_count", n),
-    ] {
-        assert_eq!(page.get(name), Some(&want), "{name}");
-    }
-    let positive = |name: &str| page.get(name).is_some_and(|v| *v > 0.0);
-    assert!(positive("process_resident_memory_bytes"), "process metrics");
-    assert!(positive("pubsub_gcs_worker_write_concurrency_limit"), "the write limit");
-    worker.stop().await?;
     Ok(())
 }
 

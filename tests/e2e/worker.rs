@@ -2,10 +2,13 @@
 //! writes are nacked and retried, SIGTERM drains, and bad configuration or a missing subscription
 //! stops it with a clear error.
 
-use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, find_event, has_event};
+use crate::operations::HEALTH;
+use crate::support::app::{
+    BinaryWorker, Fixture, LEASE_SECS, Result, SETTLE, find_event, has_event,
+};
 use crate::support::app::{name_stamp, sample_messages, settled_message_ids, with_vars};
 use crate::support::{Emulators, HttpProxy, Latency, Mode, OutMessage, Proxy};
-use crate::support::{unique_name, wait_for};
+use crate::support::{metrics, unique_name, wait_for};
 use pubsub_gcs_worker::object::{BINARY, TEXT};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -18,7 +21,7 @@ const REDELIVERY_WINDOW: Duration = Duration::from_secs(LEASE_SECS + 3);
 /// become N objects with byte-exact bodies, the right names, types and metadata, none left to
 /// redeliver. The uploads share a pool of connections, about one per write permit, not per message.
 /// Without object settings, an upload sends no encoding, class, cache control, custom time or key,
-/// so the bucket's defaults apply.
+/// so the bucket's defaults apply. `/metrics` counts exactly what was published and written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     const N: usize = 600;
@@ -28,7 +31,7 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     let pubsub = Proxy::start(fx.emulators.pubsub_addr()).await?;
     let extra = [("OBJECT_PREFIX", "test/"), ("MAX_CONCURRENT_WRITES", &WRITES.to_string())];
     let streams = [("PULL_STREAMS", "4"), ("PUBSUB_EMULATOR_HOST", &pubsub.addr().to_string())];
-    let worker = fx.start_worker(&proxy.url(), &[extra, streams].concat()).await?;
+    let worker = fx.start_worker(&proxy.url(), &[&extra[..], &streams, &HEALTH].concat()).await?;
 
     let published = fx.publish(&sample_messages(0..N)).await?;
     assert_eq!(published.len(), N, "message ids are unique");
@@ -62,6 +65,25 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     // Nothing left to redeliver: an un-acked message would be back within the window.
     sleep(REDELIVERY_WINDOW).await;
     assert_eq!(pubsub.accepted_connections(), 4, "a connection per stream (and its acks)");
+    let url = format!("http://{}/metrics", worker.health.expect("health endpoint asked for"));
+    let page = metrics(&reqwest::Client::new(), &url).await?;
+    let binary = published.values().filter(|m| std::str::from_utf8(&m.data).is_err()).count();
+    let (n, bytes) = (N as f64, published.values().map(|m| m.data.len()).sum::<usize>());
+    for (name, want) in [
+        ("pubsub_gcs_worker_messages_received_total", n),
+        ("pubsub_gcs_worker_objects_written_total", n),
+        ("pubsub_gcs_worker_messages_acked_total", n),
+        ("pubsub_gcs_worker_duplicates_skipped_total", 0.0),
+        ("pubsub_gcs_worker_binary_messages_total", binary as f64),
+        ("pubsub_gcs_worker_bytes_written_total", bytes as f64),
+        ("pubsub_gcs_worker_messages_in_flight", 0.0),
+        ("pubsub_gcs_worker_write_duration_seconds_count", n),
+    ] {
+        assert_eq!(page.get(name), Some(&want), "{name}");
+    }
+    let positive = |name: &str| page.get(name).is_some_and(|v| *v > 0.0);
+    assert!(positive("process_resident_memory_bytes"), "process metrics");
+    assert!(positive("pubsub_gcs_worker_write_concurrency_limit"), "the write limit");
     let summary = worker.stop().await?;
     assert_eq!(summary.received, N as u64, "no redelivery: {summary:?}");
     assert_eq!(summary.written, N as u64, "{summary:?}");
@@ -78,9 +100,10 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     Ok(())
 }
 
-/// SIGTERM to the real binary on four pull streams while writes are in flight: exit 0 within the
-/// shutdown timeout, every acked message has its object and never comes back (each stream's acks
-/// flushed), and a restarted worker completes the set with exactly one object per message.
+/// SIGTERM to the real binary on four pull streams while writes are in flight, then to a restarted
+/// worker busy with the backlog and the redeliveries: each exits 0 within the shutdown timeout,
+/// every acked message has its object and never comes back (each stream's acks flushed), and a
+/// last worker completes the set with exactly one object per message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Result {
     const N: usize = 2000;
@@ -121,22 +144,32 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
 
     proxy.set_latency(Latency::ZERO);
     let mut second = BinaryWorker::spawn(&env, "second")?;
-    fx.gcs.wait_for_objects(&fx.bucket, N, Duration::from_secs(240)).await?;
-    // Let the second worker ack the last writes before stopping it.
-    wait_for(Duration::from_secs(30), "the second worker to settle", async || {
-        Ok(acked_first.len() + settled_message_ids(&second.json_lines()).len() >= N)
+    fx.gcs.wait_for_objects(&fx.bucket, N * 6 / 10, SETTLE).await?;
+    let elapsed = second.terminate(SHUTDOWN_TIMEOUT).await?;
+    assert!(elapsed <= SHUTDOWN_TIMEOUT, "the second took {elapsed:?} to exit");
+    second.assert_no_panic()?;
+    let lines = second.json_lines();
+    find_event(&lines, "draining");
+    let acked_second = settled_message_ids(&lines);
+    assert!(acked_second.is_subset(&fx.object_ids().await?), "an ack without its object");
+
+    let mut last = BinaryWorker::spawn(&env, "last")?;
+    fx.gcs.wait_for_objects(&fx.bucket, N, SETTLE).await?;
+    // Let the last worker ack the last writes before stopping it.
+    let acked_before = acked_first.len() + acked_second.len();
+    wait_for(Duration::from_secs(30), "the last worker to settle", async || {
+        Ok(acked_before + settled_message_ids(&last.json_lines()).len() >= N)
     })
     .await?;
-    second.terminate(SHUTDOWN_TIMEOUT).await?;
+    last.terminate(SHUTDOWN_TIMEOUT).await?;
 
-    let settled_second = settled_message_ids(&second.json_lines());
-    assert!(
-        acked_first.is_disjoint(&settled_second),
-        "an acked message came back: {:?}",
-        acked_first.intersection(&settled_second).take(5).collect::<Vec<_>>()
-    );
-    let all: BTreeSet<String> = acked_first.union(&settled_second).cloned().collect();
-    assert_eq!(all, ids, "every message acked by one of the two workers");
+    let acked = [acked_first, acked_second, settled_message_ids(&last.json_lines())];
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        let again: Vec<_> = acked[a].intersection(&acked[b]).take(5).collect();
+        assert!(again.is_empty(), "an acked message came back: {again:?}");
+    }
+    let all: BTreeSet<String> = acked.into_iter().flatten().collect();
+    assert_eq!(all, ids, "every message acked by one of the workers");
     let objects = fx.gcs.list_objects(&fx.bucket).await?;
     assert_eq!(objects.len(), N, "exactly one object per message");
     let object_ids = fx.object_ids().await?;
