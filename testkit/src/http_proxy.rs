@@ -197,11 +197,8 @@ async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
         return Ok(Response::builder().status(StatusCode::TOO_MANY_REQUESTS).body(body.into())?);
     }
     let mut upstream = state.client.request(parts.method, format!("{}{target}", state.upstream));
-    for (name, value) in &parts.headers {
-        if !matches!(name.as_str(), "host" | "content-length" | "transfer-encoding" | "connection")
-        {
-            upstream = upstream.header(name, value);
-        }
+    for (name, value) in parts.headers.iter().filter(|(name, _)| !HOP.contains(&name.as_str())) {
+        upstream = upstream.header(name, value);
     }
     let answer = upstream.body(body).send().await?;
     let mut status = answer.status();
@@ -210,10 +207,8 @@ async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
     }
     let media = target.contains("alt=media") && status.is_success();
     let mut response = Response::builder().status(status);
-    for (name, value) in answer.headers() {
-        let meta = media && name.as_str().starts_with(META);
-        if !meta && !matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection")
-        {
+    for (name, value) in answer.headers().iter().filter(|(name, _)| !HOP.contains(&name.as_str())) {
+        if !(media && name.as_str().starts_with(META)) {
             response = response.header(name, value);
         }
     }
@@ -232,6 +227,8 @@ async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
     Ok(response.body(Full::new(body))?)
 }
 
+/// Headers of one hop, which the proxy does not forward.
+const HOP: [&str; 4] = ["host", "content-length", "transfer-encoding", "connection"];
 /// The prefix of a metadata entry's header.
 const META: &str = "x-goog-meta-";
 /// What a metadata header whose key is not a valid header name is sent as by hyper, the key in
@@ -245,10 +242,7 @@ impl State {
         let resource: Value =
             self.client.get(format!("{}{path}", self.upstream)).send().await?.json().await?;
         let entries = resource["metadata"].as_object().cloned().unwrap_or_default();
-        Ok(entries
-            .into_iter()
-            .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string()))
-            .collect())
+        Ok(entries.into_iter().map(|(k, v)| (k, v.as_str().unwrap_or_default().into())).collect())
     }
 
     /// Counts an upload against this second's allowance; whether it is over.

@@ -50,14 +50,15 @@ pub use tls::{LoopbackCa, TlsFront};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::time::{Instant, sleep};
 use tokio_util::task::AbortOnDropHandle;
 
 /// A fresh name such as `orders-4242-7-k3f9q`, valid at once as a topic id, a subscription id
 /// and a bucket name: the process id (several test processes may share an emulator), a counter
-/// (unique within the process) and a time-derived tail (unique across reruns with the same pid).
+/// (unique within the process) and a random tail (unique across reruns with the same pid).
 pub fn unique_name(prefix: &str) -> String {
+    use rand::RngExt as _;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut p: String = prefix
@@ -70,15 +71,8 @@ pub fn unique_name(prefix: &str) -> String {
         p.insert_str(0, "t-");
     }
     p.truncate(30);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let mut r = (nanos ^ (u128::from(n) << 20)) as u64 % 36u64.pow(5);
-    let tail: String = (0..5)
-        .map(|_| {
-            let d = (r % 36) as u32;
-            r /= 36;
-            char::from_digit(d, 36).unwrap_or('x')
-        })
-        .collect();
+    let tail = rand::rng().sample_iter(rand::distr::Alphanumeric).take(5).map(char::from);
+    let tail: String = tail.collect::<String>().to_ascii_lowercase();
     format!("{}-{}-{n}-{tail}", p.trim_end_matches('-'), std::process::id())
 }
 
