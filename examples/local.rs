@@ -23,28 +23,21 @@ const BUCKET: &str = "local-bucket";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    eprintln!(
-        "starting the Pub/Sub emulator and fake-gcs-server (the first start takes a while)..."
-    );
+    eprintln!("starting the Pub/Sub emulator and fake-gcs-server (the first start takes a while)");
     let emulators = Emulators::start().await.context("the emulators could not be started")?;
-    let pubsub = emulators.pubsub();
-    let gcs = emulators.gcs();
+    let (pubsub, gcs) = (emulators.pubsub(), emulators.gcs());
     pubsub.create_topic(TOPIC).await?;
     pubsub.create_subscription(TOPIC, SUBSCRIPTION, 10, None).await?;
     gcs.create_bucket(BUCKET).await?;
 
     let mut env = emulators.worker_env();
-    env.extend([
-        ("SUBSCRIPTION_ID".to_string(), SUBSCRIPTION.to_string()),
-        ("BUCKET_NAME".to_string(), BUCKET.to_string()),
-        ("PROGRESS_INTERVAL_SECS".to_string(), "10".to_string()),
-    ]);
+    let names = [("SUBSCRIPTION_ID", SUBSCRIPTION), ("BUCKET_NAME", BUCKET)];
+    env.extend(names.map(|(k, v)| (k.to_string(), v.to_string())));
+    env.push(("PROGRESS_INTERVAL_SECS".into(), "10".into()));
     // The naming settings, to try a template: OBJECT_NAME='{attributes.source}/{message_id}'.
-    env.extend(
-        ["OBJECT_PREFIX", "OBJECT_NAME"]
-            .iter()
-            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?))),
-    );
+    let naming =
+        ["OBJECT_PREFIX", "OBJECT_NAME"].map(|k| Some((k.to_string(), std::env::var(k).ok()?)));
+    env.extend(naming.into_iter().flatten());
     let config = Config::from_vars(env)?;
     telemetry::init(LogFormat::Text, "info")?;
     print_banner(&emulators);

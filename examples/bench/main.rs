@@ -317,7 +317,7 @@ impl Bench<'_> {
         // Let the acks flush and the process go idle.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let usage = worker.process.usage()?;
-        let idle_exit_s = worker.terminate().await?;
+        let idle_exit_s = worker.process.terminate(Duration::from_secs(30)).await?.as_secs_f64();
         let (written, log) = (worker.stopped("written"), worker.process.log_path().display());
         ensure!(written == Some(n as u64), "{written:?} of {n} objects written: {log}");
         let steady_cpu = (cpu_90 - cpu_10).as_secs_f64() / (count_90 - count_10).max(1) as f64;
@@ -338,7 +338,7 @@ impl Bench<'_> {
         let fresh = self.fresh(n, busy_n).await?;
         let mut busy = Worker::spawn(self, &fresh.name, "busy")?;
         busy.wait_for(busy_n / 4, Instant::now() + self.budget(busy_n)).await?;
-        let busy_exit_s = busy.terminate().await?;
+        let busy_exit_s = busy.process.terminate(Duration::from_secs(30)).await?.as_secs_f64();
         let busy_nacked = busy.stopped("nacked").map_or(f64::NAN, |n| n as f64);
         let (w, mb) = (&worker, |kib: u64| kib as f64 / 1024.0);
         let (rates, ps, gcs, cpu) = (&w.rates, &pubsub, &storage, w.usage.cpu.as_secs_f64());
@@ -449,16 +449,6 @@ impl Worker {
             let (t0, c0) = if after == 0 { (start, 0) } else { self.samples[after - 1] };
             since(t0) + (since(t1) - since(t0)) * (k as u64 - c0) as f64 / (c1 - c0).max(1) as f64
         })
-    }
-
-    /// Sends SIGTERM; the seconds until the process exited (successfully).
-    async fn terminate(&mut self) -> anyhow::Result<f64> {
-        let sent = Instant::now();
-        self.process.signal(libc::SIGTERM);
-        let status = self.process.wait(Duration::from_secs(30)).await?;
-        let log = self.process.log_path().display();
-        ensure!(status.success(), "the worker exited with {status} after SIGTERM: {log}");
-        Ok(sent.elapsed().as_secs_f64())
     }
 
     /// The counter `key` of the worker's `stopped` line.

@@ -193,10 +193,7 @@ fn remove_stale_dirs() {
         else {
             continue;
         };
-        // SAFETY: signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
-        if !alive {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -254,7 +251,6 @@ impl Proc {
         let log = File::create(&self.log)?;
         let mut cmd = (self.make_cmd)(port);
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        let started = Instant::now();
         let child =
             spawn_tied_to_process(cmd).with_context(|| format!("spawning {}", self.name))?;
         *self.state.lock().unwrap() = ProcState { port, child: Some(child) };
@@ -263,30 +259,26 @@ impl Proc {
             _ => format!("http://127.0.0.1:{port}/_internal/healthcheck"),
         };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-        loop {
+        let answered = crate::wait_for(START_TIMEOUT, "an answer", async || {
             if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
-                return Ok(());
+                return Ok(true);
             }
-            let exited = {
-                let mut st = self.state.lock().unwrap();
-                match st.child.as_mut().map(Child::try_wait) {
-                    None => Some("killed".to_string()),
-                    Some(Ok(Some(status))) => st.child.take().map(|_| status.to_string()),
-                    Some(_) => None,
+            let mut st = self.state.lock().unwrap();
+            match st.child.as_mut().map(Child::try_wait) {
+                None => bail!("killed"),
+                Some(Ok(Some(status))) => {
+                    st.child = None;
+                    bail!("{status}")
                 }
-            };
-            let failed = exited.or((started.elapsed() > START_TIMEOUT).then(|| "no answer".into()));
-            if let Some(why) = failed {
-                self.kill();
-                let log = crate::process::tail(&self.log, 40);
-                bail!(
-                    "{} on port {port} did not start ({why}); log {}:\n{log}",
-                    self.name,
-                    self.log.display()
-                );
+                _ => Ok(false),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        });
+        answered.await.or_else(|why| {
+            self.kill();
+            let (name, log) = (self.name, self.log.display());
+            let tail = crate::process::tail(&self.log, 40);
+            bail!("{name} on port {port} did not start ({why}); log {log}:\n{tail}")
+        })
     }
 
     /// SIGKILL to the whole process group (the Pub/Sub launcher script's helpers included),

@@ -1,26 +1,13 @@
-//! An HTTP proxy in front of fake-gcs-server, served with hyper and forwarded with reqwest:
-//!
-//! * **Latency**: every answer is held back by a delay drawn from a [`Latency`] (log-normal: a
-//!   median and a tail), as real Cloud Storage takes tens of milliseconds, now and then far
-//!   more, where the emulator takes less than one.
-//! * **Recording** ([`HttpProxy::recording`]): fake-gcs-server drops the content type the storage
-//!   client sends in the JSON part of its multipart upload; the proxy keeps that part of every
-//!   upload. Off otherwise: it costs CPU and memory per upload, which a benchmark must not pay.
-//!
-//! * **403 for 412**: Cloud Storage may answer a create-only write of an existing object with
-//!   403 when the caller may not read objects; the proxy can turn the emulator's 412 into that.
-//! * **Throttling** ([`HttpProxy::throttle`]): uploads above a rate get 429, as a bucket's
-//!   index ramping up answers them.
-//! * **Failing uploads** ([`HttpProxy::fail_uploads`]): every upload gets a chosen status (403,
-//!   429, 503) until switched off, as a bucket whose permission was revoked, whose quota is
-//!   spent or whose backend is down answers them; the chaos soak switches it in windows.
-//!   [`HttpProxy::fail_reads`] does the same to reads of an object's data (`alt=media`), as
-//!   Cloud Storage answers them once the object's encryption key is disabled.
-//!
-//! * **Metadata as the service sends it**: Cloud Storage returns an object's custom metadata
-//!   with its data (`alt=media`) as `x-goog-meta-KEY` headers, each key byte for byte, even one
-//!   that is not a valid header name (`app/version`, `a b`); fake-gcs-server drops such entries.
-//!   The proxy sends every entry of the object's resource that way ([`RawHeaders`]).
+//! An HTTP proxy in front of fake-gcs-server (served with hyper, forwarded with reqwest) that
+//! answers more as Cloud Storage does: each answer held back by a [`Latency`] (tens of
+//! milliseconds with a tail, where the emulator takes less than one); the JSON part of each
+//! upload recorded (fake-gcs-server drops the content type the storage client sends there); 403
+//! for a create-only write of an existing object, as to a caller that may not read objects; 429
+//! above a rate, as a bucket's index ramping up; chosen failures of every upload (a revoked
+//! permission, a spent quota, a backend down) or every read of data (a disabled key); and an
+//! object's metadata on a download as `x-goog-meta-KEY` headers with each key byte for byte,
+//! even one that is not a valid header name (`app/version`, `a b`), where fake-gcs-server drops
+//! such entries ([`RawHeaders`]).
 //!
 //! The proxy runs on the tokio runtime that started it; dropping it stops it.
 
@@ -73,7 +60,8 @@ impl HttpProxy {
         Self::start_with(upstream, false).await
     }
 
-    /// As [`HttpProxy::start`], and keeps every upload for [`HttpProxy::recorded_uploads`].
+    /// As [`HttpProxy::start`], and keeps every upload for [`HttpProxy::recorded_uploads`] (which
+    /// costs CPU and memory per upload, that a benchmark must not pay).
     pub async fn recording(upstream: SocketAddr) -> Result<HttpProxy> {
         Self::start_with(upstream, true).await
     }

@@ -59,6 +59,15 @@ impl Process {
         }
     }
 
+    /// Sends SIGTERM and waits for a successful exit, which fails after `limit`; how long it took.
+    pub async fn terminate(&mut self, limit: Duration) -> anyhow::Result<Duration> {
+        let signalled = std::time::Instant::now();
+        self.signal(libc::SIGTERM);
+        let status = self.wait(limit).await?;
+        anyhow::ensure!(status.success(), "{status} after SIGTERM; log:\n{}", self.log_tail());
+        Ok(signalled.elapsed())
+    }
+
     /// How it exited, if it has.
     pub fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
         Ok(self.child.try_wait()?)

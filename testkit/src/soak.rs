@@ -283,19 +283,16 @@ async fn publish(
     let mut seq = 0u64;
     while Instant::now() < until {
         let due = (start.elapsed().as_secs_f64() * f64::from(rate)) as u64;
-        let batch: Vec<(u64, OutMessage)> = (seq..due).map(|s| (s, message(s))).collect();
-        if !batch.is_empty() {
-            let messages: Vec<OutMessage> = batch.iter().map(|(_, m)| m.clone()).collect();
+        let messages: Vec<OutMessage> = (seq..due).map(message).collect();
+        if !messages.is_empty() {
             let at = start.elapsed();
             let (mut retried, mut delay) = (false, Duration::from_secs(1));
             let ids = loop {
                 match pubsub.publish(topic, &messages).await {
                     Ok(ids) => break ids,
                     Err(e) if start.elapsed() < at + PUBLISH_PATIENCE => {
-                        eprintln!(
-                            "[soak] {:?}: {e:#}; retrying messages {seq}..{due}",
-                            start.elapsed()
-                        );
+                        let now = start.elapsed();
+                        eprintln!("[soak] {now:?}: {e:#}; retrying messages {seq}..{due}");
                         retried = true;
                         sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(30));
@@ -303,10 +300,10 @@ async fn publish(
                     Err(e) => return Err(e.context(format!("publish messages {seq}..{due}"))),
                 }
             };
-            let mut out = out.lock().unwrap();
-            out.extend(ids.into_iter().zip(&batch).map(|(id, (seq, _))| Published {
+            let published = ids.into_iter().zip(seq..due);
+            out.lock().unwrap().extend(published.map(|(id, seq)| Published {
                 id,
-                seq: *seq,
+                seq,
                 at,
                 retried,
             }));
@@ -334,24 +331,18 @@ fn message(seq: u64) -> OutMessage {
 /// the rest JSON text.
 fn body(seq: u64) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(seq.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let random = |rng: &mut StdRng, len: usize| {
-        let mut bytes = vec![0u8; len];
-        rng.fill_bytes(&mut bytes);
-        // 0xFF never occurs in UTF-8.
-        bytes[0] = 0xFF;
-        bytes
+    let len = match seq % 100 {
+        0 => rng.random_range(100_000..600_000),
+        1..=15 => rng.random_range(1..4096),
+        _ => {
+            return format!(r#"{{"seq":{seq},"text":"soak message {seq}, ünïcödé"}}"#).into_bytes();
+        }
     };
-    match seq % 100 {
-        0 => {
-            let len = rng.random_range(100_000..600_000);
-            random(&mut rng, len)
-        }
-        1..=15 => {
-            let len = rng.random_range(1..4096);
-            random(&mut rng, len)
-        }
-        _ => format!(r#"{{"seq":{seq},"text":"soak message {seq}, ünïcödé"}}"#).into_bytes(),
-    }
+    let mut bytes = vec![0u8; len];
+    rng.fill_bytes(&mut bytes);
+    // 0xFF never occurs in UTF-8.
+    bytes[0] = 0xFF;
+    bytes
 }
 
 #[cfg(test)]

@@ -134,6 +134,7 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio_rustls::TlsConnector;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
     use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
     /// A client that trusts only the authority's file reaches the upstream through the front,
@@ -153,10 +154,10 @@ mod tests {
         let ca = LoopbackCa::new()?;
         let front = TlsFront::start(upstream, &ca).await?;
 
+        // The certificates of the file, as rustls-native-certs reads `SSL_CERT_FILE`.
         let mut roots = RootCertStore::empty();
-        let pem = std::fs::read(ca.file())?;
-        for cert in rustls_pemfile_certs(&pem)? {
-            roots.add(cert)?;
+        for cert in CertificateDer::pem_slice_iter(&std::fs::read(ca.file())?) {
+            roots.add(cert?)?;
         }
         let provider = Arc::new(aws_lc_rs::default_provider());
         let config = ClientConfig::builder_with_provider(provider)
@@ -174,11 +175,5 @@ mod tests {
         }
         assert_eq!(front.connections(), 2);
         Ok(())
-    }
-
-    /// The certificates of a PEM file, as rustls-native-certs reads `SSL_CERT_FILE`.
-    fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
-        use tokio_rustls::rustls::pki_types::pem::PemObject as _;
-        Ok(CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?)
     }
 }

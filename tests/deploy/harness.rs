@@ -237,6 +237,14 @@ pub fn gcloud<S: AsRef<std::ffi::OsStr>>(sandbox: &Sandbox, args: &[S]) -> Outpu
     out.expect("the Google Cloud CLI (gcloud, with the beta and alpha components) on PATH")
 }
 
+/// The files of `root` that `gcloud builds submit` uploads (by `.gcloudignore`).
+pub fn uploaded(sandbox: &Sandbox, root: &Path) -> BTreeSet<String> {
+    let out =
+        gcloud(sandbox, &["meta".as_ref(), "list-files-for-upload".as_ref(), root.as_os_str()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    text(&out.stdout).lines().map(String::from).collect()
+}
+
 /// The value of `--flag=VALUE` in a command.
 pub fn flag<'a>(command: &'a [String], flag: &str) -> Option<&'a str> {
     let prefix = format!("{flag}=");

@@ -11,7 +11,7 @@
 //! whose file is missing or a module the context lacks in seconds once dependencies are checked;
 //! the ignored test builds the release binary exactly as written.
 
-use crate::harness::{Sandbox, describe, executable, gcloud, read, repo_root, text};
+use crate::harness::{Sandbox, describe, executable, read, repo_root, uploaded};
 use std::collections::BTreeSet;
 use std::env;
 use std::fs;
@@ -314,10 +314,7 @@ struct Context {
 impl Context {
     /// The files of `root` that `gcloud builds submit` uploads.
     fn upload(sandbox: &Sandbox, root: &Path) -> Context {
-        let args = ["meta".as_ref(), "list-files-for-upload".as_ref(), root.as_os_str()];
-        let out = gcloud(sandbox, &args);
-        assert!(out.status.success(), "{}", describe(&out));
-        Context { root: root.into(), files: text(&out.stdout).lines().map(String::from).collect() }
+        Context { root: root.into(), files: uploaded(sandbox, root) }
     }
 
     /// The repository's context and `.gcloudignore` (which leaves itself out), copied into the

@@ -101,7 +101,7 @@ async fn messages_a_sigtermed_worker_held_reach_the_next_one() -> Result {
     .await?;
     // What the emulator sends it now, it holds too.
     sleep(Duration::from_secs(2)).await;
-    first.terminate(SHUTDOWN_TIMEOUT).await?;
+    first.terminate(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await?;
     assert_eq!(first.counters().acked, 0, "nothing was written");
 
     let mut next = BinaryWorker::spawn(&fx.binary_env(&fx.emulators.storage_url()), "next")?;

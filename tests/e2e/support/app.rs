@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use testkit::process::Process;
-use testkit::{Emulators, Gcs, ObjectInfo, OutMessage, PubSub, unique_name};
+use testkit::{Emulators, Gcs, OutMessage, PubSub, unique_name};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
@@ -118,7 +118,9 @@ impl<'a> Fixture<'a> {
     }
 
     /// Checks that the bucket holds exactly one object per published message and no other, with
-    /// the message's size and attributes; compares the bodies of every `every`-th object.
+    /// the message's size and attributes (one named like a key of the worker's own stored as
+    /// `attribute_{name}`, those past Cloud Storage's 8 KiB of metadata left out and counted in
+    /// `attributes_omitted`); compares the bodies of every `every`-th object.
     pub async fn assert_exactly_once(
         &self,
         published: &BTreeMap<String, OutMessage>,
@@ -142,7 +144,18 @@ impl<'a> Fixture<'a> {
             let sent = &published[&o.metadata["message_id"]];
             let (size, name) = (sent.data.len() as u64, &o.name);
             anyhow::ensure!(o.size == size, "{name}: {} bytes, sent {size}", o.size);
-            check_attributes(o, sent)?;
+            let mut missing = 0;
+            for (key, value) in &sent.attributes {
+                match o.metadata.get(metadata_key(key).as_ref()) {
+                    Some(v) => {
+                        anyhow::ensure!(v == value, "{name}: {key:?} is {v:?}, sent {value:?}")
+                    }
+                    None => missing += 1,
+                }
+            }
+            let omitted: usize =
+                o.metadata.get("attributes_omitted").map_or(Ok(0), |n| n.parse())?;
+            anyhow::ensure!(missing == omitted, "{name}: {missing} missing, {omitted} omitted");
         }
         use futures::{StreamExt as _, TryStreamExt as _};
         futures::stream::iter(objects.iter().step_by(every.max(1)))
@@ -177,25 +190,6 @@ impl<'a> Fixture<'a> {
         worker.assert_running()?;
         Ok(end)
     }
-}
-
-/// Checks that the object's metadata carries the message's attributes: one named like a key of
-/// the worker's own is stored as `attribute_{name}`, and those past Cloud Storage's 8 KiB of
-/// metadata are left out and counted in `attributes_omitted`.
-fn check_attributes(object: &ObjectInfo, sent: &OutMessage) -> Result {
-    let mut missing = 0;
-    for (key, value) in &sent.attributes {
-        match object.metadata.get(metadata_key(key).as_ref()) {
-            Some(v) => {
-                anyhow::ensure!(v == value, "{}: {key:?} is {v:?}, sent {value:?}", object.name)
-            }
-            None => missing += 1,
-        }
-    }
-    let omitted: usize = object.metadata.get("attributes_omitted").map_or(Ok(0), |n| n.parse())?;
-    let name = &object.name;
-    anyhow::ensure!(missing == omitted, "{name}: {missing} attributes missing, {omitted} omitted");
-    Ok(())
 }
 
 /// A worker running inside the test process.
@@ -253,16 +247,6 @@ impl BinaryWorker {
             anyhow::bail!("the worker exited ({status}); log:\n{}", self.log_tail());
         }
         self.assert_no_panic()
-    }
-
-    /// Sends SIGTERM and waits for a successful exit within `limit` (and 5 s of grace); how long
-    /// the exit took.
-    pub async fn terminate(&mut self, limit: Duration) -> Result<Duration> {
-        let signalled = Instant::now();
-        self.signal(libc::SIGTERM);
-        let status = self.wait(limit + Duration::from_secs(5)).await?;
-        anyhow::ensure!(status.success(), "exit status {status}; log:\n{}", self.log_tail());
-        Ok(signalled.elapsed())
     }
 
     pub fn assert_no_panic(&self) -> Result {
