@@ -57,7 +57,8 @@ async fn failed_startup_check_stops_the_worker_with_one_clear_line() -> Result {
 
 /// Storage reached over TLS, as Cloud Storage always is: the binary trusts an authority that
 /// only `SSL_CERT_FILE` names (the clients' own root store honours it; the worker has no TLS
-/// setting of its own), and a message becomes its one object through the TLS front.
+/// setting of its own), and a message becomes its one object through the TLS front. The front's
+/// certificate names `localhost` too: a client that trusts that authority alone reaches it so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_over_tls_trusts_the_authority_of_ssl_cert_file() -> Result {
     let fx = Fixture::new(true).await?;
@@ -71,6 +72,10 @@ async fn storage_over_tls_trusts_the_authority_of_ssl_cert_file() -> Result {
     fx.assert_exactly_once(&published, 1).await?;
     assert!(front.connections() > 0, "the write went through the front");
     worker.assert_running()?;
+    let only_ca = reqwest::Certificate::from_pem(&std::fs::read(ca.file())?)?;
+    let http = reqwest::Client::builder().tls_certs_only([only_ca]).build()?;
+    let bucket = format!("https://localhost:{}/storage/v1/b/{}", front.addr().port(), fx.bucket);
+    assert_eq!(get(&http, &bucket).await?.0, 200, "the front by name");
     Ok(())
 }
 
