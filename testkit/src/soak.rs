@@ -331,12 +331,11 @@ fn message(seq: u64) -> OutMessage {
 /// the rest JSON text.
 fn body(seq: u64) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(seq.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let text = format!(r#"{{"seq":{seq},"text":"soak message {seq}, ünïcödé"}}"#);
     let len = match seq % 100 {
         0 => rng.random_range(100_000..600_000),
         1..=15 => rng.random_range(1..4096),
-        _ => {
-            return format!(r#"{{"seq":{seq},"text":"soak message {seq}, ünïcödé"}}"#).into_bytes();
-        }
+        _ => return text.into_bytes(),
     };
     let mut bytes = vec![0u8; len];
     rng.fill_bytes(&mut bytes);

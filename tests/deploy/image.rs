@@ -26,11 +26,7 @@ fn the_image_build_stage_compiles_from_the_uploaded_context() {
     let binary = built.host(&image.copied).expect("the runtime copies from the build's WORKDIR");
     let name = binary.file_name().unwrap().to_str().unwrap();
     let (release_dir, bins) = built.release_build();
-    assert_eq!(
-        binary,
-        release_dir.join(name),
-        "the runtime copies from the release build's output"
-    );
+    assert_eq!(binary, release_dir.join(name), "the runtime copies the release build's output");
     assert!(bins.contains(name), "the release build makes no {name} binary: it makes {bins:?}");
     assert_eq!(image.entrypoint, image.copied_to, "the image runs the binary it copies");
 }

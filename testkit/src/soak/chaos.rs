@@ -56,11 +56,8 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(instances: usize) -> Ledger {
-        Ledger {
-            pids: vec![None; instances],
-            peak_rss_kib: vec![0; instances],
-            ..Ledger::default()
-        }
+        let (pids, peak_rss_kib) = (vec![None; instances], vec![0; instances]);
+        Ledger { pids, peak_rss_kib, ..Ledger::default() }
     }
 
     fn fault(&mut self, kind: &'static str, lasted: Duration) {
@@ -80,12 +77,8 @@ impl Ledger {
 /// Samples every running worker's peak RSS once a second until the soak stops.
 pub async fn sample_rss(ledger: Arc<Mutex<Ledger>>, phase: watch::Receiver<Phase>) -> Result<()> {
     while *phase.borrow() != Phase::Stop {
-        {
-            let mut ledger = ledger.lock().unwrap();
-            for slot in 0..ledger.pids.len() {
-                ledger.sample_rss(slot);
-            }
-        }
+        let instances = ledger.lock().unwrap().pids.len();
+        (0..instances).for_each(|slot| ledger.lock().unwrap().sample_rss(slot));
         sleep(Duration::from_secs(1)).await;
     }
     Ok(())

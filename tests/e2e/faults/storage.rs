@@ -52,11 +52,7 @@ async fn storage_slower_than_the_ack_deadline_causes_no_redelivery() -> Result {
     proxy.set_latency(Latency::ZERO);
     let end = fx.settle(&mut worker, &published).await?;
     let counts = (end.received, end.duplicates, end.nacked);
-    assert_eq!(
-        counts,
-        (N as u64, 0, 0),
-        "no message may come back while its write is slow: {end:?}"
-    );
+    assert_eq!(counts, (N as u64, 0, 0), "none may come back while its write is slow: {end:?}");
     Ok(())
 }
 
