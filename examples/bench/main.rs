@@ -1,10 +1,7 @@
-//! The end-to-end benchmark: `cargo run --release --example bench -- --help`.
-//! docs/performance.md says what it measures and quotes each figure with the command that gives it.
-//!
-//! It builds the release worker, starts the emulators as the tests do, and times the worker from
-//! outside: its objects through its own `/metrics`, its CPU and memory through
-//! `testkit::process`. `main.rs` holds the ceilings, one timed worker run and the default mode;
-//! `sweep.rs` the capacity table.
+//! The end-to-end benchmark: `cargo run --release --example bench -- --help`; docs/performance.md
+//! says what it measures and quotes each figure with the command that gives it. It builds the
+//! release worker, starts the emulators as the tests do, and times the worker from outside: its
+//! objects through its own `/metrics`, its CPU and memory through `testkit::process`.
 
 mod sweep;
 
@@ -187,9 +184,8 @@ struct Bench<'a> {
 impl Bench<'_> {
     /// The same, with `vars` set in the worker's environment (replacing what was there).
     fn with(&self, vars: &[(&str, String)]) -> anyhow::Result<Self> {
-        let mut env = self.env.clone();
-        env.retain(|(k, _)| !vars.iter().any(|(name, _)| k == name));
-        env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let env = process::with_vars(self.env.clone(), &vars);
         Ok(Self { config: worker_config(&env)?, env, ..self.clone() })
     }
 

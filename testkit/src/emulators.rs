@@ -1,11 +1,7 @@
-//! Starting and stopping the real emulators.
-//!
-//! Lifetime rule: no emulator may outlive the test process, although the shared pair lives
-//! in a `static` that is never dropped. Each process is therefore spawned with
-//! `prctl(PR_SET_PDEATHSIG, SIGKILL)`, so the kernel kills it when its parent dies. The
-//! "parent" of that rule is the *thread* that forked, and test threads exit after each test,
-//! so all spawning happens on one dedicated thread that never exits. A private pair
-//! ([`Emulators::start`]) is also killed in `Drop`.
+//! Starting and stopping the real emulators. None may outlive the test process, though the
+//! shared pair lives in a `static` that is never dropped: each is spawned with
+//! `prctl(PR_SET_PDEATHSIG, SIGKILL)`, whose "parent" is the *thread* that forked, so all
+//! spawning happens on one thread that never exits. A private pair is also killed in `Drop`.
 
 mod mend;
 
@@ -56,7 +52,7 @@ impl Emulators {
             let r = Emulators::start().await.map_err(|e| format!("{e:#}"));
             if let Ok(e) = &r {
                 // Shown with --nocapture or when a test fails.
-                let (ps, gcs, logs) = (e.pubsub_host(), e.storage_url(), e.log_dir().display());
+                let (ps, gcs, logs) = (e.pubsub_addr(), e.storage_url(), e.log_dir().display());
                 let took = t.elapsed();
                 eprintln!(
                     "[testkit] emulators ready in {took:?}: PUBSUB_EMULATOR_HOST={ps} \
@@ -108,11 +104,6 @@ impl Emulators {
         Ok(Emulators { pubsub, gcs, dir })
     }
 
-    /// `127.0.0.1:PORT`, the format of `PUBSUB_EMULATOR_HOST`.
-    pub fn pubsub_host(&self) -> String {
-        self.pubsub.addr().to_string()
-    }
-
     /// `http://127.0.0.1:PORT`, the format of `STORAGE_EMULATOR_HOST`.
     pub fn storage_url(&self) -> String {
         format!("http://{}", self.gcs.addr())
@@ -123,7 +114,8 @@ impl Emulators {
         self.gcs.addr()
     }
 
-    /// Socket address of the Pub/Sub emulator (HTTP/1.1 REST and gRPC share the port).
+    /// Socket address of the Pub/Sub emulator (HTTP/1.1 REST and gRPC share the port), the
+    /// format of `PUBSUB_EMULATOR_HOST`.
     pub fn pubsub_addr(&self) -> SocketAddr {
         self.pubsub.addr()
     }
@@ -134,14 +126,14 @@ impl Emulators {
     pub fn worker_env(&self) -> Vec<(String, String)> {
         vec![
             ("PROJECT_ID".into(), PROJECT_ID.into()),
-            ("PUBSUB_EMULATOR_HOST".into(), self.pubsub_host()),
+            ("PUBSUB_EMULATOR_HOST".into(), self.pubsub_addr().to_string()),
             ("STORAGE_EMULATOR_HOST".into(), self.storage_url()),
         ]
     }
 
     /// A Pub/Sub REST helper with its own HTTP client (see the module docs for why).
     pub fn pubsub(&self) -> PubSub {
-        PubSub::new(&self.pubsub_host(), PROJECT_ID)
+        PubSub::new(&self.pubsub_addr().to_string(), PROJECT_ID)
     }
 
     /// A GCS REST helper with its own HTTP client.
@@ -370,15 +362,9 @@ fn pubsub_emulator_launcher() -> Result<PathBuf> {
         .args(["info", "--format=value(installation.sdk_root)"])
         .output()
         .context("running `gcloud info` to locate the Pub/Sub emulator (is gcloud installed?)")?;
-    let root = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let p = Path::new(&root).join(REL);
-    if !p.is_file() {
-        bail!(
-            "Pub/Sub emulator not found at {} (install the gcloud pubsub-emulator component, \
-             or set PUBSUB_EMULATOR_BIN)",
-            p.display()
-        );
-    }
+    let p = Path::new(String::from_utf8_lossy(&out.stdout).trim()).join(REL);
+    let how = "install the gcloud pubsub-emulator component, or set PUBSUB_EMULATOR_BIN";
+    anyhow::ensure!(p.is_file(), "Pub/Sub emulator not found at {} ({how})", p.display());
     Ok(p)
 }
 

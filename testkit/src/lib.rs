@@ -4,26 +4,18 @@
 //!
 //! # Layout
 //!
-//! - [`Emulators`]: the processes, one pair per process ([`Emulators::shared`]) or a private
-//!   pair for whoever kills and restarts one.
+//! - [`Emulators`]: the processes, one pair per process ([`Emulators::shared`]) or a private pair.
 //! - [`PubSub`], [`Gcs`]: REST helpers, built per test (a `reqwest::Client` belongs to the
-//!   runtime of the test that made it); `rest.rs` holds their one HTTP call helper.
-//! - [`Proxy`]: TCP faults (refuse, reset, hang). [`HttpProxy`]: latency, recording, 403s, 429s.
-//! - [`RateCap`]: a TCP proxy that caps how fast each connection receives, as Pub/Sub caps each
-//!   StreamingPull stream.
-//! - [`TlsFront`]: TLS in front of a fake, with a [`LoopbackCa`] made at run time that a client
-//!   trusts through `SSL_CERT_FILE`, as Cloud Storage is reached only over TLS.
-//! - [`Latency`]: a delay with a tail (log-normal), what the [`HttpProxy`] holds answers back by;
-//!   with a seeded generator, unit tests draw the same delays every run ([`rand`] is re-exported
-//!   so that theirs is the same version).
-//! - [`Soak`]: the chaos soak: worker processes killed and restarted at random while
-//!   storage and the Pub/Sub connection fail in windows, then an account of every message.
-//! - [`unique_name`] keeps tests apart on shared emulators, so they run in parallel;
-//!   [`wait_for`] is the one way to wait for an effect; [`get`] and [`metrics`] read the
-//!   worker's health endpoint and its `/metrics` page.
-//! - [`process`]: one child process ([`process::Process`]: spawn with an environment and a log
-//!   file, signal, wait with a deadline, read its log and its `/proc` figures) and
-//!   [`process::build_worker`], which the examples run the worker binary from.
+//!   runtime of the test that made it), on `rest.rs`'s one HTTP call helper.
+//! - Proxies: [`Proxy`] (TCP faults), [`HttpProxy`] (latency, recording, 403s, 429s),
+//!   [`RateCap`] (Pub/Sub's cap per stream), [`TlsFront`] with a [`LoopbackCa`] made at run time.
+//! - [`Latency`]: a delay with a tail (log-normal); [`rand`] is re-exported, so that seeded unit
+//!   tests draw the same delays with the same version.
+//! - [`Soak`]: the chaos soak, then an account of every message.
+//! - [`unique_name`] keeps tests apart on shared emulators; [`wait_for`] is the one way to wait
+//!   for an effect; [`get`] and [`metrics`] read the worker's health endpoint and `/metrics`.
+//! - [`process`]: the one way to run a child ([`process::Process`], with its `/proc` figures),
+//!   [`process::build_worker`] for the examples, and [`process::pip_installed`].
 
 mod emulators;
 mod gcs;

@@ -99,6 +99,13 @@ impl Process {
     }
 }
 
+/// `env` with each of `pairs` set, replacing an earlier value of the same variable.
+pub fn with_vars(mut env: Vec<(String, String)>, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.retain(|(k, _)| !pairs.iter().any(|(name, _)| k == name));
+    env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
 /// The last `n` lines of a log file, for error messages (empty if it cannot be read).
 pub(crate) fn tail(path: &Path, n: usize) -> String {
     let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();

@@ -1,10 +1,7 @@
-//! A loopback TCP proxy that breaks connections on demand, in front of either emulator:
-//! [`Proxy::set_mode`] switches between passing bytes, refusing, resetting and hanging, to test
-//! the worker's retries and timeouts without killing the emulator. It knows nothing of HTTP, so
-//! it carries the Pub/Sub emulator's gRPC as well as storage's JSON API. Latency, recording and
-//! rewritten answers are [`crate::HttpProxy`]'s job.
-//!
-//! The proxy runs on the tokio runtime that started it; dropping it closes every connection.
+//! A loopback TCP proxy that breaks connections on demand ([`Proxy::set_mode`]: pass, refuse,
+//! reset, hang), to test the worker's retries and timeouts without killing an emulator. It knows
+//! nothing of HTTP, so it carries the Pub/Sub emulator's gRPC as well as storage's JSON API. It
+//! runs on the tokio runtime that started it; dropping it closes every connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

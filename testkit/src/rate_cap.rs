@@ -1,11 +1,8 @@
-//! A loopback TCP proxy that caps how fast each connection receives: Pub/Sub serves a
-//! StreamingPull stream at a bounded rate (a per-stream quota of a few MB/s), which no emulator
-//! does. In front of the Pub/Sub emulator's gRPC port, [`RateCap`] lets a test or the benchmark
-//! see what that cap does to a subscriber. It knows nothing of gRPC: it paces the bytes the
-//! server sends back on each accepted connection, so streams that share a connection share its
-//! cap.
-//!
-//! The proxy runs on the tokio runtime that started it; dropping it closes every connection.
+//! A loopback TCP proxy that caps how fast each connection receives, as Pub/Sub caps each
+//! StreamingPull stream (a quota of a few MB/s), which no emulator does. It paces the bytes the
+//! server sends back on each connection, knowing nothing of gRPC, so streams that share a
+//! connection share its cap. It runs on the tokio runtime that started it; dropping it closes
+//! every connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

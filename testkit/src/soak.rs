@@ -1,17 +1,10 @@
-//! The chaos soak: several worker processes killed (SIGTERM or SIGKILL) and restarted
-//! at random, while storage throttles, fails, refuses, hangs, resets and slows down in windows
-//! and the Pub/Sub connection is reset now and then; then faults off, the backlog drained, and an
-//! account of every published message.
-//!
-//! The Pub/Sub emulator as gcloud ships it strands the messages it delivered on a stream a client
-//! cancelled; `testkit` runs it mended ([`crate::Emulators`]). The drain waits out the retry
-//! policy's longest backoff plus an ack deadline without progress ([`Soak::quiet`]), so every
-//! published message must then be stored (exactly one byte-exact object) or dead-lettered;
-//! anything else fails the soak, with what the workers' own JSON logs say of the message (its
-//! `outcome` events: `received`, `acked`, `nacked` with a `reason`).
-//!
-//! It runs the worker binary it is given: `testkit` does not depend on the worker crate, it only
-//! reads the log events the worker documents.
+//! The chaos soak (docs/testing.md): worker processes killed (SIGTERM or SIGKILL) and restarted
+//! at random while storage and the Pub/Sub connection fail in windows; then faults off, a drain
+//! that waits out the retry policy's longest backoff plus an ack deadline without progress
+//! ([`Soak::quiet`]), and an account: every published message stored (exactly one byte-exact
+//! object) or dead-lettered, anything else a failure, with what the workers' JSON logs say of the
+//! message (its `outcome` events). It runs the worker binary it is given and reads only the log
+//! events the worker documents.
 
 mod account;
 mod chaos;
@@ -20,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 use serde_json::Value;
@@ -143,8 +136,7 @@ impl Soak {
         // TCP resets -> emulator.
         let http = HttpProxy::start(emulators.storage_addr()).await?;
         let storage = Proxy::start(http.addr()).await?;
-        let pubsub_addr = emulators.pubsub_host().parse().context("emulator address")?;
-        let pubsub_proxy = Proxy::start(pubsub_addr).await?;
+        let pubsub_proxy = Proxy::start(emulators.pubsub_addr()).await?;
         let env = vec![
             ("PROJECT_ID".to_string(), crate::PROJECT_ID.to_string()),
             ("PUBSUB_EMULATOR_HOST".into(), pubsub_proxy.addr().to_string()),

@@ -1,13 +1,10 @@
 //! TLS in front of a plain-TCP fake, as Cloud Storage is only reached over TLS: each write on a
 //! new connection pays for a handshake, and every byte for encryption, on both sides.
-//!
-//! [`LoopbackCa`] makes a certificate authority at run time, a leaf for `127.0.0.1` and
-//! `localhost` that it signed, and writes the authority's certificate to a PEM file: a client
-//! trusts it with `SSL_CERT_FILE=<that file>` (rustls-native-certs reads the variable, for
-//! reqwest's platform verifier, which the Google Cloud clients use) and nothing else changes.
-//! [`TlsFront`] terminates TLS with that leaf and forwards the plain bytes to its upstream.
-//!
-//! The front runs on the tokio runtime that started it; dropping it closes every connection.
+//! [`LoopbackCa`] makes an authority at run time, a leaf for `127.0.0.1` and `localhost`, and a
+//! PEM file of the authority that a client trusts with `SSL_CERT_FILE` (as reqwest's platform
+//! verifier, which the Google Cloud clients use, reads it). [`TlsFront`] terminates TLS with that
+//! leaf and forwards the plain bytes; it runs on the tokio runtime that started it, and dropping
+//! it closes every connection.
 
 use std::net::SocketAddr;
 use std::path::Path;

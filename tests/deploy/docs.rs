@@ -1,9 +1,7 @@
 //! Every relative link in the README, ARCHITECTURE.md and `docs/` leads somewhere: the file
-//! exists, and a `#fragment` names a heading of the Markdown file it points at, by GitHub's
-//! anchor rule. Links to the web (`http:`, `https:`, `mailto:`) are not followed.
-//!
-//! A small scan, not a Markdown parser: inline links and images (`[text](target)`) outside code
-//! blocks and code spans, and ATX headings (`## Title`), which is all these pages use.
+//! exists, and a `#fragment` names a heading of the Markdown file by GitHub's anchor rule. Links
+//! to the web are not followed. A small scan, not a Markdown parser: inline links and images
+//! outside code blocks and code spans, and ATX headings, which is all these pages use.
 
 use crate::harness::repo_root;
 use std::collections::HashMap;

@@ -1,15 +1,10 @@
-//! The image builds: the Dockerfile's build stage, replayed from the build context that
-//! `gcloud builds submit` uploads (deploy/deploy), builds the binary the runtime stage copies.
-//!
-//! No Docker engine is needed. The replay reads the build stage's `WORKDIR`, `COPY` and `RUN`
-//! instructions (and refuses any other). An empty directory stands for the `WORKDIR`; each `COPY`
-//! copies what it names from the context as `gcloud meta list-files-for-upload` lists it (by
-//! `.gcloudignore`, which includes `.dockerignore`), keeping modification times as docker does,
-//! so a file left out of the context is missing here as it is in Cloud Build. Each `RUN` runs
-//! with `sh -c` in that directory, with this machine's tools. The quick test runs `cargo build`
-//! as `cargo check` (no `--release`) in the workspace's target directory, which finds a target
-//! whose file is missing or a module the context lacks in seconds once dependencies are checked;
-//! the ignored test builds the release binary exactly as written.
+//! The image builds: the Dockerfile's build stage, replayed without Docker from the context that
+//! `gcloud builds submit` uploads, builds the binary the runtime stage copies (docs/testing.md).
+//! Each `COPY` copies from the files `gcloud meta list-files-for-upload` lists (modification
+//! times kept, as docker does) into an empty directory for the `WORKDIR`, each `RUN` runs with
+//! `sh -c` there with this machine's tools; any other instruction is refused. The quick test runs
+//! `cargo build` as `cargo check` in the workspace's target directory, which finds a file the
+//! context lacks in seconds; the ignored test builds the release binary exactly as written.
 
 use crate::harness::{Sandbox, describe, executable, read, repo_root, uploaded};
 use std::collections::BTreeSet;

@@ -1,11 +1,7 @@
-//! Object settings (`OBJECT_CONTENT_TYPE`, `OBJECT_COMPRESSION`, `OBJECT_STORAGE_CLASS`,
-//! `OBJECT_CACHE_CONTROL`, `OBJECT_CUSTOM_TIME`, `KMS_KEY_NAME`) on the stored objects, and the
-//! create-only guarantee with all of them at once.
-//!
-//! fake-gcs-server keeps the storage class, content encoding, cache control and custom time of an
-//! upload, but takes the content type from the media part (where the storage client sends none)
-//! and ignores the KMS key: those two are read from the upload requests, which a recording proxy
-//! keeps.
+//! Object settings (`OBJECT_*`, `KMS_KEY_NAME`) on the stored objects, and the create-only
+//! guarantee with all of them at once. fake-gcs-server takes the content type from the media part
+//! (where the storage client sends none) and ignores the KMS key: those two are read from the
+//! upload requests, which a recording proxy keeps.
 
 use crate::support::app::{Fixture, Result, name_stamp, with_vars};
 use crate::support::{HttpProxy, Latency, OutMessage, wait_for};

@@ -1,12 +1,11 @@
 //! The worker's core guarantees: every message becomes exactly one byte-exact object, failed
-//! writes are nacked and retried, SIGTERM drains, and bad configuration or a missing subscription
-//! stops it with a clear error.
+//! writes are nacked and retried, SIGTERM drains, and bad configuration stops it with a clear
+//! error.
 
 use crate::operations::HEALTH;
 use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result, SETTLE, find_event};
-use crate::support::app::{has_event, name_stamp, sample_messages, settled_message_ids, with_vars};
-use crate::support::{Emulators, HttpProxy, Latency, Mode, OutMessage, Proxy};
-use crate::support::{metrics, unique_name, wait_for};
+use crate::support::app::{name_stamp, sample_messages, settled_message_ids, with_vars};
+use crate::support::{HttpProxy, Latency, Mode, OutMessage, Proxy, metrics, wait_for};
 use pubsub_gcs_worker::object::{BINARY, TEXT};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -130,7 +129,7 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
         lines.iter().position(|l| l["signal"] == "SIGTERM").expect("the signal is logged");
     let finished_in_drain = settled_message_ids(&lines[signal_at..]).len();
     assert!(finished_in_drain > 0, "no write finished during the drain");
-    let spent = has_event(&lines, "budget_spent");
+    let spent = lines.iter().any(|l| l["event"] == "budget_spent");
     assert!(!spent, "a 150 ms write cannot need the 8 s budget");
     let summary = find_event(&lines, "stopped");
     let acked_first = settled_message_ids(&lines);
@@ -225,7 +224,7 @@ async fn sigterm_during_a_storage_outage_nacks_at_once_without_spending_the_budg
     let took = worker.terminate(Duration::from_secs(15)).await?;
     assert!(took < Duration::from_secs(3), "took {took:?} to exit");
     let lines = worker.json_lines();
-    let spent = has_event(&lines, "budget_spent");
+    let spent = lines.iter().any(|l| l["event"] == "budget_spent");
     assert!(!spent, "nothing was writing, yet the budget was spent: {}", worker.log_tail());
     let summary = find_event(&lines, "stopped");
     let settled = (summary["acked"].as_u64(), summary["in_flight"].as_u64());
@@ -254,24 +253,5 @@ async fn bad_configuration_exits_2_naming_every_variable_in_one_line() -> Result
         assert!(output.contains(problem), "{problem}: {output}");
     }
     assert!(!output.contains("SUBSCRIPTION_ID"), "a trailing space is trimmed: {output}");
-    Ok(())
-}
-
-/// A subscription that does not exist: a clear error and a non-zero exit, not a retry loop.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_subscription_exits_non_zero_with_a_clear_error() -> Result {
-    let emulators = Emulators::shared().await;
-    let (subscription, bucket) = (unique_name("absent"), unique_name("bucket"));
-    let extra =
-        [("SUBSCRIPTION_ID", &*subscription), ("BUCKET_NAME", &bucket), ("LOG_FORMAT", "json")];
-    let env = with_vars(emulators.worker_env(), &extra);
-    let mut worker = BinaryWorker::spawn(&env, "missing-subscription")?;
-    let status = worker.wait(Duration::from_secs(60)).await?;
-    assert_eq!(status.code(), Some(1), "log:\n{}", worker.log());
-    let lines = worker.json_lines();
-    let error = find_event(&lines, "failed");
-    assert_eq!(error["severity"], "ERROR");
-    let text = error["error"].as_str().unwrap_or_default().to_lowercase();
-    assert!(text.contains("subscription") && text.contains("not found"), "{error}");
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Result;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
 use super::chaos::Ledger;
@@ -108,22 +108,16 @@ pub async fn account(soak: &Soak, input: Input, gcs: &Gcs, bucket: &str) -> Resu
             Some((o.name.as_str(), *seq_of.get(o.metadata.get("message_id")?.as_str())?))
         })
         .collect();
-    let compared: Vec<Result<(String, usize, bool)>> = futures::stream::iter(to_compare)
+    let compared: Vec<(String, usize, bool)> = futures::stream::iter(to_compare)
         .map(|(name, seq)| async move {
             let bytes = gcs.download(bucket, name).await?;
-            Ok((name.to_string(), bytes.len(), bytes == body(seq)))
+            anyhow::Ok((name.to_string(), bytes.len(), bytes == body(seq)))
         })
         .buffer_unordered(8)
-        .collect()
-        .await;
-    let (mut bytes_compared, mut corrupted) = (0u64, Vec::new());
-    for c in compared {
-        let (name, len, same) = c?;
-        bytes_compared += len as u64;
-        if !same {
-            corrupted.push(name);
-        }
-    }
+        .try_collect()
+        .await?;
+    let bytes_compared: u64 = compared.iter().map(|(_, len, _)| *len as u64).sum();
+    let corrupted: Vec<String> = (compared.into_iter()).filter(|c| !c.2).map(|c| c.0).collect();
 
     // Every published message, classified.
     let lives = &ledger.lives;

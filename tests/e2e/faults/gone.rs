@@ -1,5 +1,5 @@
-//! Resources that are gone: the subscription deleted while the worker runs (it exits), the bucket
-//! missing (it backs off and recovers once the bucket exists).
+//! Resources that are gone: the subscription deleted while the worker runs or missing at start
+//! (it exits), the bucket missing (it backs off and recovers once the bucket exists).
 
 use super::error_lines;
 use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE};
@@ -11,9 +11,10 @@ use tokio::time::{Instant, sleep};
 
 /// The subscription is deleted while the worker runs: the stream fails with NOT_FOUND, which
 /// is permanent. The worker finishes its in-flight writes, logs one clear ERROR line and exits
-/// 1 at once (Cloud Run restarts it; an operator must recreate the subscription).
+/// 1 at once (Cloud Run restarts it; an operator must recreate the subscription). A worker
+/// started on the missing subscription does the same, not a retry loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscription_deleted_while_running_exits_non_zero_with_a_clear_error() -> Result {
+async fn a_missing_or_deleted_subscription_exits_non_zero_with_a_clear_error() -> Result {
     const N: usize = 1000;
     let fx = Fixture::new(true).await?;
     let mut worker =
@@ -40,6 +41,15 @@ async fn subscription_deleted_while_running_exits_non_zero_with_a_clear_error() 
     assert!(ids.iter().all(|id| published.contains_key(*id)));
     let settled = settled_message_ids(&lines);
     assert!(settled.iter().all(|id| ids.contains(id)));
+
+    let env = fx.binary_env(&fx.emulators.storage_url());
+    let mut restarted = BinaryWorker::spawn(&env, "missing-subscription")?;
+    let status = restarted.wait(Duration::from_secs(60)).await?;
+    assert_eq!(status.code(), Some(1), "{}", restarted.log_tail());
+    let error = find_event(&restarted.json_lines(), "failed").clone();
+    assert_eq!(error["severity"], "ERROR");
+    let text = error["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(text.contains("subscription") && text.contains("not found"), "{error}");
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use tokio::time::{Instant, sleep};
 /// subscription exists again. Without it, a reconnect that lands between the emulator's start
 /// and the subscription's creation gets NOT_FOUND, which the client treats as permanent: the
 /// worker then exits 1 and Cloud Run restarts it - the behaviour of
-/// `gone::subscription_deleted_while_running_exits_non_zero_with_a_clear_error`.
+/// `gone::a_missing_or_deleted_subscription_exits_non_zero_with_a_clear_error`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_emulator_restart_reconnects_with_backoff_and_carries_on() -> Result {
     const HALF: usize = 1000;

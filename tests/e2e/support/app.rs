@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use testkit::process::Process;
-use testkit::{Emulators, Gcs, OutMessage, PubSub, unique_name};
+use testkit::{Emulators, Gcs, OutMessage, PubSub, unique_name, wait_for};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
@@ -274,20 +274,19 @@ impl BinaryWorker {
     /// Waits until nothing is in flight and the counters have stayed put for longer than the
     /// lease: an un-acked message (a lost ack included) would have come back by then.
     pub async fn wait_quiet(&mut self, limit: Duration) -> Result<Snapshot> {
-        let deadline = Instant::now() + limit + self.lease;
+        let quiet = self.lease + Duration::from_secs(3);
         let (mut last, mut since) = (self.counters(), Instant::now());
-        loop {
+        let settled = wait_for(limit + self.lease, "the worker to settle", async || {
             sleep(Duration::from_secs(1)).await;
             self.assert_running()?;
             let now = self.counters();
             if now != last || now.in_flight > 0 {
                 (last, since) = (now, Instant::now());
-            } else if since.elapsed() > self.lease + Duration::from_secs(3) {
-                return Ok(now);
             }
-            let late = Instant::now() >= deadline;
-            anyhow::ensure!(!late, "the worker did not settle within {limit:?}: {now:?}");
-        }
+            Ok(since.elapsed() > quiet)
+        });
+        settled.await.with_context(|| format!("{last:?}"))?;
+        Ok(last)
     }
 }
 
@@ -296,11 +295,6 @@ impl BinaryWorker {
 pub fn settled_message_ids(lines: &[Value]) -> BTreeSet<String> {
     let acked = lines.iter().filter(|l| l["outcome"] == "acked");
     acked.filter_map(|l| Some(l["message_id"].as_str()?.to_string())).collect()
-}
-
-/// Whether the worker logged the lifecycle event `event` (its stable `event` field).
-pub fn has_event(lines: &[Value], event: &str) -> bool {
-    lines.iter().any(|l| l["event"] == event)
 }
 
 /// The first line of the lifecycle event `event`.
@@ -345,12 +339,7 @@ pub fn name_stamp(rfc3339: &str) -> String {
     t.format(&stamp).expect("a stamp")
 }
 
-/// `env` with each of `pairs` set, replacing an earlier value of the same variable.
-pub fn with_vars(mut env: Vec<(String, String)>, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    env.retain(|(k, _)| !pairs.iter().any(|(name, _)| k == name));
-    env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    env
-}
+pub use testkit::process::with_vars;
 
 /// Held by each slow test for its whole run: together they starve each other (and the shared
 /// emulators) on two cores, so they take turns.

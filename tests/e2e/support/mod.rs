@@ -1,7 +1,5 @@
-//! The test harness: the emulators, their REST APIs and the proxies come from `testkit` (shared
-//! with the examples and the benchmark); what is about the worker under test is [`app`]: a fresh
-//! topic, subscription and bucket per test, and the worker run in this process or as the real
-//! binary (whose path Cargo gives integration tests only).
+//! The test harness: the emulators, their REST APIs and the proxies come from `testkit`; [`app`]
+//! is what is about the worker under test.
 
 pub mod app;
 
