@@ -10,6 +10,7 @@ use pubsub_gcs_worker::telemetry::{self, LogFormat};
 use pubsub_gcs_worker::worker::Worker;
 use std::collections::BTreeSet;
 use std::time::Duration;
+use testkit::process::with_vars;
 use testkit::{Emulators, Gcs, OutMessage, PROJECT_ID, PubSub};
 
 const TOPIC: &str = "local-topic";
@@ -25,9 +26,8 @@ async fn main() -> anyhow::Result<()> {
     pubsub.create_subscription(TOPIC, SUBSCRIPTION, 10, None).await?;
     gcs.create_bucket(BUCKET).await?;
 
-    let mut env = emulators.worker_env();
     let names = [("SUBSCRIPTION_ID", SUBSCRIPTION), ("BUCKET_NAME", BUCKET)];
-    env.extend(names.map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut env = with_vars(emulators.worker_env(), &names);
     env.push(("PROGRESS_INTERVAL_SECS".into(), "10".into()));
     // The naming settings, to try a template: OBJECT_NAME='{attributes.source}/{message_id}'.
     let naming =

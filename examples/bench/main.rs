@@ -124,7 +124,7 @@ async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
     let env: Vec<_> = emu.worker_env().into_iter().chain(overrides.clone()).collect();
     let (config, size, tagged) =
         (worker_config(&env)?, args.size as usize, args.object_name.is_some());
-    let cap_rate = cap.as_ref().map(|c| c.bytes_per_sec() as f64);
+    let cap_rate = args.pubsub_cap.map(|mbps| mbps * 1e6);
     let bench = Bench { emu: &emu, bin: &bin, env, config, size, latency, cap: cap_rate, tagged };
     let bench = bench.with(&vars)?;
     // Warm the emulators up (the JVM's JIT above all), so the first run is not the odd one out.

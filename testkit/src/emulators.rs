@@ -37,13 +37,10 @@ pub struct Emulators {
 }
 
 impl Emulators {
-    /// The pair shared by every test of this process, started on first use (from any
-    /// tokio runtime; every `#[tokio::test]` has its own, which is fine).
-    ///
-    /// Tests must isolate themselves with [`crate::unique_name`] topics, subscriptions and
-    /// buckets. Panics (failing the calling test, and every later one with the same
-    /// message) if the emulators cannot be started: retrying a 60 s start-up per test would
-    /// only make a broken machine slower to report.
+    /// The pair shared by every test of this process, started on first use (from any tokio
+    /// runtime); tests keep apart with [`crate::unique_name`]s. Panics (failing the calling test,
+    /// and every later one with the same message) if the emulators cannot be started: retrying a
+    /// 60 s start-up per test would only make a broken machine slower to report.
     pub async fn shared() -> &'static Emulators {
         static SHARED: tokio::sync::OnceCell<std::result::Result<Emulators, String>> =
             tokio::sync::OnceCell::const_new();
@@ -120,9 +117,8 @@ impl Emulators {
         self.pubsub.addr()
     }
 
-    /// Environment for a worker process pointed at these emulators (callers add
-    /// SUBSCRIPTION_ID, BUCKET_NAME...). Pass it to `Command::envs`; tests must not call
-    /// `std::env::set_var`, other tests run in the same process.
+    /// Environment for a worker pointed at these emulators (callers add SUBSCRIPTION_ID, ...);
+    /// never `std::env::set_var`: other tests run in the same process.
     pub fn worker_env(&self) -> Vec<(String, String)> {
         vec![
             ("PROJECT_ID".into(), PROJECT_ID.into()),

@@ -1,7 +1,5 @@
-//! fake-gcs-server's JSON API: create buckets, and read back what the worker wrote.
-//!
-//! fake-gcs-server does not keep the content type the storage client sends; tests that check
-//! it put a [`crate::HttpProxy`] in between and read its recorded uploads.
+//! fake-gcs-server's JSON API: create buckets, and read back what the worker wrote (the content
+//! type it sent, which fake-gcs-server drops, from a recording [`crate::HttpProxy`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -202,7 +202,8 @@ async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
     }
     let mut response = Response::builder().status(status);
     for (name, value) in answer.headers() {
-        if !HOP.contains(&name.as_str()) && !(media && name.as_str().starts_with(META)) {
+        let meta = media && name.as_str().starts_with(META);
+        if !(meta || HOP.contains(&name.as_str())) {
             response = response.header(name, value);
         }
     }

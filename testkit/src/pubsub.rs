@@ -186,23 +186,18 @@ impl PubSub {
             if got.is_empty() {
                 return Ok(out);
             }
-            let ack_ids: Vec<String> = got.iter().map(|m| m.ack_id.clone()).collect();
-            self.settle(sub, &ack_ids, None).await?;
+            let ack_ids: Vec<&str> = got.iter().map(|m| m.ack_id.as_str()).collect();
+            let request = self.http.post(self.url("subscriptions", sub, ":acknowledge"));
+            send(request.json(&json!({ "ackIds": ack_ids })), "acknowledge").await?;
             out.extend(got);
         }
     }
 
-    /// Acks (`deadline`: `None`) or sets the ack deadline of leased messages (0: a nack).
-    pub async fn settle(&self, sub: &str, ack_ids: &[String], deadline: Option<i32>) -> Result<()> {
-        let (verb, body) = match deadline {
-            None => (":acknowledge", json!({ "ackIds": ack_ids })),
-            Some(secs) => {
-                (":modifyAckDeadline", json!({ "ackIds": ack_ids, "ackDeadlineSeconds": secs }))
-            }
-        };
-        if !ack_ids.is_empty() {
-            send(self.http.post(self.url("subscriptions", sub, verb)).json(&body), verb).await?;
-        }
+    /// Hands a leased message back for redelivery at once (its ack deadline set to 0).
+    pub async fn nack(&self, sub: &str, ack_id: &str) -> Result<()> {
+        let body = json!({ "ackIds": [ack_id], "ackDeadlineSeconds": 0 });
+        let request = self.http.post(self.url("subscriptions", sub, ":modifyAckDeadline"));
+        send(request.json(&body), "nack").await?;
         Ok(())
     }
 }

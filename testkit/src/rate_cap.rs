@@ -21,7 +21,6 @@ const BURST: Duration = Duration::from_millis(5);
 
 pub struct RateCap {
     addr: SocketAddr,
-    bytes_per_sec: u64,
     connections: Arc<AtomicU64>,
     _accept: AbortOnDropHandle<()>,
 }
@@ -36,16 +35,12 @@ impl RateCap {
         let connections = Arc::new(AtomicU64::new(0));
         let serve = move |client| forward(client, upstream, bytes_per_sec);
         let _accept = crate::accept_each(listener, connections.clone(), serve);
-        Ok(RateCap { addr, bytes_per_sec, connections, _accept })
+        Ok(RateCap { addr, connections, _accept })
     }
 
     /// `127.0.0.1:PORT`, the format of `PUBSUB_EMULATOR_HOST`.
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    pub fn bytes_per_sec(&self) -> u64 {
-        self.bytes_per_sec
     }
 
     /// Connections accepted so far: how many capped pipes the client had.

@@ -49,15 +49,12 @@ pub struct Soak {
     pub lifetime: (Duration, Duration),
     /// Calm between two storage faults.
     pub fault_gap: (Duration, Duration),
-    /// Calm between two resets of every Pub/Sub connection. Each reset, like each kill, strands
-    /// what the emulator had sent on the streams it ends, so these two set how much of the
-    /// soak's traffic can be checked end to end.
+    /// Calm between two resets of every Pub/Sub connection.
     pub pubsub_gap: (Duration, Duration),
     /// How long a storage fault lasts.
     pub fault_window: (Duration, Duration),
     /// The subscription's retry policy, least and most a message waits before it is delivered
-    /// again. The drain waits for the most, plus an ack deadline, without progress before it
-    /// gives up on a message ([`Soak::quiet`]).
+    /// again ([`Soak::quiet`] waits out the most).
     pub retry_backoff: (Duration, Duration),
     /// The drain ends after this long in any case.
     pub drain_limit: Duration,

@@ -73,15 +73,17 @@ fn build(cargo: Cargo) -> (Image, Built) {
 
 // ---------------------------------------------------------------------------------------------
 
-/// What the tests read of the Dockerfile: the build stage's instructions (keyword in upper case,
-/// arguments), and what the runtime stage (the last) copies from it (`copied`, to `copied_to`)
-/// and runs (its `ENTRYPOINT` program).
+/// What the tests read of the Dockerfile: the build stage's instructions, and what the runtime
+/// stage (the last) copies from it (`copied`, to `copied_to`) and runs (its `ENTRYPOINT`).
 struct Image {
-    build: Vec<(String, String)>,
+    build: Vec<Instruction>,
     copied: String,
     copied_to: String,
     entrypoint: String,
 }
+
+/// A Dockerfile instruction: its keyword (upper case) and arguments.
+type Instruction = (String, String);
 
 /// How the replay runs `cargo build`.
 #[derive(Clone, Copy, PartialEq)]
@@ -96,7 +98,7 @@ impl Image {
     /// The Dockerfile's stages (a `\` at the end of a line continues it; comment and blank lines
     /// are dropped), then the build stage and the runtime's `COPY --from` and `ENTRYPOINT`.
     fn parse(dockerfile: &str) -> Image {
-        let mut stages: Vec<(Option<String>, Vec<(String, String)>)> = Vec::new();
+        let mut stages: Vec<(Option<String>, Vec<Instruction>)> = Vec::new();
         let mut instruction = String::new();
         for line in dockerfile.lines().filter(|l| !l.trim().is_empty()) {
             if line.trim_start().starts_with('#') {

@@ -52,7 +52,7 @@ async fn a_template_names_every_object_safely_and_a_redelivery_adds_none() -> Re
     let metadata = [("message_id", first.message_id.as_str()), ("subscription", &subscription)];
     let body = b"written by the first delivery";
     fx.gcs.put_object(&fx.bucket, &first_name, body, &metadata).await?;
-    fx.pubsub.settle(&fx.subscription, std::slice::from_ref(&first.ack_id), Some(0)).await?;
+    fx.pubsub.nack(&fx.subscription, &first.ack_id).await?;
 
     let env = with_vars(fx.binary_env(&fx.emulators.storage_url()), &[("OBJECT_NAME", TEMPLATE)]);
     let mut worker = BinaryWorker::spawn(&env, "names")?;

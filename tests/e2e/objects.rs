@@ -15,14 +15,10 @@ use std::time::Duration;
 const KEY: &str = "projects/p/locations/us/keyRings/r/cryptoKeys/k";
 
 /// Every setting shows on each object, a gzip body inflates to the message's bytes exactly, and a
-/// redelivery of a message written with them all lands on its object: no second object.
-/// (`PUBSUB_ENDPOINT` is set too, and the emulator wins over it.)
-///
-/// The redelivery is real: the proxy holds every answer back past `WRITE_TIMEOUT_SECS`, so the
-/// first write of each message stores the object and then times out and is nacked; once the
-/// objects exist the proxy answers at once, and the redeliveries meet 412 (one of them for a
-/// message with 100 attributes, some with keys such as `app/version`, whose object's metadata
-/// must still read back).
+/// redelivery of a message written with them all lands on its object: no second object
+/// (`PUBSUB_ENDPOINT` is set too, and the emulator wins over it). The redelivery is real: the
+/// proxy holds every answer back past `WRITE_TIMEOUT_SECS`, so the first write stores the object,
+/// times out and is nacked; then the proxy answers at once, and the redeliveries meet 412.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_object_setting_is_stored_and_a_redelivery_adds_no_object() -> Result {
     let fx = Fixture::new(true).await?;

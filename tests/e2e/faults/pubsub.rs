@@ -9,16 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
-/// The Pub/Sub emulator is killed and restarted mid-stream (its state is lost: the topic and
-/// subscription are created again and the second half published to them). The client treats
-/// the broken stream and the refused connections as transient and reconnects with backoff, so
-/// the worker carries on: it never exits, and the second half is written exactly once.
-///
-/// The worker reaches the emulator through a proxy that refuses connections until the
-/// subscription exists again. Without it, a reconnect that lands between the emulator's start
-/// and the subscription's creation gets NOT_FOUND, which the client treats as permanent: the
-/// worker then exits 1 and Cloud Run restarts it - the behaviour of
-/// `gone::a_missing_or_deleted_subscription_exits_non_zero_with_a_clear_error`.
+/// The Pub/Sub emulator is killed and restarted mid-stream, its state lost (the topic and
+/// subscription are created again, the second half published to them). The client reconnects
+/// with backoff, so the worker carries on: it never exits, and the second half is written
+/// exactly once. A proxy refuses connections until the subscription exists again: a reconnect in
+/// between would get NOT_FOUND, which is permanent (the worker exits 1, see `gone.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_emulator_restart_reconnects_with_backoff_and_carries_on() -> Result {
     const HALF: usize = 1000;

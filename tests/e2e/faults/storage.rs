@@ -33,8 +33,7 @@ async fn storage_hanging_for_a_while_times_out_and_is_retried_without_spinning()
 /// Writes slower than the stream ack deadline (12 s > 10 s) for a while, with more messages
 /// waiting than there are write permits: lease extension covers both the running writes and the
 /// waiting messages, so nothing is delivered twice. (The backlog stays within
-/// `MAX_OUTSTANDING_MESSAGES`, as the service would keep it; the emulator ignores flow control,
-/// and a message it pushes beyond the worker's budget sits unread, unleased, and comes back.)
+/// `MAX_OUTSTANDING_MESSAGES`, as the service would keep it: the emulator ignores flow control.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_slower_than_the_ack_deadline_causes_no_redelivery() -> Result {
     const N: usize = 300;

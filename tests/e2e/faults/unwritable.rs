@@ -52,16 +52,13 @@ async fn messages_that_can_never_be_written_end_in_the_dead_letter_topic() -> Re
     Ok(())
 }
 
-/// An object under a message's name whose metadata names another message (another id: anyone
-/// who can create objects; the same id from another subscription: another topic sharing the
-/// bucket and template) is never taken for this message's: every delivery is nacked with
-/// reason `name_collision`, so the message ends in the dead-letter topic, and the object keeps
-/// its bytes. An object that names the message itself (a genuine redelivery) is still acked,
-/// without a second object.
-///
-/// A hundred such messages among two hundred healthy ones do not hold the healthy ones up: a
-/// collision gives its write permit back before it waits for its nack (when the waits held the
-/// permits, the healthy 200 took about 75 s; alone they take under a second).
+/// An object under a message's name whose metadata names another message (another id, or the
+/// same id from another subscription) is never taken for this message's: every delivery is
+/// nacked with reason `name_collision` until the message is dead-lettered, and the object keeps
+/// its bytes; one that names the message itself (a redelivery) is acked, without a second object.
+/// A hundred such messages do not hold up two hundred healthy ones: a collision gives its write
+/// permit back before it waits for its nack (when the waits held the permits, the healthy 200
+/// took about 75 s; alone they take under a second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_of_another_message_under_the_name_is_left_alone_and_the_message_dead_lettered()
 -> Result {
