@@ -1,7 +1,5 @@
-//! The chaos soak: worker processes killed with SIGTERM or SIGKILL and restarted at
-//! random, while storage throttles (429), fails (503), refuses (403), hangs, resets connections
-//! and slows down in windows, and the Pub/Sub connection is reset now and then; then faults off,
-//! the backlog drained, and an account of every published message (see `testkit`'s `Soak`).
+//! The chaos soak (`testkit`'s `Soak`, docs/testing.md): worker processes killed and restarted
+//! while storage and Pub/Sub fail, then an account of every published message.
 //!
 //! ```text
 //! cargo run --release --example chaos -- --minutes 60 --instances 3 [--rate 10] [--seed N]
@@ -10,27 +8,30 @@
 //! Prints a report and one `CHAOS {json}` line; exits non-zero if the worker failed the soak.
 //! The workers' logs, the evidence of the account, are kept in a directory the report names.
 
+use clap::Parser;
 use std::process::ExitCode;
-
-use anyhow::{Context, bail};
 use testkit::Soak;
 use testkit::process::build_worker;
 
+#[derive(Parser)]
+struct Args {
+    /// Minutes of chaos (the drain comes after)
+    #[arg(long, default_value_t = 60)]
+    minutes: u64,
+    /// Worker processes at once
+    #[arg(long, default_value_t = 3)]
+    instances: usize,
+    /// Messages published per second [default: 10]
+    #[arg(long)]
+    rate: Option<u32>,
+    /// The seed of a run, to repeat its choices [default: a random one]
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let mut args = std::env::args().skip(1);
-    let (mut minutes, mut instances, mut rate, mut seed) = (60, 3, None, None);
-    while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
-        let number = || value.parse::<u64>().with_context(|| format!("{flag} {value:?}"));
-        match flag.as_str() {
-            "--minutes" => minutes = number()?,
-            "--instances" => instances = number()? as usize,
-            "--rate" => rate = Some(number()? as u32),
-            "--seed" => seed = Some(number()?),
-            _ => bail!("unknown flag {flag}; use --minutes, --instances, --rate, --seed"),
-        }
-    }
+    let Args { minutes, instances, rate, seed } = Args::parse();
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let logs = std::env::temp_dir().join(format!("pubsub-gcs-worker-chaos-{stamp}"));
     let mut soak = Soak::hour(build_worker(!cfg!(debug_assertions))?, minutes, instances, logs);

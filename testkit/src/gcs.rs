@@ -1,12 +1,10 @@
-//! fake-gcs-server's JSON API: create buckets, and read back what the worker wrote.
-//!
-//! fake-gcs-server does not keep the content type the storage client sends; tests that check
-//! it put a [`crate::HttpProxy`] in between and read its recorded uploads.
+//! fake-gcs-server's JSON API: create buckets, and read back what the worker wrote (the content
+//! type it sent, which fake-gcs-server drops, from a recording [`crate::HttpProxy`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::rest::{http_client, send, url_encode};
@@ -79,30 +77,23 @@ impl Gcs {
         Ok(send(self.http.get(url), &format!("get gs://{bucket}/{name}")).await?.json().await?)
     }
 
-    /// Uploads (or overwrites) an object, e.g. to pre-create a name the worker will meet.
-    pub async fn put_object(&self, bucket: &str, name: &str, bytes: &[u8]) -> Result<()> {
-        let (b, n) = (url_encode(bucket), url_encode(name));
-        let url = format!("{}/upload/storage/v1/b/{b}/o?uploadType=media&name={n}", self.base);
-        send(self.http.post(url).body(bytes.to_vec()), &format!("upload gs://{bucket}/{name}"))
-            .await?;
-        Ok(())
-    }
-
     /// Uploads (or overwrites) an object with custom metadata, e.g. one as an earlier delivery
     /// of a message wrote it (`message_id`, `subscription`), or one of someone else's.
-    pub async fn put_object_with_metadata(
+    pub async fn put_object(
         &self,
         bucket: &str,
         name: &str,
         bytes: &[u8],
         metadata: &[(&str, &str)],
     ) -> Result<()> {
-        self.put_object(bucket, name, bytes).await?;
         let (b, n) = (url_encode(bucket), url_encode(name));
-        let url = format!("{}/storage/v1/b/{b}/o/{n}", self.base);
+        let url = format!("{}/upload/storage/v1/b/{b}/o?uploadType=media&name={n}", self.base);
+        send(self.http.post(url).body(bytes.to_vec()), &format!("upload gs://{bucket}/{name}"))
+            .await?;
         let metadata: BTreeMap<&str, &str> = metadata.iter().copied().collect();
-        let patch = self.http.patch(url).json(&json!({ "metadata": metadata }));
-        send(patch, &format!("set the metadata of gs://{bucket}/{name}")).await?;
+        let patch = self.http.patch(format!("{}/storage/v1/b/{b}/o/{n}", self.base));
+        send(patch.json(&json!({ "metadata": metadata })), &format!("patch gs://{bucket}/{name}"))
+            .await?;
         Ok(())
     }
 
@@ -114,29 +105,26 @@ impl Gcs {
         Ok(())
     }
 
-    /// Polls the bucket until it holds at least `n` objects and returns the listing; fails
-    /// after `timeout` with the count last seen. The pause grows with the listing time, so that
-    /// polling a large bucket does not starve the worker of CPU.
+    /// Polls the bucket until it holds at least `n` objects and returns the listing. The pause
+    /// grows with the listing time, so that polling a large bucket does not starve the worker of
+    /// CPU.
     pub async fn wait_for_objects(
         &self,
         bucket: &str,
         n: usize,
         timeout: Duration,
     ) -> Result<Vec<ObjectInfo>> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let (mut objects, what) = (Vec::new(), format!("{n} objects in gs://{bucket}"));
+        let waited = crate::wait_for(timeout, &what, async || {
             let started = Instant::now();
-            let objects = self.list_objects(bucket).await?;
-            if objects.len() >= n {
-                return Ok(objects);
+            objects = self.list_objects(bucket).await?;
+            if objects.len() < n {
+                tokio::time::sleep((started.elapsed() * 2).min(Duration::from_secs(2))).await;
             }
-            if Instant::now() >= deadline {
-                bail!("gs://{bucket}: {} objects after {timeout:?}, expected {n}", objects.len());
-            }
-            let pause =
-                (started.elapsed() * 2).clamp(Duration::from_millis(100), Duration::from_secs(2));
-            tokio::time::sleep(pause).await;
-        }
+            Ok(objects.len() >= n)
+        });
+        waited.await.with_context(|| format!("{} objects seen", objects.len()))?;
+        Ok(objects)
     }
 }
 

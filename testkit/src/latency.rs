@@ -1,9 +1,7 @@
-//! A delay with a spread: how long a fake holds an answer back.
-//!
-//! Real Cloud Storage answers most uploads in tens of milliseconds and a few in far more; a
-//! constant delay would hide what that tail does to a writer with a fixed number of writes in
-//! flight. Service latencies are commonly modelled as log-normal: the logarithm of the delay is
-//! normal, so the spread is proportional to the median and the tail is long on one side only.
+//! A delay with a spread: how long a fake holds an answer back. Real Cloud Storage answers most
+//! uploads in tens of milliseconds and a few in far more, which a constant delay would hide.
+//! Service latencies are commonly modelled as log-normal: the logarithm of the delay is normal,
+//! so the spread is proportional to the median and the tail is long on one side only.
 
 use rand::Rng;
 use rand_distr::{Distribution, LogNormal};

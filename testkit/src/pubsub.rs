@@ -3,6 +3,7 @@
 //! (or bug) with the worker under test.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use base64::Engine;
@@ -17,7 +18,6 @@ use crate::rest::{http_client, send, url_encode};
 pub struct OutMessage {
     pub data: Vec<u8>,
     pub attributes: BTreeMap<String, String>,
-    pub ordering_key: String,
 }
 
 impl OutMessage {
@@ -41,15 +41,14 @@ pub struct Received {
     pub publish_time: String,
 }
 
-/// What becomes of a subscription's failed messages, as `deploy/setup` sets it: redelivery
-/// after an exponential backoff between `min_backoff` and `max_backoff`, and after
-/// `max_delivery_attempts` deliveries a move to `dead_letter_topic`.
+/// What becomes of a subscription's failed messages, as `deploy/setup` sets it: after
+/// `max_delivery_attempts` deliveries a move to `dead_letter_topic`, and with `backoff` each
+/// redelivery after an exponential backoff between its two ends.
 #[derive(Clone, Debug)]
 pub struct DeliveryPolicy {
     pub dead_letter_topic: String,
     pub max_delivery_attempts: i32,
-    pub min_backoff: std::time::Duration,
-    pub max_backoff: std::time::Duration,
+    pub backoff: Option<(Duration, Duration)>,
 }
 
 /// What [`PubSub::create_subscription_with`] gives a subscription.
@@ -104,49 +103,29 @@ impl PubSub {
         Ok(())
     }
 
-    /// Creates a pull subscription. `dead_letter` is `(dead-letter topic, max delivery
-    /// attempts)`; with it the emulator counts each message's delivery attempts.
+    /// Creates a pull subscription; with a `policy`, the emulator counts each message's delivery
+    /// attempts.
     pub async fn create_subscription(
         &self,
         topic: &str,
         sub: &str,
         ack_deadline_secs: i32,
-        dead_letter: Option<(&str, i32)>,
+        policy: Option<&DeliveryPolicy>,
     ) -> Result<()> {
         let topic_path = |t: &str| format!("projects/{}/topics/{t}", self.project);
         let mut body =
             json!({ "topic": topic_path(topic), "ackDeadlineSeconds": ack_deadline_secs });
-        if let Some((dead, attempts)) = dead_letter {
+        if let Some(policy) = policy {
+            let (dead, attempts) =
+                (topic_path(&policy.dead_letter_topic), policy.max_delivery_attempts);
             body["deadLetterPolicy"] =
-                json!({ "deadLetterTopic": topic_path(dead), "maxDeliveryAttempts": attempts });
+                json!({ "deadLetterTopic": dead, "maxDeliveryAttempts": attempts });
+            if let Some((min, max)) = policy.backoff {
+                let secs = |d: Duration| format!("{}s", d.as_secs());
+                body["retryPolicy"] =
+                    json!({ "minimumBackoff": secs(min), "maximumBackoff": secs(max) });
+            }
         }
-        let request = self.http.put(self.url("subscriptions", sub, "")).json(&body);
-        send(request, &format!("create subscription {sub}")).await?;
-        Ok(())
-    }
-
-    /// Creates a pull subscription with a dead-letter and a retry policy.
-    pub async fn create_subscription_with_policy(
-        &self,
-        topic: &str,
-        sub: &str,
-        ack_deadline_secs: i32,
-        policy: &DeliveryPolicy,
-    ) -> Result<()> {
-        let topic_path = |t: &str| format!("projects/{}/topics/{t}", self.project);
-        let secs = |d: std::time::Duration| format!("{}s", d.as_secs());
-        let body = json!({
-            "topic": topic_path(topic),
-            "ackDeadlineSeconds": ack_deadline_secs,
-            "deadLetterPolicy": {
-                "deadLetterTopic": topic_path(&policy.dead_letter_topic),
-                "maxDeliveryAttempts": policy.max_delivery_attempts,
-            },
-            "retryPolicy": {
-                "minimumBackoff": secs(policy.min_backoff),
-                "maximumBackoff": secs(policy.max_backoff),
-            },
-        });
         let request = self.http.put(self.url("subscriptions", sub, "")).json(&body);
         send(request, &format!("create subscription {sub}")).await?;
         Ok(())
@@ -231,16 +210,8 @@ impl PubSub {
     }
 
     async fn publish_batch(&self, url: &str, batch: &[OutMessage]) -> Result<Vec<String>> {
-        let messages: Vec<Value> = batch
-            .iter()
-            .map(|m| {
-                let mut message =
-                    json!({ "data": B64.encode(&m.data), "attributes": m.attributes });
-                if !m.ordering_key.is_empty() {
-                    message["orderingKey"] = json!(m.ordering_key);
-                }
-                message
-            })
+        let messages: Vec<Value> = (batch.iter())
+            .map(|m| json!({ "data": B64.encode(&m.data), "attributes": m.attributes }))
             .collect();
         let what = format!("publish {} messages", batch.len());
         let request = self.http.post(url).json(&json!({ "messages": messages }));
@@ -256,37 +227,42 @@ impl PubSub {
         let body = json!({ "returnImmediately": true, "maxMessages": max });
         let request = self.http.post(self.url("subscriptions", sub, ":pull")).json(&body);
         let answer: Value = send(request, &format!("pull {sub}")).await?.json().await?;
-        let mut out = Vec::new();
-        for received in answer["receivedMessages"].as_array().into_iter().flatten() {
-            let m = &received["message"];
-            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-            out.push(Received {
-                ack_id: text(&received["ackId"]),
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let received = answer["receivedMessages"].as_array().into_iter().flatten();
+        (received.map(|r| {
+            let m = &r["message"];
+            let attributes = m["attributes"].as_object().into_iter().flatten();
+            Ok(Received {
+                ack_id: text(&r["ackId"]),
                 message_id: text(&m["messageId"]),
                 data: B64.decode(m["data"].as_str().unwrap_or_default())?,
-                attributes: m["attributes"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect(),
+                attributes: attributes.map(|(k, v)| (k.clone(), text(v))).collect(),
                 publish_time: text(&m["publishTime"]),
-            });
-        }
-        Ok(out)
+            })
+        }))
+        .collect()
     }
 
-    /// Acks (`deadline`: `None`) or sets the ack deadline of leased messages (0: a nack).
-    pub async fn settle(&self, sub: &str, ack_ids: &[String], deadline: Option<i32>) -> Result<()> {
-        let (verb, body) = match deadline {
-            None => (":acknowledge", json!({ "ackIds": ack_ids })),
-            Some(secs) => {
-                (":modifyAckDeadline", json!({ "ackIds": ack_ids, "ackDeadlineSeconds": secs }))
+    /// Every message the subscription holds now, acked (the dead letters so far, say).
+    pub async fn pull_all(&self, sub: &str) -> Result<Vec<Received>> {
+        let mut out = Vec::new();
+        loop {
+            let got = self.pull(sub, 500).await?;
+            if got.is_empty() {
+                return Ok(out);
             }
-        };
-        if !ack_ids.is_empty() {
-            send(self.http.post(self.url("subscriptions", sub, verb)).json(&body), verb).await?;
+            let ack_ids: Vec<&str> = got.iter().map(|m| m.ack_id.as_str()).collect();
+            let request = self.http.post(self.url("subscriptions", sub, ":acknowledge"));
+            send(request.json(&json!({ "ackIds": ack_ids })), "acknowledge").await?;
+            out.extend(got);
         }
+    }
+
+    /// Hands a leased message back for redelivery at once (its ack deadline set to 0).
+    pub async fn nack(&self, sub: &str, ack_id: &str) -> Result<()> {
+        let body = json!({ "ackIds": [ack_id], "ackDeadlineSeconds": 0 });
+        let request = self.http.post(self.url("subscriptions", sub, ":modifyAckDeadline"));
+        send(request.json(&body), "nack").await?;
         Ok(())
     }
 }

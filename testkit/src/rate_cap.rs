@@ -1,11 +1,8 @@
-//! A loopback TCP proxy that caps how fast each connection receives: Pub/Sub serves a
-//! StreamingPull stream at a bounded rate (a per-stream quota of a few MB/s), which no emulator
-//! does. In front of the Pub/Sub emulator's gRPC port, [`RateCap`] lets a test or the benchmark
-//! see what that cap does to a subscriber. It knows nothing of gRPC: it paces the bytes the
-//! server sends back on each accepted connection, so streams that share a connection share its
-//! cap.
-//!
-//! The proxy runs on the tokio runtime that started it; dropping it closes every connection.
+//! A loopback TCP proxy that caps how fast each connection receives, as Pub/Sub caps each
+//! StreamingPull stream (a quota of a few MB/s), which no emulator does. It paces the bytes the
+//! server sends back on each connection, knowing nothing of gRPC, so streams that share a
+//! connection share its cap. It runs on the tokio runtime that started it; dropping it closes
+//! every connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,8 +12,8 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How much a connection may send at once, as time at its rate: small enough that the cap holds
 /// over any tenth of a second, large enough that the pacing is not all timer wake-ups.
@@ -24,9 +21,8 @@ const BURST: Duration = Duration::from_millis(5);
 
 pub struct RateCap {
     addr: SocketAddr,
-    bytes_per_sec: u64,
     connections: Arc<AtomicU64>,
-    accept: JoinHandle<()>,
+    _accept: AbortOnDropHandle<()>,
 }
 
 impl RateCap {
@@ -38,8 +34,8 @@ impl RateCap {
         let bytes_per_sec = bytes_per_sec.max(1);
         let connections = Arc::new(AtomicU64::new(0));
         let serve = move |client| forward(client, upstream, bytes_per_sec);
-        let accept = tokio::spawn(crate::accept_each(listener, connections.clone(), serve));
-        Ok(RateCap { addr, bytes_per_sec, connections, accept })
+        let _accept = crate::accept_each(listener, connections.clone(), serve);
+        Ok(RateCap { addr, connections, _accept })
     }
 
     /// `127.0.0.1:PORT`, the format of `PUBSUB_EMULATOR_HOST`.
@@ -47,20 +43,9 @@ impl RateCap {
         self.addr
     }
 
-    pub fn bytes_per_sec(&self) -> u64 {
-        self.bytes_per_sec
-    }
-
     /// Connections accepted so far: how many capped pipes the client had.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for RateCap {
-    fn drop(&mut self) {
-        // The accept task owns the connections' tasks: aborting it drops them all.
-        self.accept.abort();
     }
 }
 

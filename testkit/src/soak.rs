@@ -1,17 +1,10 @@
-//! The chaos soak: several worker processes killed (SIGTERM or SIGKILL) and restarted
-//! at random, while storage throttles, fails, refuses, hangs, resets and slows down in windows
-//! and the Pub/Sub connection is reset now and then; then faults off, the backlog drained, and an
-//! account of every published message.
-//!
-//! The Pub/Sub emulator as gcloud ships it strands the messages it delivered on a stream a client
-//! cancelled; `testkit` runs it mended ([`crate::Emulators`]). The drain waits out the retry
-//! policy's longest backoff plus an ack deadline without progress ([`Soak::quiet`]), so every
-//! published message must then be stored (exactly one byte-exact object) or dead-lettered;
-//! anything else fails the soak, with what the workers' own JSON logs say of the message (its
-//! `outcome` events: `received`, `acked`, `nacked` with a `reason`).
-//!
-//! It runs the worker binary it is given: `testkit` does not depend on the worker crate, it only
-//! reads the log events the worker documents.
+//! The chaos soak (docs/testing.md): worker processes killed (SIGTERM or SIGKILL) and restarted
+//! at random while storage and the Pub/Sub connection fail in windows; then faults off, a drain
+//! that waits out the retry policy's longest backoff plus an ack deadline without progress
+//! ([`Soak::quiet`]), and an account: every published message stored (exactly one byte-exact
+//! object) or dead-lettered, anything else a failure, with what the workers' JSON logs say of the
+//! message (its `outcome` events). It runs the worker binary it is given and reads only the log
+//! events the worker documents.
 
 mod account;
 mod chaos;
@@ -20,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 use serde_json::Value;
@@ -56,15 +49,12 @@ pub struct Soak {
     pub lifetime: (Duration, Duration),
     /// Calm between two storage faults.
     pub fault_gap: (Duration, Duration),
-    /// Calm between two resets of every Pub/Sub connection. Each reset, like each kill, strands
-    /// what the emulator had sent on the streams it ends, so these two set how much of the
-    /// soak's traffic can be checked end to end.
+    /// Calm between two resets of every Pub/Sub connection.
     pub pubsub_gap: (Duration, Duration),
     /// How long a storage fault lasts.
     pub fault_window: (Duration, Duration),
     /// The subscription's retry policy, least and most a message waits before it is delivered
-    /// again. The drain waits for the most, plus an ack deadline, without progress before it
-    /// gives up on a message ([`Soak::quiet`]).
+    /// again ([`Soak::quiet`] waits out the most).
     pub retry_backoff: (Duration, Duration),
     /// The drain ends after this long in any case.
     pub drain_limit: Duration,
@@ -134,18 +124,16 @@ impl Soak {
         let policy = DeliveryPolicy {
             dead_letter_topic: dead_topic.clone(),
             max_delivery_attempts: MAX_DELIVERY_ATTEMPTS,
-            min_backoff: self.retry_backoff.0,
-            max_backoff: self.retry_backoff.1,
+            backoff: Some(self.retry_backoff),
         };
-        pubsub.create_subscription_with_policy(&topic, &sub, ACK_DEADLINE_SECS, &policy).await?;
+        pubsub.create_subscription(&topic, &sub, ACK_DEADLINE_SECS, Some(&policy)).await?;
         gcs.create_bucket(&bucket).await?;
 
         // Storage: worker -> TCP faults -> HTTP faults -> fake-gcs-server. Pub/Sub: worker ->
         // TCP resets -> emulator.
         let http = HttpProxy::start(emulators.storage_addr()).await?;
         let storage = Proxy::start(http.addr()).await?;
-        let pubsub_addr = emulators.pubsub_host().parse().context("emulator address")?;
-        let pubsub_proxy = Proxy::start(pubsub_addr).await?;
+        let pubsub_proxy = Proxy::start(emulators.pubsub_addr()).await?;
         let env = vec![
             ("PROJECT_ID".to_string(), crate::PROJECT_ID.to_string()),
             ("PUBSUB_EMULATOR_HOST".into(), pubsub_proxy.addr().to_string()),
@@ -206,7 +194,7 @@ impl Soak {
         let mut dead = Vec::new();
         let (mut last, mut progress) = (0, Instant::now());
         loop {
-            dead.extend(pull_all(&pubsub, &dead_sub).await?);
+            dead.extend(pubsub.pull_all(&dead_sub).await?);
             let stored = account::stored_ids(&gcs.list_objects(&bucket).await?);
             let dead_seqs: std::collections::BTreeSet<&String> =
                 dead.iter().filter_map(|m| m.attributes.get(SEQ)).collect();
@@ -231,7 +219,7 @@ impl Soak {
         while let Some(ended) = tasks.join_next().await {
             ended??;
         }
-        dead.extend(pull_all(&pubsub, &dead_sub).await?);
+        dead.extend(pubsub.pull_all(&dead_sub).await?);
         let elapsed = start.elapsed();
         eprintln!("[soak] {elapsed:?}: drained in {:?}; accounting", drained_at.elapsed());
         let objects = gcs.list_objects(&bucket).await?;
@@ -284,19 +272,16 @@ async fn publish(
     let mut seq = 0u64;
     while Instant::now() < until {
         let due = (start.elapsed().as_secs_f64() * f64::from(rate)) as u64;
-        let batch: Vec<(u64, OutMessage)> = (seq..due).map(|s| (s, message(s))).collect();
-        if !batch.is_empty() {
-            let messages: Vec<OutMessage> = batch.iter().map(|(_, m)| m.clone()).collect();
+        let messages: Vec<OutMessage> = (seq..due).map(message).collect();
+        if !messages.is_empty() {
             let at = start.elapsed();
             let (mut retried, mut delay) = (false, Duration::from_secs(1));
             let ids = loop {
                 match pubsub.publish(topic, &messages).await {
                     Ok(ids) => break ids,
                     Err(e) if start.elapsed() < at + PUBLISH_PATIENCE => {
-                        eprintln!(
-                            "[soak] {:?}: {e:#}; retrying messages {seq}..{due}",
-                            start.elapsed()
-                        );
+                        let now = start.elapsed();
+                        eprintln!("[soak] {now:?}: {e:#}; retrying messages {seq}..{due}");
                         retried = true;
                         sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(30));
@@ -304,10 +289,10 @@ async fn publish(
                     Err(e) => return Err(e.context(format!("publish messages {seq}..{due}"))),
                 }
             };
-            let mut out = out.lock().unwrap();
-            out.extend(ids.into_iter().zip(&batch).map(|(id, (seq, _))| Published {
+            let published = ids.into_iter().zip(seq..due);
+            out.lock().unwrap().extend(published.map(|(id, seq)| Published {
                 id,
-                seq: *seq,
+                seq,
                 at,
                 retried,
             }));
@@ -335,38 +320,17 @@ fn message(seq: u64) -> OutMessage {
 /// the rest JSON text.
 fn body(seq: u64) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(seq.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let random = |rng: &mut StdRng, len: usize| {
-        let mut bytes = vec![0u8; len];
-        rng.fill_bytes(&mut bytes);
-        // 0xFF never occurs in UTF-8.
-        bytes[0] = 0xFF;
-        bytes
+    let text = format!(r#"{{"seq":{seq},"text":"soak message {seq}, ünïcödé"}}"#);
+    let len = match seq % 100 {
+        0 => rng.random_range(100_000..600_000),
+        1..=15 => rng.random_range(1..4096),
+        _ => return text.into_bytes(),
     };
-    match seq % 100 {
-        0 => {
-            let len = rng.random_range(100_000..600_000);
-            random(&mut rng, len)
-        }
-        1..=15 => {
-            let len = rng.random_range(1..4096);
-            random(&mut rng, len)
-        }
-        _ => format!(r#"{{"seq":{seq},"text":"soak message {seq}, ünïcödé"}}"#).into_bytes(),
-    }
-}
-
-/// Every message the subscription holds now, acked.
-async fn pull_all(pubsub: &PubSub, sub: &str) -> Result<Vec<crate::Received>> {
-    let mut out = Vec::new();
-    loop {
-        let got = pubsub.pull(sub, 500).await?;
-        if got.is_empty() {
-            return Ok(out);
-        }
-        let ack_ids: Vec<String> = got.iter().map(|m| m.ack_id.clone()).collect();
-        pubsub.settle(sub, &ack_ids, None).await?;
-        out.extend(got);
-    }
+    let mut bytes = vec![0u8; len];
+    rng.fill_bytes(&mut bytes);
+    // 0xFF never occurs in UTF-8.
+    bytes[0] = 0xFF;
+    bytes
 }
 
 #[cfg(test)]

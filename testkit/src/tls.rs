@@ -1,13 +1,10 @@
 //! TLS in front of a plain-TCP fake, as Cloud Storage is only reached over TLS: each write on a
 //! new connection pays for a handshake, and every byte for encryption, on both sides.
-//!
-//! [`LoopbackCa`] makes a certificate authority at run time, a leaf for `127.0.0.1` and
-//! `localhost` that it signed, and writes the authority's certificate to a PEM file: a client
-//! trusts it with `SSL_CERT_FILE=<that file>` (rustls-native-certs reads the variable, for
-//! reqwest's platform verifier, which the Google Cloud clients use) and nothing else changes.
-//! [`TlsFront`] terminates TLS with that leaf and forwards the plain bytes to its upstream.
-//!
-//! The front runs on the tokio runtime that started it; dropping it closes every connection.
+//! [`LoopbackCa`] makes an authority at run time, a leaf for `127.0.0.1` and `localhost`, and a
+//! PEM file of the authority that a client trusts with `SSL_CERT_FILE` (as reqwest's platform
+//! verifier, which the Google Cloud clients use, reads it). [`TlsFront`] terminates TLS with that
+//! leaf and forwards the plain bytes; it runs on the tokio runtime that started it, and dropping
+//! it closes every connection.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,11 +16,11 @@ use anyhow::{Context as _, Result};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::aws_lc_rs;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_util::task::AbortOnDropHandle;
 
 /// A handshake that has not finished by then is dropped, so a stuck client holds no task.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,7 +83,7 @@ impl LoopbackCa {
 pub struct TlsFront {
     addr: SocketAddr,
     connections: Arc<AtomicU64>,
-    accept: JoinHandle<()>,
+    _accept: AbortOnDropHandle<()>,
 }
 
 impl TlsFront {
@@ -97,8 +94,8 @@ impl TlsFront {
         let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicU64::new(0));
         let serve = move |client| forward(acceptor.clone(), client, upstream);
-        let accept = tokio::spawn(crate::accept_each(listener, connections.clone(), serve));
-        Ok(TlsFront { addr, connections, accept })
+        let _accept = crate::accept_each(listener, connections.clone(), serve);
+        Ok(TlsFront { addr, connections, _accept })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -116,13 +113,6 @@ impl TlsFront {
     }
 }
 
-impl Drop for TlsFront {
-    fn drop(&mut self) {
-        // The accept task owns the connections' tasks: aborting it drops them all.
-        self.accept.abort();
-    }
-}
-
 /// Completes the handshake, then copies bytes both ways until either side is done.
 async fn forward(acceptor: TlsAcceptor, client: TcpStream, upstream: SocketAddr) {
     let _ = client.set_nodelay(true);
@@ -134,58 +124,4 @@ async fn forward(acceptor: TlsAcceptor, client: TcpStream, upstream: SocketAddr)
     let Ok(mut server) = TcpStream::connect(upstream).await else { return };
     let _ = server.set_nodelay(true);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    use tokio_rustls::TlsConnector;
-    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-
-    /// A client that trusts only the authority's file reaches the upstream through the front,
-    /// by address and by name.
-    #[tokio::test]
-    async fn a_client_trusting_the_ca_file_gets_through() -> Result<()> {
-        let echo = TcpListener::bind("127.0.0.1:0").await?;
-        let upstream = echo.local_addr()?;
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = echo.accept().await {
-                tokio::spawn(async move {
-                    let (mut read, mut write) = socket.split();
-                    tokio::io::copy(&mut read, &mut write).await
-                });
-            }
-        });
-        let ca = LoopbackCa::new()?;
-        let front = TlsFront::start(upstream, &ca).await?;
-
-        let mut roots = RootCertStore::empty();
-        let pem = std::fs::read(ca.file())?;
-        for cert in rustls_pemfile_certs(&pem)? {
-            roots.add(cert)?;
-        }
-        let provider = Arc::new(aws_lc_rs::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = TlsConnector::from(Arc::new(config));
-        for name in ["127.0.0.1", "localhost"] {
-            let tcp = TcpStream::connect(front.addr()).await?;
-            let mut tls = connector.connect(name.to_string().try_into()?, tcp).await?;
-            tls.write_all(b"ping").await?;
-            let mut answer = [0; 4];
-            tls.read_exact(&mut answer).await?;
-            assert_eq!(&answer, b"ping", "through the front as {name}");
-        }
-        assert_eq!(front.connections(), 2);
-        Ok(())
-    }
-
-    /// The certificates of a PEM file, as rustls-native-certs reads `SSL_CERT_FILE`.
-    fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
-        use tokio_rustls::rustls::pki_types::pem::PemObject as _;
-        Ok(CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?)
-    }
 }

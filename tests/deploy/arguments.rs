@@ -2,7 +2,7 @@
 //! a missing env file or variable, scale's instance count, teardown and replays without
 //! confirmation.
 
-use crate::harness::{SCRIPTS, Sandbox, describe, flag, hermetic, repo_root, text};
+use crate::harness::{SCRIPTS, Sandbox, describe, executable, flag, hermetic, repo_root, text};
 use std::process::Command;
 
 #[test]
@@ -46,8 +46,16 @@ fn scale_takes_exactly_one_whole_number() {
 fn destructive_steps_refuse_without_yes_and_a_terminal() {
     let sandbox = Sandbox::new();
     let marker = sandbox.path().join("gcloud-was-run");
-    let fake = sandbox.write("fake-gcloud", &format!("#!/bin/sh\ntouch '{}'\n", marker.display()));
-    Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+    let fake = sandbox.path().join("fake-gcloud");
+    executable(
+        &fake,
+        &format!(
+            "#!/bin/sh
+touch '{}'
+",
+            marker.display()
+        ),
+    );
     for args in ["teardown", "replay --snapshot before-deploy", "replay --dead-letters"] {
         let args: Vec<&str> = args.split_whitespace().collect();
         let mut cmd = Command::new(repo_root().join("deploy").join(args[0]));

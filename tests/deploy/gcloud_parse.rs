@@ -75,10 +75,9 @@ fn dry_run_commands_pass_gcloud_argument_parsing() {
     assert!(failures.is_empty(), "gcloud argument checks failed:\n{}", failures.join("\n"));
     let after = network_guard().1.load(Ordering::SeqCst);
     assert_eq!(after, before, "gcloud tried to reach the network");
-    let rejected = argvs.len() - parsed;
+    let (rejected, alone) = (argvs.len() - parsed, alone.len());
     eprintln!(
-        "{parsed} distinct gcloud commands parsed; {rejected} bad ones rejected; {} also alone",
-        alone.len()
+        "{parsed} distinct gcloud commands parsed; {rejected} bad ones rejected; {alone} alone"
     );
 }
 
@@ -133,9 +132,6 @@ fn gcloud_each(sandbox: &Sandbox, argvs: &[Vec<String>]) -> Vec<Ended> {
     if out.status.success() {
         return serde_json::from_slice(&out.stdout).expect("gcloud_parse.py prints JSON");
     }
-    eprintln!(
-        "gcloud_parse.py failed, so one gcloud process per command (slow):\n{}",
-        describe(&out)
-    );
+    eprintln!("gcloud_parse.py failed: one gcloud process per command (slow)\n{}", describe(&out));
     parallel_map(argvs, |argv| gcloud_alone(sandbox, argv))
 }

@@ -1,21 +1,15 @@
-//! The image builds: the Dockerfile's build stage, replayed from the build context that
-//! `gcloud builds submit` uploads (deploy/deploy), builds the binary the runtime stage copies.
-//!
-//! No Docker engine is needed. The replay reads the build stage's `WORKDIR`, `COPY` and `RUN`
-//! instructions (and refuses any other). An empty directory stands for the `WORKDIR`; each `COPY`
-//! copies what it names from the context as `gcloud meta list-files-for-upload` lists it (by
-//! `.gcloudignore`, which includes `.dockerignore`), keeping modification times as docker does,
-//! so a file left out of the context is missing here as it is in Cloud Build. Each `RUN` runs
-//! with `sh -c` in that directory, with this machine's tools. The quick test runs `cargo build`
-//! as `cargo check` (no `--release`) in the workspace's target directory, which finds a target
-//! whose file is missing or a module the context lacks in seconds once dependencies are checked;
-//! the ignored test builds the release binary exactly as written.
+//! The image builds: the Dockerfile's build stage, replayed without Docker from the context that
+//! `gcloud builds submit` uploads, builds the binary the runtime stage copies (docs/testing.md).
+//! Each `COPY` copies from the files `gcloud meta list-files-for-upload` lists (modification
+//! times kept, as docker does) into an empty directory for the `WORKDIR`, each `RUN` runs with
+//! `sh -c` there with this machine's tools; any other instruction is refused. The quick test runs
+//! `cargo build` as `cargo check` in the workspace's target directory, which finds a file the
+//! context lacks in seconds; the ignored test builds the release binary exactly as written.
 
-use crate::harness::{Sandbox, describe, gcloud, read, repo_root, text};
+use crate::harness::{Sandbox, describe, executable, read, repo_root, uploaded};
 use std::collections::BTreeSet;
 use std::env;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,19 +17,11 @@ use std::process::Command;
 /// the runtime stage copies and runs.
 #[test]
 fn the_image_build_stage_compiles_from_the_uploaded_context() {
-    let sandbox = Sandbox::new();
-    let image = Image::parse(&read("Dockerfile"));
-    let built = image.replay(&Context::upload(&sandbox, &repo_root()), Cargo::Check);
-    let built = built.unwrap_or_else(|e| panic!("the build stage fails: {e}"));
-
+    let (image, built) = build(Cargo::Check);
     let binary = built.host(&image.copied).expect("the runtime copies from the build's WORKDIR");
     let name = binary.file_name().unwrap().to_str().unwrap();
     let (release_dir, bins) = built.release_build();
-    assert_eq!(
-        binary,
-        release_dir.join(name),
-        "the runtime copies from the release build's output"
-    );
+    assert_eq!(binary, release_dir.join(name), "the runtime copies the release build's output");
     assert!(bins.contains(name), "the release build makes no {name} binary: it makes {bins:?}");
     assert_eq!(image.entrypoint, image.copied_to, "the image runs the binary it copies");
 }
@@ -45,58 +31,54 @@ fn the_image_build_stage_compiles_from_the_uploaded_context() {
 #[test]
 #[ignore = "slow: a release build with fat LTO, about 5 min on 2 cores (.ci/run runs it)"]
 fn the_image_build_stage_builds_the_binary_the_runtime_copies() {
-    let sandbox = Sandbox::new();
-    let image = Image::parse(&read("Dockerfile"));
-    let built = image.replay(&Context::upload(&sandbox, &repo_root()), Cargo::AsWritten);
-    let built = built.unwrap_or_else(|e| panic!("the build stage fails: {e}"));
+    let (image, built) = build(Cargo::AsWritten);
     let binary = built.host(&image.copied).expect("the runtime copies from the build's WORKDIR");
     assert!(binary.is_file(), "the build stage leaves no {}", image.copied);
 }
 
-/// A context that leaves out a file the build needs fails the build, as docker would: here
-/// `.dockerignore` leaves out the declared benchmark's directory, or one of the crate's modules.
+/// A context that leaves out a file the build needs fails the build, as docker would, naming it:
+/// `.dockerignore` leaving out the declared benchmark's directory or one of the crate's modules,
+/// or a declared example whose file the build stage does not copy (the dependency layer's
+/// stand-ins do not stay for the real build).
 #[test]
-fn the_image_build_fails_when_the_context_leaves_out_a_file_it_needs() {
+fn the_image_build_fails_without_a_file_it_needs() {
     let upload = Context::upload(&Sandbox::new(), &repo_root()).files;
     let module = upload.iter().filter_map(|f| f.strip_prefix("src/")).find(|name| {
         name.ends_with(".rs") && !name.contains('/') && !["lib.rs", "main.rs"].contains(name)
     });
     let module = format!("src/{}", module.expect("a module in src/"));
-    for left_out in ["benches", &module] {
+    let example = "\n[[example]]\nname = \"left_out\"\n";
+    for (file, added, said) in [
+        (".dockerignore", "benches", "benches"),
+        (".dockerignore", module.as_str(), module.as_str()),
+        ("Cargo.toml", example, "can't find `left_out` example"),
+    ] {
         let sandbox = Sandbox::new();
-        let ignore = |tree: &Path| append(&tree.join(".dockerignore"), left_out);
-        let replay = Image::parse(&read("Dockerfile"))
-            .replay(&Context::repo_changed(&sandbox, ignore), Cargo::Check);
-        let failure =
-            replay.err().unwrap_or_else(|| panic!("the build succeeds without {left_out}"));
-        assert!(failure.said.contains(left_out), "without {left_out}: {failure}");
+        let context = Context::repo_changed(&sandbox, |tree| {
+            let path = tree.join(file);
+            fs::write(&path, fs::read_to_string(&path).unwrap() + "\n" + added + "\n").unwrap();
+        });
+        let replay = Image::parse(&read("Dockerfile")).replay(&context, Cargo::Check);
+        let failure = replay.err().unwrap_or_else(|| panic!("it builds with {added:?} in {file}"));
+        assert!(failure.said.contains(said), "{added:?} in {file}: {failure}");
     }
 }
 
-/// A declared example whose file the build stage does not copy fails the build with cargo's
-/// message: the dependency layer's stand-ins do not stay for the real build.
-#[test]
-fn the_image_build_fails_on_a_declared_example_it_does_not_copy() {
-    let sandbox = Sandbox::new();
-    let example = "\n[[example]]\nname = \"left_out\"\n";
-    let context = Context::repo_changed(&sandbox, |tree| append(&tree.join("Cargo.toml"), example));
-    let replay = Image::parse(&read("Dockerfile")).replay(&context, Cargo::Check);
-    let failure = replay.err().expect("the build stage succeeds without the example's file");
-    assert!(failure.said.contains("can't find `left_out` example"), "{failure}");
+/// The Dockerfile and its build stage replayed from the repository's upload.
+fn build(cargo: Cargo) -> (Image, Built) {
+    let image = Image::parse(&read("Dockerfile"));
+    let built = image.replay(&Context::upload(&Sandbox::new(), &repo_root()), cargo);
+    (image, built.unwrap_or_else(|e| panic!("the build stage fails: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
 
 /// What the tests read of the Dockerfile: the build stage's instructions, and what the runtime
-/// stage (the last) copies from it and runs.
+/// stage (the last) copies from it (`copied`, to `copied_to`) and runs (its `ENTRYPOINT`).
 struct Image {
-    /// The instructions of the stage the runtime copies from.
     build: Vec<Instruction>,
-    /// The path the runtime's `COPY --from` takes, in the build stage's file system.
     copied: String,
-    /// Where the runtime puts it.
     copied_to: String,
-    /// The runtime's `ENTRYPOINT` program.
     entrypoint: String,
 }
 
@@ -118,11 +100,10 @@ impl Image {
     fn parse(dockerfile: &str) -> Image {
         let mut stages: Vec<(Option<String>, Vec<Instruction>)> = Vec::new();
         let mut instruction = String::new();
-        for line in dockerfile.lines() {
-            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+        for line in dockerfile.lines().filter(|l| !l.trim().is_empty()) {
+            if line.trim_start().starts_with('#') {
                 continue;
-            }
-            if let Some(part) = line.trim_end().strip_suffix('\\') {
+            } else if let Some(part) = line.trim_end().strip_suffix('\\') {
                 instruction.push_str(part);
                 continue;
             }
@@ -142,41 +123,30 @@ impl Image {
                 stages.last_mut().expect("FROM first").1.push((keyword, args));
             }
         }
-        let (_, runtime) = stages.last().expect("a FROM");
+        let runtime = &stages.last().expect("a FROM").1;
         let copy = runtime.iter().find(|(k, args)| k == "COPY" && args.starts_with("--from="));
-        let (_, copy) = copy.expect("the runtime stage copies from the build stage");
+        let copy = &copy.expect("the runtime stage copies from the build stage").1;
         let [from, copied, copied_to] = copy.split_whitespace().collect::<Vec<_>>()[..] else {
             panic!("COPY {copy}: one path from the build stage expected");
         };
         let from = from.strip_prefix("--from=").unwrap();
         let build = stages.iter().find(|(name, _)| name.as_deref() == Some(from));
-        let (_, build) = build.unwrap_or_else(|| panic!("no stage named {from}"));
+        let build = build.unwrap_or_else(|| panic!("no stage named {from}")).1.clone();
         let entrypoint = runtime.iter().rev().find(|(k, _)| k == "ENTRYPOINT").expect("ENTRYPOINT");
         let entrypoint: Vec<String> = serde_json::from_str(&entrypoint.1).expect("exec form");
         let copied_to = match copied_to.strip_suffix('/') {
             Some(dir) => format!("{dir}/{}", Path::new(copied).file_name().unwrap().display()),
             None => copied_to.to_string(),
         };
-        Image {
-            build: build.clone(),
-            copied: copied.to_string(),
-            copied_to,
-            entrypoint: entrypoint[0].clone(),
-        }
+        Image { build, copied: copied.into(), copied_to, entrypoint: entrypoint[0].clone() }
     }
 
     /// Replays the build stage from `context`.
     fn replay(&self, context: &Context, cargo: Cargo) -> Result<Built, Failure> {
-        let mut built = Built {
-            tree: tempfile::tempdir().unwrap(),
-            workdir: None,
-            cwd: PathBuf::new(),
-            shim: tempfile::tempdir().unwrap(),
-            cargo: Vec::new(),
-        };
-        fs::write(built.shim.path().join("cargo"), CARGO_SHIM).unwrap();
-        fs::set_permissions(built.shim.path().join("cargo"), fs::Permissions::from_mode(0o755))
-            .unwrap();
+        let shim = tempfile::tempdir().unwrap();
+        executable(&shim.path().join("cargo"), CARGO_SHIM);
+        let tree = tempfile::tempdir().unwrap();
+        let mut built = Built { tree, workdir: None, cwd: PathBuf::new(), shim, cargo: Vec::new() };
         for (keyword, args) in &self.build {
             match keyword.as_str() {
                 "WORKDIR" => built.workdir(args),
@@ -204,17 +174,14 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// The replayed build stage: its file system below the `WORKDIR`, and the cargo commands its
-/// `RUN`s ran (by the quick replay).
+/// The replayed build stage: its file system below the first `WORKDIR` (`tree`), the current
+/// `WORKDIR`, the directory of [`CARGO_SHIM`] and its log, and the arguments of each cargo
+/// command its `RUN`s ran (by the quick replay), in order.
 struct Built {
     tree: tempfile::TempDir,
-    /// The first `WORKDIR`, which `tree` stands for.
     workdir: Option<PathBuf>,
-    /// The current `WORKDIR`.
     cwd: PathBuf,
-    /// The directory of [`CARGO_SHIM`] and its log.
     shim: tempfile::TempDir,
-    /// The arguments of each cargo command, in order.
     cargo: Vec<Vec<String>>,
 }
 
@@ -283,21 +250,15 @@ impl Built {
         assert!(!script.starts_with('['), "the image test replays no exec-form RUN: {script}");
         let mut cmd = Command::new("sh");
         cmd.args(["-c", script]).current_dir(self.host(".").expect("RUN after a WORKDIR"));
-        cmd.env_clear();
-        for var in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
-            if let Some(value) = env::var_os(var) {
-                cmd.env(var, value);
-            }
-        }
+        let tools = ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"];
+        cmd.env_clear().envs(tools.into_iter().filter_map(|v| Some((v, env::var_os(v)?))));
         if cargo == Cargo::Check {
             // The workspace's target directory, so the dependencies' checks are reused from one
             // run to the next; `cargo test` releases its lock on it before it runs test binaries.
-            let path = env::join_paths(
-                [self.shim.path().into()]
-                    .into_iter()
-                    .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
-            );
-            cmd.env("PATH", path.unwrap()).env("CARGO_TARGET_DIR", workspace_target_dir());
+            let path = env::var_os("PATH").unwrap_or_default();
+            let path = [self.shim.path().into()].into_iter().chain(env::split_paths(&path));
+            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
+            cmd.env("PATH", env::join_paths(path).unwrap()).env("CARGO_TARGET_DIR", target);
         }
         let out = cmd.output().expect("sh");
         if !out.status.success() {
@@ -330,19 +291,11 @@ impl Built {
             packages.filter(|p| Path::new(p["manifest_path"].as_str().unwrap()) == manifest);
         let targets = package.flat_map(|p| p["targets"].as_array().unwrap());
         let bins = targets.filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"));
-        let mut bins: BTreeSet<String> = bins.map(|t| t["name"].as_str().unwrap().into()).collect();
-        let selected: BTreeSet<String> =
-            build.windows(2).filter(|w| w[0] == "--bin").map(|w| w[1].clone()).collect();
-        if !selected.is_empty() {
-            bins.retain(|bin| selected.contains(bin));
-        }
-        (release_dir, bins)
+        let selected: BTreeSet<&String> =
+            build.windows(2).filter(|w| w[0] == "--bin").map(|w| &w[1]).collect();
+        let bins = bins.map(|t| t["name"].as_str().unwrap().to_string());
+        (release_dir, bins.filter(|b| selected.is_empty() || selected.contains(b)).collect())
     }
-}
-
-/// The workspace's target directory (the parent of the integration tests' temporary one).
-fn workspace_target_dir() -> &'static Path {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap()
 }
 
 /// A build context: a directory and the files of it that are uploaded.
@@ -354,10 +307,7 @@ struct Context {
 impl Context {
     /// The files of `root` that `gcloud builds submit` uploads.
     fn upload(sandbox: &Sandbox, root: &Path) -> Context {
-        let args = ["meta".as_ref(), "list-files-for-upload".as_ref(), root.as_os_str()];
-        let out = gcloud(sandbox, &args);
-        assert!(out.status.success(), "{}", describe(&out));
-        Context { root: root.into(), files: text(&out.stdout).lines().map(String::from).collect() }
+        Context { root: root.into(), files: uploaded(sandbox, root) }
     }
 
     /// The repository's context and `.gcloudignore` (which leaves itself out), copied into the
@@ -373,9 +323,4 @@ impl Context {
         change(&tree);
         Context::upload(sandbox, &tree)
     }
-}
-
-fn append(path: &Path, lines: &str) {
-    let contents = fs::read_to_string(path).unwrap();
-    fs::write(path, format!("{contents}\n{lines}\n")).unwrap();
 }

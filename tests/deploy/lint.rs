@@ -3,7 +3,7 @@
 use crate::harness::{SCRIPTS, describe, repo_root, text, words};
 use std::env;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Mutex;
 
 #[test]
@@ -47,31 +47,17 @@ const HADOLINT: PythonTool =
 fn python_tool(tool: &PythonTool) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let find = || {
-        let code = "import site, sysconfig; print(sysconfig.get_path('scripts')); \
-                    print(site.getuserbase() + '/bin')";
-        let out = Command::new("python3").args(["-c", code]).output().expect("python3");
-        let mut dirs: Vec<PathBuf> = env::split_paths(&env::var_os("PATH").unwrap()).collect();
-        dirs.extend(text(&out.stdout).lines().map(PathBuf::from));
-        let pinned = |p: &PathBuf| {
-            let out = Command::new(p).arg("--version").output();
-            let prints = |o: &Output| words(&text(&o.stdout)).iter().any(|w| w == tool.version);
-            out.is_ok_and(|o| o.status.success() && prints(&o))
-        };
-        dirs.into_iter().map(|d| d.join(tool.command)).find(pinned)
+    let code = "import site, sysconfig; print(sysconfig.get_path('scripts')); \
+                print(site.getuserbase() + '/bin')";
+    let out = Command::new("python3").args(["-c", code]).output().expect("python3");
+    let mut dirs: Vec<PathBuf> = env::split_paths(&env::var_os("PATH").unwrap()).collect();
+    dirs.extend(text(&out.stdout).lines().map(PathBuf::from));
+    let pinned = |p: &PathBuf| {
+        let out = Command::new(p).arg("--version").output();
+        out.is_ok_and(|o| {
+            o.status.success() && words(&text(&o.stdout)).contains(&tool.version.into())
+        })
     };
-    let mut pip = Vec::new();
-    // An externally managed (Debian) Python refuses the first install: then for the user.
-    for extra in [&[][..], &["--user", "--break-system-packages"]] {
-        if let Some(path) = find() {
-            return path;
-        }
-        let args = ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", tool.package];
-        pip.push(Command::new("python3").args(args).args(extra).output().expect("python3 -m pip"));
-    }
-    let pip: Vec<String> = pip.iter().map(describe).collect();
-    let found = find();
-    found.unwrap_or_else(|| {
-        panic!("no {} {} after pip install:\n{}", tool.command, tool.version, pip.join("\n"))
-    })
+    let found = || dirs.iter().map(|d| d.join(tool.command)).find(pinned);
+    testkit::process::pip_installed(tool.package, found).unwrap_or_else(|e| panic!("{e:#}"))
 }

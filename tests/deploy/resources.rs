@@ -34,10 +34,8 @@ fn kms_key_gets_the_storage_agent_as_encrypter() {
     let run = sandbox.run(&format!("KMS_KEY_NAME={KMS_KEY}"), "setup").ok();
     let with_key = grants(&run);
     let added: Vec<&String> = with_key.difference(&plain).collect();
-    assert_eq!(
-        added,
-        ["service-PROJECT_NUMBER kms-keys roles/cloudkms.cryptoKeyEncrypterDecrypter"]
-    );
+    let encrypter = "service-PROJECT_NUMBER kms-keys roles/cloudkms.cryptoKeyEncrypterDecrypter";
+    assert_eq!(added, [encrypter]);
     assert_eq!(run.find("gcloud kms keys add-iam-policy-binding")[4], KMS_KEY);
     assert!(plain.iter().all(|g| !g.contains("kms")), "{plain:?}");
 }
@@ -66,10 +64,8 @@ fn scripts_create_only_what_is_missing_and_teardown_deletes_it() {
             };
             let looked = ["describe", "list"].map(|v| [&c[..verb], &[v.to_string()]].concat());
             let before = &commands[i - 1];
-            assert!(
-                c[1] == "beta" || looked.iter().any(|l| before.starts_with(l)),
-                "{c:?} after {before:?}"
-            );
+            let looked_first = looked.iter().any(|l| before.starts_with(l));
+            assert!(c[1] == "beta" || looked_first, "{c:?} after {before:?}");
         }
         let again = sandbox.run(&format!("{METRICS}\nDRY_RUN_EXISTS=1"), script).ok().gcloud();
         let creates = again.iter().filter(|c| c[1] != "beta" && c.contains(&"create".into()));

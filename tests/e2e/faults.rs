@@ -1,20 +1,12 @@
-//! Nothing lost, nothing duplicated: fault injection and bad input.
+//! Nothing lost, nothing duplicated: one kind of fault a file (`signals`, `storage`, `pubsub`,
+//! `gone`, `unwritable`, `bad_input`), and what several of them use.
 //!
-//! Each test runs the real binary (JSON logs, counters on a progress line every second, CPU and
-//! memory read from `/proc`), publishes a known set of messages, injects ONE fault and checks:
-//! every message has exactly one byte-exact object; nothing remains to be delivered (the
-//! counters stay put, with nothing in flight, for longer than the stream ack deadline); the
-//! worker never exited or panicked unless the test stopped it.
-//!
-//! A stream that ended leaves its leased messages to the emulator until their ack deadline
-//! (10 s here) passes (and the unmended jar 0.8.20 never closed a stream a client cancelled:
-//! `testkit` mends it). A restarted worker therefore completes the set only after some 10 s
-//! rounds: the tests wait with generous deadlines, never with fixed sleeps.
-//!
-//! One file per kind of fault: the process stopped by a signal (`signals`), storage failing or
-//! slow (`storage`), Pub/Sub restarted or cut off (`pubsub`), the subscription or the bucket gone
-//! (`gone`), messages that can never be written (`unwritable`) and input that is hard to store
-//! (`bad_input`). What several of them use is here.
+//! Most tests run the real binary, publish a known set of messages, inject one fault and check
+//! that every message has exactly one byte-exact object, that nothing remains to be delivered
+//! (the counters stay put, nothing in flight, for longer than the stream ack deadline) and that
+//! the worker never exited or panicked unless the test stopped it. A stream that ended leaves its
+//! leased messages to the emulator until their ack deadline (10 s here) passes, so a restarted
+//! worker completes the set only after some rounds: the tests wait with generous deadlines.
 
 mod bad_input;
 mod gone;
@@ -26,6 +18,7 @@ mod unwritable;
 use crate::support::app::{BinaryWorker, Fixture, LEASE_SECS, Result};
 use crate::support::unique_name;
 use std::time::Duration;
+use testkit::DeliveryPolicy;
 
 /// How long a storage or Pub/Sub fault lasts.
 const OUTAGE: Duration = Duration::from_secs(10);
@@ -38,8 +31,12 @@ async fn dead_letter_subscription(fx: &Fixture<'_>, max_attempts: i32) -> Result
     fx.pubsub.create_topic(&topic).await?;
     fx.pubsub.create_subscription(&topic, &sub, lease, None).await?;
     fx.pubsub.delete_subscription(&fx.subscription).await?;
-    let policy = Some((topic.as_str(), max_attempts));
-    fx.pubsub.create_subscription(&fx.topic, &fx.subscription, lease, policy).await?;
+    let policy = DeliveryPolicy {
+        dead_letter_topic: topic,
+        max_delivery_attempts: max_attempts,
+        backoff: None,
+    };
+    fx.pubsub.create_subscription(&fx.topic, &fx.subscription, lease, Some(&policy)).await?;
     Ok(sub)
 }
 

@@ -1,9 +1,9 @@
 //! Bounded memory over time: a huge backlog, large messages and a soak. Each is slow (minutes)
 //! and `#[ignore]`d: `cargo test -- --ignored` runs them, one at a time.
 
-use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE, figures};
-use crate::support::app::{one_slow_test_at_a_time, sample_message, with_vars};
+use crate::support::app::{one_slow_test_at_a_time, sample_messages, with_vars};
+use crate::support::{OutMessage, wait_for};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use testkit::process::Usage;
@@ -19,41 +19,24 @@ async fn huge_backlog_of_small_messages_keeps_memory_bounded() -> Result {
     /// Well below the backlog's 97 MiB of data alone: the worker cannot be holding it.
     const BOUND_KIB: u64 = 80 * 1024;
     let fx = Fixture::new(true).await?;
-    let env = with_vars(
-        fx.binary_env(&fx.emulators.storage_url()),
-        &[
-            ("RUST_LOG", "info"),
-            ("MAX_OUTSTANDING_MESSAGES", "1000"),
-            ("MAX_CONCURRENT_WRITES", "64"),
-            // The emulator pushes the whole backlog regardless of flow control, and an unread
-            // message would come back every lease: 600 s (Pub/Sub's maximum) outlasts the
-            // drain, and `wait_quiet` then waits that long to see that no ack was lost.
-            ("MAX_LEASE_EXTENSION_SECS", "600"),
-        ],
-    );
+    let vars = [
+        ("MAX_OUTSTANDING_MESSAGES", "1000"),
+        ("MAX_CONCURRENT_WRITES", "64"),
+        // The emulator pushes the whole backlog regardless of flow control, and an unread
+        // message would come back every lease: 600 s (Pub/Sub's maximum) outlasts the drain,
+        // and `wait_quiet` then waits that long to see that no ack was lost.
+        ("MAX_LEASE_EXTENSION_SECS", "600"),
+    ];
     let messages: Vec<OutMessage> = (0..N)
         .map(|i| OutMessage::new(format!("{i:06} {}", "x".repeat(1017))).attr("i", i.to_string()))
         .collect();
     let t = Instant::now();
     let published = fx.publish(&messages).await?;
     let publish_time = t.elapsed();
-    let mut worker = BinaryWorker::spawn(&env, "backlog")?;
-    let started = Instant::now();
-    let samples = sample_until_written(&worker, N as u64, Duration::from_secs(1800)).await?;
-    let drained = started.elapsed();
-    let end = worker.wait_quiet(SETTLE).await?;
-    let peak = worker.usage()?.peak_rss_kib;
     // Every object's size and attributes, every 50th body (fake-gcs-server downloads are slow).
-    fx.assert_exactly_once(&published, 50).await?;
-    assert!(peak < BOUND_KIB, "peak RSS {peak} KiB over {BOUND_KIB} KiB; samples {samples:?}");
-    let rss = rss_series(&samples);
-    figures(
-        "backlog-100k",
-        &format!(
-            "{N} x 1 KiB published in {publish_time:?}, drained in {drained:?}, one object each; \
-             peak RSS {peak} KiB (bound {BOUND_KIB}); RSS (s, KiB) {rss:?}; {end:?}"
-        ),
-    );
+    let drained = drain_backlog(&fx, &published, &vars, 50, BOUND_KIB, "backlog").await?;
+    let done = format!("{N} x 1 KiB published in {publish_time:?}, one object each; {drained}");
+    figures("backlog-100k", &done);
     Ok(())
 }
 
@@ -67,16 +50,13 @@ async fn large_messages_keep_memory_within_the_byte_budget() -> Result {
     const N: usize = 200;
     const BUDGET: u64 = 64 << 20;
     let fx = Fixture::new(true).await?;
-    let env = with_vars(
-        fx.binary_env(&fx.emulators.storage_url()),
-        &[
-            ("RUST_LOG", "info"),
-            ("MAX_OUTSTANDING_BYTES", &BUDGET.to_string()),
-            ("MAX_CONCURRENT_WRITES", "8"),
-            // See huge_backlog_of_small_messages_keeps_memory_bounded.
-            ("MAX_LEASE_EXTENSION_SECS", "300"),
-        ],
-    );
+    let budget = BUDGET.to_string();
+    // See huge_backlog_of_small_messages_keeps_memory_bounded.
+    let vars = [
+        ("MAX_OUTSTANDING_BYTES", budget.as_str()),
+        ("MAX_CONCURRENT_WRITES", "8"),
+        ("MAX_LEASE_EXTENSION_SECS", "300"),
+    ];
     // The whole backlog first, as after an outage; then the worker.
     let mut published = BTreeMap::new();
     let t = Instant::now();
@@ -90,24 +70,13 @@ async fn large_messages_keep_memory_within_the_byte_budget() -> Result {
         published.extend(fx.publish(&messages).await?);
     }
     let publish_time = t.elapsed();
-    let mut worker = BinaryWorker::spawn(&env, "large")?;
-    let samples = sample_until_written(&worker, N as u64, Duration::from_secs(1800)).await?;
-    let end = worker.wait_quiet(SETTLE).await?;
-    let peak = worker.usage()?.peak_rss_kib;
-    fx.assert_exactly_once(&published, 1).await?;
     // The process itself (an idle debug build is about 40 MiB), the budget's message data, one
     // upload body per running write (at most the budget again), and the client's receive
     // buffers (the emulator pushes the backlog regardless of flow control).
     let bound = 48 * 1024 + 3 * BUDGET / 1024;
-    assert!(peak < bound, "peak RSS {peak} KiB over {bound} KiB; samples {samples:?}");
-    let rss = rss_series(&samples);
-    figures(
-        "large-messages",
-        &format!(
-            "{N} of 5-10 MB published in {publish_time:?}, one object each; peak RSS {peak} KiB \
-             (bound {bound}); RSS (s, KiB) {rss:?}; {end:?}"
-        ),
-    );
+    let drained = drain_backlog(&fx, &published, &vars, 1, bound, "large").await?;
+    let done = format!("{N} of 5-10 MB published in {publish_time:?}, one object each; {drained}");
+    figures("large-messages", &done);
     Ok(())
 }
 
@@ -137,8 +106,7 @@ async fn soak_at_a_steady_rate_keeps_memory_files_and_threads_flat() -> Result {
     let mut second = 0usize;
     while started.elapsed() < DURATION {
         tick.tick().await;
-        let batch: Vec<OutMessage> =
-            (0..PER_SECOND).map(|i| sample_message(second * PER_SECOND + i)).collect();
+        let batch = sample_messages(second * PER_SECOND..(second + 1) * PER_SECOND);
         published.extend(fx.publish(&batch).await?);
         if second.is_multiple_of(10) {
             samples.push((started.elapsed(), worker.usage()?, worker.counters().written));
@@ -180,26 +148,37 @@ async fn soak_at_a_steady_rate_keeps_memory_files_and_threads_flat() -> Result {
     Ok(())
 }
 
-/// Samples the worker's `/proc` figures every 5 s until it has written `n` objects.
-async fn sample_until_written(
-    worker: &BinaryWorker,
-    n: u64,
-    limit: Duration,
-) -> Result<Vec<(Duration, Usage, u64)>> {
-    let started = Instant::now();
-    let mut samples = Vec::new();
-    loop {
+/// Starts the worker with `vars` (logs at `info`) on the backlog `published`, samples its
+/// `/proc` figures every 5 s until it has written an object per message, waits until it is
+/// quiet, checks the objects (every `every`-th body) and a peak RSS below `bound` KiB. Its
+/// figures: drain time, peak RSS, RSS every 30 s (seconds, KiB) and the end counters.
+async fn drain_backlog(
+    fx: &Fixture<'_>,
+    published: &BTreeMap<String, OutMessage>,
+    vars: &[(&str, &str)],
+    every: usize,
+    bound: u64,
+    name: &str,
+) -> Result<String> {
+    let env = with_vars(fx.binary_env(&fx.emulators.storage_url()), &[("RUST_LOG", "info")]);
+    let mut worker = BinaryWorker::spawn(&with_vars(env, vars), name)?;
+    let (n, started, mut samples) = (published.len() as u64, Instant::now(), Vec::new());
+    wait_for(Duration::from_secs(1800), &format!("{n} objects written"), async || {
         let written = worker.counters().written;
-        samples.push((started.elapsed(), worker.usage()?, written));
-        if written >= n {
-            return Ok(samples);
+        samples.push((started.elapsed(), worker.usage()?.rss_kib));
+        if written < n {
+            sleep(Duration::from_secs(5)).await;
         }
-        anyhow::ensure!(started.elapsed() < limit, "{written} of {n} written after {limit:?}");
-        sleep(Duration::from_secs(5)).await;
-    }
-}
-
-/// `(seconds, RSS KiB)` of every sixth sample (every 30 s).
-fn rss_series(samples: &[(Duration, Usage, u64)]) -> Vec<(u64, u64)> {
-    samples.iter().step_by(6).map(|(t, p, _)| (t.as_secs(), p.rss_kib)).collect()
+        Ok(written >= n)
+    })
+    .await?;
+    let drained = started.elapsed();
+    let end = worker.wait_quiet(SETTLE).await?;
+    let peak = worker.usage()?.peak_rss_kib;
+    fx.assert_exactly_once(published, every).await?;
+    assert!(peak < bound, "peak RSS {peak} KiB over {bound} KiB; samples {samples:?}");
+    let rss: Vec<_> = samples.iter().step_by(6).map(|(t, kib)| (t.as_secs(), kib)).collect();
+    Ok(format!(
+        "drained in {drained:?}, peak RSS {peak} KiB (bound {bound}); RSS (s, KiB) {rss:?}; {end:?}"
+    ))
 }

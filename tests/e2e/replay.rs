@@ -3,7 +3,7 @@
 //! missing and acks the others as already there; dead letters moved back to the topic by
 //! `deploy/replay --dead-letters` become objects under their new message ids.
 
-use crate::support::app::{Fixture, LEASE_SECS, Result, SETTLE, sample_message};
+use crate::support::app::{Fixture, LEASE_SECS, Result, SETTLE, sample_messages};
 use crate::support::{OutMessage, unique_name, wait_for};
 use pubsub_gcs_worker::object::metadata_key;
 use std::collections::BTreeMap;
@@ -28,7 +28,7 @@ async fn a_seek_to_a_time_writes_exactly_the_deleted_objects_again() -> Result {
     // A second back: publish times are in milliseconds, and a seek to a time marks the messages
     // published before it acked.
     let before = (OffsetDateTime::now_utc() - time::Duration::SECOND).format(&Rfc3339)?;
-    let published = fx.publish(&(0..N as usize).map(sample_message).collect::<Vec<_>>()).await?;
+    let published = fx.publish(&sample_messages(0..N as usize)).await?;
     let worker = fx.start_worker(&fx.emulators.storage_url(), &[]).await?;
     wait_for(SETTLE, "every message written and acked", async || {
         let now = worker.stats.snapshot();
@@ -77,7 +77,7 @@ async fn a_replay_under_a_new_object_name_writes_the_new_names_beside_the_old() 
     let fx = Fixture::new(true).await?;
     let snapshot = unique_name("before-change");
     fx.pubsub.create_snapshot(&snapshot, &fx.subscription).await?;
-    let published = fx.publish(&(0..N as usize).map(sample_message).collect::<Vec<_>>()).await?;
+    let published = fx.publish(&sample_messages(0..N as usize)).await?;
     let old = fx.start_worker(&fx.emulators.storage_url(), &[]).await?;
     wait_for(SETTLE, "every message written", async || Ok(old.stats.snapshot().acked == N)).await?;
     old.stop().await?;
@@ -118,10 +118,11 @@ async fn dead_letters_moved_back_become_one_object_each() -> Result {
     fx.pubsub.create_topic(&dead_letter_topic).await?;
     fx.pubsub.create_subscription(&dead_letter_topic, &dead_letters, 10, None).await?;
     // As Pub/Sub forwards them: the message, with attributes that say where it came from.
-    let sent: Vec<OutMessage> = (0..N)
-        .map(|i| {
-            sample_message(i)
-                .attr("n", i.to_string())
+    let sent: Vec<OutMessage> = sample_messages(0..N)
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.attr("n", i.to_string())
                 .attr("CloudPubSubDeadLetterSourceSubscription", &fx.subscription)
                 .attr("CloudPubSubDeadLetterSourceDeliveryCount", "5")
         })
@@ -192,7 +193,7 @@ async fn move_dead_letters(
         ("BUCKET_NAME", &fx.bucket),
         ("TOPIC_ID", topic),
         ("DEAD_LETTER_SUBSCRIPTION_ID", dead_letters),
-        ("PUBSUB_EMULATOR_HOST", &fx.emulators.pubsub_host()),
+        ("PUBSUB_EMULATOR_HOST", &fx.emulators.pubsub_addr().to_string()),
     ];
     let lines: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     std::fs::write(&env_file, lines.concat())?;

@@ -1,17 +1,9 @@
-//! A one-class mend for the Pub/Sub emulator.
-//!
-//! The emulator jar (0.8.20, in current gcloud) bundles a gRPC core newer than its gRPC API:
-//! when a client cancels a stream (HTTP/2 `RST_STREAM`, as a stopping subscriber does), the core
-//! calls `io.grpc.InternalStatus.asRuntimeException(Status, Metadata, boolean)`, which the API
-//! lacks, and the `NoSuchMethodError` leaves the stream open on the emulator's side for good. It
-//! goes on routing messages to that stream, and many of them come back late or never, even to a
-//! new subscriber; every such stream also costs the emulator CPU, until after enough of them (a
-//! few hundred in an hour of restarts) publishing times out. The mend is that class with both methods
-//! (`InternalStatus.java`), compiled against the jar with the machine's JDK and put first on
-//! the classpath; the emulator then runs as `java -cp MEND:JAR Main`, its launcher's command.
-//!
-//! It is applied only to a jar whose class lacks the method; without a JDK the emulator starts
-//! as before, with a warning.
+//! A one-class mend for the Pub/Sub emulator (docs/testing.md, "The Pub/Sub emulator, mended"):
+//! its jar (0.8.20) lacks `io.grpc.InternalStatus.asRuntimeException(Status, Metadata, boolean)`,
+//! so a stream a client cancels stays open on its side for good, stranding messages and wearing
+//! the emulator down. The mend is that class with both methods (`InternalStatus.java`), compiled
+//! against the jar with the machine's JDK and first on the classpath (`java -cp MEND:JAR Main`);
+//! only for a jar that lacks the method, and without a JDK the emulator runs unmended, warned.
 
 use std::ffi::OsString;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -50,15 +42,11 @@ fn mended_classpath(launcher: &Path) -> Result<Option<OsString>> {
             name.starts_with("cloud-pubsub-emulator-") && name.ends_with(".jar")
         })
         .with_context(|| format!("no cloud-pubsub-emulator jar in {}", lib.display()))?;
-    let javap = Command::new(jdk_tool("javap"))
-        .arg("-cp")
-        .arg(&jar)
-        .arg("io.grpc.InternalStatus")
-        .output()
-        .context("running javap")?;
-    if !javap.status.success() {
-        bail!("javap could not read io.grpc.InternalStatus from {}", jar.display());
-    }
+    let mut javap = Command::new(jdk_tool("javap"));
+    let javap =
+        javap.arg("-cp").arg(&jar).arg("io.grpc.InternalStatus").output().context("javap")?;
+    let read = javap.status.success();
+    anyhow::ensure!(read, "javap could not read io.grpc.InternalStatus from {}", jar.display());
     if String::from_utf8_lossy(&javap.stdout).contains(" asRuntimeException(") {
         return Ok(None);
     }
@@ -96,9 +84,8 @@ fn compiled(jar: &Path) -> Result<PathBuf> {
         bail!("javac failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     // Another process may have won the race: its copy is as good.
-    if std::fs::rename(work.join("classes"), &dir).is_err() && !dir.is_dir() {
-        bail!("could not move the compiled mend to {}", dir.display());
-    }
+    let moved = std::fs::rename(work.join("classes"), &dir).is_ok() || dir.is_dir();
+    anyhow::ensure!(moved, "could not move the compiled mend to {}", dir.display());
     let _ = std::fs::remove_dir_all(&work);
     Ok(dir)
 }

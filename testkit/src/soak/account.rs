@@ -3,11 +3,10 @@
 //! what the workers' logs and the soak's ledger say of it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write;
 use std::time::Duration;
 
 use anyhow::Result;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
 use super::chaos::Ledger;
@@ -109,22 +108,16 @@ pub async fn account(soak: &Soak, input: Input, gcs: &Gcs, bucket: &str) -> Resu
             Some((o.name.as_str(), *seq_of.get(o.metadata.get("message_id")?.as_str())?))
         })
         .collect();
-    let compared: Vec<Result<(String, usize, bool)>> = futures::stream::iter(to_compare)
+    let compared: Vec<(String, usize, bool)> = futures::stream::iter(to_compare)
         .map(|(name, seq)| async move {
             let bytes = gcs.download(bucket, name).await?;
-            Ok((name.to_string(), bytes.len(), bytes == body(seq)))
+            anyhow::Ok((name.to_string(), bytes.len(), bytes == body(seq)))
         })
         .buffer_unordered(8)
-        .collect()
-        .await;
-    let (mut bytes_compared, mut corrupted) = (0u64, Vec::new());
-    for c in compared {
-        let (name, len, same) = c?;
-        bytes_compared += len as u64;
-        if !same {
-            corrupted.push(name);
-        }
-    }
+        .try_collect()
+        .await?;
+    let bytes_compared: u64 = compared.iter().map(|(_, len, _)| *len as u64).sum();
+    let corrupted: Vec<String> = (compared.into_iter()).filter(|c| !c.2).map(|c| c.0).collect();
 
     // Every published message, classified.
     let lives = &ledger.lives;
@@ -138,52 +131,40 @@ pub async fn account(soak: &Soak, input: Input, gcs: &Gcs, bucket: &str) -> Resu
         format!("process {life} (instance {}, started at {:?}, {end})", l.slot, l.started)
     };
     let (mut stored, mut doubled, mut acked_without_object) = (0u64, Vec::new(), Vec::new());
-    let mut missing = Vec::new();
-    let mut dead_lettered = Vec::new();
+    let (mut missing, mut dead_lettered) = (Vec::new(), Vec::new());
     let nothing = Records::default();
     for p in &published {
         let r = records.get(&p.id).unwrap_or(&nothing);
-        let objects = per_id.get(p.id.as_str()).map_or(0, Vec::len);
-        if objects > 1 {
-            doubled.push(p.id.clone());
-        } else if objects == 1 {
-            stored += 1;
-        } else if r.acked > 0 {
-            acked_without_object.push(p.id.clone());
-        } else if dead_ids.contains(&p.id) {
-            let nacks: Vec<String> = r.nacks.iter().map(|(k, n)| format!("{k} x{n}")).collect();
-            let recorded = r.received.len();
-            let why = format!(
-                "{recorded} deliveries recorded, nacked for [{}]; {} of {MAX_DELIVERY_ATTEMPTS} \
-                 attempts not recorded (spent on streams that ended)",
-                nacks.join(", "),
-                (MAX_DELIVERY_ATTEMPTS as usize).saturating_sub(recorded)
-            );
-            dead_lettered.push(json!({ "message_id": p.id, "seq": p.seq, "why": why }));
-        } else {
-            let nacks: Vec<String> = r.nacks.iter().map(|(k, n)| format!("{k} x{n}")).collect();
-            let last = r.received.last().map_or("never received".to_string(), |&l| killed(l));
-            missing.push(format!(
-                "message {} (seq {}, published at {:?}) neither stored nor dead-lettered: {} \
-                 deliveries recorded, the last by {last}; nacked for [{}]",
+        let nacks: Vec<String> = r.nacks.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+        let (nacks, recorded) = (nacks.join(", "), r.received.len());
+        match per_id.get(p.id.as_str()).map_or(0, Vec::len) {
+            0 if r.acked > 0 => acked_without_object.push(p.id.clone()),
+            0 if dead_ids.contains(&p.id) => dead_lettered.push(format!(
+                "{} (seq {}): {recorded} deliveries recorded, nacked for [{nacks}]; {} of \
+                 {MAX_DELIVERY_ATTEMPTS} attempts not recorded (spent on streams that ended)",
                 p.id,
                 p.seq,
-                p.at,
-                r.received.len(),
-                nacks.join(", ")
-            ));
+                (MAX_DELIVERY_ATTEMPTS as usize).saturating_sub(recorded)
+            )),
+            0 => {
+                let last = r.received.last().map_or("never received".to_string(), |&l| killed(l));
+                missing.push(format!(
+                    "message {} (seq {}, published at {:?}) neither stored nor dead-lettered: \
+                     {recorded} deliveries recorded, the last by {last}; nacked for [{nacks}]",
+                    p.id, p.seq, p.at
+                ));
+            }
+            1 => stored += 1,
+            _ => doubled.push(p.id.clone()),
         }
     }
     // An extra copy is a message of its own to Pub/Sub: it too must have exactly one object.
     doubled.extend(extra_copies.iter().filter(|(_, l)| l.len() > 1).map(|(id, _)| id.to_string()));
     failures.extend(missing.iter().cloned());
-    for (what, list) in [
-        ("doubled", &doubled),
-        ("corrupted", &corrupted),
-        ("acked without object", &acked_without_object),
-    ] {
-        if !list.is_empty() {
-            failures.push(format!("{} {what}, e.g. {}", list.len(), list[0]));
+    let lists = [("doubled", &doubled), ("corrupted", &corrupted)];
+    for (what, list) in lists.into_iter().chain([("acked without object", &acked_without_object)]) {
+        if let Some(first) = list.first() {
+            failures.push(format!("{} {what}, e.g. {first}", list.len()));
         }
     }
     if panics > 0 {
@@ -196,22 +177,20 @@ pub async fn account(soak: &Soak, input: Input, gcs: &Gcs, bucket: &str) -> Resu
         .map(|(id, _)| id)
         .collect();
     if let Some(id) = collisions.first() {
-        failures.push(format!(
-            "{} name collisions in the soak's own bucket, e.g. message {id}",
-            collisions.len()
-        ));
+        let n = collisions.len();
+        failures.push(format!("{n} name collisions in the soak's own bucket, e.g. message {id}"));
     }
     failures.extend(ledger.surprises.iter().cloned());
 
     let per_message: Vec<usize> =
         per_id.values().chain(extra_copies.values()).map(Vec::len).collect();
-    let faults: BTreeMap<&str, Value> = ledger
-        .faults
-        .iter()
+    let (least, most) = (per_message.iter().min(), per_message.iter().max());
+    let peak_rss_mib: Vec<f64> =
+        ledger.peak_rss_kib.iter().map(|&k| (k as f64 / 102.4).round() / 10.0).collect();
+    let retried = published.iter().filter(|p| p.retried).count();
+    let faults: BTreeMap<&str, Value> = (ledger.faults.iter())
         .map(|(k, (n, t))| (*k, json!({ "count": n, "seconds": t.as_secs() })))
         .collect();
-    let peak_rss_mib: Vec<f64> =
-        ledger.peak_rss_kib.iter().map(|&k| (k as f64 / 1024.0 * 10.0).round() / 10.0).collect();
     let json = json!({
         "duration_s": elapsed.as_secs(),
         "soak_s": soak.duration.as_secs(),
@@ -222,9 +201,9 @@ pub async fn account(soak: &Soak, input: Input, gcs: &Gcs, bucket: &str) -> Resu
         "worker_processes": ledger.lives.len(),
         "published": published.len(),
         "objects": objects.len(),
-        "objects_per_message": { "min": per_message.iter().min(), "max": per_message.iter().max() },
+        "objects_per_message": { "min": least, "max": most },
         "stored": stored,
-        "retried_publishes": published.iter().filter(|p| p.retried).count(),
+        "retried_publishes": retried,
         "extra_copies_stored": extra_copies.len(),
         "bytes_compared": bytes_compared,
         "acked_without_object": acked_without_object.len(),
@@ -235,79 +214,48 @@ pub async fn account(soak: &Soak, input: Input, gcs: &Gcs, bucket: &str) -> Resu
         "peak_rss_mib": peak_rss_mib,
         "failures": failures.len(),
     });
-    let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "chaos soak: {} ({} min of chaos, {} instances, seed {})",
+    let faults: Vec<String> =
+        ledger.faults.iter().map(|(k, (n, t))| format!("{k} {n}x/{}s", t.as_secs())).collect();
+    let mut text = format!(
+        "chaos soak: {} ({} min of chaos, {} instances, seed {})\n  \
+         faults:    {}\n  \
+         restarts:  {:?} ({} worker processes)\n  \
+         published: {}; objects {}; objects per message {least:?}..{most:?}\n  \
+         stored byte-exact: {} ({bytes_compared} bytes compared); corrupted {}; doubled {}; \
+         acked without object {}\n",
         if failures.is_empty() { "PASSED" } else { "FAILED" },
         soak.duration.as_secs() / 60,
         soak.instances,
-        soak.seed
-    );
-    let _ = writeln!(
-        text,
-        "  faults:    {}",
-        ledger
-            .faults
-            .iter()
-            .map(|(k, (n, t))| format!("{k} {n}x/{}s", t.as_secs()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let _ = writeln!(
-        text,
-        "  restarts:  {:?} ({} worker processes)",
+        soak.seed,
+        faults.join(", "),
         ledger.restarts,
-        ledger.lives.len()
-    );
-    let _ = writeln!(
-        text,
-        "  published: {}; objects {}; objects per message {:?}..{:?}",
+        ledger.lives.len(),
         published.len(),
         objects.len(),
-        per_message.iter().min(),
-        per_message.iter().max()
-    );
-    let _ = writeln!(
-        text,
-        "  stored byte-exact: {} ({bytes_compared} bytes compared); corrupted {}; doubled {}; acked without object {}",
         stored - corrupted.len() as u64,
         corrupted.len(),
         doubled.len(),
         acked_without_object.len()
     );
-    let retried = published.iter().filter(|p| p.retried).count();
     if retried > 0 {
-        let _ = writeln!(
-            text,
+        text += &format!(
             "  publishes retried after a failed attempt: {retried} messages; second copies \
-             stored (each once, byte-exact): {}",
+             stored (each once, byte-exact): {}\n",
             extra_copies.len()
         );
     }
-    let _ = writeln!(text, "  dead-lettered: {}", dead_lettered.len());
-    for d in &dead_lettered {
-        let _ = writeln!(
-            text,
-            "    {} (seq {}): {}",
-            d["message_id"].as_str().unwrap_or(""),
-            d["seq"],
-            d["why"].as_str().unwrap_or("")
-        );
-    }
-    let _ = writeln!(
-        text,
-        "  neither stored nor dead-lettered after a drain of {:?} without progress: {}",
+    text += &format!("  dead-lettered: {}\n", dead_lettered.len());
+    dead_lettered.iter().for_each(|d| text += &format!("    {d}\n"));
+    text += &format!(
+        "  neither stored nor dead-lettered after a drain of {:?} without progress: {}\n  \
+         peak RSS per instance (MiB): {peak_rss_mib:?}\n",
         soak.quiet(),
         missing.len()
     );
-    let _ = writeln!(text, "  peak RSS per instance (MiB): {peak_rss_mib:?}");
-    for f in failures.iter().take(20) {
-        let _ = writeln!(text, "  FAILURE: {f}");
-    }
+    failures.iter().take(20).for_each(|f| text += &format!("  FAILURE: {f}\n"));
     if failures.len() > 20 {
-        let _ = writeln!(text, "  ... {} failures in all", failures.len());
+        text += &format!("  ... {} failures in all\n", failures.len());
     }
-    let _ = write!(text, "  worker logs: {}", soak.log_dir.display());
+    text += &format!("  worker logs: {}", soak.log_dir.display());
     Ok(SoakReport { json, text, failures })
 }

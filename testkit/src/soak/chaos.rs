@@ -46,8 +46,6 @@ pub struct Ledger {
     pub faults: BTreeMap<&'static str, (u64, Duration)>,
     /// Restart kind (`sigterm`, `sigkill`, `exited`, ...): count.
     pub restarts: BTreeMap<&'static str, u64>,
-    /// When a Pub/Sub connection was reset.
-    pub resets: Vec<Duration>,
     pub lives: Vec<Life>,
     /// Per instance: the running process's pid, and the highest `VmHWM` seen, in KiB.
     pub pids: Vec<Option<u32>>,
@@ -58,11 +56,8 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(instances: usize) -> Ledger {
-        Ledger {
-            pids: vec![None; instances],
-            peak_rss_kib: vec![0; instances],
-            ..Ledger::default()
-        }
+        let (pids, peak_rss_kib) = (vec![None; instances], vec![0; instances]);
+        Ledger { pids, peak_rss_kib, ..Ledger::default() }
     }
 
     fn fault(&mut self, kind: &'static str, lasted: Duration) {
@@ -82,12 +77,8 @@ impl Ledger {
 /// Samples every running worker's peak RSS once a second until the soak stops.
 pub async fn sample_rss(ledger: Arc<Mutex<Ledger>>, phase: watch::Receiver<Phase>) -> Result<()> {
     while *phase.borrow() != Phase::Stop {
-        {
-            let mut ledger = ledger.lock().unwrap();
-            for slot in 0..ledger.pids.len() {
-                ledger.sample_rss(slot);
-            }
-        }
+        let instances = ledger.lock().unwrap().pids.len();
+        (0..instances).for_each(|slot| ledger.lock().unwrap().sample_rss(slot));
         sleep(Duration::from_secs(1)).await;
     }
     Ok(())
@@ -188,11 +179,6 @@ impl Supervisor {
     }
 }
 
-/// Normal storage latency: tens of milliseconds with a tail.
-fn base_latency() -> Latency {
-    Latency::new(Duration::from_millis(30), 0.5)
-}
-
 /// The storage faults, one at a time, and the Pub/Sub connection resets.
 pub struct Faults<'a> {
     pub soak: Soak,
@@ -257,11 +243,7 @@ impl Faults<'_> {
                 break;
             }
             self.pubsub.set_mode(Mode::Reset);
-            {
-                let mut ledger = self.ledger.lock().unwrap();
-                ledger.resets.push(self.start.elapsed());
-                ledger.fault("pubsub_reset", Duration::from_secs(1));
-            }
+            self.ledger.lock().unwrap().fault("pubsub_reset", Duration::from_secs(1));
             sleep(Duration::from_secs(1)).await;
             self.pubsub.set_mode(Mode::Pass);
         }
@@ -271,7 +253,8 @@ impl Faults<'_> {
     pub fn clear(&self) {
         self.http.throttle(0);
         self.http.fail_uploads(None);
-        self.http.set_latency(base_latency());
+        // Normal storage latency: tens of milliseconds with a tail.
+        self.http.set_latency(Latency::new(Duration::from_millis(30), 0.5));
         self.storage.set_mode(Mode::Pass);
         self.pubsub.set_mode(Mode::Pass);
     }

@@ -39,10 +39,9 @@ fn odd_messages() -> Vec<OutMessage> {
     let mut big: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
     big[0] = 0xff;
     let long = "ü".repeat(512); // 1024 bytes, the Pub/Sub limit for a value
-    // Many attributes. Not Pub/Sub's maximum of 100: fake-gcs-server returns each as a header
-    // and the test's HTTP client reads at most 100 headers. Nor near Cloud Storage's 8 KiB of
-    // metadata, where the worker leaves attributes out: more than about 4 KiB breaks
-    // fake-gcs-server's filesystem backend on ext4. The unit tests of `object.rs` cover that.
+    // Many attributes, though not near Cloud Storage's 8 KiB of metadata, where the worker leaves
+    // attributes out (the unit tests of `object.rs` cover that): more than about 4 KiB breaks
+    // fake-gcs-server's filesystem backend on ext4.
     let mut many = OutMessage::new("eighty attributes");
     for i in 0..80 {
         many = many.attr(format!("k{i:03}"), format!("value {i}"));

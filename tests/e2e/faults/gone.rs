@@ -1,10 +1,9 @@
-//! Resources that are gone: the subscription deleted while the worker runs (it exits), the bucket
-//! missing (it backs off and recovers once the bucket exists).
+//! Resources that are gone: the subscription deleted while the worker runs or missing at start
+//! (it exits), the bucket missing (it backs off and recovers once the bucket exists).
 
 use super::error_lines;
-use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE};
-use crate::support::app::{find_event, sample_message, settled_message_ids};
+use crate::support::app::{find_event, sample_messages, settled_message_ids};
 use crate::support::wait_for;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -12,15 +11,15 @@ use tokio::time::{Instant, sleep};
 
 /// The subscription is deleted while the worker runs: the stream fails with NOT_FOUND, which
 /// is permanent. The worker finishes its in-flight writes, logs one clear ERROR line and exits
-/// 1 at once (Cloud Run restarts it; an operator must recreate the subscription).
+/// 1 at once (Cloud Run restarts it; an operator must recreate the subscription). A worker
+/// started on the missing subscription does the same, not a retry loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscription_deleted_while_running_exits_non_zero_with_a_clear_error() -> Result {
+async fn a_missing_or_deleted_subscription_exits_non_zero_with_a_clear_error() -> Result {
     const N: usize = 1000;
     let fx = Fixture::new(true).await?;
     let mut worker =
         BinaryWorker::spawn(&fx.binary_env(&fx.emulators.storage_url()), "deleted-subscription")?;
-    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
-    let published = fx.publish(&messages).await?;
+    let published = fx.publish(&sample_messages(0..N)).await?;
     fx.gcs.wait_for_objects(&fx.bucket, N / 5, SETTLE).await?;
 
     fx.pubsub.delete_subscription(&fx.subscription).await?;
@@ -42,6 +41,15 @@ async fn subscription_deleted_while_running_exits_non_zero_with_a_clear_error() 
     assert!(ids.iter().all(|id| published.contains_key(*id)));
     let settled = settled_message_ids(&lines);
     assert!(settled.iter().all(|id| ids.contains(id)));
+
+    let env = fx.binary_env(&fx.emulators.storage_url());
+    let mut restarted = BinaryWorker::spawn(&env, "missing-subscription")?;
+    let status = restarted.wait(Duration::from_secs(60)).await?;
+    assert_eq!(status.code(), Some(1), "{}", restarted.log_tail());
+    let error = find_event(&restarted.json_lines(), "failed").clone();
+    assert_eq!(error["severity"], "ERROR");
+    let text = error["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(text.contains("subscription") && text.contains("not found"), "{error}");
     Ok(())
 }
 
@@ -56,8 +64,7 @@ async fn missing_bucket_backs_off_without_spinning_and_recovers_when_created() -
     let fx = Fixture::new(false).await?;
     let mut worker =
         BinaryWorker::spawn(&fx.binary_env(&fx.emulators.storage_url()), "missing-bucket")?;
-    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
-    let published = fx.publish(&messages).await?;
+    let published = fx.publish(&sample_messages(0..N)).await?;
     wait_for(Duration::from_secs(60), "every message to fail once", async || {
         Ok(worker.counters().nacked >= N as u64)
     })
@@ -74,16 +81,13 @@ async fn missing_bucket_backs_off_without_spinning_and_recovers_when_created() -
     let in_window = errors.len() - errors_before;
     assert!(cpu < window / 4, "{cpu:?} of CPU in {window:?}");
     // At most one failure per message per backoff period (10 s), plus the one in progress.
-    assert!(
-        in_window <= N * (WINDOW.as_secs() as usize / 10 + 2),
-        "{in_window} ERROR lines in {window:?}"
-    );
+    let most = N * (WINDOW.as_secs() as usize / 10 + 2);
+    assert!(in_window <= most, "{in_window} ERROR lines in {window:?}");
     let error = errors.last().cloned().unwrap_or_default();
     assert_eq!(error["reason"], "bucket_not_found", "{error}");
     assert_eq!(error["outcome"], "nacked", "{error}");
 
     fx.gcs.create_bucket(&fx.bucket).await?;
-    fx.gcs.wait_for_objects(&fx.bucket, N, SETTLE).await?;
     fx.settle(&mut worker, &published).await?;
     Ok(())
 }

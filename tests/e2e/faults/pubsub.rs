@@ -2,25 +2,18 @@
 //! while. The worker reconnects and carries on.
 
 use super::OUTAGE;
-use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE, sample_message};
+use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE, sample_messages};
 use crate::support::app::{settled_message_ids, with_vars};
-use crate::support::wait_for;
-use crate::support::{Emulators, OutMessage};
-use crate::support::{Mode, Proxy};
+use crate::support::{Emulators, Mode, OutMessage, Proxy, wait_for};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
-/// The Pub/Sub emulator is killed and restarted mid-stream (its state is lost: the topic and
-/// subscription are created again and the second half published to them). The client treats
-/// the broken stream and the refused connections as transient and reconnects with backoff, so
-/// the worker carries on: it never exits, and the second half is written exactly once.
-///
-/// The worker reaches the emulator through a proxy that refuses connections until the
-/// subscription exists again. Without it, a reconnect that lands between the emulator's start
-/// and the subscription's creation gets NOT_FOUND, which the client treats as permanent: the
-/// worker then exits 1 and Cloud Run restarts it - the behaviour of
-/// `gone::subscription_deleted_while_running_exits_non_zero_with_a_clear_error`.
+/// The Pub/Sub emulator is killed and restarted mid-stream, its state lost (the topic and
+/// subscription are created again, the second half published to them). The client reconnects
+/// with backoff, so the worker carries on: it never exits, and the second half is written
+/// exactly once. A proxy refuses connections until the subscription exists again: a reconnect in
+/// between would get NOT_FOUND, which is permanent (the worker exits 1, see `gone.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_emulator_restart_reconnects_with_backoff_and_carries_on() -> Result {
     const HALF: usize = 1000;
@@ -41,16 +34,27 @@ async fn pubsub_emulator_restart_reconnects_with_backoff_and_carries_on() -> Res
     let settled_before = settled_message_ids(&worker.json_lines());
     sleep(Duration::from_secs(3)).await;
     emulators.restart_pubsub().await?;
-    fx.create_topic_and_subscription(None).await?;
+    fx.create_topic_and_subscription().await?;
     gate.set_mode(Mode::Pass);
     let second: Vec<OutMessage> = (0..HALF).map(|i| half_message(2, i)).collect();
     let published_second = fx.publish(&second).await?;
 
-    wait_for_half(&fx, 2, HALF, SETTLE).await?;
+    wait_for(SETTLE, "every message of the second half", async || {
+        let objects = fx.gcs.list_objects(&fx.bucket).await?;
+        let second = objects.iter().filter(|o| o.metadata.get("half").is_some_and(|h| h == "2"));
+        Ok(second.count() >= HALF)
+    })
+    .await?;
     worker.wait_quiet(SETTLE).await?;
     worker.assert_running()?;
 
-    let objects = objects_by_half(&fx).await?;
+    // `(message id, body)` of every object, by the `half` attribute.
+    let mut objects: BTreeMap<u8, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+    for o in fx.gcs.list_objects(&fx.bucket).await? {
+        let half: u8 = o.metadata.get("half").map_or(Ok(0), |h| h.parse())?;
+        let id = o.metadata.get("message_id").cloned().unwrap_or_default();
+        objects.entry(half).or_default().push((id, fx.gcs.download(&fx.bucket, &o.name).await?));
+    }
     // Message ids start again after the restart, so each half is checked on its own.
     for (half, published) in [(1, &published_first), (2, &published_second)] {
         let got = objects.get(&half).cloned().unwrap_or_default();
@@ -82,8 +86,7 @@ async fn pubsub_connection_resets_reconnect_and_carry_on() -> Result {
         &[("PUBSUB_EMULATOR_HOST", &gate.addr().to_string())],
     );
     let mut worker = BinaryWorker::spawn(&env, "pubsub-reset")?;
-    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
-    let mut published = fx.publish(&messages[..N / 2]).await?;
+    let mut published = fx.publish(&sample_messages(0..N / 2)).await?;
     fx.gcs.wait_for_objects(&fx.bucket, N / 8, SETTLE).await?;
 
     let cpu_before = worker.usage()?.cpu;
@@ -93,10 +96,9 @@ async fn pubsub_connection_resets_reconnect_and_carry_on() -> Result {
     let cpu = worker.usage()?.cpu - cpu_before;
     worker.assert_running()?;
     gate.set_mode(Mode::Pass);
-    published.extend(fx.publish(&messages[N / 2..]).await?);
+    published.extend(fx.publish(&sample_messages(N / 2..N)).await?);
     assert!(cpu < started.elapsed() / 2, "{cpu:?} of CPU during the outage");
 
-    fx.gcs.wait_for_objects(&fx.bucket, N, SETTLE).await?;
     fx.settle(&mut worker, &published).await?;
     Ok(())
 }
@@ -105,25 +107,4 @@ async fn pubsub_connection_resets_reconnect_and_carry_on() -> Result {
 fn half_message(half: u8, i: usize) -> OutMessage {
     OutMessage::new(format!("half {half} message {i:05} {}", "h".repeat(i % 300)))
         .attr("half", half.to_string())
-}
-
-/// `(message id, body)` of every object, by the `half` attribute.
-async fn objects_by_half(fx: &Fixture<'_>) -> Result<BTreeMap<u8, Vec<(String, Vec<u8>)>>> {
-    let mut out: BTreeMap<u8, Vec<(String, Vec<u8>)>> = BTreeMap::new();
-    for o in fx.gcs.list_objects(&fx.bucket).await? {
-        let half: u8 = o.metadata.get("half").map_or(Ok(0), |h| h.parse())?;
-        let id = o.metadata.get("message_id").cloned().unwrap_or_default();
-        let body = fx.gcs.download(&fx.bucket, &o.name).await?;
-        out.entry(half).or_default().push((id, body));
-    }
-    Ok(out)
-}
-
-async fn wait_for_half(fx: &Fixture<'_>, half: u8, n: usize, limit: Duration) -> Result {
-    let half = half.to_string();
-    wait_for(limit, &format!("{n} objects of half {half}"), async || {
-        let objects = fx.gcs.list_objects(&fx.bucket).await?;
-        Ok(objects.iter().filter(|o| o.metadata.get("half") == Some(&half)).count() >= n)
-    })
-    .await
 }

@@ -1,54 +1,16 @@
-//! The process stops mid-stream: SIGTERM (a drain) and SIGKILL (none), each followed by a restart.
+//! The process stops mid-stream: SIGKILL (no drain), and SIGTERM to a worker that holds messages it
+//! cannot write; each followed by a restart (`worker.rs` covers SIGTERM under load).
 
 use super::dead_letter_subscription;
-use crate::support::OutMessage;
 use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE, figures};
-use crate::support::app::{find_event, sample_message};
-use crate::support::app::{settled_message_ids, with_vars};
-use crate::support::{HttpProxy, Latency};
+use crate::support::app::{sample_messages, settled_message_ids, with_vars};
+use crate::support::{HttpProxy, Latency, OutMessage, wait_for};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tokio::time::{Instant, sleep};
+use tokio::time::sleep;
 
 /// The worker's default `SHUTDOWN_TIMEOUT_SECS`.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
-
-/// SIGTERM twice under a backlog of thousands (`worker.rs` covers one SIGTERM with slow
-/// storage): each worker exits 0 within the shutdown timeout, every message it acked has
-/// its object, and the last worker completes the set exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_sigterm_under_load_loses_and_duplicates_nothing() -> Result {
-    const N: usize = 2000;
-    let fx = Fixture::new(true).await?;
-    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
-    let published = fx.publish(&messages).await?;
-    let env = fx.binary_env(&fx.emulators.storage_url());
-
-    let mut acked = BTreeSet::new();
-    for (round, share) in [(1, 0.25), (2, 0.6)] {
-        let mut worker = BinaryWorker::spawn(&env, &format!("round-{round}"))?;
-        fx.gcs.wait_for_objects(&fx.bucket, (N as f64 * share) as usize, SETTLE).await?;
-        let signalled = Instant::now();
-        worker.signal(libc::SIGTERM);
-        let status = worker.wait(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await?;
-        let took = signalled.elapsed();
-        assert!(status.success(), "round {round}: {status}\n{}", worker.log_tail());
-        assert!(took <= SHUTDOWN_TIMEOUT, "round {round}: exit took {took:?}");
-        worker.assert_no_panic()?;
-
-        let lines = worker.json_lines();
-        find_event(&lines, "draining");
-        let settled = settled_message_ids(&lines);
-        let objects = fx.object_ids().await?;
-        let lost: Vec<_> = settled.difference(&objects).take(5).collect();
-        assert!(lost.is_empty(), "acked without an object: {lost:?}");
-        acked.extend(settled);
-    }
-
-    let mut last = BinaryWorker::spawn(&env, "last")?;
-    fx.settle(&mut last, &published).await?;
-    Ok(())
-}
 
 /// SIGKILL under load: no drain. Writes the storage had finished but whose acks never left are
 /// redelivered to the restarted worker and land on their existing objects (412, counted as
@@ -95,22 +57,14 @@ async fn sigkill_and_restart(forbid_existing: bool) -> Result {
     proxy.set_latency(Latency::ZERO);
     let mut second = BinaryWorker::spawn(&env, "restarted")?;
     let text = |data: &[u8]| String::from_utf8_lossy(data).into_owned();
-    let (deadline, mut dead) = (Instant::now() + SETTLE, BTreeSet::new());
-    loop {
-        let got = fx.pubsub.pull(&dead_letters, 100).await?;
-        let ack_ids: Vec<String> = got.iter().map(|m| m.ack_id.clone()).collect();
-        fx.pubsub.settle(&dead_letters, &ack_ids, None).await?;
-        dead.extend(got.iter().map(|m| text(&m.data)));
+    let mut dead = BTreeSet::new();
+    wait_for(SETTLE, "every message written or dead-lettered", async || {
+        dead.extend(fx.pubsub.pull_all(&dead_letters).await?.iter().map(|m| text(&m.data)));
         let written = fx.object_ids().await?;
-        let left = published
-            .iter()
-            .filter(|(id, m)| !written.contains(*id) && !dead.contains(&text(&m.data)));
-        match left.count() {
-            0 => break,
-            left => anyhow::ensure!(Instant::now() < deadline, "{left} neither written nor dead"),
-        }
-        sleep(Duration::from_secs(1)).await;
-    }
+        let mut left = published.iter().filter(|(id, _)| !written.contains(*id));
+        Ok(left.all(|(_, m)| dead.contains(&text(&m.data))))
+    })
+    .await?;
     let end = second.wait_quiet(SETTLE).await?;
     let bodies: BTreeSet<String> = published.values().map(|m| text(&m.data)).collect();
     let seen = settled_message_ids(&second.json_lines());
@@ -138,20 +92,16 @@ async fn messages_a_sigtermed_worker_held_reach_the_next_one() -> Result {
     let fx = Fixture::new(true).await?;
     let hung = HttpProxy::start(fx.emulators.storage_addr()).await?;
     hung.set_latency(Latency::fixed(Duration::from_secs(600)));
-    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
-    let published = fx.publish(&messages).await?;
+    let published = fx.publish(&sample_messages(0..N)).await?;
 
     let mut first = BinaryWorker::spawn(&fx.binary_env(&hung.url()), "storage-hung")?;
-    let deadline = Instant::now() + SETTLE;
-    while first.counters().received < N as u64 / 2 {
-        anyhow::ensure!(Instant::now() < deadline, "received {:?}", first.counters());
-        sleep(Duration::from_millis(200)).await;
-    }
+    wait_for(SETTLE, "half the messages to be received", async || {
+        Ok(first.counters().received >= N as u64 / 2)
+    })
+    .await?;
     // What the emulator sends it now, it holds too.
     sleep(Duration::from_secs(2)).await;
-    first.signal(libc::SIGTERM);
-    let status = first.wait(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await?;
-    assert!(status.success(), "{status}\n{}", first.log_tail());
+    first.terminate(SHUTDOWN_TIMEOUT + Duration::from_secs(5)).await?;
     assert_eq!(first.counters().acked, 0, "nothing was written");
 
     let mut next = BinaryWorker::spawn(&fx.binary_env(&fx.emulators.storage_url()), "next")?;

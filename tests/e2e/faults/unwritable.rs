@@ -2,13 +2,12 @@
 //! name) end in the dead-letter topic, and nothing already stored is touched.
 
 use super::{dead_letter_subscription, error_lines};
-use crate::operations::{HEALTH, get};
-use crate::support::OutMessage;
-use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE, sample_message};
-use crate::support::{parse_metrics, wait_for};
+use crate::operations::HEALTH;
+use crate::support::app::{BinaryWorker, Fixture, Result, SETTLE, sample_messages};
+use crate::support::{OutMessage, metrics, wait_for};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use tokio::time::{Instant, sleep};
+use tokio::time::Instant;
 
 /// Messages that can never be written (here: the bucket never exists) on a subscription with a
 /// dead-letter policy, as `deploy/setup` creates it: each delivery fails and is nacked after the
@@ -24,24 +23,18 @@ async fn messages_that_can_never_be_written_end_in_the_dead_letter_topic() -> Re
         BinaryWorker::spawn(&fx.binary_env(&fx.emulators.storage_url()), "dead-letter")?;
     let cpu_before = worker.usage()?.cpu;
     let started = Instant::now();
-    let messages: Vec<OutMessage> = (0..N).map(sample_message).collect();
-    let published = fx.publish(&messages).await?;
+    let published = fx.publish(&sample_messages(0..N)).await?;
 
     let mut dead: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let deadline = Instant::now() + SETTLE;
-    while dead.len() < N {
-        let (late, counters) = (Instant::now() >= deadline, worker.counters());
-        anyhow::ensure!(!late, "{} of {N} dead-lettered; {counters:?}", dead.len());
+    wait_for(SETTLE, "every message in the dead-letter topic", async || {
         worker.assert_running()?;
-        let got = fx.pubsub.pull(&dead_sub, 10).await?;
-        let ack_ids: Vec<String> = got.iter().map(|m| m.ack_id.clone()).collect();
-        fx.pubsub.settle(&dead_sub, &ack_ids, None).await?;
-        for m in got {
+        for m in fx.pubsub.pull_all(&dead_sub).await? {
             // The dead-letter copy has its own message id; the data identifies it.
             dead.insert(String::from_utf8_lossy(&m.data).into_owned(), m.data);
         }
-        sleep(Duration::from_millis(500)).await;
-    }
+        Ok(dead.len() >= N)
+    })
+    .await?;
     let took = started.elapsed();
     let cpu = worker.usage()?.cpu - cpu_before;
     let end = worker.wait_quiet(SETTLE).await?;
@@ -59,16 +52,13 @@ async fn messages_that_can_never_be_written_end_in_the_dead_letter_topic() -> Re
     Ok(())
 }
 
-/// An object under a message's name whose metadata names another message (another id: anyone
-/// who can create objects; the same id from another subscription: another topic sharing the
-/// bucket and template) is never taken for this message's: every delivery is nacked with
-/// reason `name_collision`, so the message ends in the dead-letter topic, and the object keeps
-/// its bytes. An object that names the message itself (a genuine redelivery) is still acked,
-/// without a second object.
-///
-/// A hundred such messages among two hundred healthy ones do not hold the healthy ones up: a
-/// collision gives its write permit back before it waits for its nack (when the waits held the
-/// permits, the healthy 200 took about 75 s; alone they take under a second).
+/// An object under a message's name whose metadata names another message (another id, or the
+/// same id from another subscription) is never taken for this message's: every delivery is
+/// nacked with reason `name_collision` until the message is dead-lettered, and the object keeps
+/// its bytes; one that names the message itself (a redelivery) is acked, without a second object.
+/// A hundred such messages do not hold up two hundred healthy ones: a collision gives its write
+/// permit back before it waits for its nack (when the waits held the permits, the healthy 200
+/// took about 75 s; alone they take under a second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_of_another_message_under_the_name_is_left_alone_and_the_message_dead_lettered()
 -> Result {
@@ -99,7 +89,7 @@ async fn an_object_of_another_message_under_the_name_is_left_alone_and_the_messa
     for (message, body, message_id, subscription) in &existing {
         let name = format!("{}.txt", id[message]);
         let metadata = [("message_id", *message_id), ("subscription", *subscription)];
-        fx.gcs.put_object_with_metadata(&fx.bucket, &name, body.as_bytes(), &metadata).await?;
+        fx.gcs.put_object(&fx.bucket, &name, body.as_bytes(), &metadata).await?;
     }
 
     let extra = [("OBJECT_NAME", "{message_id}.{ext}"), HEALTH[0], HEALTH[1]];
@@ -111,27 +101,20 @@ async fn an_object_of_another_message_under_the_name_is_left_alone_and_the_messa
     .await?;
     let healthy_took = started.elapsed();
     let mut dead = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while dead.len() < COLLIDING + 1 {
-        let late = Instant::now() >= deadline;
-        anyhow::ensure!(!late, "{} dead-lettered; {:?}", dead.len(), worker.stats.snapshot());
-        let got = fx.pubsub.pull(&dead_sub, 100).await?;
-        let ack_ids: Vec<String> = got.iter().map(|m| m.ack_id.clone()).collect();
-        fx.pubsub.settle(&dead_sub, &ack_ids, None).await?;
-        dead.extend(got.iter().map(|m| text(&m.data)));
-        sleep(Duration::from_millis(500)).await;
-    }
+    wait_for(Duration::from_secs(120), "the colliding messages' dead letters", async || {
+        dead.extend(fx.pubsub.pull_all(&dead_sub).await?.iter().map(|m| text(&m.data)));
+        Ok(dead.len() > COLLIDING)
+    })
+    .await?;
     let colliding: BTreeSet<String> =
         existing[..1].iter().chain(&existing[2..]).map(|e| e.0.clone()).collect();
     assert_eq!(dead, colliding, "exactly the colliding messages are dead-lettered");
 
     let metrics_url = format!("http://{}/metrics", worker.health.expect("asked for"));
-    let (_, page) = get(&reqwest::Client::new(), &metrics_url).await?;
-    let collisions = parse_metrics(&page)
-        .get("pubsub_gcs_worker_messages_nacked_total{reason=\"name_collision\"}")
-        .copied()
-        .unwrap_or_default();
-    assert!(collisions >= colliding.len() as f64, "{collisions} collisions counted:\n{page}");
+    let page = metrics(&reqwest::Client::new(), &metrics_url).await?;
+    let collisions = page.get("pubsub_gcs_worker_messages_nacked_total{reason=\"name_collision\"}");
+    let collisions = collisions.copied().unwrap_or_default();
+    assert!(collisions >= colliding.len() as f64, "{collisions} collisions counted: {page:?}");
     let end = worker.stop().await?;
     let healthy = HEALTHY as u64;
     assert_eq!((end.acked, end.written, end.duplicates), (healthy + 1, healthy, 1), "{end:?}");

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use testkit::process::Process;
-use testkit::{Emulators, Gcs, ObjectInfo, OutMessage, PubSub, unique_name};
+use testkit::{Emulators, Gcs, OutMessage, PubSub, unique_name, wait_for};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
@@ -56,19 +56,18 @@ impl<'a> Fixture<'a> {
             subscription: unique_name("sub"),
             bucket: unique_name("bucket"),
         };
-        fx.create_topic_and_subscription(None).await?;
+        fx.create_topic_and_subscription().await?;
         if create_bucket {
             fx.gcs.create_bucket(&fx.bucket).await?;
         }
         Ok(fx)
     }
 
-    /// Creates the topic and the subscription (again, after a Pub/Sub emulator restart);
-    /// `dead_letter` is `(dead-letter topic, max delivery attempts)`.
-    pub async fn create_topic_and_subscription(&self, dead_letter: Option<(&str, i32)>) -> Result {
+    /// Creates the topic and the subscription (again, after a Pub/Sub emulator restart).
+    pub async fn create_topic_and_subscription(&self) -> Result {
         self.pubsub.create_topic(&self.topic).await?;
         let lease = LEASE_SECS as i32;
-        self.pubsub.create_subscription(&self.topic, &self.subscription, lease, dead_letter).await
+        self.pubsub.create_subscription(&self.topic, &self.subscription, lease, None).await
     }
 
     /// The worker's environment, with storage reached at `storage_url`.
@@ -119,7 +118,9 @@ impl<'a> Fixture<'a> {
     }
 
     /// Checks that the bucket holds exactly one object per published message and no other, with
-    /// the message's size and attributes; compares the bodies of every `every`-th object.
+    /// the message's size and attributes (one named like a key of the worker's own stored as
+    /// `attribute_{name}`, those past Cloud Storage's 8 KiB of metadata left out and counted in
+    /// `attributes_omitted`); compares the bodies of every `every`-th object.
     pub async fn assert_exactly_once(
         &self,
         published: &BTreeMap<String, OutMessage>,
@@ -143,7 +144,18 @@ impl<'a> Fixture<'a> {
             let sent = &published[&o.metadata["message_id"]];
             let (size, name) = (sent.data.len() as u64, &o.name);
             anyhow::ensure!(o.size == size, "{name}: {} bytes, sent {size}", o.size);
-            check_attributes(o, sent)?;
+            let mut missing = 0;
+            for (key, value) in &sent.attributes {
+                match o.metadata.get(metadata_key(key).as_ref()) {
+                    Some(v) => {
+                        anyhow::ensure!(v == value, "{name}: {key:?} is {v:?}, sent {value:?}")
+                    }
+                    None => missing += 1,
+                }
+            }
+            let omitted: usize =
+                o.metadata.get("attributes_omitted").map_or(Ok(0), |n| n.parse())?;
+            anyhow::ensure!(missing == omitted, "{name}: {missing} missing, {omitted} omitted");
         }
         use futures::{StreamExt as _, TryStreamExt as _};
         futures::stream::iter(objects.iter().step_by(every.max(1)))
@@ -178,25 +190,6 @@ impl<'a> Fixture<'a> {
         worker.assert_running()?;
         Ok(end)
     }
-}
-
-/// Checks that the object's metadata carries the message's attributes: one named like a key of
-/// the worker's own is stored as `attribute_{name}`, and those past Cloud Storage's 8 KiB of
-/// metadata are left out and counted in `attributes_omitted`.
-fn check_attributes(object: &ObjectInfo, sent: &OutMessage) -> Result {
-    let mut missing = 0;
-    for (key, value) in &sent.attributes {
-        match object.metadata.get(metadata_key(key).as_ref()) {
-            Some(v) => {
-                anyhow::ensure!(v == value, "{}: {key:?} is {v:?}, sent {value:?}", object.name)
-            }
-            None => missing += 1,
-        }
-    }
-    let omitted: usize = object.metadata.get("attributes_omitted").map_or(Ok(0), |n| n.parse())?;
-    let name = &object.name;
-    anyhow::ensure!(missing == omitted, "{name}: {missing} attributes missing, {omitted} omitted");
-    Ok(())
 }
 
 /// A worker running inside the test process.
@@ -281,20 +274,19 @@ impl BinaryWorker {
     /// Waits until nothing is in flight and the counters have stayed put for longer than the
     /// lease: an un-acked message (a lost ack included) would have come back by then.
     pub async fn wait_quiet(&mut self, limit: Duration) -> Result<Snapshot> {
-        let deadline = Instant::now() + limit + self.lease;
+        let quiet = self.lease + Duration::from_secs(3);
         let (mut last, mut since) = (self.counters(), Instant::now());
-        loop {
+        let settled = wait_for(limit + self.lease, "the worker to settle", async || {
             sleep(Duration::from_secs(1)).await;
             self.assert_running()?;
             let now = self.counters();
             if now != last || now.in_flight > 0 {
                 (last, since) = (now, Instant::now());
-            } else if since.elapsed() > self.lease + Duration::from_secs(3) {
-                return Ok(now);
             }
-            let late = Instant::now() >= deadline;
-            anyhow::ensure!(!late, "the worker did not settle within {limit:?}: {now:?}");
-        }
+            Ok(since.elapsed() > quiet)
+        });
+        settled.await.with_context(|| format!("{last:?}"))?;
+        Ok(last)
     }
 }
 
@@ -305,37 +297,36 @@ pub fn settled_message_ids(lines: &[Value]) -> BTreeSet<String> {
     acked.filter_map(|l| Some(l["message_id"].as_str()?.to_string())).collect()
 }
 
-/// Whether the worker logged the lifecycle event `event` (its stable `event` field).
-pub fn has_event(lines: &[Value], event: &str) -> bool {
-    lines.iter().any(|l| l["event"] == event)
-}
-
 /// The first line of the lifecycle event `event`.
 pub fn find_event<'a>(lines: &'a [Value], event: &str) -> &'a Value {
     let line = lines.iter().find(|l| l["event"] == event);
     line.unwrap_or_else(|| panic!("no event {event:?} in {lines:#?}"))
 }
 
-/// Mixed sizes (empty to 100 KiB), some invalid UTF-8, some with attributes.
-pub fn sample_message(i: usize) -> OutMessage {
-    let data: Vec<u8> = match i % 6 {
-        0 => Vec::new(),
-        1 => format!("message {i}").into_bytes(),
-        2 => format!("{i:05} ünïcödé ✓ ").repeat(60).into_bytes(),
-        3 => format!("{i:05} ").repeat(16 * 1024 / 6).into_bytes(),
-        4 => format!("{i:05}\n").repeat(100 * 1024 / 6).into_bytes(),
-        _ => [0xff, 0xfe, 0x00, (i % 256) as u8]
-            .into_iter()
-            .chain((0..300).map(|b| (b * 7 + i) as u8))
-            .collect(),
+/// Messages number `range`: mixed sizes (empty to 100 KiB), some invalid UTF-8, some with
+/// attributes.
+pub fn sample_messages(range: std::ops::Range<usize>) -> Vec<OutMessage> {
+    let message = |i: usize| {
+        let data: Vec<u8> = match i % 6 {
+            0 => Vec::new(),
+            1 => format!("message {i}").into_bytes(),
+            2 => format!("{i:05} ünïcödé ✓ ").repeat(60).into_bytes(),
+            3 => format!("{i:05} ").repeat(16 * 1024 / 6).into_bytes(),
+            4 => format!("{i:05}\n").repeat(100 * 1024 / 6).into_bytes(),
+            _ => [0xff, 0xfe, 0x00, (i % 256) as u8]
+                .into_iter()
+                .chain((0..300).map(|b| (b * 7 + i) as u8))
+                .collect(),
+        };
+        match i % 3 {
+            0 => OutMessage::new(data)
+                .attr("index", i.to_string())
+                .attr("origin", "tests/e2e")
+                .attr("note", "ünïcödé, spaces & symbols =/?"),
+            _ => OutMessage::new(data),
+        }
     };
-    match i % 3 {
-        0 => OutMessage::new(data)
-            .attr("index", i.to_string())
-            .attr("origin", "tests/e2e")
-            .attr("note", "ünïcödé, spaces & symbols =/?"),
-        _ => OutMessage::new(data),
-    }
+    range.map(message).collect()
 }
 
 /// `2026-11-23T18:44:40.854Z` (a publish time as Pub/Sub prints it) -> `20261123_184440_854000`.
@@ -348,12 +339,7 @@ pub fn name_stamp(rfc3339: &str) -> String {
     t.format(&stamp).expect("a stamp")
 }
 
-/// `env` with each of `pairs` set, replacing an earlier value of the same variable.
-pub fn with_vars(mut env: Vec<(String, String)>, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    env.retain(|(k, _)| !pairs.iter().any(|(name, _)| k == name));
-    env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    env
-}
+pub use testkit::process::with_vars;
 
 /// Held by each slow test for its whole run: together they starve each other (and the shared
 /// emulators) on two cores, so they take turns.
