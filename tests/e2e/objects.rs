@@ -40,9 +40,9 @@ async fn every_object_setting_is_stored_and_a_redelivery_adds_no_object() -> Res
         OutMessage::new(json.clone()),
         OutMessage::new(vec![0xff, 0xfe, 0x00, 0x80]).attr("type", "image/png"),
         OutMessage::new("a,b\n").attr("type", "text/csv\r\nX-Injected: 1"),
-        // Pub/Sub's most attributes, three of them keys that are not valid header names (a
-        // download's headers cannot carry them, the proxy fails such a read as Cloud Storage's
-        // answer would): the object's metadata must still read back for the redelivery.
+        // Pub/Sub's most attributes, three of them keys that are not valid header names (Cloud
+        // Storage sends them byte for byte, as the proxy does): the object's metadata must
+        // still read back for the redelivery.
         (0..97)
             .fold(OutMessage::new("many"), |m, i| m.attr(format!("a{i:03}"), "v"))
             .attr("app/version", "1.2")
