@@ -26,6 +26,7 @@
 //!   [`process::build_worker`], which the examples run the worker binary from.
 
 mod emulators;
+mod faults;
 mod gcs;
 mod http_proxy;
 mod latency;
@@ -106,6 +107,16 @@ pub fn parse_metrics(page: &str) -> std::collections::BTreeMap<String, f64> {
             Some((series.to_string(), value.parse().ok()?))
         })
         .collect()
+}
+
+/// A listener on a free 127.0.0.1 port with a backlog as deep as the kernel allows
+/// (`somaxconn`): a writer with a thousand writes at once opens a thousand connections in a
+/// burst, and tokio's default of 1,024 would drop some of them (`ListenOverflows`), each retried
+/// a second later. Call it within a tokio runtime, which the listener then belongs to.
+fn listen_on_loopback() -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    socket.listen(4096)
 }
 
 /// Accepts connections on `listener` for as long as the task running it lives, counts each in
