@@ -9,6 +9,8 @@
 //! - [`PubSub`], [`Gcs`]: REST helpers, built per test (a `reqwest::Client` belongs to the
 //!   runtime of the test that made it); `rest.rs` holds their one HTTP call helper.
 //! - [`Proxy`]: TCP faults (refuse, reset, hang). [`HttpProxy`]: latency, recording, 403s, 429s.
+//! - [`FastGcs`]: Cloud Storage's JSON API in memory, with the [`HttpProxy`]'s faults
+//!   (`faults.rs`), for a benchmark that must measure the worker rather than fake-gcs-server.
 //! - [`RateCap`]: a TCP proxy that caps how fast each connection receives, as Pub/Sub caps each
 //!   StreamingPull stream.
 //! - [`TlsFront`]: TLS in front of a fake, with a [`LoopbackCa`] made at run time that a client
@@ -26,6 +28,7 @@
 //!   [`process::build_worker`], which the examples run the worker binary from.
 
 mod emulators;
+mod fast_gcs;
 mod faults;
 mod gcs;
 mod http_proxy;
@@ -39,6 +42,7 @@ mod soak;
 mod tls;
 
 pub use emulators::{Emulators, PROJECT_ID};
+pub use fast_gcs::FastGcs;
 pub use gcs::{Gcs, ObjectInfo};
 pub use http_proxy::HttpProxy;
 pub use latency::Latency;
