@@ -8,6 +8,7 @@
 //! The slow tests (`memory.rs`: a 100,000-message backlog, 5-10 MB messages, a soak; `soak.rs`:
 //! the chaos soak, shortened) are `#[ignore]`d: `cargo test -- --ignored` runs them.
 
+mod fakes;
 mod faults;
 mod memory;
 mod names;
