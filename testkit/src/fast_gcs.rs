@@ -211,8 +211,18 @@ struct Object {
     data: Bytes,
 }
 
-/// An answer, or the status and message of the error that replaces it.
-type Answer = Result<Response<Full<Bytes>>, (StatusCode, String)>;
+/// An answer, or the error that replaces it.
+type Answer = Result<Response<Full<Bytes>>, Failure>;
+
+/// The status and message of an error answer.
+type Failure = (StatusCode, String);
+
+/// What an upload brings: the resource's fields it sets, the data, and the data's media type.
+struct Upload {
+    fields: Map<String, Value>,
+    data: Bytes,
+    media_type: Option<String>,
+}
 
 async fn answer(
     state: Arc<State>,
@@ -328,14 +338,17 @@ impl State {
     fn upload(&self, bucket: &str, query: &str, headers: &HeaderMap, body: Bytes) -> Answer {
         let bucket = self.bucket(bucket)?;
         let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let (mut fields, data, media_type) = match param(query, "uploadType").as_deref() {
+        let upload = match param(query, "uploadType").as_deref() {
             Some("multipart") => multipart_upload(content_type.unwrap_or(""), &body)?,
-            Some("media") => (Map::new(), body, content_type.map(str::to_string)),
+            Some("media") => {
+                Upload { fields: Map::new(), data: body, media_type: content_type.map(Into::into) }
+            }
             other => {
                 let message = format!("uploadType {other:?} is not served by FastGcs");
                 return Err((StatusCode::BAD_REQUEST, message));
             }
         };
+        let Upload { mut fields, data, media_type } = upload;
         let name = match param(query, "name") {
             Some(name) => name.into_owned(),
             None => {
@@ -441,11 +454,11 @@ impl State {
         for (key, value) in patch {
             match (key.as_str(), value) {
                 ("metadata", Value::Object(entries)) => {
-                    let Value::Object(metadata) =
-                        fields.entry("metadata").or_insert_with(|| Map::new().into())
-                    else {
-                        unreachable!("metadata is always an object");
-                    };
+                    let metadata = fields.entry("metadata").or_insert_with(|| Map::new().into());
+                    if !metadata.is_object() {
+                        *metadata = Map::new().into();
+                    }
+                    let Some(metadata) = metadata.as_object_mut() else { continue };
                     for (key, value) in entries {
                         match value {
                             Value::Null => metadata.remove(&key),
@@ -484,6 +497,7 @@ impl State {
         let bucket = self.bucket(bucket)?;
         let prefix = param(query, "prefix").unwrap_or_default();
         let max = param(query, "maxResults").and_then(|m| m.parse().ok()).unwrap_or(1000);
+        let max = usize::clamp(max, 1, 1000);
         let token = param(query, "pageToken").filter(|t| t.as_ref() > prefix.as_ref());
         let from = match &token {
             Some(token) => Bound::Excluded(token.as_ref()),
@@ -492,12 +506,12 @@ impl State {
         let objects = bucket.objects.lock().unwrap();
         let mut page: Vec<Arc<Object>> = (objects.range::<str, _>((from, Bound::Unbounded)))
             .take_while(|(name, _)| name.starts_with(prefix.as_ref()))
-            .take(max.clamp(1, 1000) + 1)
+            .take(max + 1)
             .map(|(_, object)| object.clone())
             .collect();
         drop(objects);
-        let more = page.len() > max.clamp(1, 1000);
-        page.truncate(max.clamp(1, 1000));
+        let more = page.len() > max;
+        page.truncate(max);
         let mut out = br#"{"kind":"storage#objects""#.to_vec();
         if more && let Some(last) = page.last() {
             let last = last.fields.get("name").cloned().unwrap_or_default();
@@ -517,12 +531,12 @@ impl State {
         Ok(json(StatusCode::OK, out.into()))
     }
 
-    fn bucket(&self, name: &str) -> Result<Arc<Bucket>, (StatusCode, String)> {
+    fn bucket(&self, name: &str) -> Result<Arc<Bucket>, Failure> {
         let bucket = self.buckets.lock().unwrap().get(name).cloned();
         bucket.ok_or_else(|| no_bucket(name))
     }
 
-    fn object(&self, bucket: &str, name: &str) -> Result<Arc<Object>, (StatusCode, String)> {
+    fn object(&self, bucket: &str, name: &str) -> Result<Arc<Object>, Failure> {
         let bucket = self.bucket(bucket)?;
         let object = bucket.objects.lock().unwrap().get(name).cloned();
         object.ok_or_else(|| no_object(&bucket.name, name))
@@ -548,18 +562,18 @@ impl Object {
     ) -> Self {
         fields.insert("metageneration".into(), metageneration.to_string().into());
         fields.insert("etag".into(), format!("{generation:x}.{metageneration}").into());
-        let resource = Bytes::from(serde_json::to_vec(&fields).unwrap_or_default());
+        // Most resources fit: no copies as it grows.
+        let mut resource = Vec::with_capacity(1024);
+        let _ = serde_json::to_writer(&mut resource, &fields);
+        let resource = Bytes::from(resource);
         Object { generation, metageneration, fields, resource, data }
     }
 }
 
-/// The resource fields, the data (a slice of `body`) and the data's media type of a multipart
-/// upload: its first part is the resource, its second the data; a third, the checksums some
-/// clients compute while sending, adds its fields to the resource's.
-fn multipart_upload(
-    content_type: &str,
-    body: &Bytes,
-) -> Result<(Map<String, Value>, Bytes, Option<String>), (StatusCode, String)> {
+/// A multipart upload: its first part is the resource, its second the data (a slice of
+/// `body`); a third, the checksums some clients compute while sending, adds its fields to the
+/// resource's.
+fn multipart_upload(content_type: &str, body: &Bytes) -> Result<Upload, Failure> {
     let malformed = || (StatusCode::BAD_REQUEST, "a malformed multipart upload".to_string());
     let boundary = multipart::boundary(content_type).ok_or_else(malformed)?;
     let parts = multipart::parts(body, boundary).ok_or_else(malformed)?;
@@ -572,7 +586,8 @@ fn multipart_upload(
         fields.extend(checksums);
     }
     let media_type = multipart::header(&body[media.head.clone()], "content-type");
-    Ok((fields, body.slice(media.content.clone()), media_type.map(str::to_string)))
+    let data = body.slice(media.content.clone());
+    Ok(Upload { fields, data, media_type: media_type.map(Into::into) })
 }
 
 /// The value of `key` in a query string, decoded.
@@ -581,7 +596,7 @@ fn param<'a>(query: &'a str, key: &str) -> Option<Cow<'a, str>> {
 }
 
 /// A path segment, percent-decoded (an object name may hold any character, `/` included).
-fn decode(segment: &str) -> Result<Cow<'_, str>, (StatusCode, String)> {
+fn decode(segment: &str) -> Result<Cow<'_, str>, Failure> {
     percent_encoding::percent_decode_str(segment).decode_utf8().map_err(invalid)
 }
 
@@ -608,24 +623,24 @@ fn empty(status: StatusCode) -> Response<Full<Bytes>> {
     response
 }
 
-fn no_bucket(name: &str) -> (StatusCode, String) {
+fn no_bucket(name: &str) -> Failure {
     (StatusCode::NOT_FOUND, format!("The specified bucket does not exist: {name}"))
 }
 
-fn no_object(bucket: &str, name: &str) -> (StatusCode, String) {
+fn no_object(bucket: &str, name: &str) -> Failure {
     (StatusCode::NOT_FOUND, format!("No such object: {bucket}/{name}"))
 }
 
-fn precondition_failed() -> (StatusCode, String) {
+fn precondition_failed() -> Failure {
     let message = "At least one of the pre-conditions you specified did not hold.";
     (StatusCode::PRECONDITION_FAILED, message.into())
 }
 
-fn invalid(e: impl std::fmt::Display) -> (StatusCode, String) {
+fn invalid(e: impl std::fmt::Display) -> Failure {
     (StatusCode::BAD_REQUEST, e.to_string())
 }
 
-fn internal(e: impl std::fmt::Display) -> (StatusCode, String) {
+fn internal(e: impl std::fmt::Display) -> Failure {
     (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 

@@ -3,6 +3,7 @@
 //! sending. Each part is a range of the request body, so the data is never copied.
 
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use memchr::memmem;
 
@@ -24,10 +25,18 @@ pub(super) fn boundary(content_type: &str) -> Option<&str> {
 /// before the CRLF that precedes the next one; `--BOUNDARY--` closes the body. `None` when the
 /// body is not such a message.
 pub(super) fn parts(body: &[u8], boundary: &str) -> Option<Vec<Part>> {
+    // Building a searcher costs about as much as searching a small upload: the one for the end
+    // of a part's headers is built once, the delimiter's once per body.
+    static HEAD_END: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
     let delimiter = [b"\r\n--", boundary.as_bytes()].concat();
     let next = memmem::Finder::new(&delimiter);
-    // The first delimiter has no CRLF before it (a preamble may come first: none is sent).
-    let mut at = memmem::find(body, &delimiter[2..])? + delimiter.len() - 2;
+    // The first delimiter has no CRLF before it; a preamble may come first (none is sent).
+    let first = match body.starts_with(&delimiter[2..]) {
+        true => 0,
+        false => next.find(body)? + 2,
+    };
+    let mut at = first + delimiter.len() - 2;
     let mut parts = Vec::with_capacity(3);
     loop {
         let rest = &body[at..];
@@ -39,7 +48,7 @@ pub(super) fn parts(body: &[u8], boundary: &str) -> Option<Vec<Part>> {
         let part = &body[start..end];
         let head = match part.starts_with(b"\r\n") {
             true => 0,
-            false => memmem::find(part, b"\r\n\r\n")? + 2,
+            false => HEAD_END.find(part)? + 2,
         };
         parts.push(Part { head: start..start + head, content: start + head + 2..end });
         at = end + delimiter.len();
@@ -78,9 +87,11 @@ mod tests {
     }
 
     #[test]
-    fn a_body_without_its_closing_delimiter_is_refused() {
+    fn a_preamble_is_skipped_and_a_body_without_its_closing_delimiter_refused() {
         assert_eq!(parts(b"--XYZ\r\n\r\ndata", "XYZ"), None);
         assert_eq!(parts(b"no delimiter at all", "XYZ"), None);
+        let preamble = parts(b"preamble\r\n--XYZ\r\n\r\nx\r\n--XYZ--\r\n", "XYZ").expect("parts");
+        assert_eq!(preamble, [Part { head: 17..17, content: 19..20 }]);
         assert_eq!(boundary("multipart/related; boundary=\"q\"; x=1"), Some("q"));
         assert_eq!(boundary("application/json"), None);
     }
