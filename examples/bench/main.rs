@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::process::{self, Process, Usage};
-use testkit::{Emulators, HttpProxy, Latency, LoopbackCa, OutMessage, RateCap, TlsFront};
+use testkit::{Emulators, FastGcs, Gcs, HttpProxy, Latency, LoopbackCa, OutMessage, PROJECT_ID};
+use testkit::{RateCap, TlsFront};
 
 /// Worker variables passed through from this process's environment when set.
 const PASS_THROUGH: &str = "OBJECT_COMPRESSION MAX_OUTSTANDING_MESSAGES MAX_OUTSTANDING_BYTES MAX_CONCURRENT_WRITES \
@@ -55,11 +56,21 @@ struct Args {
     /// Storage over TLS (an authority made at start, trusted through SSL_CERT_FILE)
     #[arg(long)]
     tls: bool,
+    /// What the worker writes to: `fast` (testkit's in-memory FastGcs) measures the worker
+    /// rather than fake-gcs-server, which spends more CPU per object than the worker
+    #[arg(long, value_enum, default_value_t = Storage::FakeGcsServer)]
+    storage: Storage,
     /// The capacity table: the rate against storage latency, message size and write limit
     #[arg(long, conflicts_with_all = ["size", "runs", "latency"])]
     sweep: bool,
     #[command(flatten)]
     grid: sweep::Grid,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Storage {
+    FakeGcsServer,
+    Fast,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,11 +110,13 @@ async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
         eprintln!("bench: gzip stores {} B as {stored} B (a synthetic payload)", sample.len());
     }
     let emu = Emulators::start().await.context("starting the emulators")?;
+    let fast = (args.storage == Storage::Fast).then(FastGcs::start).transpose()?;
+    let storage = fast.as_ref().map_or(emu.storage_addr(), FastGcs::addr);
     // Storage through the latency proxy when latency is asked for, then through TLS; Pub/Sub
     // through the rate cap. The publisher (this process, over REST) goes straight to the emulator.
-    let proxy = HttpProxy::start(emu.storage_addr()).await?;
+    let proxy = HttpProxy::start(storage).await?;
     let via_proxy = args.latency.is_some() || args.sweep;
-    let storage = if via_proxy { proxy.addr() } else { emu.storage_addr() };
+    let storage = if via_proxy { proxy.addr() } else { storage };
     let tls = OptionFuture::from(ca.as_ref().map(|ca| TlsFront::start(storage, ca)));
     let tls = tls.await.transpose()?;
     let cap = args.pubsub_cap.map(|mbps| RateCap::start(emu.pubsub_addr(), (mbps * 1e6) as u64));
@@ -117,6 +130,8 @@ async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
         vars.push(("SSL_CERT_FILE", ca.file().display().to_string()));
     } else if via_proxy {
         vars.push(("STORAGE_EMULATOR_HOST", proxy.url()));
+    } else if let Some(fast) = &fast {
+        vars.push(("STORAGE_EMULATOR_HOST", fast.url()));
     }
     vars.extend(args.object_name.iter().map(|t| ("OBJECT_NAME", t.clone())));
     let latency = Latency::new(Duration::from_millis(args.latency.unwrap_or(0)), args.sigma);
@@ -125,7 +140,9 @@ async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
     let (config, size, tagged) =
         (worker_config(&env)?, args.size as usize, args.object_name.is_some());
     let cap_rate = args.pubsub_cap.map(|mbps| mbps * 1e6);
-    let bench = Bench { emu: &emu, bin: &bin, env, config, size, latency, cap: cap_rate, tagged };
+    let fast = fast.as_ref();
+    let bench =
+        Bench { emu: &emu, fast, bin: &bin, env, config, size, latency, cap: cap_rate, tagged };
     let bench = bench.with(&vars)?;
     // Warm the emulators up (the JVM's JIT above all), so the first run is not the odd one out.
     let messages = args.messages.map(|n| n as usize);
@@ -137,8 +154,14 @@ async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
         let n = messages.unwrap_or(20_000);
         let mut runs = Vec::new();
         for i in 1..=args.runs {
-            runs.push(bench.run(n).await?);
-            eprintln!("run {i}/{}: {:.0} msg/s", args.runs, runs[runs.len() - 1][0].1);
+            let figures = bench.run(n).await?;
+            let figure = |name| figures.iter().find(|(k, _)| *k == name).map_or(f64::NAN, |f| f.1);
+            let (rate, per_cpu) = (figure("worker_msgs_per_s"), figure("worker_msgs_per_cpu_s"));
+            eprintln!(
+                "run {i}/{}: {rate:.0} msg/s, {per_cpu:.0} msg per worker CPU-second",
+                args.runs
+            );
+            runs.push(figures);
         }
         report(&args, n, binary_mb, &overrides, &runs);
     }
@@ -169,6 +192,8 @@ fn raise_open_files_limit() {
 #[derive(Clone)]
 struct Bench<'a> {
     emu: &'a Emulators,
+    /// The storage the worker writes to, when not fake-gcs-server (`--storage fast`).
+    fast: Option<&'a FastGcs>,
     bin: &'a Path,
     env: Vec<(String, String)>,
     config: Config,
@@ -222,8 +247,22 @@ impl Bench<'_> {
             // Let the JVM settle (GC after the publish burst) before anything is timed.
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        self.emu.gcs().create_bucket(&topic).await?;
-        Ok(Fresh { emu: self.emu, name: topic })
+        self.gcs().create_bucket(&topic).await?;
+        Ok(Fresh { emu: self.emu, fast: self.fast, name: topic })
+    }
+
+    /// The REST helper of the storage the worker writes to.
+    fn gcs(&self) -> Gcs {
+        self.fast.map_or_else(|| self.emu.gcs(), |fast| Gcs::new(&fast.url(), PROJECT_ID))
+    }
+
+    /// The CPU time the storage has used so far: FastGcs's thread, or fake-gcs-server's process
+    /// (in clock ticks: 10 ms).
+    fn storage_cpu(&self) -> anyhow::Result<Duration> {
+        match self.fast {
+            Some(fast) => fast.cpu_time(),
+            None => process::cpu(self.emu.storage_pid().context("fake-gcs-server is not running")?),
+        }
     }
 
     /// Receive-and-ack rate of the worker's own subscriber clients, streams and settings.
@@ -325,10 +364,15 @@ impl Bench<'_> {
     async fn run(&self, n: usize) -> anyhow::Result<Figures> {
         let pubsub = self.pubsub_ceiling(n).await?;
         // The storage ceiling in two halves, before and after the worker, so that a change of
-        // load on the machine meets both sides alike.
+        // load on the machine meets both sides alike; the storage's own CPU per object is read
+        // over the two, when it serves uploads and nothing else.
+        let cpu = self.storage_cpu()?;
         let storage_before = self.storage_ceiling(n / 2).await?;
+        let storage_cpu = self.storage_cpu()?.saturating_sub(cpu);
         let worker = self.backlog_run(n).await?;
+        let cpu = self.storage_cpu()?;
         let storage = storage_before.combine(self.storage_ceiling(n - n / 2).await?);
+        let storage_cpu = storage_cpu + self.storage_cpu()?.saturating_sub(cpu);
         // Busy shutdown: a second process on a second backlog gets SIGTERM while it writes.
         let busy_n = (n / 4).max(1000);
         let fresh = self.fresh(n, busy_n).await?;
@@ -353,6 +397,9 @@ impl Bench<'_> {
             ("worker_cpu_s", cpu),
             ("worker_cpu_us_per_msg", cpu / n as f64 * 1e6),
             ("worker_cpu_us_per_msg_steady", w.steady_cpu_per_msg * 1e6),
+            ("worker_msgs_per_cpu_s", n as f64 / cpu),
+            ("worker_msgs_per_cpu_s_steady", 1.0 / w.steady_cpu_per_msg),
+            ("storage_cpu_us_per_obj", storage_cpu.as_secs_f64() / n as f64 * 1e6),
             ("worker_first_object_s", rates.first),
             ("idle_exit_s", w.idle_exit_s),
             ("busy_exit_s", busy_exit_s),
@@ -373,12 +420,16 @@ fn worker_config(env: &[(String, String)]) -> anyhow::Result<Config> {
 /// emulator keeps a backlog in memory, fake-gcs-server objects as files: gigabytes in a sweep).
 struct Fresh<'a> {
     emu: &'a Emulators,
+    fast: Option<&'a FastGcs>,
     name: String,
 }
 
 impl Drop for Fresh<'_> {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(self.emu.log_dir().join("gcs-root").join(&self.name));
+        if let Some(fast) = self.fast {
+            fast.remove_bucket(&self.name);
+        }
         let (ps, name) = (self.emu.pubsub(), self.name.clone());
         tokio::spawn(async move { ps.delete_subscription(&name).await });
     }
@@ -510,8 +561,10 @@ fn report(args: &Args, n: usize, binary_mb: f64, overrides: &[(String, String)],
         medians.insert(name.to_string(), json!(round(median)));
     }
     let overrides: Vec<String> = overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let setup = json!({ "latency_ms": args.latency, "sigma": args.sigma, "tls": args.tls,
-        "pubsub_cap_mbps": args.pubsub_cap, "object_name": args.object_name });
+    let storage =
+        clap::ValueEnum::to_possible_value(&args.storage).map(|v| v.get_name().to_owned());
+    let setup = json!({ "storage": storage, "latency_ms": args.latency, "sigma": args.sigma,
+        "tls": args.tls, "pubsub_cap_mbps": args.pubsub_cap, "object_name": args.object_name });
     let (runs, binary_mb) = (runs.len(), round(binary_mb));
     let summary = json!({ "messages": n, "size": args.size, "runs": runs, "binary_mb": binary_mb,
         "overrides": overrides, "setup": setup, "median": medians });

@@ -111,6 +111,11 @@ impl Emulators {
         self.gcs.addr()
     }
 
+    /// Process id of fake-gcs-server while it runs, e.g. to read its CPU time.
+    pub fn storage_pid(&self) -> Option<u32> {
+        self.gcs.state.lock().unwrap().child.as_ref().map(Child::id)
+    }
+
     /// Socket address of the Pub/Sub emulator (HTTP/1.1 REST and gRPC share the port), the
     /// format of `PUBSUB_EMULATOR_HOST`.
     pub fn pubsub_addr(&self) -> SocketAddr {

@@ -9,16 +9,18 @@
 //! even one that is not a valid header name (`app/version`, `a b`), where fake-gcs-server drops
 //! such entries ([`RawHeaders`]).
 //!
-//! The proxy runs on the tokio runtime that started it; dropping it stops it.
+//! Latency, 403 for 412, throttling and failing uploads and reads are `faults.rs`, which
+//! [`crate::FastGcs`] shares. The proxy runs on the tokio runtime that started it; dropping it
+//! stops it.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
 
 use crate::Latency;
+use crate::faults::Faults;
 use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -28,7 +30,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpSocket;
 use tokio_util::task::AbortOnDropHandle;
 
 pub struct HttpProxy {
@@ -41,15 +42,7 @@ pub struct HttpProxy {
 struct State {
     upstream: String,
     client: reqwest::Client,
-    latency: Mutex<Latency>,
-    forbid_existing: AtomicBool,
-    /// Uploads allowed per second (0: no limit), and the current second's start and count.
-    throttle: (AtomicU64, Mutex<(Instant, u64)>),
-    throttled: AtomicU64,
-    /// The status every upload gets instead of being forwarded (0: forward).
-    fail_uploads: AtomicU64,
-    /// The status every read of an object's data gets instead of being forwarded (0: forward).
-    fail_reads: AtomicU64,
+    faults: Faults,
     /// `None` unless started with [`HttpProxy::recording`].
     uploads: Option<Mutex<Vec<Value>>>,
 }
@@ -67,22 +60,12 @@ impl HttpProxy {
     }
 
     async fn start_with(upstream: SocketAddr, record: bool) -> Result<HttpProxy> {
-        // A backlog as deep as the kernel allows (`somaxconn`): a writer with a thousand writes
-        // at once opens a thousand connections in a burst, and tokio's default of 1,024 would
-        // drop some of them (`ListenOverflows`), each retried a second later.
-        let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-        let listener = socket.listen(4096)?;
+        let listener = crate::listen_on_loopback()?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             upstream: format!("http://{upstream}"),
             client: reqwest::Client::builder().pool_max_idle_per_host(4096).build()?,
-            latency: Mutex::new(Latency::ZERO),
-            forbid_existing: AtomicBool::new(false),
-            throttle: (AtomicU64::new(0), Mutex::new((Instant::now(), 0))),
-            throttled: AtomicU64::new(0),
-            fail_uploads: AtomicU64::new(0),
-            fail_reads: AtomicU64::new(0),
+            faults: Faults::new(),
             uploads: record.then(|| Mutex::new(Vec::new())),
         });
         let shared = state.clone();
@@ -110,36 +93,34 @@ impl HttpProxy {
 
     /// Holds every answer back by a delay drawn from `latency`, anew for each request.
     pub fn set_latency(&self, latency: Latency) {
-        *self.state.latency.lock().unwrap() = latency;
+        self.state.faults.set_latency(latency);
     }
 
     /// Answers 403 where the emulator answers 412 (a create-only write of an existing object).
     pub fn forbid_existing(&self, on: bool) {
-        self.state.forbid_existing.store(on, Ordering::Relaxed);
+        self.state.faults.forbid_existing(on);
     }
 
     /// Answers 429 to the uploads beyond `per_second` in each second (0: no limit).
     pub fn throttle(&self, per_second: u64) {
-        self.state.throttle.0.store(per_second, Ordering::Relaxed);
+        self.state.faults.throttle(per_second);
     }
 
     /// Answers every upload with `status` (e.g. 403, 429, 503) instead of forwarding it, from now
     /// until called with `None`; other requests pass.
     pub fn fail_uploads(&self, status: Option<StatusCode>) {
-        let code = status.map_or(0, |s| u64::from(s.as_u16()));
-        self.state.fail_uploads.store(code, Ordering::Relaxed);
+        self.state.faults.fail_uploads(status);
     }
 
     /// Answers every read of an object's data (`alt=media`) with `status` instead of forwarding
     /// it, from now until called with `None`; other requests pass.
     pub fn fail_reads(&self, status: Option<StatusCode>) {
-        let code = status.map_or(0, |s| u64::from(s.as_u16()));
-        self.state.fail_reads.store(code, Ordering::Relaxed);
+        self.state.faults.fail_reads(status);
     }
 
     /// Uploads answered with 429 so far.
     pub fn throttled(&self) -> u64 {
-        self.state.throttled.load(Ordering::Relaxed)
+        self.state.faults.throttled()
     }
 
     /// The JSON part of every multipart upload so far, with `name` from the URL added, e.g.
@@ -164,35 +145,16 @@ async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
     {
         record_upload(uploads, target, &body);
     }
-    let failing = match target {
-        t if t.contains("uploadType=") => state.fail_uploads.load(Ordering::Relaxed),
-        t if t.contains("alt=media") => state.fail_reads.load(Ordering::Relaxed),
-        _ => 0,
-    };
-    if failing > 0 {
-        let status = StatusCode::from_u16(failing as u16)?;
-        tokio::time::sleep(state.delay()).await;
-        let body = format!(
-            r#"{{"error":{{"code":{failing},"message":"injected by the proxy","status":"{}"}}}}"#,
-            status.canonical_reason().unwrap_or("error")
-        );
-        return Ok(Response::builder().status(status).body(body.into())?);
-    }
-    if target.contains("uploadType=") && state.over_rate() {
-        state.throttled.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(state.delay()).await;
-        let body = r#"{"error":{"code":429,"message":"rate limit exceeded","status":"RESOURCE_EXHAUSTED"}}"#;
-        return Ok(Response::builder().status(StatusCode::TOO_MANY_REQUESTS).body(body.into())?);
+    if let Some((status, body)) = state.faults.injected(target) {
+        state.faults.hold().await;
+        return Ok(Response::builder().status(status).body(Full::new(body))?);
     }
     let mut upstream = state.client.request(parts.method, format!("{}{target}", state.upstream));
     for (name, value) in parts.headers.iter().filter(|(name, _)| !HOP.contains(&name.as_str())) {
         upstream = upstream.header(name, value);
     }
     let answer = upstream.body(body).send().await?;
-    let mut status = answer.status();
-    if status == StatusCode::PRECONDITION_FAILED && state.forbid_existing.load(Ordering::Relaxed) {
-        status = StatusCode::FORBIDDEN;
-    }
+    let status = state.faults.status(answer.status());
     let media = target.contains("alt=media") && status.is_success();
     let mut response = Response::builder().status(status);
     for (name, value) in answer.headers() {
@@ -212,7 +174,7 @@ async fn forward(state: Arc<State>, request: Request<Incoming>) -> Result<Respon
             response = response.header(name, value);
         }
     }
-    tokio::time::sleep(state.delay()).await;
+    state.faults.hold().await;
     Ok(response.body(Full::new(body))?)
 }
 
@@ -232,25 +194,6 @@ impl State {
             self.client.get(format!("{}{path}", self.upstream)).send().await?.json().await?;
         let entries = resource["metadata"].as_object().cloned().unwrap_or_default();
         Ok(entries.into_iter().map(|(k, v)| (k, v.as_str().unwrap_or_default().into())).collect())
-    }
-
-    /// Counts an upload against this second's allowance; whether it is over.
-    fn over_rate(&self) -> bool {
-        let limit = self.throttle.0.load(Ordering::Relaxed);
-        let mut second = self.throttle.1.lock().unwrap();
-        if second.0.elapsed() >= Duration::from_secs(1) {
-            *second = (Instant::now(), 0);
-        }
-        second.1 += 1;
-        limit > 0 && second.1 > limit
-    }
-
-    /// A delay drawn from the latency, anew for each request (from the thread's generator:
-    /// the proxy serves many connections at once, and which request draws which delay is up to
-    /// the scheduler anyway).
-    fn delay(&self) -> Duration {
-        let latency = *self.latency.lock().unwrap();
-        latency.sample(&mut rand::rng())
     }
 }
 

@@ -6,18 +6,28 @@
 //!
 //! - [`Emulators`]: the processes, one pair per process ([`Emulators::shared`]) or a private pair.
 //! - [`PubSub`], [`Gcs`]: REST helpers, built per test (a `reqwest::Client` belongs to the
-//!   runtime of the test that made it), on `rest.rs`'s one HTTP call helper.
-//! - Proxies: [`Proxy`] (TCP faults), [`HttpProxy`] (latency, recording, 403s, 429s),
-//!   [`RateCap`] (Pub/Sub's cap per stream), [`TlsFront`] with a [`LoopbackCa`] made at run time.
-//! - [`Latency`]: a delay with a tail (log-normal); [`rand`] is re-exported, so that seeded unit
-//!   tests draw the same delays with the same version.
-//! - [`Soak`]: the chaos soak, then an account of every message.
-//! - [`unique_name`] keeps tests apart on shared emulators; [`wait_for`] is the one way to wait
-//!   for an effect; [`get`] and [`metrics`] read the worker's health endpoint and `/metrics`.
+//!   runtime of the test that made it); `rest.rs` holds their one HTTP call helper.
+//! - [`Proxy`]: TCP faults (refuse, reset, hang). [`HttpProxy`]: latency, recording, 403s, 429s.
+//! - [`FastGcs`]: Cloud Storage's JSON API in memory, with the [`HttpProxy`]'s faults
+//!   (`faults.rs`), for a benchmark that must measure the worker rather than fake-gcs-server.
+//! - [`RateCap`]: a TCP proxy that caps how fast each connection receives, as Pub/Sub caps each
+//!   StreamingPull stream.
+//! - [`TlsFront`]: TLS in front of a fake, with a [`LoopbackCa`] made at run time that a client
+//!   trusts through `SSL_CERT_FILE`, as Cloud Storage is reached only over TLS.
+//! - [`Latency`]: a delay with a tail (log-normal), what the [`HttpProxy`] holds answers back by;
+//!   with a seeded generator, unit tests draw the same delays every run ([`rand`] is re-exported
+//!   so that theirs is the same version).
+//! - [`Soak`]: the chaos soak: worker processes killed and restarted at random while
+//!   storage and the Pub/Sub connection fail in windows, then an account of every message.
+//! - [`unique_name`] keeps tests apart on shared emulators, so they run in parallel;
+//!   [`wait_for`] is the one way to wait for an effect; [`get`] and [`metrics`] read the
+//!   worker's health endpoint and `/metrics`.
 //! - [`process`]: the one way to run a child ([`process::Process`], with its `/proc` figures),
 //!   [`process::build_worker`] for the examples, and [`process::pip_installed`].
 
 mod emulators;
+mod fast_gcs;
+mod faults;
 mod gcs;
 mod http_proxy;
 mod latency;
@@ -30,6 +40,7 @@ mod soak;
 mod tls;
 
 pub use emulators::{Emulators, PROJECT_ID};
+pub use fast_gcs::FastGcs;
 pub use gcs::{Gcs, ObjectInfo};
 pub use http_proxy::HttpProxy;
 pub use latency::Latency;
@@ -105,6 +116,16 @@ fn parse_metrics(page: &str) -> BTreeMap<String, f64> {
             Some((series.to_string(), value.parse().ok()?))
         })
         .collect()
+}
+
+/// A listener on a free 127.0.0.1 port with a backlog as deep as the kernel allows
+/// (`somaxconn`): a writer with a thousand writes at once opens a thousand connections in a
+/// burst, and tokio's default of 1,024 would drop some of them (`ListenOverflows`), each retried
+/// a second later. Call it within a tokio runtime, which the listener then belongs to.
+fn listen_on_loopback() -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    socket.listen(4096)
 }
 
 /// Accepts connections on `listener` in a task that lives as long as the handle, counts each in
