@@ -477,7 +477,7 @@ impl Worker {
     /// `objects_written_total` from `/metrics`; 0 until the worker listens.
     async fn written(&mut self) -> anyhow::Result<u64> {
         if self.metrics.is_none() {
-            let up = self.process.line("health and metrics endpoint listening");
+            let up = self.process.event("listening");
             self.metrics =
                 up.and_then(|up| Some(format!("http://{}/metrics", up["addr"].as_str()?)));
         }
@@ -500,7 +500,7 @@ impl Worker {
 
     /// The counter `key` of the worker's `stopped` line.
     fn stopped(&self, key: &str) -> Option<u64> {
-        self.process.line("stopped")?[key].as_u64()
+        self.process.event("stopped")?[key].as_u64()
     }
 }
 

@@ -88,9 +88,9 @@ impl Process {
         self.log().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
-    /// The first JSON line whose `message` is `message`.
-    pub fn line(&self, message: &str) -> Option<Value> {
-        self.json_lines().into_iter().find(|l| l["message"] == message)
+    /// The first JSON line of the event `event` (its stable `event` field, never its wording).
+    pub fn event(&self, event: &str) -> Option<Value> {
+        self.json_lines().into_iter().find(|l| l["event"] == event)
     }
 
     /// Its CPU time, memory, threads and open files now.
@@ -205,16 +205,16 @@ mod tests {
         // logs a JSON line and a plain one, then waits to be signalled. (The file is read, not
         // executed: no "text file busy" while another test thread forks.)
         let script = dir.path().join("script");
-        let text = r#"echo "{\"message\":\"ready\",\"n\":$N}"; echo plain; exec sleep 30"#;
+        let text = r#"echo "{\"event\":\"ready\",\"n\":$N}"; echo plain; exec sleep 30"#;
         std::fs::write(&script, text)?;
         let env = [("N", "7"), ("BASH_ENV", &script.display().to_string())];
         let env = env.map(|(k, v)| (k.to_string(), v.to_string()));
         let mut p = Process::spawn(Path::new("/bin/bash"), &env, dir.path().join("bash.log"))?;
         crate::wait_for(Duration::from_secs(10), "the ready line", async || {
-            Ok(p.line("ready").is_some())
+            Ok(p.event("ready").is_some())
         })
         .await?;
-        assert_eq!(p.line("ready").map(|l| l["n"].clone()), Some(7.into()));
+        assert_eq!(p.event("ready").map(|l| l["n"].clone()), Some(7.into()));
         assert_eq!(p.json_lines().len(), 1, "{}", p.log());
         assert!(p.log_tail().ends_with("plain"), "{}", p.log());
         assert!(p.exited()?.is_none() && p.usage()?.threads >= 1 && p.pid() > 0);
