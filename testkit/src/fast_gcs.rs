@@ -49,7 +49,6 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use crate::Latency;
 use crate::faults::{Faults, error_body};
 use crate::rest::url_encode;
 
@@ -133,38 +132,6 @@ impl FastGcs {
     /// bucket), so that a long benchmark does not keep every run's objects in memory.
     pub fn remove_bucket(&self, name: &str) {
         self.state.buckets.lock().unwrap().remove(name);
-    }
-
-    /// Holds every answer back by a delay drawn from `latency`, anew for each request.
-    pub fn set_latency(&self, latency: Latency) {
-        self.state.faults.set_latency(latency);
-    }
-
-    /// Answers 403 where it would answer 412 (a create-only write of an existing object).
-    pub fn forbid_existing(&self, on: bool) {
-        self.state.faults.forbid_existing(on);
-    }
-
-    /// Answers 429 to the uploads beyond `per_second` in each second (0: no limit).
-    pub fn throttle(&self, per_second: u64) {
-        self.state.faults.throttle(per_second);
-    }
-
-    /// Answers every upload with `status` (e.g. 403, 429, 503), from now until called with
-    /// `None`; other requests are served.
-    pub fn fail_uploads(&self, status: Option<StatusCode>) {
-        self.state.faults.fail_uploads(status);
-    }
-
-    /// Answers every read of an object's data (`alt=media`) with `status`, from now until
-    /// called with `None`; other requests are served.
-    pub fn fail_reads(&self, status: Option<StatusCode>) {
-        self.state.faults.fail_reads(status);
-    }
-
-    /// Uploads answered with 429 so far.
-    pub fn throttled(&self) -> u64 {
-        self.state.faults.throttled()
     }
 
     /// Connections opened to the server so far.
@@ -641,6 +608,15 @@ fn invalid(e: impl std::fmt::Display) -> Failure {
 
 fn internal(e: impl std::fmt::Display) -> Failure {
     (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+impl std::ops::Deref for FastGcs {
+    type Target = crate::faults::Faults;
+
+    /// The fault knobs: latency, 403 for 412, throttling, failing uploads and reads.
+    fn deref(&self) -> &Self::Target {
+        &self.state.faults
+    }
 }
 
 #[cfg(test)]

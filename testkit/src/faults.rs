@@ -19,7 +19,9 @@ use hyper::StatusCode;
 
 use crate::Latency;
 
-pub(crate) struct Faults {
+/// The fault knobs of a storage fake; [`crate::HttpProxy`] and [`crate::FastGcs`] dereference
+/// to theirs, so `proxy.throttle(100)` turns them.
+pub struct Faults {
     latency: Mutex<Latency>,
     forbid_existing: AtomicBool,
     /// Uploads allowed per second (0: no limit), and the current second's start and count.
@@ -43,27 +45,35 @@ impl Faults {
         }
     }
 
-    pub(crate) fn set_latency(&self, latency: Latency) {
+    /// Holds every answer back by a delay drawn from `latency`, anew for each request.
+    pub fn set_latency(&self, latency: Latency) {
         *self.latency.lock().unwrap() = latency;
     }
 
-    pub(crate) fn forbid_existing(&self, on: bool) {
+    /// Answers 403 where the answer would be 412 (a create-only write of an existing object).
+    pub fn forbid_existing(&self, on: bool) {
         self.forbid_existing.store(on, Ordering::Relaxed);
     }
 
-    pub(crate) fn throttle(&self, per_second: u64) {
+    /// Answers 429 to the uploads beyond `per_second` in each second (0: no limit).
+    pub fn throttle(&self, per_second: u64) {
         self.throttle.0.store(per_second, Ordering::Relaxed);
     }
 
-    pub(crate) fn fail_uploads(&self, status: Option<StatusCode>) {
+    /// Answers every upload with `status` (e.g. 403, 429, 503) instead of its answer, from now
+    /// until called with `None`; other requests are served.
+    pub fn fail_uploads(&self, status: Option<StatusCode>) {
         self.fail_uploads.store(status.map_or(0, |s| u64::from(s.as_u16())), Ordering::Relaxed);
     }
 
-    pub(crate) fn fail_reads(&self, status: Option<StatusCode>) {
+    /// Answers every read of an object's data (`alt=media`) with `status`, from now until
+    /// called with `None`; other requests are served.
+    pub fn fail_reads(&self, status: Option<StatusCode>) {
         self.fail_reads.store(status.map_or(0, |s| u64::from(s.as_u16())), Ordering::Relaxed);
     }
 
-    pub(crate) fn throttled(&self) -> u64 {
+    /// Uploads answered with 429 so far.
+    pub fn throttled(&self) -> u64 {
         self.throttled.load(Ordering::Relaxed)
     }
 

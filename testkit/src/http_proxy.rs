@@ -19,14 +19,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
-use crate::Latency;
 use crate::faults::Faults;
 use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -89,38 +88,6 @@ impl HttpProxy {
     /// `127.0.0.1:PORT`, e.g. as the upstream of a [`crate::Proxy`] or a [`crate::TlsFront`].
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// Holds every answer back by a delay drawn from `latency`, anew for each request.
-    pub fn set_latency(&self, latency: Latency) {
-        self.state.faults.set_latency(latency);
-    }
-
-    /// Answers 403 where the emulator answers 412 (a create-only write of an existing object).
-    pub fn forbid_existing(&self, on: bool) {
-        self.state.faults.forbid_existing(on);
-    }
-
-    /// Answers 429 to the uploads beyond `per_second` in each second (0: no limit).
-    pub fn throttle(&self, per_second: u64) {
-        self.state.faults.throttle(per_second);
-    }
-
-    /// Answers every upload with `status` (e.g. 403, 429, 503) instead of forwarding it, from now
-    /// until called with `None`; other requests pass.
-    pub fn fail_uploads(&self, status: Option<StatusCode>) {
-        self.state.faults.fail_uploads(status);
-    }
-
-    /// Answers every read of an object's data (`alt=media`) with `status` instead of forwarding
-    /// it, from now until called with `None`; other requests pass.
-    pub fn fail_reads(&self, status: Option<StatusCode>) {
-        self.state.faults.fail_reads(status);
-    }
-
-    /// Uploads answered with 429 so far.
-    pub fn throttled(&self) -> u64 {
-        self.state.faults.throttled()
     }
 
     /// The JSON part of every multipart upload so far, with `name` from the URL added, e.g.
@@ -295,6 +262,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for RawHeaders<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl std::ops::Deref for HttpProxy {
+    type Target = crate::faults::Faults;
+
+    /// The fault knobs: latency, 403 for 412, throttling, failing uploads and reads.
+    fn deref(&self) -> &Self::Target {
+        &self.state.faults
     }
 }
 

@@ -27,7 +27,7 @@
 
 mod emulators;
 mod fast_gcs;
-mod faults;
+pub mod faults;
 mod gcs;
 mod http_proxy;
 mod latency;
