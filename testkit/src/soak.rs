@@ -225,6 +225,10 @@ impl Soak {
         let objects = gcs.list_objects(&bucket).await?;
         let ledger = std::mem::replace(&mut *ledger.lock().unwrap(), Ledger::new(0));
         let input = account::Input { published, objects, dead, ledger, elapsed };
+        // The emulator's own log goes with the workers' logs: a message the workers nacked and
+        // the emulator never delivered again is explained there, or not at all.
+        let kept = self.log_dir.join("pubsub-emulator.log");
+        let _ = std::fs::copy(emulators.log_dir().join("pubsub-emulator.log"), kept);
         account::account(self, input, &gcs, &bucket).await
     }
 }
