@@ -303,7 +303,9 @@ impl Pipeline {
         let Delivery { handler, message_id, object, attempt } = delivery;
         match settlement {
             Settlement::Stored { written, size, took } => {
-                handler.ack();
+                if let Some(write) = write {
+                    write.settle(Outcome::Answered);
+                }
                 self.backoff.success();
                 let reason = match written {
                     Written::Created => {
@@ -323,9 +325,7 @@ impl Pipeline {
                     reason,
                     "acked"
                 );
-                if let Some(write) = write {
-                    write.settle(Outcome::Answered);
-                }
+                self.ack(handler, message_id, object).await;
             }
             Settlement::Failed { error, took } => {
                 let kind = error.kind;
@@ -341,6 +341,21 @@ impl Pipeline {
             }
         }
         self.stats.write_limit(run.writes.current());
+    }
+
+    /// Acks a message whose object exists. On a subscription with exactly-once delivery the ack
+    /// is confirmed (within the drain's budget at shutdown, since the task waits for it): an ack
+    /// the service refuses (its lease had expired) is counted and logged, and the message, which
+    /// comes back, meets its object.
+    async fn ack(&self, handler: Handler, message_id: &str, object: &str) {
+        let Handler::ExactlyOnce(handler) = handler else {
+            return handler.ack();
+        };
+        if let Err(e) = handler.confirmed_ack().await {
+            self.stats.ack_failed();
+            let error = e.to_string();
+            warn!(message_id, object, outcome = "ack_failed", error, "the ack was not confirmed");
+        }
     }
 
     /// A failed write: logged once, then nacked after a wait. A failure of this one message (a

@@ -40,6 +40,7 @@ pub struct Stats {
     written: IntCounter,
     duplicates: IntCounter,
     acked: IntCounter,
+    acks_failed: IntCounter,
     binary: IntCounter,
     nacked: IntCounterVec,
     bytes_written: IntCounter,
@@ -100,6 +101,11 @@ impl Stats {
             "Messages whose object already existed (written by an earlier delivery); acked.",
         );
         let acked = counter("messages_acked_total", "Messages acked.");
+        let acks_failed = counter(
+            "acks_failed_total",
+            "Acks Pub/Sub did not confirm on a subscription with exactly-once delivery; the \
+             message is delivered again and meets its object.",
+        );
         let binary = counter(
             "binary_messages_total",
             "Messages whose data is not valid UTF-8, stored unchanged as application/octet-stream \
@@ -136,6 +142,7 @@ impl Stats {
             written,
             duplicates,
             acked,
+            acks_failed,
             binary,
             nacked,
             bytes_written,
@@ -166,6 +173,11 @@ impl Stats {
         self.write_seconds.observe(took.as_secs_f64());
         self.settled();
         self.acked.inc();
+    }
+
+    /// An ack that Pub/Sub did not confirm (exactly-once delivery only): the message comes back.
+    pub fn ack_failed(&self) {
+        self.acks_failed.inc();
     }
 
     pub fn duplicate(&self, took: Duration) {
