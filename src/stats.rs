@@ -91,68 +91,62 @@ impl Stats {
             let opts = HistogramOpts::new(name, help).namespace(NAMESPACE).buckets(buckets.into());
             registered(&registry, Histogram::with_opts(opts))
         };
-        let received = counter(
-            "messages_received_total",
-            "Messages delivered by the subscription, redeliveries included.",
-        );
-        let written = counter("objects_written_total", "Objects created.");
-        let duplicates = counter(
-            "duplicates_skipped_total",
-            "Messages whose object already existed (written by an earlier delivery); acked.",
-        );
-        let acked = counter("messages_acked_total", "Messages acked.");
-        let acks_failed = counter(
-            "acks_failed_total",
-            "Acks Pub/Sub did not confirm on a subscription with exactly-once delivery; the \
-             message is delivered again and meets its object.",
-        );
-        let binary = counter(
-            "binary_messages_total",
-            "Messages whose data is not valid UTF-8, stored unchanged as application/octet-stream \
-             (redeliveries count again).",
-        );
-        let bytes_written =
-            counter("bytes_written_total", "Bytes of message data in created objects.");
         let nacked_help = "Messages nacked, by reason: bucket_not_found, permission_denied, \
              rejected, transient, timeout (write failures), name_collision (an object of the name \
              holds another message) or shutdown (unfinished at the shutdown deadline).";
         let nacked = IntCounterVec::new(opts("messages_nacked_total", nacked_help), &["reason"]);
-        let nacked = registered(&registry, nacked);
-        let in_flight =
-            gauge("messages_in_flight", "Messages received and not yet acked or nacked.");
-        let write_limit = gauge(
-            "write_concurrency_limit",
-            "Object writes allowed at once now: follows storage latency, up to MAX_CONCURRENT_WRITES.",
-        );
-        let write_seconds = histogram(
-            "write_duration_seconds",
-            "Time to write one object, retries included, successful or not.",
-            &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
-        );
-        let delivery_attempt = histogram(
-            "delivery_attempt",
-            "Delivery attempt of received messages (only known when the subscription has a \
-             dead-letter policy).",
-            &[1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0],
-        );
-        register(&registry, prometheus::process_collector::ProcessCollector::for_self());
-        Self {
-            registry,
-            received,
-            written,
-            duplicates,
-            acked,
-            acks_failed,
-            binary,
-            nacked,
-            bytes_written,
-            in_flight,
-            write_limit,
-            write_seconds,
-            delivery_attempt,
+        let stats = Self {
+            received: counter(
+                "messages_received_total",
+                "Messages delivered by the subscription, redeliveries included.",
+            ),
+            written: counter("objects_written_total", "Objects created."),
+            duplicates: counter(
+                "duplicates_skipped_total",
+                "Messages whose object already existed (written by an earlier delivery); acked.",
+            ),
+            acked: counter("messages_acked_total", "Messages acked."),
+            acks_failed: counter(
+                "acks_failed_total",
+                "Acks Pub/Sub did not confirm on a subscription with exactly-once delivery; the \
+                 message is delivered again and meets its object.",
+            ),
+            binary: counter(
+                "binary_messages_total",
+                "Messages whose data is not valid UTF-8, stored unchanged as \
+                 application/octet-stream (redeliveries count again).",
+            ),
+            nacked: registered(&registry, nacked),
+            bytes_written: counter(
+                "bytes_written_total",
+                "Bytes of message data in created objects.",
+            ),
+            in_flight: gauge(
+                "messages_in_flight",
+                "Messages received and not yet acked or nacked.",
+            ),
+            write_limit: gauge(
+                "write_concurrency_limit",
+                "Object writes allowed at once now: follows storage latency, up to \
+                 MAX_CONCURRENT_WRITES.",
+            ),
+            write_seconds: histogram(
+                "write_duration_seconds",
+                "Time to write one object, retries included, successful or not.",
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            ),
+            delivery_attempt: histogram(
+                "delivery_attempt",
+                "Delivery attempt of received messages (only known when the subscription has a \
+                 dead-letter policy).",
+                &[1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0],
+            ),
             last_progress_ms: AtomicU64::new(0),
             epoch: Instant::now(),
-        }
+            registry,
+        };
+        register(&stats.registry, prometheus::process_collector::ProcessCollector::for_self());
+        stats
     }
 
     pub fn received(&self, delivery_attempt: Option<i32>) {
