@@ -84,58 +84,48 @@ impl Default for Stats {
 impl Stats {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(NAMESPACE);
-        let counter = |name, help| registered(&registry, IntCounter::with_opts(opts(name, help)));
-        let gauge = |name, help| registered(&registry, IntGauge::with_opts(opts(name, help)));
-        let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            let opts = HistogramOpts::new(name, help).namespace(NAMESPACE).buckets(buckets.into());
-            registered(&registry, Histogram::with_opts(opts))
-        };
+        let new = Register(&registry);
         let nacked_help = "Messages nacked, by reason: bucket_not_found, permission_denied, \
              rejected, transient, timeout (write failures), name_collision (an object of the name \
              holds another message) or shutdown (unfinished at the shutdown deadline).";
         let nacked = IntCounterVec::new(opts("messages_nacked_total", nacked_help), &["reason"]);
         let stats = Self {
-            received: counter(
+            received: new.counter(
                 "messages_received_total",
                 "Messages delivered by the subscription, redeliveries included.",
             ),
-            written: counter("objects_written_total", "Objects created."),
-            duplicates: counter(
+            written: new.counter("objects_written_total", "Objects created."),
+            duplicates: new.counter(
                 "duplicates_skipped_total",
                 "Messages whose object already existed (written by an earlier delivery); acked.",
             ),
-            acked: counter("messages_acked_total", "Messages acked."),
-            acks_failed: counter(
+            acked: new.counter("messages_acked_total", "Messages acked."),
+            acks_failed: new.counter(
                 "acks_failed_total",
                 "Acks Pub/Sub did not confirm on a subscription with exactly-once delivery; the \
                  message is delivered again and meets its object.",
             ),
-            binary: counter(
+            binary: new.counter(
                 "binary_messages_total",
                 "Messages whose data is not valid UTF-8, stored unchanged as \
                  application/octet-stream (redeliveries count again).",
             ),
             nacked: registered(&registry, nacked),
-            bytes_written: counter(
-                "bytes_written_total",
-                "Bytes of message data in created objects.",
-            ),
-            in_flight: gauge(
-                "messages_in_flight",
-                "Messages received and not yet acked or nacked.",
-            ),
-            write_limit: gauge(
+            bytes_written: new
+                .counter("bytes_written_total", "Bytes of message data in created objects."),
+            in_flight: new
+                .gauge("messages_in_flight", "Messages received and not yet acked or nacked."),
+            write_limit: new.gauge(
                 "write_concurrency_limit",
                 "Object writes allowed at once now: follows storage latency, up to \
                  MAX_CONCURRENT_WRITES.",
             ),
-            write_seconds: histogram(
+            write_seconds: new.histogram(
                 "write_duration_seconds",
                 "Time to write one object, retries included, successful or not.",
                 &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
             ),
-            delivery_attempt: histogram(
+            delivery_attempt: new.histogram(
                 "delivery_attempt",
                 "Delivery attempt of received messages (only known when the subscription has a \
                  dead-letter policy).",
@@ -258,6 +248,28 @@ impl Stats {
 /// never has; the process collector also fails harmlessly where `/proc` is missing.
 fn register(registry: &Registry, collector: impl Collector + 'static) {
     let _ = registry.register(Box::new(collector));
+}
+
+/// Makes metrics in this worker's namespace, registered in one registry.
+struct Register<'a>(&'a Registry);
+
+impl Register<'_> {
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        registered(self.0, IntCounter::with_opts(opts(name, help)))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        registered(self.0, IntGauge::with_opts(opts(name, help)))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).namespace(NAMESPACE).buckets(buckets.into());
+        registered(self.0, Histogram::with_opts(opts))
+    }
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NAMESPACE)
 }
 
 /// `metric`, registered in `registry`. Its options are constants of this file, so an error is a
