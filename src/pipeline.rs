@@ -15,12 +15,13 @@
 
 mod backoff;
 mod budget;
+mod settle;
 
-use crate::concurrency::{Outcome, WriteLimit, WritePermit};
+use crate::concurrency::WriteLimit;
 use crate::config::Config;
 use crate::name::NameTemplate;
 use crate::object::{ObjectSettings, ObjectSpec};
-use crate::sink::{FailureKind, Sink, WriteError, Written};
+use crate::sink::Sink;
 use crate::stats::{NackReason, Stats};
 use backoff::FailureBackoff;
 use budget::{Budget, Held, held_bytes};
@@ -28,14 +29,15 @@ use bytes::Bytes;
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::{MessageStream, ShutdownToken};
+use settle::{Delivery, Settlement};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::{JoinError, JoinSet};
-use tokio::time::{Instant, sleep, timeout_at};
+use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 /// Part of the shutdown budget kept for flushing acks and nacks after the writes.
 const MAX_FLUSH_RESERVE: Duration = Duration::from_secs(2);
@@ -76,25 +78,6 @@ struct Limits {
     max_outstanding_messages: i64,
     /// Bytes of messages held at once (`MAX_OUTSTANDING_BYTES`), as [`held_bytes`] counts them.
     max_outstanding_bytes: i64,
-}
-
-/// How one delivery ended: the value [`Pipeline::settle`] acks or nacks on.
-#[derive(Debug)]
-enum Settlement {
-    /// The object exists: created by this delivery, or found from an earlier one.
-    Stored { written: Written, size: usize, took: Duration },
-    /// The write failed: no object of this message's is known to exist.
-    Failed { error: WriteError, took: Duration },
-    /// Shutdown came first, before the write began or while it ran.
-    Abandoned,
-}
-
-/// Who a settlement is for: the message (its id, its object once named) and its handler.
-struct Delivery<'a> {
-    handler: Handler,
-    message_id: &'a str,
-    object: &'a str,
-    attempt: Option<i32>,
 }
 
 impl Pipeline {
@@ -289,137 +272,6 @@ impl Pipeline {
             Err(error) => Settlement::Failed { error, took: started.elapsed() },
         }
     }
-
-    /// Acks or nacks the delivery, settles its write permit, counts, and logs one event with
-    /// stable fields (`outcome`, `reason`, `message_id`, `object`). **A message is acked here,
-    /// and only when its object exists**; every other settlement is a nack, for redelivery.
-    async fn settle(
-        &self,
-        delivery: Delivery<'_>,
-        settlement: Settlement,
-        write: Option<WritePermit>,
-        run: &Run,
-    ) {
-        let Delivery { handler, message_id, object, attempt } = delivery;
-        match settlement {
-            Settlement::Stored { written, size, took } => {
-                if let Some(write) = write {
-                    write.settle(Outcome::Answered);
-                }
-                self.backoff.success();
-                let reason = match written {
-                    Written::Created => {
-                        self.stats.written(size, took);
-                        "written"
-                    }
-                    Written::AlreadyExisted => {
-                        self.stats.duplicate(took);
-                        "already_written"
-                    }
-                };
-                debug!(
-                    message_id,
-                    delivery_attempt = attempt,
-                    object,
-                    outcome = "acked",
-                    reason,
-                    "acked"
-                );
-                self.ack(handler, message_id, object).await;
-            }
-            Settlement::Failed { error, took } => {
-                let kind = error.kind;
-                let nack = Nack { message_id, object, attempt, error };
-                self.fail(handler, nack, write, &run.stopping).await;
-                self.stats.nacked(NackReason::WriteFailed(kind), Some(took));
-            }
-            Settlement::Abandoned => {
-                handler.nack();
-                self.stats.nacked(NackReason::Shutdown, None);
-                let reason = "shutdown";
-                debug!(message_id, object, outcome = "nacked", reason, "nacked at shutdown");
-            }
-        }
-        self.stats.write_limit(run.writes.current());
-    }
-
-    /// Acks a message whose object exists. On a subscription with exactly-once delivery the ack
-    /// is confirmed (within the drain's budget at shutdown, since the task waits for it): an ack
-    /// the service refuses (its lease had expired) is counted and logged, and the message, which
-    /// comes back, meets its object.
-    async fn ack(&self, handler: Handler, message_id: &str, object: &str) {
-        let Handler::ExactlyOnce(handler) = handler else {
-            return handler.ack();
-        };
-        if let Err(e) = handler.confirmed_ack().await {
-            self.stats.ack_failed();
-            let error = e.to_string();
-            warn!(message_id, object, outcome = "ack_failed", error, "the ack was not confirmed");
-        }
-    }
-
-    /// A failed write: logged once, then nacked after a wait. A failure of this one message (a
-    /// name collision, a name or object the bucket refuses) says nothing of the others: its
-    /// write permit goes back at once, it waits by its own delivery attempt, and the worker-wide
-    /// backoff does not grow, so a trickle of such messages never holds up the healthy ones. A
-    /// failure of the bucket (an outage, throttling, a hung connection, a revoked permission)
-    /// is everyone's: the message keeps its permit while it waits, and the waits grow with the
-    /// failures in a row, so the worker slows down instead of spinning messages through a
-    /// broken bucket. Shutdown cuts either wait short, so the drain does not spend its budget
-    /// here.
-    async fn fail(
-        &self,
-        handler: Handler,
-        nack: Nack<'_>,
-        write: Option<WritePermit>,
-        stopping: &CancellationToken,
-    ) {
-        let Nack { message_id, object, attempt, error } = nack;
-        let (delay, held) = match error.kind.is_bucket_wide() {
-            true => (self.backoff.failure(attempt), write),
-            false => {
-                if let Some(write) = write {
-                    write.settle(Outcome::Failed);
-                }
-                (FailureBackoff::for_message(attempt), None)
-            }
-        };
-        // A collision is not retried into success: the nacks end in the dead-letter topic, and
-        // the object, someone else's, is never touched.
-        let what = match error.kind {
-            FailureKind::NameCollision => {
-                "an object of this name holds another message; leaving it untouched and nacking"
-            }
-            _ => "object write failed; nacking for redelivery",
-        };
-        error!(
-            message_id,
-            delivery_attempt = attempt,
-            object,
-            outcome = "nacked",
-            reason = error.kind.as_str(),
-            error = %error,
-            retry_in_ms = delay.as_millis() as u64,
-            "{what}"
-        );
-        tokio::select! {
-            () = stopping.cancelled() => {}
-            () = sleep(delay) => {}
-        }
-        handler.nack();
-        if let Some(write) = held {
-            let pushed_back = matches!(error.kind, FailureKind::Transient | FailureKind::Timeout);
-            write.settle(if pushed_back { Outcome::PushedBack } else { Outcome::Failed });
-        }
-    }
-}
-
-/// A failed write, as [`Pipeline::fail`] logs and nacks it.
-struct Nack<'a> {
-    message_id: &'a str,
-    object: &'a str,
-    attempt: Option<i32>,
-    error: WriteError,
 }
 
 /// A receive loop's result: a panic in one (a bug) ends the run as a failed stream does.
