@@ -9,7 +9,8 @@
 
 use crate::config::Config;
 use anyhow::Context as _;
-use google_cloud_auth::credentials::Builder as Credentials;
+use google_cloud_auth::credentials::Builder as CredentialsBuilder;
+use google_cloud_auth::credentials::Credentials;
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
 use google_cloud_gax::retry_policy::RetryPolicyExt as _;
 use google_cloud_pubsub::client::Subscriber;
@@ -21,32 +22,45 @@ use crate::sink::MetadataReader;
 /// Cloud Storage's endpoint, where no emulator is set.
 const STORAGE_ENDPOINT: &str = "https://storage.googleapis.com";
 
-/// One Pub/Sub subscriber client per pull stream (`PULL_STREAMS`), all with the same
-/// credentials (and so one token).
-///
-/// A client holds one gRPC channel of one subchannel by default, that is one HTTP/2 connection,
-/// so a client per stream gives each stream a connection of its own, and the stream's acks and
-/// lease extensions travel on it too. One client with `with_grpc_subchannel_count(n)` would open
-/// n connections as well, but it places every call, each stream included, on a random one:
-/// gax's channel is tonic's power-of-two-choices balancer, whose connections all report a load
-/// of 0, so two streams would often share a connection while another carried none.
-pub async fn subscribers(config: &Config) -> anyhow::Result<Vec<Subscriber>> {
-    let context = "the Pub/Sub client could not be created";
-    let credentials = match &config.pubsub_emulator {
-        Some(_) => Anonymous::new().build(),
-        None => Credentials::default().build().context(context)?,
-    };
-    let mut subscribers = Vec::with_capacity(config.pull_streams);
-    for _ in 0..config.pull_streams {
-        let mut builder = Subscriber::builder().with_credentials(credentials.clone());
-        match (&config.pubsub_emulator, &config.pubsub_endpoint) {
-            (Some(host), _) => builder = builder.with_endpoint(emulator_url(host)),
-            (None, Some(endpoint)) => builder = builder.with_endpoint(endpoint),
-            (None, None) => {}
-        }
-        subscribers.push(builder.build().await.context(context)?);
+/// What every Pub/Sub client of the process is built from: one set of credentials (and so one
+/// token) and the endpoint.
+#[derive(Clone, Debug)]
+pub struct PubsubClients {
+    credentials: Credentials,
+    endpoint: Option<String>,
+}
+
+impl PubsubClients {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let credentials = match &config.pubsub_emulator {
+            Some(_) => Anonymous::new().build(),
+            None => CredentialsBuilder::default()
+                .build()
+                .context("the Pub/Sub client could not be created")?,
+        };
+        let endpoint = match (&config.pubsub_emulator, &config.pubsub_endpoint) {
+            (Some(host), _) => Some(emulator_url(host)),
+            (None, endpoint) => endpoint.clone(),
+        };
+        Ok(Self { credentials, endpoint })
     }
-    Ok(subscribers)
+
+    /// A subscriber client for one pull stream.
+    ///
+    /// A client holds one gRPC channel of one subchannel by default, that is one HTTP/2
+    /// connection, so a client per stream gives each stream a connection of its own, and the
+    /// stream's acks and lease extensions travel on it too. One client with
+    /// `with_grpc_subchannel_count(n)` would open n connections as well, but it places every call,
+    /// each stream included, on a random one: gax's channel is tonic's power-of-two-choices
+    /// balancer, whose connections all report a load of 0, so two streams would often share a
+    /// connection while another carried none.
+    pub async fn subscriber(&self) -> google_cloud_gax::client_builder::Result<Subscriber> {
+        let mut builder = Subscriber::builder().with_credentials(self.credentials.clone());
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        builder.build().await
+    }
 }
 
 /// The storage clients the whole process shares, with one set of credentials (one token).
@@ -63,7 +77,9 @@ pub async fn storage(config: &Config) -> anyhow::Result<StorageClients> {
     let context = "the Cloud Storage client could not be created";
     let (credentials, endpoint) = match &config.storage_emulator {
         Some(host) => (Anonymous::new().build(), emulator_url(host)),
-        None => (Credentials::default().build().context(context)?, STORAGE_ENDPOINT.to_string()),
+        None => {
+            (CredentialsBuilder::default().build().context(context)?, STORAGE_ENDPOINT.to_string())
+        }
     };
     // No new attempt starts after WRITE_TIMEOUT_SECS; the sink bounds the running one.
     let mut builder = Storage::builder()

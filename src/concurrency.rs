@@ -32,6 +32,7 @@
 //! limit at its floor whenever latency had a long tail.
 
 use rule::{Growth, Seen, Step, decide};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -66,6 +67,8 @@ pub struct WriteLimit {
     state: Mutex<State>,
     freed: Notify,
     max: f64,
+    /// Messages waiting for a permit now: none while the writes could take more.
+    waiting: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -160,11 +163,14 @@ impl WriteLimit {
             backed_off: now,
             round: Round::new(now),
         };
-        Arc::new(Self { state: Mutex::new(state), freed: Notify::new(), max })
+        Arc::new(Self { state: Mutex::new(state), freed: Notify::new(), max, waiting: 0.into() })
     }
 
     /// Waits for a place under the limit.
     pub async fn acquire(self: &Arc<Self>) -> WritePermit {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        // Counts down however the wait ends, a cancelled one included.
+        let _waiting = Waiting(&self.waiting);
         loop {
             // Registered before the check, so a place freed in between is not missed.
             let freed = self.freed.notified();
@@ -188,6 +194,11 @@ impl WriteLimit {
             }
             freed.await;
         }
+    }
+
+    /// Messages waiting for a permit now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// The current limit, for metrics and logs.
@@ -386,3 +397,12 @@ impl Drop for WritePermit {
 mod rule;
 #[cfg(test)]
 mod tests;
+
+/// Counts one waiter down when dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -303,19 +303,16 @@ pub fn default_pull_streams() -> usize {
     pull_streams_for(std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Two StreamingPull streams per core, at least 2 and at most 8.
+/// The most StreamingPull streams open at once: 16 per core, at least 16 and at most 32.
 ///
-/// Pub/Sub caps each stream at about 10 MB/s (150 messages/s of 64 KiB), while one core of
-/// this worker handles well over that (docs/performance.md, "Capacity planning"), so one stream
-/// would hold a 1 vCPU instance back; a second stream also keeps messages coming while the service restarts
-/// the other (it closes streams from time to time). Two per core is what the Rust client's own
-/// concurrency sample opens (`pubsub_subscriber_concurrency_control`: `2 * NCPU` streams); the
-/// other official clients default to one stream (Java's `parallelPullCount`, Go's v2
-/// `NumGoroutines`) or ten (Go's v1 client, whose maintainers now discourage many), hence the
-/// cap of 8 (about 80 MB/s). The streams share one flow-control budget, so more of them lease no
-/// more messages; for large messages on few cores, set `PULL_STREAMS` higher (up to 32).
+/// The worker opens one stream and more only while another raises the rate
+/// (`streams::demand`), so the maximum costs nothing where one stream carries the load. It is
+/// set where the CPU, not the streams, would bind for large messages: Pub/Sub caps a stream at
+/// about 10 MB/s (150 messages/s of 64 KiB), and one core of this worker writes some 2,700 such
+/// messages a second (docs/performance.md, "Capacity planning"), 16-18 streams' worth. 32 is the
+/// most `PULL_STREAMS` allows: 320 MB/s, more than an instance's network carries in practice.
 pub fn pull_streams_for(cores: usize) -> usize {
-    (2 * cores).clamp(2, 8)
+    (16 * cores).clamp(16, 32)
 }
 
 /// No spaces, slashes or control characters: a stray space would surface as a NOT_FOUND.

@@ -15,6 +15,7 @@
 
 mod backoff;
 mod budget;
+mod receivers;
 mod settle;
 
 use crate::concurrency::WriteLimit;
@@ -23,17 +24,20 @@ use crate::name::NameTemplate;
 use crate::object::{ObjectSettings, ObjectSpec};
 use crate::sink::Sink;
 use crate::stats::{NackReason, Stats};
+use crate::streams::PullStreams;
+use crate::streams::demand::Demand;
 use backoff::FailureBackoff;
 use budget::{Budget, Held, held_bytes};
 use bytes::Bytes;
 use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::MessageStream;
 use google_cloud_pubsub::subscriber::handler::Handler;
-use google_cloud_pubsub::subscriber::{MessageStream, ShutdownToken};
+use receivers::{Receivers, Sampler};
 use settle::{Delivery, Settlement};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::{JoinError, JoinSet};
+use tokio::task::JoinError;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -99,19 +103,18 @@ impl Pipeline {
         }
     }
 
-    /// Consumes `streams` until `shutdown` resolves or one of them fails, then drains.
+    /// Consumes the subscription until `shutdown` resolves or a stream fails, then drains.
     ///
-    /// Each stream has its own receive loop (a task, so the streams' messages are decoded on every
-    /// core); they all take from one [`Budget`] and one write limit. Returns only after in-flight
-    /// messages were acked or nacked and every stream's acks flushed, or the shutdown budget ran
-    /// out.
+    /// Each open stream has its own receive loop (a task, so the streams' messages are decoded
+    /// on every core); they all take from one [`Budget`] and one write limit. One stream is
+    /// opened at start and more as the load needs them ([`receivers`]). Returns only after
+    /// in-flight messages were acked or nacked and every stream's acks flushed, or the shutdown
+    /// budget ran out.
     pub async fn run(
         self: Arc<Self>,
-        streams: Vec<MessageStream>,
+        streams: PullStreams,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), PipelineError> {
-        let flushes: Vec<ShutdownToken> =
-            streams.iter().map(MessageStream::shutdown_token).collect();
         let run = Run {
             tasks: TaskTracker::new(),
             writes: WriteLimit::new(self.limits.max_concurrent_writes),
@@ -120,31 +123,52 @@ impl Pipeline {
             abandon: CancellationToken::new(),
         };
         self.stats.write_limit(run.writes.current());
-        let mut receivers = JoinSet::new();
-        for stream in streams {
-            receivers.spawn(self.clone().receive(stream, run.clone()));
+        let mut receivers = Receivers::new(streams, self.clone(), run.clone());
+        let mut result = receivers.open().await;
+        if result.is_ok() {
+            result = self.pull(&mut receivers, &run, shutdown).await;
         }
-        // A receive loop ends before the signal only when its stream failed: that ends them all.
-        let mut result = tokio::select! {
-            biased;
-            () = shutdown => Ok(()),
-            Some(ended) = receivers.join_next() => outcome(ended),
-        };
-        // The other loops stop and drop their streams, and messages that have not started their
-        // write are nacked now, for redelivery at once.
+        // The loops stop and drop their streams, and messages that have not started their write
+        // are nacked now, for redelivery at once.
         run.stopping.cancel();
-        while let Some(ended) = receivers.join_next().await {
-            result = result.and(outcome(ended));
-        }
+        let (stopped, flushes) = receivers.stop().await;
         self.drain(flushes, run).await;
-        result
+        result.and(stopped)
     }
 
-    /// Reads one stream until `run.stopping` is cancelled or the stream fails, and spawns a task
-    /// per message.
+    /// Runs until `shutdown` resolves or a stream fails, opening and closing streams as the
+    /// load asks.
+    async fn pull(
+        &self,
+        receivers: &mut Receivers,
+        run: &Run,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), PipelineError> {
+        tokio::pin!(shutdown);
+        let mut demand = Demand::new(receivers.max());
+        let mut sampler = Sampler::new(self.stats.received_total());
+        let mut samples = tokio::time::interval(receivers::SAMPLE);
+        samples.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                failed = receivers.failed() => return Err(failed),
+                _ = samples.tick() => {
+                    if let Some(window) = sampler.sample(self, run) {
+                        receivers.follow(&mut demand, window).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads one stream until `close` is cancelled (by `run.stopping` or to close this stream
+    /// alone) or the stream fails, and spawns a task per message.
     async fn receive(
         self: Arc<Self>,
         mut stream: MessageStream,
+        close: CancellationToken,
         run: Run,
     ) -> Result<(), PipelineError> {
         // Returning drops the stream, which cancels it: the client stops pulling and closes the
@@ -154,7 +178,7 @@ impl Pipeline {
             // extended) while it waits for a write permit; an unread one is not.
             let next = tokio::select! {
                 biased;
-                () = run.stopping.cancelled() => return Ok(()),
+                () = close.cancelled() => return Ok(()),
                 next = stream.next() => next,
             };
             let (message, handler) = match next {
@@ -184,7 +208,7 @@ impl Pipeline {
     }
 
     /// Waits for in-flight writes within the shutdown budget, nacks the rest, flushes.
-    async fn drain(&self, flushes: Vec<ShutdownToken>, run: Run) {
+    async fn drain(&self, flushes: TaskTracker, run: Run) {
         let deadline = Instant::now() + self.shutdown_timeout;
         let reserve = MAX_FLUSH_RESERVE.min(self.shutdown_timeout / 4);
         let tasks = run.tasks;
@@ -204,16 +228,9 @@ impl Pipeline {
             run.abandon.cancel();
             let _ = timeout_at(deadline, tasks.wait()).await;
         }
-        // Every handler is now consumed, so each stream's client acks what was acked, nacks
-        // anything it still leases (messages it had read but not handed out) and waits for those
-        // RPCs. The streams flush at the same time, each in its own lease loop: waiting for one
-        // after the other takes as long as the slowest.
-        let flushed = async {
-            for flush in &flushes {
-                flush.shutdown().await;
-            }
-        };
-        if timeout_at(deadline, flushed).await.is_err() {
+        // Every handler is now consumed, so each stream's flush (begun when the loops stopped) can
+        // finish; they run at the same time, so this waits as long as the slowest.
+        if timeout_at(deadline, flushes.wait()).await.is_err() {
             warn!(
                 "acks were not confirmed within the shutdown budget; \
                  unconfirmed messages will be redelivered and land on their existing objects"
@@ -272,11 +289,6 @@ impl Pipeline {
             Err(error) => Settlement::Failed { error, took: started.elapsed() },
         }
     }
-}
-
-/// A receive loop's result: a panic in one (a bug) ends the run as a failed stream does.
-fn outcome(ended: Result<Result<(), PipelineError>, JoinError>) -> Result<(), PipelineError> {
-    ended.unwrap_or_else(|e| Err(PipelineError::Receiver(e)))
 }
 
 /// What the receive loops and message tasks of one run share.

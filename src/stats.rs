@@ -46,6 +46,8 @@ pub struct Stats {
     bytes_written: IntCounter,
     in_flight: IntGauge,
     write_limit: IntGauge,
+    /// Pull streams open now, and opened since start (see `streams::demand`).
+    pull_streams: (IntGauge, IntCounter),
     write_seconds: Histogram,
     delivery_attempt: Histogram,
     /// When a message last settled (acked or nacked), or work started after an idle spell, in
@@ -120,6 +122,7 @@ impl Stats {
                 "Object writes allowed at once now: follows storage latency, up to \
                  MAX_CONCURRENT_WRITES.",
             ),
+            pull_streams: new.pull_streams(),
             write_seconds: new.histogram(
                 "write_duration_seconds",
                 "Time to write one object, retries included, successful or not.",
@@ -191,6 +194,19 @@ impl Stats {
     }
 
     /// The last [`Stats::write_limit`].
+    /// A stream was opened (`opened`) or closed; `open` are open now.
+    pub fn pull_streams(&self, open: usize, opened: bool) {
+        self.pull_streams.0.set(open as i64);
+        if opened {
+            self.pull_streams.1.inc();
+        }
+    }
+
+    /// Messages received since start.
+    pub fn received_total(&self) -> u64 {
+        self.received.get()
+    }
+
     pub fn current_write_limit(&self) -> i64 {
         self.write_limit.get()
     }
@@ -262,6 +278,13 @@ impl Register<'_> {
         registered(self.0, IntGauge::with_opts(opts(name, help)))
     }
 
+    fn pull_streams(&self) -> (IntGauge, IntCounter) {
+        let open = "StreamingPull streams open now: one, and more while the load needs them, up \
+            to PULL_STREAMS.";
+        let opened = "StreamingPull streams opened since start, those tried and closed included.";
+        (self.gauge("pull_streams", open), self.counter("pull_streams_opened_total", opened))
+    }
+
     fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
         let opts = HistogramOpts::new(name, help).namespace(NAMESPACE).buckets(buckets.into());
         registered(self.0, Histogram::with_opts(opts))
@@ -331,6 +354,8 @@ mod tests {
             "pubsub_gcs_worker_binary_messages_total 1",
             "pubsub_gcs_worker_bytes_written_total 7",
             "pubsub_gcs_worker_messages_in_flight 0",
+            "pubsub_gcs_worker_pull_streams 0",
+            "pubsub_gcs_worker_pull_streams_opened_total 0",
             "pubsub_gcs_worker_messages_nacked_total{reason=\"shutdown\"} 1",
             "pubsub_gcs_worker_write_duration_seconds_count 1",
             "pubsub_gcs_worker_delivery_attempt_bucket{le=\"3\"} 1",

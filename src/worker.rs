@@ -9,9 +9,8 @@ use crate::pipeline::Pipeline;
 use crate::self_check;
 use crate::sink::Sink;
 use crate::stats::{Snapshot, Stats};
+use crate::streams::PullStreams;
 use anyhow::Context as _;
-use google_cloud_pubsub::client::Subscriber;
-use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +21,8 @@ use tracing::info;
 /// A configured worker, ready to run.
 pub struct Worker {
     config: Config,
-    /// One client per pull stream: see [`clients::subscribers`].
-    subscribers: Vec<Subscriber>,
+    /// The subscription's streams, opened by the pipeline as the load needs them.
+    streams: Option<PullStreams>,
     pipeline: Arc<Pipeline>,
     stats: Arc<Stats>,
     health: Arc<Health>,
@@ -34,7 +33,7 @@ impl Worker {
     /// Creates the clients, runs the start-up check and binds the health endpoint. Nothing is
     /// pulled yet.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let subscribers = clients::subscribers(&config).await?;
+        let streams = Some(PullStreams::new(&config).await?);
         let storage = clients::storage(&config).await?;
         if config.startup_check {
             let control = clients::storage_control(&config).await?;
@@ -56,7 +55,7 @@ impl Worker {
             ),
             None => None,
         };
-        Ok(Self { config, subscribers, pipeline, stats, health, health_server })
+        Ok(Self { config, streams, pipeline, stats, health, health_server })
     }
 
     /// Where the health endpoint listens, if it was asked for (useful with port 0).
@@ -89,7 +88,7 @@ impl Worker {
             max_outstanding_messages = c.max_outstanding_messages,
             max_outstanding_bytes = c.max_outstanding_bytes,
             max_concurrent_writes = c.max_concurrent_writes,
-            pull_streams = c.pull_streams,
+            max_pull_streams = c.pull_streams,
             max_lease_extension_secs = c.max_lease_extension.as_secs(),
             shutdown_timeout_secs = c.shutdown_timeout.as_secs(),
             pubsub_emulator = c.pubsub_emulator.as_deref().unwrap_or("none"),
@@ -100,14 +99,14 @@ impl Worker {
             event = "starting",
             "starting"
         );
-        let streams = open_streams(&self.subscribers, &c.subscription, c);
+        let streams = self.streams.take().context("a worker runs once")?;
 
         let background = CancellationToken::new();
         if let Some(server) = self.health_server.take() {
             tokio::spawn(server.serve(self.health.clone(), background.clone()));
         }
-        // Clients built, bucket checked, streams configured: the startup probe may pass. Each
-        // stream connects on its first pull; a missing subscription ends the run.
+        // Clients built, bucket checked: the startup probe may pass. The first stream connects
+        // on its first pull; a missing subscription ends the run.
         self.health.set_started();
         if let Some(period) = c.progress_interval {
             tokio::spawn(report_progress(self.stats.clone(), period, background.clone()));
@@ -119,37 +118,6 @@ impl Worker {
         result?;
         Ok(summary)
     }
-}
-
-/// Opens one StreamingPull stream on `subscription` per client, with the worker's lease settings
-/// and its flow control shared out: each stream leases at most its share of
-/// `MAX_OUTSTANDING_MESSAGES`/`_BYTES` (rounded up), so the service leases the process about the
-/// total, not `PULL_STREAMS` times it.
-pub fn open_streams(
-    subscribers: &[Subscriber],
-    subscription: &str,
-    config: &Config,
-) -> Vec<MessageStream> {
-    let n = subscribers.len();
-    let messages = share(config.max_outstanding_messages, n);
-    let bytes = share(config.max_outstanding_bytes, n);
-    let open = |subscriber: &Subscriber| {
-        subscriber
-            .subscribe(subscription)
-            .set_max_outstanding_messages(messages)
-            .set_max_outstanding_bytes(bytes)
-            .set_max_lease_extension(config.max_lease_extension)
-            // Keep extending leases of messages being written after the stream is cancelled;
-            // the drain decides when to give up on them.
-            .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
-            .build()
-    };
-    subscribers.iter().map(open).collect()
-}
-
-/// One stream's share of a flow-control `total` (at least 1), rounded up.
-fn share(total: i64, streams: usize) -> i64 {
-    (total.max(1) as u64).div_ceil(streams.max(1) as u64) as i64
 }
 
 /// Logs the counters every `period` until `stop` is cancelled.
@@ -182,21 +150,4 @@ fn log_counters(stats: &Stats, message: &'static str) -> Snapshot {
         "{message}"
     );
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::share;
-
-    #[test]
-    fn the_streams_share_the_flow_control_rounding_up() {
-        assert_eq!(share(2000, 4), 500);
-        assert_eq!(share(2000, 3), 667);
-        assert_eq!(share(3, 8), 1, "each stream may lease a message");
-        assert_eq!(share(i64::MAX, 1), i64::MAX);
-        for (total, n) in [(1, 1), (7, 2), (100 << 20, 6), (999_999, 32)] {
-            let together = share(total, n) * n as i64;
-            assert!(total <= together && together < total + n as i64, "{total} over {n}");
-        }
-    }
 }

@@ -8,11 +8,12 @@ mod sweep;
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use futures::future::OptionFuture;
+use pubsub_gcs_worker::clients;
 use pubsub_gcs_worker::config::Config;
 use pubsub_gcs_worker::name::NameTemplate;
 use pubsub_gcs_worker::object::{ObjectSpec, TEXT};
 use pubsub_gcs_worker::sink::Sink;
-use pubsub_gcs_worker::{clients, worker};
+use pubsub_gcs_worker::streams::PullStreams;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -265,14 +266,18 @@ impl Bench<'_> {
         }
     }
 
-    /// Receive-and-ack rate of the worker's own subscriber clients, streams and settings.
+    /// Receive-and-ack rate of the worker's own subscriber clients and settings, on as many
+    /// streams as the worker may open (`PULL_STREAMS`).
     async fn pubsub_ceiling(&self, n: usize) -> anyhow::Result<Rates> {
         use futures::StreamExt as _;
         let fresh = self.fresh(0, n).await?;
         let start = Instant::now();
-        let subscribers = clients::subscribers(&self.config).await?;
-        let path = self.emu.pubsub().subscription_path(&fresh.name);
-        let streams = worker::open_streams(&subscribers, &path, &self.config);
+        let subscription = self.emu.pubsub().subscription_path(&fresh.name);
+        let mut opener = PullStreams::new(&Config { subscription, ..self.config.clone() }).await?;
+        let mut streams = Vec::with_capacity(opener.max());
+        for index in 0..opener.max() {
+            streams.push(opener.open(index).await?);
+        }
         let tokens: Vec<_> = streams.iter().map(|s| s.shutdown_token()).collect();
         // All streams read as one, in this task (the worker reads each in a task of its own).
         let mut stream = futures::stream::select_all(streams.into_iter().map(|stream| {

@@ -120,7 +120,7 @@ fn every_listed_variable_is_read_once_in_order() {
 }
 
 #[test]
-fn pull_streams_default_to_two_per_core_from_2_to_8() {
-    let streams: Vec<usize> = [1, 2, 3, 4, 64].into_iter().map(pull_streams_for).collect();
-    assert_eq!(streams, [2, 4, 6, 8, 8]);
+fn at_most_16_pull_streams_per_core_from_16_to_32() {
+    let streams: Vec<usize> = [1, 2, 3, 44].into_iter().map(pull_streams_for).collect();
+    assert_eq!(streams, [16, 32, 32, 32]);
 }

@@ -13,7 +13,7 @@ pub(super) struct Budget {
     /// Messages and bytes still free.
     free: Mutex<(u64, u64)>,
     released: Notify,
-    max_bytes: u64,
+    max: (u64, u64),
 }
 
 /// What a message weighs in the [`Budget`]: its data, its attributes (keys and values, up to
@@ -35,14 +35,21 @@ pub(super) struct Held {
 impl Budget {
     pub(super) fn new(limits: &Limits) -> Arc<Self> {
         let max_bytes = limits.max_outstanding_bytes.max(1) as u64;
-        let free = (limits.max_outstanding_messages.max(1) as u64, max_bytes);
-        Arc::new(Self { free: Mutex::new(free), released: Notify::new(), max_bytes })
+        let max = (limits.max_outstanding_messages.max(1) as u64, max_bytes);
+        Arc::new(Self { free: Mutex::new(max), released: Notify::new(), max })
+    }
+
+    /// How full the budget is now, from 0 to 1: the larger of its messages' and bytes' shares.
+    pub(super) fn fill(&self) -> f64 {
+        let free = *self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let share = |free: u64, max: u64| 1.0 - free as f64 / max as f64;
+        share(free.0, self.max.0).max(share(free.1, self.max.1))
     }
 
     /// Waits until a message of `size` bytes fits; one larger than the whole budget waits for
     /// all of it.
     pub(super) async fn reserve(self: &Arc<Self>, size: usize) -> Held {
-        let bytes = (size as u64).clamp(1, self.max_bytes);
+        let bytes = (size as u64).clamp(1, self.max.1);
         loop {
             // Registered before the check, so a release in between is not missed.
             let released = self.released.notified();

@@ -12,5 +12,6 @@ mod objects;
 mod operations;
 mod replay;
 mod soak;
+mod streams;
 mod support;
 mod worker;

@@ -15,8 +15,8 @@ use tokio::time::{Instant, sleep};
 /// Longer than the lease the tests give the worker: an un-acked message is back by then.
 const REDELIVERY_WINDOW: Duration = Duration::from_secs(LEASE_SECS + 3);
 
-/// N messages of mixed sizes and encodings on four pull streams, each with its own connection,
-/// become N objects with byte-exact bodies, the right names, types and metadata, none left to
+/// N messages of mixed sizes and encodings, on up to four pull streams each with its own
+/// connection, become N objects with byte-exact bodies, the right names, types and metadata, none left to
 /// redeliver. The uploads share a pool of connections, about one per write permit, not per message.
 /// Without object settings, an upload sends no encoding, class, cache control, custom time or key,
 /// so the bucket's defaults apply. `/metrics` counts exactly what was published and written.
@@ -62,9 +62,11 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
 
     // Nothing left to redeliver: an un-acked message would be back within the window.
     sleep(REDELIVERY_WINDOW).await;
-    assert_eq!(pubsub.accepted_connections(), 4, "a connection per stream (and its acks)");
     let url = format!("http://{}/metrics", worker.health.expect("health endpoint asked for"));
     let page = metrics(&reqwest::Client::new(), &url).await?;
+    let opened = page.get("pubsub_gcs_worker_pull_streams_opened_total").copied();
+    let connections = Some(pubsub.accepted_connections() as f64);
+    assert_eq!(connections, opened, "a connection per stream (and its acks)");
     let binary = published.values().filter(|m| std::str::from_utf8(&m.data).is_err()).count();
     let (n, bytes) = (N as f64, published.values().map(|m| m.data.len()).sum::<usize>());
     for (name, want) in [
@@ -98,7 +100,7 @@ async fn every_message_becomes_exactly_one_byte_exact_object() -> Result {
     Ok(())
 }
 
-/// SIGTERM to the real binary on four pull streams while writes are in flight, then to a restarted
+/// SIGTERM to the real binary (up to four pull streams) while writes are in flight, then to a restarted
 /// worker busy with the backlog and the redeliveries: each exits 0 within the shutdown timeout,
 /// every acked message has its object and never comes back (each stream's acks flushed), and a
 /// last worker completes the set with exactly one object per message.
@@ -121,7 +123,7 @@ async fn sigterm_drains_in_flight_writes_and_a_restart_completes_the_set() -> Re
     first.terminate(SHUTDOWN_TIMEOUT).await?;
 
     let lines = first.json_lines();
-    assert_eq!(find_event(&lines, "starting")["pull_streams"], 4);
+    assert_eq!(find_event(&lines, "starting")["max_pull_streams"], 4);
     let drain = find_event(&lines, "draining");
     let in_flight = drain["in_flight"].as_u64().unwrap_or(0);
     assert!(in_flight > 0, "the signal should catch writes in flight: {drain}");

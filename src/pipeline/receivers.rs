@@ -1,0 +1,165 @@
+//! The receive loops, one per open pull stream: the first opened at start, more opened and
+//! closed as [`Demand`] says after each window of [`SAMPLES`] samples.
+
+use super::{Pipeline, PipelineError, Run};
+use crate::streams::PullStreams;
+use crate::streams::demand::{Demand, Step, Window};
+use google_cloud_pubsub::subscriber::ShutdownToken;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// How often the pipeline is sampled.
+pub(super) const SAMPLE: Duration = Duration::from_millis(500);
+/// Samples in a window: 5 s, long enough for a new stream to connect and carry its share.
+const SAMPLES: u32 = 10;
+/// Samples of a window that must have found room for the writes for it to count as having room.
+const MOST: u32 = SAMPLES * 4 / 5;
+/// Held messages above this share of `MAX_OUTSTANDING_*` leave no room: the flow control binds,
+/// and another stream would bring nothing.
+const FULL: f64 = 0.9;
+
+/// The open streams' receive loops, and the flushes of every stream opened.
+pub(super) struct Receivers {
+    streams: PullStreams,
+    pipeline: Arc<Pipeline>,
+    run: Run,
+    loops: JoinSet<Result<(), PipelineError>>,
+    /// The open streams, oldest first: each one's loop's close token and its client's flush.
+    open: Vec<(CancellationToken, ShutdownToken)>,
+    /// A task per closed stream, waiting for its client to flush its acks and nacks once its
+    /// messages are settled.
+    flushes: TaskTracker,
+    opened: usize,
+}
+
+impl Receivers {
+    pub(super) fn new(streams: PullStreams, pipeline: Arc<Pipeline>, run: Run) -> Self {
+        let (loops, open, flushes) = (JoinSet::new(), Vec::new(), TaskTracker::new());
+        Self { streams, pipeline, run, loops, open, flushes, opened: 0 }
+    }
+
+    /// Opens a stream and starts its receive loop.
+    pub(super) async fn open(&mut self) -> Result<(), PipelineError> {
+        let stream = self.streams.open(self.open.len()).await.map_err(PipelineError::Stream)?;
+        let close = self.run.stopping.child_token();
+        self.open.push((close.clone(), stream.shutdown_token()));
+        self.opened += 1;
+        let receive = self.pipeline.clone().receive(stream, close, self.run.clone());
+        self.loops.spawn(receive);
+        self.pipeline.stats.pull_streams(self.open.len(), true);
+        Ok(())
+    }
+
+    /// Stops the newest stream's loop, unless it is the only one; its messages are settled as
+    /// any others.
+    fn close_newest(&mut self) {
+        if self.open.len() > 1
+            && let Some((close, flush)) = self.open.pop()
+        {
+            close.cancel();
+            self.flushes.spawn(async move { flush.shutdown().await });
+            self.pipeline.stats.pull_streams(self.open.len(), false);
+        }
+    }
+
+    /// Waits until a loop ends unasked: its stream failed or ended. A closed stream's loop
+    /// ending is no news.
+    pub(super) async fn failed(&mut self) -> PipelineError {
+        loop {
+            match self.loops.join_next().await {
+                None => std::future::pending().await,
+                Some(Ok(Ok(()))) => continue,
+                Some(Ok(Err(e))) => return e,
+                Some(Err(panic)) => return PipelineError::Receiver(panic),
+            }
+        }
+    }
+
+    /// After `run.stopping` is cancelled: waits for every loop to end (each drops its stream).
+    /// Returns the first failure, if any, and the flushes for the drain to wait for.
+    pub(super) async fn stop(mut self) -> (Result<(), PipelineError>, TaskTracker) {
+        let mut result = Ok(());
+        while let Some(ended) = self.loops.join_next().await {
+            result = result.and(outcome(ended));
+        }
+        // Each stream's client acks what was acked, nacks anything it still leases (messages it
+        // had read but not handed out) and waits for those RPCs once every handler is consumed.
+        // The streams flush at the same time, each in its own lease loop.
+        for (_, flush) in self.open.drain(..) {
+            self.flushes.spawn(async move { flush.shutdown().await });
+        }
+        self.flushes.close();
+        (result, self.flushes)
+    }
+
+    /// Takes the step `demand` decides after a window.
+    pub(super) async fn follow(&mut self, demand: &mut Demand, window: Window) {
+        let step = demand.next(window);
+        let rate = window.rate.round() as u64;
+        let (room, streams) = (window.room, self.open.len());
+        debug!(rate, room, streams, ?step, event = "window", "pull streams: a window");
+        match step {
+            Step::Hold => return,
+            Step::Open => {
+                if let Err(e) = self.open().await {
+                    warn!(error = %e, event = "stream_failed", "another pull stream could not be opened");
+                    demand.open_failed();
+                    return;
+                }
+            }
+            Step::Keep => {}
+            Step::Close(_) => self.close_newest(),
+        }
+        let (event, reason) = match step {
+            Step::Open => ("stream_opened", "trial"),
+            Step::Keep => ("stream_kept", "gain"),
+            Step::Close(why) => ("stream_closed", why.as_str()),
+            Step::Hold => unreachable!("returned above"),
+        };
+        info!(streams = self.open.len(), rate, reason, event, "pull streams: {event}");
+    }
+
+    pub(super) fn max(&self) -> usize {
+        self.streams.max()
+    }
+}
+
+/// A receive loop's result: a panic in one (a bug) ends the run as a failed stream does.
+fn outcome(ended: Result<Result<(), PipelineError>, JoinError>) -> Result<(), PipelineError> {
+    ended.unwrap_or_else(|e| Err(PipelineError::Receiver(e)))
+}
+
+/// Samples the pipeline and makes a [`Window`] of every [`SAMPLES`] samples.
+pub(super) struct Sampler {
+    started: Instant,
+    /// Messages received since start when the window began.
+    first: u64,
+    samples: u32,
+    room: u32,
+}
+
+impl Sampler {
+    pub(super) fn new(received: u64) -> Self {
+        Self { started: Instant::now(), first: received, samples: 0, room: 0 }
+    }
+
+    /// One sample of `pipeline` and `run`; a window after every [`SAMPLES`].
+    pub(super) fn sample(&mut self, pipeline: &Pipeline, run: &Run) -> Option<Window> {
+        let received = pipeline.stats.received_total();
+        self.samples += 1;
+        self.room += u32::from(run.writes.waiting() == 0 && run.budget.fill() < FULL);
+        if self.samples < SAMPLES {
+            return None;
+        }
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
+        let total = received - self.first;
+        let window = Window { rate: total as f64 / seconds, room: self.room >= MOST };
+        *self = Self::new(received);
+        Some(window)
+    }
+}
