@@ -27,14 +27,14 @@ async fn a_message_acked_late_leaves_redelivery_going() -> Result {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(sub.pubsub.pull(&sub.name, 10).await?.is_empty(), "back before the backoff");
     sub.pubsub.acknowledge(&sub.name, &ack_ids(&late)).await?;
-    // Past the time the emulator had the late one due.
+    // Past the time the late one was due at: nothing to see but what follows.
     tokio::time::sleep(BACKOFF + Duration::from_secs(2)).await;
     sub.assert_nacked_messages_come_back("probe").await
 }
 
 /// Two messages nacked in one request (as a client batches its nacks), their leases running out
 /// before their backoff does, so that each pull has the emulator schedule them once more: they
-/// come back once, and later nacked messages still come back after their backoff.
+/// come back, and later nacked messages still come back after their backoff.
 #[tokio::test]
 async fn messages_nacked_together_leave_redelivery_going() -> Result {
     let sub = Subscription::new().await?;
@@ -47,7 +47,8 @@ async fn messages_nacked_together_leave_redelivery_going() -> Result {
     }
     let back = sub.receive(&["first", "second"], BACKOFF * 2).await?;
     sub.pubsub.acknowledge(&sub.name, &ack_ids(&back)).await?;
-    // Past the later times the emulator had them due.
+    // The later times they are due at (the last pull's plus the backoff) come before the
+    // probe's: nothing to see but what follows.
     tokio::time::sleep(Duration::from_secs(5)).await;
     sub.assert_nacked_messages_come_back("probe").await
 }
