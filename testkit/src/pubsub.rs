@@ -252,17 +252,29 @@ impl PubSub {
                 return Ok(out);
             }
             let ack_ids: Vec<&str> = got.iter().map(|m| m.ack_id.as_str()).collect();
-            let request = self.http.post(self.url("subscriptions", sub, ":acknowledge"));
-            send(request.json(&json!({ "ackIds": ack_ids })), "acknowledge").await?;
+            self.acknowledge(sub, &ack_ids).await?;
             out.extend(got);
         }
     }
 
-    /// Hands a leased message back for redelivery at once (its ack deadline set to 0).
-    pub async fn nack(&self, sub: &str, ack_id: &str) -> Result<()> {
-        let body = json!({ "ackIds": [ack_id], "ackDeadlineSeconds": 0 });
-        let request = self.http.post(self.url("subscriptions", sub, ":modifyAckDeadline"));
-        send(request.json(&body), "nack").await?;
+    /// Acknowledges leased messages.
+    pub async fn acknowledge(&self, sub: &str, ack_ids: &[&str]) -> Result<()> {
+        let request = self.http.post(self.url("subscriptions", sub, ":acknowledge"));
+        send(request.json(&json!({ "ackIds": ack_ids })), "acknowledge").await?;
         Ok(())
+    }
+
+    /// Sets the ack deadline of leased messages to `secs` from now, in one request; 0 hands them
+    /// back (a nack), and with a retry policy they come back after its backoff.
+    pub async fn modify_ack_deadline(&self, sub: &str, ack_ids: &[&str], secs: i32) -> Result<()> {
+        let body = json!({ "ackIds": ack_ids, "ackDeadlineSeconds": secs });
+        let request = self.http.post(self.url("subscriptions", sub, ":modifyAckDeadline"));
+        send(request.json(&body), "modify ack deadline").await?;
+        Ok(())
+    }
+
+    /// Hands a leased message back for redelivery (its ack deadline set to 0).
+    pub async fn nack(&self, sub: &str, ack_id: &str) -> Result<()> {
+        self.modify_ack_deadline(sub, &[ack_id], 0).await
     }
 }

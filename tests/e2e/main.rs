@@ -4,6 +4,7 @@
 //! is set; measured figures are printed on `[figures]` lines (`--nocapture`). The slow tests
 //! (`memory.rs`, `soak.rs`) are `#[ignore]`d: `cargo test -- --ignored` runs them.
 
+mod emulator;
 mod fakes;
 mod faults;
 mod memory;

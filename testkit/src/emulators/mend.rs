@@ -1,9 +1,14 @@
-//! A one-class mend for the Pub/Sub emulator (docs/testing.md, "The Pub/Sub emulator, mended"):
-//! its jar (0.8.20) lacks `io.grpc.InternalStatus.asRuntimeException(Status, Metadata, boolean)`,
-//! so a stream a client cancels stays open on its side for good, stranding messages and wearing
-//! the emulator down. The mend is that class with both methods (`InternalStatus.java`), compiled
-//! against the jar with the machine's JDK and first on the classpath (`java -cp MEND:JAR Main`);
-//! only for a jar that lacks the method, and without a JDK the emulator runs unmended, warned.
+//! Mends for two defects of the Pub/Sub emulator's jar (0.8.20; docs/testing.md, "The Pub/Sub
+//! emulator, mended"), each a class compiled against the jar with the machine's JDK and put first
+//! on the classpath (`java -cp MEND:JAR Main`):
+//! - `InternalStatus.java`: the jar lacks `io.grpc.InternalStatus.asRuntimeException(Status,
+//!   Metadata, boolean)`, so a stream a client cancels stays open on its side for good, stranding
+//!   messages and wearing the emulator down;
+//! - `MessageBacklog.java`: the task that redelivers messages after their retry-policy backoff
+//!   dies of the first ack id that is no longer outstanding when it falls due, and with it every
+//!   later backed-off redelivery of the subscription.
+//!
+//! Each only for a jar that needs it; without a JDK the emulator runs unmended, warned.
 
 use std::ffi::OsString;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -12,11 +17,48 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const SOURCE: &str = include_str!("InternalStatus.java");
 const MAIN: &str = "com.google.cloud.pubsub.testing.v1.Main";
 
+/// One class of the jar replaced.
+struct Mend {
+    /// The jar's class that `javap -p` reads to tell whether the jar needs the mend.
+    inspect: &'static str,
+    needed: fn(&str) -> bool,
+    /// Where the source goes under the source root, and its text.
+    source: (&'static str, &'static str),
+    /// The compiled class the mend is, relative to the classpath root.
+    class: &'static str,
+    /// A compiled stub that must not shadow the jar's own class, deleted.
+    stub: Option<&'static str>,
+}
+
+const MENDS: [Mend; 2] = [
+    Mend {
+        inspect: "io.grpc.InternalStatus",
+        needed: |javap| !javap.contains(" asRuntimeException("),
+        source: ("io/grpc/InternalStatus.java", include_str!("InternalStatus.java")),
+        class: "io/grpc/InternalStatus.class",
+        stub: None,
+    },
+    Mend {
+        inspect: "com.google.cloud.pubsub.testing.v1.MessageBacklog",
+        // The members the mend reaches: a jar without them is another jar.
+        needed: |javap| {
+            ["delivered;", "delayedMessagesByTime;", "void expireOutstandingMessages()"]
+                .iter()
+                .all(|member| javap.contains(member))
+        },
+        source: (
+            "com/google/cloud/pubsub/testing/v1/MessageBacklog.java",
+            include_str!("MessageBacklog.java"),
+        ),
+        class: "com/google/cloud/pubsub/testing/v1/MessageBacklog$ExpireOutstandingMessagesRunnable.class",
+        stub: Some("com/google/cloud/pubsub/testing/v1/MessageBacklog.class"),
+    },
+];
+
 /// The program and leading arguments that start the emulator whose launcher is `launcher`:
-/// `java -cp MEND:JAR Main` when its jar needs the mend and it could be made, else the launcher.
+/// `java -cp MEND:JAR Main` when its jar needs a mend and it could be made, else the launcher.
 pub fn emulator_command(launcher: &Path) -> (PathBuf, Vec<OsString>) {
     match mended_classpath(launcher) {
         Ok(Some(classpath)) => (jdk_tool("java"), vec!["-cp".into(), classpath, MAIN.into()]),
@@ -24,14 +66,14 @@ pub fn emulator_command(launcher: &Path) -> (PathBuf, Vec<OsString>) {
         Err(e) => {
             eprintln!(
                 "[testkit] the Pub/Sub emulator runs unmended ({e:#}): messages on a stream a \
-                 client cancels are stranded"
+                 client cancels are stranded, and backed-off redeliveries may stop"
             );
             (launcher.to_path_buf(), Vec::new())
         }
     }
 }
 
-/// `MEND:JAR`, or `None` when the jar has the method already.
+/// `MEND:JAR`, or `None` when the jar needs no mend.
 fn mended_classpath(launcher: &Path) -> Result<Option<OsString>> {
     let lib = launcher.parent().and_then(Path::parent).context("launcher path")?.join("lib");
     let jar = std::fs::read_dir(&lib)
@@ -42,46 +84,59 @@ fn mended_classpath(launcher: &Path) -> Result<Option<OsString>> {
             name.starts_with("cloud-pubsub-emulator-") && name.ends_with(".jar")
         })
         .with_context(|| format!("no cloud-pubsub-emulator jar in {}", lib.display()))?;
-    let mut javap = Command::new(jdk_tool("javap"));
-    let javap =
-        javap.arg("-cp").arg(&jar).arg("io.grpc.InternalStatus").output().context("javap")?;
-    let read = javap.status.success();
-    anyhow::ensure!(read, "javap could not read io.grpc.InternalStatus from {}", jar.display());
-    if String::from_utf8_lossy(&javap.stdout).contains(" asRuntimeException(") {
+    let mut needed = Vec::new();
+    for mend in &MENDS {
+        if (mend.needed)(&javap(&jar, mend.inspect)?) {
+            needed.push(mend);
+        }
+    }
+    if needed.is_empty() {
         return Ok(None);
     }
-    let classes = compiled(&jar)?;
+    let classes = compiled(&jar, &needed)?;
     let mut classpath = classes.into_os_string();
     classpath.push(":");
     classpath.push(&jar);
     Ok(Some(classpath))
 }
 
-/// The mend compiled against `jar`, once per jar and source on this machine: in a directory
-/// named for both, filled under another name and then renamed, so concurrent test processes
+/// What `javap -p` says of `class` in `jar`.
+fn javap(jar: &Path, class: &str) -> Result<String> {
+    let mut javap = Command::new(jdk_tool("javap"));
+    let out = javap.arg("-p").arg("-cp").arg(jar).arg(class).output().context("javap")?;
+    anyhow::ensure!(out.status.success(), "javap could not read {class} from {}", jar.display());
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The mends compiled against `jar`, once per jar and sources on this machine: in a directory
+/// named for them, filled under another name and then renamed, so concurrent test processes
 /// never see half of it.
-fn compiled(jar: &Path) -> Result<PathBuf> {
+fn compiled(jar: &Path, mends: &[&Mend]) -> Result<PathBuf> {
     let mut hasher = DefaultHasher::new();
-    (jar, SOURCE).hash(&mut hasher);
+    jar.hash(&mut hasher);
+    mends.iter().for_each(|mend| mend.source.hash(&mut hasher));
     let dir = std::env::temp_dir().join(format!("pubsub-emulator-mend-{:016x}", hasher.finish()));
-    if dir.join("io/grpc/InternalStatus.class").is_file() {
+    if mends.iter().all(|mend| dir.join(mend.class).is_file()) {
         return Ok(dir);
     }
     let work = dir.with_extension(format!("tmp{}", std::process::id()));
-    let source = work.join("src/io/grpc/InternalStatus.java");
-    std::fs::create_dir_all(source.parent().unwrap_or(&work))?;
-    std::fs::write(&source, SOURCE)?;
-    let out = Command::new(jdk_tool("javac"))
-        .args(["-nowarn", "-d"])
-        .arg(work.join("classes"))
-        .arg("-cp")
-        .arg(jar)
-        .arg(&source)
-        .output()
-        .context("running javac")?;
+    let mut javac = Command::new(jdk_tool("javac"));
+    // Java 8 class files, as the jar's, so the JVM checks no nest of the mend and the jar.
+    javac.args(["-nowarn", "--release", "8", "-d"]).arg(work.join("classes")).arg("-cp").arg(jar);
+    for (path, text) in mends.iter().map(|mend| mend.source) {
+        let source = work.join("src").join(path);
+        std::fs::create_dir_all(source.parent().unwrap_or(&work))?;
+        std::fs::write(&source, text)?;
+        javac.arg(source);
+    }
+    let out = javac.output().context("running javac")?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&work);
         bail!("javac failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    for stub in mends.iter().filter_map(|mend| mend.stub) {
+        std::fs::remove_file(work.join("classes").join(stub))
+            .with_context(|| format!("removing the stub {stub}"))?;
     }
     // Another process may have won the race: its copy is as good.
     let moved = std::fs::rename(work.join("classes"), &dir).is_ok() || dir.is_dir();
