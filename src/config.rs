@@ -68,10 +68,10 @@ variables! {
     OBJECT_CUSTOM_TIME: bool = Choice(&[("none", false), ("publish_time", true)]), false;
     KMS_KEY_NAME: Option<String> = Check(is_kms_key, Some,
         "projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY"), None;
-    MAX_OUTSTANDING_MESSAGES: i64 = Number(1..=1_000_000, |n| n as i64), 2000;
-    MAX_OUTSTANDING_BYTES: i64 = Number(1..=(i64::MAX as u64), |n| n as i64), 100 << 20;
-    MAX_CONCURRENT_WRITES: usize = Number(1..=10_000, |n| n as usize), 1024;
-    /// Unset: [`default_pull_streams`], computed at start.
+    /// Unset, these four: [`PerCore::for_cores`] this process may use, computed at start.
+    MAX_OUTSTANDING_MESSAGES: Option<i64> = Number(1..=1_000_000, |n| Some(n as i64)), None;
+    MAX_OUTSTANDING_BYTES: Option<i64> = Number(1..=(i64::MAX as u64), |n| Some(n as i64)), None;
+    MAX_CONCURRENT_WRITES: Option<usize> = Number(1..=10_000, |n| Some(n as usize)), None;
     PULL_STREAMS: Option<usize> = Number(1..=32, |n| Some(n as usize)), None;
     MAX_LEASE_EXTENSION_SECS: Duration = Number(10..=600, secs), secs(60);
     /// Below Cloud Run's 10 s between SIGTERM and SIGKILL.
@@ -215,10 +215,14 @@ impl Env {
             custom_time: self.get(OBJECT_CUSTOM_TIME),
             kms_key: self.get(KMS_KEY_NAME),
         };
-        let max_outstanding_messages = self.get(MAX_OUTSTANDING_MESSAGES);
-        let max_outstanding_bytes = self.get(MAX_OUTSTANDING_BYTES);
-        let max_concurrent_writes = self.get(MAX_CONCURRENT_WRITES);
-        let pull_streams = self.get(PULL_STREAMS).unwrap_or_else(default_pull_streams);
+        let per_core = PerCore::here();
+        let max_outstanding_messages =
+            self.get(MAX_OUTSTANDING_MESSAGES).unwrap_or(per_core.max_outstanding_messages);
+        let max_outstanding_bytes =
+            self.get(MAX_OUTSTANDING_BYTES).unwrap_or(per_core.max_outstanding_bytes);
+        let max_concurrent_writes =
+            self.get(MAX_CONCURRENT_WRITES).unwrap_or(per_core.max_concurrent_writes);
+        let pull_streams = self.get(PULL_STREAMS).unwrap_or(per_core.pull_streams);
         let max_lease_extension = self.get(MAX_LEASE_EXTENSION_SECS);
         let shutdown_timeout = self.get(SHUTDOWN_TIMEOUT_SECS);
         let progress_interval = self.get(PROGRESS_INTERVAL_SECS);
@@ -297,22 +301,47 @@ impl Env {
     }
 }
 
-/// `PULL_STREAMS` when unset: [`pull_streams_for`] the cores this process may use (the count
-/// tokio sizes its runtime by, cgroup quotas included).
-pub fn default_pull_streams() -> usize {
-    pull_streams_for(std::thread::available_parallelism().map_or(1, |n| n.get()))
+/// The defaults that grow with the instance: Cloud Run worker pools run from 1 to dozens of
+/// vCPU, and a fixed number would bind before the CPU on a large one (docs/performance.md,
+/// "Capacity planning", says which limit binds at each size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PerCore {
+    /// `MAX_OUTSTANDING_MESSAGES`: 2,000 per core (at most 1,000,000), at least twice the writes
+    /// at once, so that the writes never wait for messages.
+    pub max_outstanding_messages: i64,
+    /// `MAX_OUTSTANDING_BYTES`: 100 MiB whatever the cores, for memory is the deployment's
+    /// choice, not the CPU's: 64 KiB messages at this budget peak near 300 MB, and the deploy
+    /// default is 512 MiB.
+    pub max_outstanding_bytes: i64,
+    /// `MAX_CONCURRENT_WRITES`: 1,024 per core (at most 10,000). One core writes about 3,400
+    /// messages a second, which at a mean latency of 200 ms keeps 680 writes in flight, more
+    /// with a long tail.
+    pub max_concurrent_writes: usize,
+    /// `PULL_STREAMS`: 18 per core, from 18 to 32. The worker opens one stream and more only
+    /// while another raises the rate (`streams::demand`), so the maximum costs nothing where one
+    /// stream carries the load. It is set where the CPU, not the streams, would bind for large
+    /// messages: Pub/Sub caps a stream at about 10 MB/s (150 messages/s of 64 KiB), and one core
+    /// of this worker writes some 2,700 such messages a second, 18 streams' worth. 32 is the most
+    /// `PULL_STREAMS` allows: 320 MB/s, about what an instance's network carries.
+    pub pull_streams: usize,
 }
 
-/// The most StreamingPull streams open at once: 16 per core, at least 16 and at most 32.
-///
-/// The worker opens one stream and more only while another raises the rate
-/// (`streams::demand`), so the maximum costs nothing where one stream carries the load. It is
-/// set where the CPU, not the streams, would bind for large messages: Pub/Sub caps a stream at
-/// about 10 MB/s (150 messages/s of 64 KiB), and one core of this worker writes some 2,700 such
-/// messages a second (docs/performance.md, "Capacity planning"), 16-18 streams' worth. 32 is the
-/// most `PULL_STREAMS` allows: 320 MB/s, more than an instance's network carries in practice.
-pub fn pull_streams_for(cores: usize) -> usize {
-    (16 * cores).clamp(16, 32)
+impl PerCore {
+    /// For the cores this process may use (the count tokio sizes its runtime by, cgroup quotas
+    /// included).
+    pub fn here() -> Self {
+        Self::for_cores(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    pub fn for_cores(cores: usize) -> Self {
+        let cores = cores.max(1);
+        Self {
+            max_outstanding_messages: (2000 * cores as i64).min(1_000_000),
+            max_outstanding_bytes: 100 << 20,
+            max_concurrent_writes: (1024 * cores).min(10_000),
+            pull_streams: (18 * cores).clamp(18, 32),
+        }
+    }
 }
 
 /// No spaces, slashes or control characters: a stray space would surface as a NOT_FOUND.

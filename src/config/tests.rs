@@ -13,11 +13,13 @@ fn config(overrides: &[(&str, &str)]) -> Result<Config, ConfigError> {
 #[rustfmt::skip]
 fn defaults_apply_when_only_required_variables_are_set() {
     let secs = Duration::from_secs;
+    let per_core = PerCore::here();
     let want = Config {
         subscription: "projects/p/subscriptions/s".into(), bucket: "b-1".into(),
         names: NameTemplate::default(), objects: ObjectSettings::default(),
-        max_outstanding_messages: 2000, max_outstanding_bytes: 100 << 20,
-        max_concurrent_writes: 1024, pull_streams: default_pull_streams(),
+        max_outstanding_messages: per_core.max_outstanding_messages,
+        max_outstanding_bytes: per_core.max_outstanding_bytes,
+        max_concurrent_writes: per_core.max_concurrent_writes, pull_streams: per_core.pull_streams,
         max_lease_extension: secs(60), shutdown_timeout: secs(8),
         progress_interval: Some(secs(30)), log_format: LogFormat::Auto, log_filter: "info".into(),
         pubsub_endpoint: None, pubsub_emulator: None, storage_emulator: None, health_addr: None,
@@ -120,7 +122,19 @@ fn every_listed_variable_is_read_once_in_order() {
 }
 
 #[test]
-fn at_most_16_pull_streams_per_core_from_16_to_32() {
-    let streams: Vec<usize> = [1, 2, 3, 44].into_iter().map(pull_streams_for).collect();
-    assert_eq!(streams, [16, 32, 32, 32]);
+fn messages_writes_and_streams_grow_with_the_cores_bytes_do_not() {
+    let row = |d: PerCore| {
+        let mib = d.max_outstanding_bytes >> 20;
+        (d.pull_streams, d.max_outstanding_messages, mib, d.max_concurrent_writes)
+    };
+    let table: Vec<_> = [1, 2, 4, 8, 44].into_iter().map(PerCore::for_cores).map(row).collect();
+    #[rustfmt::skip]
+    assert_eq!(table, [
+        (18, 2_000, 100, 1_024),
+        (32, 4_000, 100, 2_048),
+        (32, 8_000, 100, 4_096),
+        (32, 16_000, 100, 8_192),
+        (32, 88_000, 100, 10_000),
+    ]);
+    assert_eq!(PerCore::for_cores(0), PerCore::for_cores(1));
 }
