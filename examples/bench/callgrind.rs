@@ -57,6 +57,8 @@ async fn profile(bench: &Bench<'_>, n: usize, out: &Path) -> anyhow::Result<Dura
     let log = bench.emu.log_dir().join(format!("{}.callgrind.log", fresh.name));
     let args: Vec<OsString> = vec![
         "--tool=callgrind".into(),
+        // A `--worker` wrapper script that sets variables and execs the worker is followed.
+        "--trace-children=yes".into(),
         format!("--callgrind-out-file={}", out.display()).into(),
         bench.bin.into(),
     ];
