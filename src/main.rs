@@ -7,6 +7,18 @@ use pubsub_gcs_worker::worker::Worker;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// jemalloc: a message costs 11% fewer instructions than with the system allocator (callgrind),
+/// and with one arena for all threads its peak RSS is lower too (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read before `main`: one arena (by default four per core), which the
+/// runtime's few threads share through their thread caches.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: Option<&'static std::ffi::c_char> =
+    // SAFETY: the pointer is to the first byte of a static, NUL-terminated string.
+    Some(unsafe { &*c"narenas:1".as_ptr() });
+
 /// How long the runtime may wait, after the worker returned, for blocking tasks (a stuck DNS
 /// lookup, say) before the process exits anyway: the drain has already used the budget.
 const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_millis(200);

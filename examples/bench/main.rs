@@ -3,6 +3,7 @@
 //! release worker, starts the emulators as the tests do, and times the worker from outside: its
 //! objects through its own `/metrics`, its CPU and memory through `testkit::process`.
 
+mod callgrind;
 mod sweep;
 
 use anyhow::{Context as _, bail, ensure};
@@ -64,6 +65,10 @@ struct Args {
     /// The capacity table: the rate against storage latency, message size and write limit
     #[arg(long, conflicts_with_all = ["size", "runs", "latency"])]
     sweep: bool,
+    /// Instructions per message: the worker under callgrind on N (`--messages`, default 1000)
+    /// then 2N messages, against `--storage fast`; the top functions by marginal cost
+    #[arg(long, conflicts_with_all = ["sweep", "runs", "latency", "tls"])]
+    callgrind: bool,
     #[command(flatten)]
     grid: sweep::Grid,
 }
@@ -78,6 +83,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let fixed = std::env::var_os("MAX_CONCURRENT_WRITES").is_some();
     ensure!(!(args.sweep && fixed), "--sweep sets MAX_CONCURRENT_WRITES itself: unset it");
+    let fast = args.storage == Storage::Fast;
+    ensure!(!args.callgrind || fast, "--callgrind measures the worker alone: add --storage fast");
     if let Some(template) = &args.object_name {
         NameTemplate::parse(template, "").map_err(|e| anyhow::anyhow!("OBJECT_NAME {e}"))?;
     }
@@ -148,6 +155,9 @@ async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
     // Warm the emulators up (the JVM's JIT above all), so the first run is not the odd one out.
     let messages = args.messages.map(|n| n as usize);
     bench.pubsub_ceiling(2000).await?;
+    if args.callgrind {
+        return callgrind::run(&bench, messages.unwrap_or(1000)).await;
+    }
     bench.storage_ceiling(2000).await?;
     if args.sweep {
         sweep::run(&bench, &proxy, &args.grid, messages).await?;
@@ -445,20 +455,31 @@ struct Worker {
     process: Process,
     metrics: Option<String>,
     http: reqwest::Client,
-    /// Objects written, polled 100 times a second until the first, then 10 times (each poll
+    /// Objects written, polled every `poll.0` until the first, then every `poll.1` (each poll
     /// costs the worker a connection and a render).
     samples: Vec<(Instant, u64)>,
+    poll: (Duration, Duration),
 }
 
 impl Worker {
     fn spawn(bench: &Bench, name: &str, role: &str) -> anyhow::Result<Self> {
         let log = bench.emu.log_dir().join(format!("{name}.{role}.log"));
+        let process = Process::spawn(bench.bin, &Self::env(bench, name), log)?;
+        Ok(Self::watch(process, (Duration::from_millis(10), Duration::from_millis(100))))
+    }
+
+    /// The worker's environment on the subscription and bucket `name`.
+    fn env(bench: &Bench, name: &str) -> Vec<(String, String)> {
         let own = [("SUBSCRIPTION_ID", name), ("BUCKET_NAME", name), ("LOG_FORMAT", "json")];
         let health = [("HEALTH_HOST", "127.0.0.1"), ("HEALTH_PORT", "0")];
         let own = own.into_iter().chain(health).map(|(k, v)| (k.to_string(), v.to_string()));
-        let env: Vec<_> = bench.env.iter().cloned().chain(own).collect();
-        let process = Process::spawn(bench.bin, &env, log)?;
-        Ok(Self { process, metrics: None, http: reqwest::Client::new(), samples: Vec::new() })
+        bench.env.iter().cloned().chain(own).collect()
+    }
+
+    /// Watches `process`, a worker started with `HEALTH_PORT=0` and `LOG_FORMAT=json`.
+    fn watch(process: Process, poll: (Duration, Duration)) -> Self {
+        let http = reqwest::Client::new();
+        Self { process, metrics: None, http, samples: Vec::new(), poll }
     }
 
     /// Polls until `n` objects are written; the count and the worker's CPU time then.
@@ -474,8 +495,7 @@ impl Worker {
                 bail!("the worker exited ({status}) after {written} of {n} objects: {log}");
             }
             ensure!(Instant::now() < deadline, "{written} of {n} objects in time: {log}");
-            let pause = if written == 0 { 10 } else { 100 };
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+            tokio::time::sleep(if written == 0 { self.poll.0 } else { self.poll.1 }).await;
         }
     }
 

@@ -289,6 +289,20 @@ fn message() -> impl Strategy<Value = (String, String, String, HashMap<String, S
 
 proptest! {
     #[test]
+    fn the_publish_time_stamp_is_what_its_format_description_renders(
+        nanos in proptest::option::of(-377_705_116_800 * NANOS..253_402_300_800 * NANOS),
+    ) {
+        let time = nanos.map(|n| OffsetDateTime::from_unix_timestamp_nanos(n).expect("in range"));
+        let format = time::macros::format_description!(
+            "[year][month][day]_[hour][minute][second]_[subsecond digits:6]"
+        );
+        let expected = time.map_or("00000000_000000_000000".into(), |t| t.format(format).unwrap());
+        let mut stamp = String::new();
+        push_stamp(&mut stamp, time);
+        prop_assert_eq!(stamp, expected);
+    }
+
+    #[test]
     fn names_are_valid_deterministic_and_unique_per_id(
         (template, prefix) in (template(), "[a-z/]{0,8}"),
         ((id, ordering_key, subscription_id, attributes), other) in (message(), message()),

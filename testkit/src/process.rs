@@ -19,8 +19,19 @@ pub struct Process {
 impl Process {
     /// Starts `program` with `env` only, its output into a new file at `log`.
     pub fn spawn(program: &Path, env: &[(String, String)], log: PathBuf) -> anyhow::Result<Self> {
+        Self::spawn_with_args(program, &[], env, log)
+    }
+
+    /// [`Process::spawn`] with arguments: a wrapper such as `valgrind` and the program it runs.
+    pub fn spawn_with_args(
+        program: &Path,
+        args: &[std::ffi::OsString],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
         let file = std::fs::File::create(&log).with_context(|| log.display().to_string())?;
         let child = tokio::process::Command::new(program)
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(env.iter().cloned())
