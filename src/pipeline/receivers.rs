@@ -158,7 +158,7 @@ impl Sampler {
         }
         let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
         let total = received - self.first;
-        let window = Window { rate: total as f64 / seconds, room: self.room >= MOST };
+        let window = Window { rate: total as f64 / seconds, seconds, room: self.room >= MOST };
         *self = Self::new(received);
         Some(window)
     }

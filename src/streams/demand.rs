@@ -16,6 +16,11 @@
 /// (k streams become k + 1); a publisher-bound topic adds nothing.
 const GAIN: f64 = 0.5;
 
+/// And the gain must stand out of chance: this many standard deviations of the count before, as
+/// if arrivals were random (Poisson). A trickle of 3 messages a second counts 15 in a window,
+/// give or take 4, and without this one window in ten would "gain" half again by chance.
+const SIGMAS: f64 = 3.0;
+
 /// With k streams, one is closed when the rate falls below this share of what k - 1 carried when
 /// the k-th was opened: k - 1 would carry it again.
 const IDLE_SHARE: f64 = 0.5;
@@ -31,6 +36,8 @@ const MAX_WAIT: u32 = 60;
 pub struct Window {
     /// Messages received per second.
     pub rate: f64,
+    /// How long the window lasted, in seconds.
+    pub seconds: f64,
     /// In most samples no message waited for a write permit and the held messages were well
     /// under `MAX_OUTSTANDING_*`: the writes would have taken more.
     pub room: bool,
@@ -113,7 +120,10 @@ impl Demand {
     fn step(&mut self, window: Window) -> Step {
         if let Some(before) = self.trial.take() {
             let k = self.streams() as f64;
-            if before > 0.0 && window.rate >= before * (1.0 + GAIN / k) {
+            let seconds = window.seconds.max(1e-3);
+            let chance = SIGMAS * (before * seconds).sqrt() / seconds;
+            let gain = (before * GAIN / k).max(chance);
+            if before > 0.0 && window.rate >= before + gain {
                 self.carried.push(before);
                 (self.wait, self.backoff) = (0, 1);
                 return Step::Keep;
@@ -159,13 +169,13 @@ mod tests {
     use super::*;
 
     fn busy(rate: f64) -> Window {
-        Window { rate, room: true }
+        Window { rate, seconds: 5.0, room: true }
     }
 
     /// Each row: the windows in order and the step after each, from one stream of at most 4.
     #[test]
     fn the_rule_as_a_table() {
-        let write_bound = |rate| Window { rate, room: false };
+        let write_bound = |rate| Window { rate, seconds: 5.0, room: false };
         #[rustfmt::skip]
         let cases: &[(&str, &[(Window, Step)])] = &[
             ("writes bound: never a try", &[
@@ -178,6 +188,10 @@ mod tests {
             ("a gain of half a stream is kept", &[
                 (busy(100.0), Step::Open), (busy(150.0), Step::Keep)]),
             ("less is not kept", &[(busy(100.0), Step::Open), (busy(149.0), Step::Close(Why::NoGain))]),
+            ("a trickle's chance is no gain: 3 to 5 a second", &[
+                (busy(3.0), Step::Open), (busy(5.0), Step::Close(Why::NoGain)),
+                (busy(3.0), Step::Hold), (busy(3.0), Step::Hold), (busy(3.0), Step::Open),
+                (busy(5.4), Step::Keep)]),
             ("publisher bound: the waits double, 2, 4, 8 windows", &[
                 (busy(500.0), Step::Open), (busy(500.0), Step::Close(Why::NoGain)),
                 (busy(500.0), Step::Hold), (busy(500.0), Step::Hold), (busy(500.0), Step::Open),
