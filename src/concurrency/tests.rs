@@ -89,7 +89,7 @@ struct Client {
 impl Client {
     const TIME_LIMIT: Duration = Duration::from_secs(60);
 
-    /// The worker's client: retries of a 429 from 0.5 s to 2 s, and the sink tells the limit.
+    /// The worker's client: retries of a 429 from 0.5 s to 1 s, and the sink tells the limit.
     fn worker() -> Self {
         use crate::sink::retries::{THROTTLED_INITIAL, THROTTLED_MAX};
         let (initial, max) = (THROTTLED_INITIAL, THROTTLED_MAX);

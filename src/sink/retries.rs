@@ -29,7 +29,7 @@ use std::time::Duration;
 /// The wait before the first retry of a throttled attempt is drawn from 0 to this.
 pub(crate) const THROTTLED_INITIAL: Duration = Duration::from_millis(500);
 /// ... and doubles with each attempt up to this.
-pub(crate) const THROTTLED_MAX: Duration = Duration::from_secs(2);
+pub(crate) const THROTTLED_MAX: Duration = Duration::from_secs(1);
 
 /// What one write's attempts met, shared by its retry and backoff policies.
 #[derive(Debug, Default)]
