@@ -32,7 +32,8 @@ const PASS_THROUGH: &str = "OBJECT_COMPRESSION MAX_OUTSTANDING_MESSAGES MAX_OUTS
 /// shutdown (docs/performance.md). Worker variables such as PULL_STREAMS pass through.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Messages per run [default: 20000; in a sweep, what takes ~15 s per cell]
+    /// Messages per run [default: 20000; with --throttle, 4000; in a sweep, what takes ~15 s per
+    /// cell]
     #[arg(long, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
     messages: Option<u64>,
     /// Bytes per message
