@@ -131,7 +131,9 @@ struct Round {
 pub enum Outcome {
     /// Answered (written, or found existing): its duration measures storage latency.
     Answered,
-    /// Throttled, unavailable or timed out: storage asks for less.
+    /// Throttled, unavailable or timed out: storage asks for less. Also a write that the
+    /// storage client retried after a 429 or 503 into success: its time is mostly the client's
+    /// waits, which say nothing of latency (`crate::sink::retries`).
     PushedBack,
     /// Any other failure (a missing bucket, no permission) says nothing about load.
     Failed,

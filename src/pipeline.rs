@@ -284,9 +284,13 @@ impl Pipeline {
     /// The write, the only effect a message has before it is settled.
     async fn process(&self, spec: &ObjectSpec, data: Bytes) -> Settlement {
         let (size, started) = (data.len(), Instant::now());
-        match self.sink.write(spec, data).await {
-            Ok(written) => Settlement::Stored { written, size, took: started.elapsed() },
-            Err(error) => Settlement::Failed { error, took: started.elapsed() },
+        let attempted = self.sink.attempt(spec, data).await;
+        let took = started.elapsed();
+        match attempted.result {
+            Ok(written) => {
+                Settlement::Stored { written, size, took, pushed_back: attempted.pushed_back }
+            }
+            Err(error) => Settlement::Failed { error, took },
         }
     }
 }

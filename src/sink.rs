@@ -10,6 +10,7 @@
 //! [`FailureKind::NameCollision`] and the object is left as it is.
 
 mod metadata;
+pub(crate) mod retries;
 
 use crate::clients::StorageClients;
 use crate::object::{ObjectSettings, ObjectSpec};
@@ -107,6 +108,14 @@ impl WriteError {
     }
 }
 
+/// How a write ended, and whether storage pushed back on the way: a 429 or 503 answered to an
+/// attempt that the client then retried, into success or not.
+#[derive(Debug)]
+pub struct Attempted {
+    pub result: Result<Written, WriteError>,
+    pub pushed_back: bool,
+}
+
 /// Writes objects into one bucket through one shared storage client.
 #[derive(Clone, Debug)]
 pub struct Sink {
@@ -148,10 +157,31 @@ impl Sink {
     ///
     /// `data` is the message's own buffer (`Bytes` is reference-counted), so no copy is made.
     pub async fn write(&self, spec: &ObjectSpec, data: Bytes) -> Result<Written, WriteError> {
+        self.attempt(spec, data).await.result
+    }
+
+    /// [`Sink::write`], telling whether storage pushed back on the way, which the client's
+    /// retries hide from the result ([`retries`]).
+    pub async fn attempt(&self, spec: &ObjectSpec, data: Bytes) -> Attempted {
         let data = match spec.gzip {
-            true => gzipped(data).await?,
-            false => data,
+            true => gzipped(data).await,
+            false => Ok(data),
         };
+        let policies = retries::Policies::new(self.write_timeout);
+        let attempts = policies.attempts.clone();
+        let result = match data {
+            Ok(data) => self.create(spec, data, policies).await,
+            Err(e) => Err(e),
+        };
+        Attempted { result, pushed_back: attempts.pushed_back() }
+    }
+
+    async fn create(
+        &self,
+        spec: &ObjectSpec,
+        data: Bytes,
+        policies: retries::Policies,
+    ) -> Result<Written, WriteError> {
         // Boxed: the client's upload future is about 32 KB. Inline, it would make every message
         // task that large from the moment it is spawned (and be copied on each move); boxed,
         // those bytes are allocated only while the write runs, and made in place.
@@ -159,6 +189,8 @@ impl Sink {
             let mut write = self
                 .client
                 .write_object(&self.bucket_path, &spec.name, data)
+                .with_retry_policy(policies.retry)
+                .with_backoff_policy(policies.backoff)
                 .set_if_generation_match(0)
                 .set_content_type(&spec.content_type)
                 .set_metadata(spec.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));

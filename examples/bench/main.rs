@@ -5,6 +5,7 @@
 
 mod callgrind;
 mod sweep;
+mod throttle;
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
@@ -20,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::process::{self, Process, Usage};
-use testkit::{Emulators, FastGcs, Gcs, HttpProxy, Latency, LoopbackCa, OutMessage, PROJECT_ID};
+use testkit::{DeliveryPolicy, Emulators, FastGcs, Gcs, HttpProxy, Latency, LoopbackCa};
+use testkit::{OutMessage, PROJECT_ID};
 use testkit::{RateCap, TlsFront};
 
 /// Worker variables passed through from this process's environment when set.
@@ -31,7 +33,8 @@ const PASS_THROUGH: &str = "OBJECT_COMPRESSION MAX_OUTSTANDING_MESSAGES MAX_OUTS
 /// shutdown (docs/performance.md). Worker variables such as PULL_STREAMS pass through.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Messages per run [default: 20000; in a sweep, what takes ~15 s per cell]
+    /// Messages per run [default: 20000; with --throttle, 4000; in a sweep, what takes ~15 s per
+    /// cell]
     #[arg(long, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
     messages: Option<u64>,
     /// Bytes per message
@@ -40,9 +43,10 @@ struct Args {
     /// Runs of both ceilings, the worker and a busy shutdown; min, median and max of each figure
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
     runs: u64,
-    /// Time another program with the same variables (it must serve the worker's /metrics)
+    /// Time another program with the same variables (it must serve the worker's /metrics); with
+    /// --throttle, given again for each build to compare, whose runs then alternate
     #[arg(long, value_name = "PATH")]
-    worker: Option<PathBuf>,
+    worker: Vec<PathBuf>,
     /// Storage answers take MS (the median) through testkit's latency proxy
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=60_000))]
     latency: Option<u64>,
@@ -69,6 +73,11 @@ struct Args {
     /// then 2N messages, against `--storage fast`; the top functions by marginal cost
     #[arg(long, conflicts_with_all = ["sweep", "runs", "latency", "tls"])]
     callgrind: bool,
+    /// Storage answers 429 to uploads beyond N a second (as a bucket does above its write rate):
+    /// only the worker runs, and the bench prints its rate over N, the 429s, nacks and messages
+    /// dead-lettered (a dead-letter policy of 5 attempts)
+    #[arg(long, value_name = "N", conflicts_with = "sweep", value_parser = clap::value_parser!(u64).range(1..))]
+    throttle: Option<u64>,
     #[command(flatten)]
     grid: sweep::Grid,
 }
@@ -85,6 +94,10 @@ fn main() -> anyhow::Result<()> {
     ensure!(!(args.sweep && fixed), "--sweep sets MAX_CONCURRENT_WRITES itself: unset it");
     let fast = args.storage == Storage::Fast;
     ensure!(!args.callgrind || fast, "--callgrind measures the worker alone: add --storage fast");
+    ensure!(
+        args.worker.len() <= 1 || args.throttle.is_some(),
+        "--worker is given once, unless with --throttle"
+    );
     if let Some(template) = &args.object_name {
         NameTemplate::parse(template, "").map_err(|e| anyhow::anyhow!("OBJECT_NAME {e}"))?;
     }
@@ -101,10 +114,14 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
     let release = !cfg!(debug_assertions);
-    if args.worker.is_none() && !release {
+    if args.worker.is_empty() && !release {
         eprintln!("bench: WARNING: a debug build; use `cargo run --release --example bench`");
     }
-    let bin = args.worker.clone().map_or_else(|| process::build_worker(release), Ok)?;
+    let bins = match args.worker.is_empty() {
+        true => vec![process::build_worker(release)?],
+        false => args.worker.clone(),
+    };
+    let bin = bins[0].clone();
     let binary_mb = std::fs::metadata(&bin).context("the worker binary")?.len() as f64 / 1e6;
     let overrides: Vec<(String, String)> = (PASS_THROUGH.split_whitespace())
         .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
@@ -123,7 +140,7 @@ async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
     // Storage through the latency proxy when latency is asked for, then through TLS; Pub/Sub
     // through the rate cap. The publisher (this process, over REST) goes straight to the emulator.
     let proxy = HttpProxy::start(storage).await?;
-    let via_proxy = args.latency.is_some() || args.sweep;
+    let via_proxy = args.latency.is_some() || args.sweep || args.throttle.is_some();
     let storage = if via_proxy { proxy.addr() } else { storage };
     let tls = OptionFuture::from(ca.as_ref().map(|ca| TlsFront::start(storage, ca)));
     let tls = tls.await.transpose()?;
@@ -161,6 +178,9 @@ async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
     bench.storage_ceiling(2000).await?;
     if args.sweep {
         sweep::run(&bench, &proxy, &args.grid, messages).await?;
+    } else if let Some(per_second) = args.throttle {
+        let n = messages.unwrap_or(4_000);
+        throttle::run(&bench, &proxy, &bins, per_second, n, args.runs).await?;
     } else {
         let n = messages.unwrap_or(20_000);
         let mut runs = Vec::new();
@@ -245,9 +265,19 @@ impl Bench<'_> {
 
     /// A fresh topic, subscription and bucket, with a backlog of `n` messages from number `from`.
     async fn fresh(&self, from: usize, n: usize) -> anyhow::Result<Fresh<'_>> {
+        self.fresh_with(from, n, None).await
+    }
+
+    /// [`Bench::fresh`], with a delivery `policy` on the subscription.
+    async fn fresh_with(
+        &self,
+        from: usize,
+        n: usize,
+        policy: Option<&DeliveryPolicy>,
+    ) -> anyhow::Result<Fresh<'_>> {
         let (ps, topic) = (self.emu.pubsub(), testkit::unique_name("bench"));
         ps.create_topic(&topic).await?;
-        ps.create_subscription(&topic, &topic, 60, None).await?;
+        ps.create_subscription(&topic, &topic, 60, policy).await?;
         let tasks = ["file_processing", "data_transformation"];
         let message = |i: usize| match tasks.get(i % 3).filter(|_| self.tagged) {
             Some(task) => OutMessage::new(self.payload(i)).attr("task_type", *task),
@@ -459,6 +489,9 @@ struct Worker {
     /// costs the worker a connection and a render).
     samples: Vec<(Instant, u64)>,
     poll: (Duration, Duration),
+    /// The write limit at each poll, and the last page's counters.
+    limits: Vec<f64>,
+    last: std::collections::BTreeMap<String, f64>,
 }
 
 impl Worker {
@@ -479,7 +512,8 @@ impl Worker {
     /// Watches `process`, a worker started with `HEALTH_PORT=0` and `LOG_FORMAT=json`.
     fn watch(process: Process, poll: (Duration, Duration)) -> Self {
         let http = reqwest::Client::new();
-        Self { process, metrics: None, http, samples: Vec::new(), poll }
+        let (samples, limits, last) = (Vec::new(), Vec::new(), Default::default());
+        Self { process, metrics: None, http, samples, poll, limits, last }
     }
 
     /// Polls until `n` objects are written; the count and the worker's CPU time then.
@@ -507,8 +541,10 @@ impl Worker {
                 up.and_then(|up| Some(format!("http://{}/metrics", up["addr"].as_str()?)));
         }
         let Some(url) = &self.metrics else { return Ok(0) };
-        let total = testkit::metrics(&self.http, url).await?;
-        let total = total.get("pubsub_gcs_worker_objects_written_total");
+        self.last = testkit::metrics(&self.http, url).await?;
+        let limit = self.last.get("pubsub_gcs_worker_write_concurrency_limit");
+        self.limits.extend(limit);
+        let total = self.last.get("pubsub_gcs_worker_objects_written_total");
         Ok(*total.context("no objects_written_total in /metrics")? as u64)
     }
 

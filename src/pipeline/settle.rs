@@ -16,7 +16,9 @@ use tracing::{debug, error, warn};
 #[derive(Debug)]
 pub(super) enum Settlement {
     /// The object exists: created by this delivery, or found from an earlier one.
-    Stored { written: Written, size: usize, took: Duration },
+    /// `pushed_back`: storage answered some attempt 429 or 503 before the client's retry went
+    /// through, so the write's time is mostly the client's waits, not storage latency.
+    Stored { written: Written, size: usize, took: Duration, pushed_back: bool },
     /// The write failed: no object of this message's is known to exist.
     Failed { error: WriteError, took: Duration },
     /// Shutdown came first, before the write began or while it ran.
@@ -44,9 +46,9 @@ impl Pipeline {
     ) {
         let Delivery { handler, message_id, object, attempt } = delivery;
         match settlement {
-            Settlement::Stored { written, size, took } => {
+            Settlement::Stored { written, size, took, pushed_back } => {
                 if let Some(write) = write {
-                    write.settle(Outcome::Answered);
+                    write.settle(if pushed_back { Outcome::PushedBack } else { Outcome::Answered });
                 }
                 self.backoff.success();
                 let reason = match written {

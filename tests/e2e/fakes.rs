@@ -38,6 +38,32 @@ async fn both_storage_fakes_answer_the_sink_alike() -> Result {
     Ok(())
 }
 
+/// What a 429 looks like to the pipeline: the storage client retries it (a create-only upload is
+/// idempotent), so the write succeeds, late; the sink says that storage pushed back on the way,
+/// and the pipeline settles the write permit as a push-back rather than as a slow answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_is_retried_by_the_client_and_reported_as_push_back() -> Result {
+    let fast = FastGcs::start()?;
+    let (gcs, bucket) = (Gcs::new(&fast.url(), PROJECT_ID), unique_name("throttled"));
+    gcs.create_bucket(&bucket).await?;
+    let vars = [
+        ("PROJECT_ID", PROJECT_ID),
+        ("STORAGE_EMULATOR_HOST", &fast.url()),
+        ("SUBSCRIPTION_ID", "throttled"),
+        ("BUCKET_NAME", &bucket),
+    ];
+    let config = Config::from_vars(vars.map(|(k, v)| (k.to_string(), v.to_string())))?;
+    let sink = Sink::new(clients::storage(&config).await?, &bucket, Duration::from_secs(30));
+    fast.throttle(1);
+    let first = sink.attempt(&spec("1.txt", "1"), Bytes::from_static(b"1")).await;
+    let second = sink.attempt(&spec("2.txt", "2"), Bytes::from_static(b"2")).await;
+    assert!(matches!(first.result, Ok(Written::Created)) && !first.pushed_back, "{first:?}");
+    assert!(matches!(second.result, Ok(Written::Created)) && second.pushed_back, "{second:?}");
+    assert!(fast.throttled() >= 1, "no 429 answered");
+    assert_eq!(gcs.list_objects(&bucket).await?.len(), 2);
+    Ok(())
+}
+
 /// What the sink and the REST helper see of one fake.
 #[derive(Debug, PartialEq)]
 struct Outcomes {
