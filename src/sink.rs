@@ -161,7 +161,7 @@ impl Sink {
     }
 
     /// [`Sink::write`], telling whether storage pushed back on the way, which the client's
-    /// retries hide from the result ([`retries`]).
+    /// retries hide from the result (`sink::retries`).
     pub async fn attempt(&self, spec: &ObjectSpec, data: Bytes) -> Attempted {
         let data = match spec.gzip {
             true => gzipped(data).await,

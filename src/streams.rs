@@ -1,5 +1,5 @@
 //! The subscription's StreamingPull streams: one at start, more as the load needs them, up to
-//! `PULL_STREAMS` ([`demand`] says when), each on a client and connection of its own.
+//! `PULL_STREAMS` (`demand` says when), each on a client and connection of its own.
 
 pub(crate) mod demand;
 
