@@ -4,6 +4,7 @@
 //! objects through its own `/metrics`, its CPU and memory through `testkit::process`.
 
 mod callgrind;
+mod streams;
 mod sweep;
 mod throttle;
 
@@ -78,6 +79,15 @@ struct Args {
     /// dead-lettered (a dead-letter policy of 5 attempts)
     #[arg(long, value_name = "N", conflicts_with = "sweep", value_parser = clap::value_parser!(u64).range(1..))]
     throttle: Option<u64>,
+    /// Streams on demand: publish N messages a second while the worker runs (one stream, then up
+    /// to PULL_STREAMS), and print the rate per window against the streams open; with
+    /// --pubsub-cap, which sets each stream's cap
+    #[arg(long, value_name = "N", conflicts_with_all = ["sweep", "throttle", "callgrind", "runs", "messages"])]
+    publish: Option<f64>,
+    /// How long `--publish` publishes to the worker with up to PULL_STREAMS streams (a third of
+    /// it, at least 30 s, to the worker with one stream first)
+    #[arg(long, default_value_t = 120, requires = "publish")]
+    seconds: u64,
     #[command(flatten)]
     grid: sweep::Grid,
 }
@@ -171,13 +181,16 @@ async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
     let bench = bench.with(&vars)?;
     // Warm the emulators up (the JVM's JIT above all), so the first run is not the odd one out.
     let messages = args.messages.map(|n| n as usize);
-    bench.pubsub_ceiling(2000).await?;
+    // Behind a cap, a smaller warm-up: the emulator queues it all on one capped stream.
+    bench.pubsub_ceiling(if args.publish.is_some() { 200 } else { 2000 }).await?;
     if args.callgrind {
         return callgrind::run(&bench, messages.unwrap_or(1000)).await;
     }
     bench.storage_ceiling(2000).await?;
     if args.sweep {
         sweep::run(&bench, &proxy, &args.grid, messages).await?;
+    } else if let Some(per_second) = args.publish {
+        streams::run(&bench, per_second, args.seconds).await?;
     } else if let Some(per_second) = args.throttle {
         let n = messages.unwrap_or(4_000);
         throttle::run(&bench, &proxy, &bins, per_second, n, args.runs).await?;
@@ -258,26 +271,26 @@ impl Bench<'_> {
 
     /// Text (the worker's common case), distinct per message.
     fn payload(&self, i: usize) -> Vec<u8> {
-        let mut data = format!("{i:010} ").into_bytes();
-        data.resize(self.size, b'x');
-        data
+        payload(self.size, i)
     }
 
     /// A fresh topic, subscription and bucket, with a backlog of `n` messages from number `from`.
     async fn fresh(&self, from: usize, n: usize) -> anyhow::Result<Fresh<'_>> {
-        self.fresh_with(from, n, None).await
+        self.fresh_with(from, n, None, 60).await
     }
 
-    /// [`Bench::fresh`], with a delivery `policy` on the subscription.
+    /// [`Bench::fresh`], with a delivery `policy` and an ack deadline of `lease` seconds on the
+    /// subscription.
     async fn fresh_with(
         &self,
         from: usize,
         n: usize,
         policy: Option<&DeliveryPolicy>,
+        lease: i32,
     ) -> anyhow::Result<Fresh<'_>> {
         let (ps, topic) = (self.emu.pubsub(), testkit::unique_name("bench"));
         ps.create_topic(&topic).await?;
-        ps.create_subscription(&topic, &topic, 60, policy).await?;
+        ps.create_subscription(&topic, &topic, lease, policy).await?;
         let tasks = ["file_processing", "data_transformation"];
         let message = |i: usize| match tasks.get(i % 3).filter(|_| self.tagged) {
             Some(task) => OutMessage::new(self.payload(i)).attr("task_type", *task),
@@ -452,6 +465,13 @@ impl Bench<'_> {
             ("threads", w.usage.threads as f64),
         ])
     }
+}
+
+/// Message `i`'s data: text of `size` bytes, distinct per message.
+fn payload(size: usize, i: usize) -> Vec<u8> {
+    let mut data = format!("{i:010} ").into_bytes();
+    data.resize(size, b'x');
+    data
 }
 
 /// What the worker makes of `env` (its own two names come per run).

@@ -89,7 +89,7 @@ async fn one(
         max_delivery_attempts: MAX_DELIVERY_ATTEMPTS,
         backoff: None,
     };
-    let fresh = bench.fresh_with(0, n, Some(&policy)).await?;
+    let fresh = bench.fresh_with(0, n, Some(&policy), 60).await?;
     let throttled = proxy.throttled();
     proxy.throttle(per_second);
     let start = Instant::now();

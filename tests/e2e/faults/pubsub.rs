@@ -39,12 +39,20 @@ async fn pubsub_emulator_restart_reconnects_with_backoff_and_carries_on() -> Res
     let second: Vec<OutMessage> = (0..HALF).map(|i| half_message(2, i)).collect();
     let published_second = fx.publish(&second).await?;
 
+    // The worker must not exit on the way (a stream error it takes for permanent would): each
+    // poll checks it, and a timeout shows how far it got and its log.
+    let mut written = 0;
     wait_for(SETTLE, "every message of the second half", async || {
+        worker.assert_running()?;
         let objects = fx.gcs.list_objects(&fx.bucket).await?;
         let second = objects.iter().filter(|o| o.metadata.get("half").is_some_and(|h| h == "2"));
-        Ok(second.count() >= HALF)
+        written = second.count();
+        Ok(written >= HALF)
     })
-    .await?;
+    .await
+    .map_err(|e| {
+        e.context(format!("{written} of the second half written; log:\n{}", worker.log_tail()))
+    })?;
     worker.wait_quiet(SETTLE).await?;
     worker.assert_running()?;
 
