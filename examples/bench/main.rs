@@ -7,8 +7,9 @@ mod callgrind;
 mod streams;
 mod sweep;
 mod throttle;
+mod worker;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use clap::Parser;
 use futures::future::OptionFuture;
 use pubsub_gcs_worker::clients;
@@ -21,10 +22,11 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::process::{self, Process, Usage};
+use testkit::process;
 use testkit::{DeliveryPolicy, Emulators, FastGcs, Gcs, HttpProxy, Latency, LoopbackCa};
 use testkit::{OutMessage, PROJECT_ID};
 use testkit::{RateCap, TlsFront};
+use worker::{Rates, Worker, WorkerRun};
 
 /// Worker variables passed through from this process's environment when set.
 const PASS_THROUGH: &str = "OBJECT_COMPRESSION MAX_OUTSTANDING_MESSAGES MAX_OUTSTANDING_BYTES MAX_CONCURRENT_WRITES \
@@ -498,133 +500,6 @@ impl Drop for Fresh<'_> {
         let (ps, name) = (self.emu.pubsub(), self.name.clone());
         tokio::spawn(async move { ps.delete_subscription(&name).await });
     }
-}
-
-/// A worker process, watched through its own `/metrics` (`HEALTH_PORT=0`: it logs the address).
-struct Worker {
-    process: Process,
-    metrics: Option<String>,
-    http: reqwest::Client,
-    /// Objects written, polled every `poll.0` until the first, then every `poll.1` (each poll
-    /// costs the worker a connection and a render).
-    samples: Vec<(Instant, u64)>,
-    poll: (Duration, Duration),
-    /// The write limit at each poll, and the last page's counters.
-    limits: Vec<f64>,
-    last: std::collections::BTreeMap<String, f64>,
-}
-
-impl Worker {
-    fn spawn(bench: &Bench, name: &str, role: &str) -> anyhow::Result<Self> {
-        let log = bench.emu.log_dir().join(format!("{name}.{role}.log"));
-        let process = Process::spawn(bench.bin, &Self::env(bench, name), log)?;
-        Ok(Self::watch(process, (Duration::from_millis(10), Duration::from_millis(100))))
-    }
-
-    /// The worker's environment on the subscription and bucket `name`.
-    fn env(bench: &Bench, name: &str) -> Vec<(String, String)> {
-        let own = [("SUBSCRIPTION_ID", name), ("BUCKET_NAME", name), ("LOG_FORMAT", "json")];
-        let health = [("HEALTH_HOST", "127.0.0.1"), ("HEALTH_PORT", "0")];
-        let own = own.into_iter().chain(health).map(|(k, v)| (k.to_string(), v.to_string()));
-        bench.env.iter().cloned().chain(own).collect()
-    }
-
-    /// Watches `process`, a worker started with `HEALTH_PORT=0` and `LOG_FORMAT=json`.
-    fn watch(process: Process, poll: (Duration, Duration)) -> Self {
-        let http = reqwest::Client::new();
-        let (samples, limits, last) = (Vec::new(), Vec::new(), Default::default());
-        Self { process, metrics: None, http, samples, poll, limits, last }
-    }
-
-    /// Polls until `n` objects are written; the count and the worker's CPU time then.
-    async fn wait_for(&mut self, n: usize, deadline: Instant) -> anyhow::Result<(u64, Duration)> {
-        loop {
-            let log = self.process.log_path().display().to_string();
-            let written = self.written().await.with_context(|| log.clone())?;
-            self.samples.push((Instant::now(), written));
-            if written >= n as u64 {
-                return Ok((written, process::cpu(self.process.pid())?));
-            }
-            if let Some(status) = self.process.exited()? {
-                bail!("the worker exited ({status}) after {written} of {n} objects: {log}");
-            }
-            ensure!(Instant::now() < deadline, "{written} of {n} objects in time: {log}");
-            tokio::time::sleep(if written == 0 { self.poll.0 } else { self.poll.1 }).await;
-        }
-    }
-
-    /// `objects_written_total` from `/metrics`; 0 until the worker listens.
-    async fn written(&mut self) -> anyhow::Result<u64> {
-        if self.metrics.is_none() {
-            let up = self.process.event("listening");
-            self.metrics =
-                up.and_then(|up| Some(format!("http://{}/metrics", up["addr"].as_str()?)));
-        }
-        let Some(url) = &self.metrics else { return Ok(0) };
-        self.last = testkit::metrics(&self.http, url).await?;
-        let limit = self.last.get("pubsub_gcs_worker_write_concurrency_limit");
-        self.limits.extend(limit);
-        let total = self.last.get("pubsub_gcs_worker_objects_written_total");
-        Ok(*total.context("no objects_written_total in /metrics")? as u64)
-    }
-
-    /// The rates, from the polls: when the k-th object was written, interpolated between two.
-    fn rates(&self, start: Instant, n: usize) -> Rates {
-        let since = |t: Instant| (t - start).as_secs_f64();
-        Rates::new(n, |k| {
-            let after = self.samples.iter().position(|&(_, c)| c >= k as u64).unwrap_or(0);
-            let (t1, c1) = self.samples[after];
-            let (t0, c0) = if after == 0 { (start, 0) } else { self.samples[after - 1] };
-            since(t0) + (since(t1) - since(t0)) * (k as u64 - c0) as f64 / (c1 - c0).max(1) as f64
-        })
-    }
-
-    /// The counter `key` of the worker's `stopped` line.
-    fn stopped(&self, key: &str) -> Option<u64> {
-        self.process.event("stopped")?[key].as_u64()
-    }
-}
-
-/// The rates of one phase: messages per second from its start to the last one (`overall`) and
-/// between the 10% and the 90% one (`steady`); seconds to the first and to the last one.
-#[derive(Clone, Copy)]
-struct Rates {
-    overall: f64,
-    steady: f64,
-    first: f64,
-    total: f64,
-    count: usize,
-}
-
-impl Rates {
-    /// From `at(k)`, the seconds until the k-th message was done.
-    fn new(n: usize, at: impl Fn(usize) -> f64) -> Self {
-        let (a, b) = ((n / 10).max(1), n * 9 / 10);
-        let (overall, steady) = (n as f64 / at(n), (b - a) as f64 / (at(b) - at(a)));
-        Self { overall, steady, first: at(1), total: at(n), count: n }
-    }
-
-    fn of_times(start: Instant, mut times: Vec<Instant>) -> Self {
-        times.sort();
-        Self::new(times.len(), |k| (times[k - 1] - start).as_secs_f64())
-    }
-
-    /// Two halves of one measurement: the total count over the total time.
-    fn combine(self, b: Self) -> Self {
-        let (count, total, steady) =
-            (self.count + b.count, self.total + b.total, (self.steady + b.steady) / 2.0);
-        Rates { overall: count as f64 / total, steady, first: self.first, total, count }
-    }
-}
-
-/// A worker process timed on a backlog, from its start to the last object, then stopped idle.
-struct WorkerRun {
-    rates: Rates,
-    /// When idle at the end: its CPU time includes start-up and 2 s of idling.
-    usage: Usage,
-    /// CPU seconds per object between the 10% and the 90% object: without start-up.
-    steady_cpu_per_msg: f64,
-    idle_exit_s: f64,
 }
 
 type Figures = Vec<(&'static str, f64)>;
