@@ -77,6 +77,9 @@ variables! {
     MAX_OUTSTANDING_BYTES: Option<i64> = Number(1..=(i64::MAX as u64), |n| Some(n as i64)), None;
     MAX_CONCURRENT_WRITES: Option<usize> = Number(1..=10_000, |n| Some(n as usize)), None;
     PULL_STREAMS: Option<usize> = Number(1..=32, |n| Some(n as usize)), None;
+    /// 0: never.
+    STREAM_IDLE_SECS: Option<Duration> =
+        Number(0..=86_400, |n| Some(secs(n)).filter(|d| !d.is_zero())), Some(secs(60));
     MAX_LEASE_EXTENSION_SECS: Duration = Number(10..=600, secs), secs(60);
     /// Below Cloud Run's 10 s between SIGTERM and SIGKILL.
     SHUTDOWN_TIMEOUT_SECS: Duration = Number(1..=3600, secs), secs(8);
@@ -126,6 +129,9 @@ pub struct Config {
     pub max_concurrent_writes: usize,
     /// StreamingPull streams on the subscription, each on its own connection.
     pub pull_streams: usize,
+    /// A stream that delivers nothing for this long is opened again on a new connection
+    /// (`STREAM_IDLE_SECS`; `None`: never).
+    pub stream_idle: Option<Duration>,
     pub max_lease_extension: Duration,
     pub shutdown_timeout: Duration,
     pub progress_interval: Option<Duration>,
@@ -227,6 +233,7 @@ impl Env {
         let max_concurrent_writes =
             self.get(MAX_CONCURRENT_WRITES).unwrap_or(per_core.max_concurrent_writes);
         let pull_streams = self.get(PULL_STREAMS).unwrap_or(per_core.pull_streams);
+        let stream_idle = self.get(STREAM_IDLE_SECS);
         let max_lease_extension = self.get(MAX_LEASE_EXTENSION_SECS);
         let shutdown_timeout = self.get(SHUTDOWN_TIMEOUT_SECS);
         let progress_interval = self.get(PROGRESS_INTERVAL_SECS);
@@ -250,6 +257,7 @@ impl Env {
             max_outstanding_bytes,
             max_concurrent_writes,
             pull_streams,
+            stream_idle,
             max_lease_extension,
             shutdown_timeout,
             progress_interval,

@@ -60,6 +60,23 @@ pub enum PipelineError {
     Receiver(#[source] JoinError),
 }
 
+/// How a receive loop ended without failing.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// Its stream was closed: at shutdown, or as one more than the load needs.
+    Closed,
+    /// Its stream delivered nothing for `STREAM_IDLE_SECS`: it is to be opened again.
+    Idle,
+}
+
+/// `future`'s output, or `None` if `limit` passes first (no limit: it waits).
+async fn within<T>(limit: Option<Duration>, future: impl Future<Output = T>) -> Option<T> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
 /// Everything a message task needs, shared by all of them.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -169,8 +186,9 @@ impl Pipeline {
         self: Arc<Self>,
         mut stream: MessageStream,
         close: CancellationToken,
+        idle: Option<Duration>,
         run: Run,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<Ended, PipelineError> {
         // Returning drops the stream, which cancels it: the client stops pulling and closes the
         // gRPC call, while its lease loop keeps extending leases of the messages being written.
         loop {
@@ -178,9 +196,10 @@ impl Pipeline {
             // extended) while it waits for a write permit; an unread one is not.
             let next = tokio::select! {
                 biased;
-                () = close.cancelled() => return Ok(()),
-                next = stream.next() => next,
+                () = close.cancelled() => return Ok(Ended::Closed),
+                next = within(idle, stream.next()) => next,
             };
+            let Some(next) = next else { return Ok(Ended::Idle) };
             let (message, handler) = match next {
                 Some(Ok(received)) => received,
                 Some(Err(e)) => return Err(PipelineError::Stream(e)),
@@ -199,7 +218,7 @@ impl Pipeline {
                     handler.nack();
                     self.stats.nacked(NackReason::Shutdown, None);
                     debug!(message_id = %message.message_id, outcome = "nacked", reason = "shutdown", "not held before shutdown; nacked");
-                    return Ok(());
+                    return Ok(Ended::Closed);
                 }
                 held = run.budget.reserve(held_bytes(&message)) => held,
             };

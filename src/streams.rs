@@ -18,6 +18,7 @@ pub struct PullStreams {
     first: Option<Subscriber>,
     subscription: String,
     max: usize,
+    idle: Option<Duration>,
     max_outstanding: (i64, i64),
     max_lease_extension: Duration,
 }
@@ -32,6 +33,7 @@ impl PullStreams {
             first: Some(first),
             subscription: config.subscription.clone(),
             max: config.pull_streams.max(1),
+            idle: config.stream_idle,
             max_outstanding: (config.max_outstanding_messages, config.max_outstanding_bytes),
             max_lease_extension: config.max_lease_extension,
         })
@@ -40,6 +42,16 @@ impl PullStreams {
     /// `PULL_STREAMS`: the most streams open at once.
     pub fn max(&self) -> usize {
         self.max
+    }
+
+    /// `STREAM_IDLE_SECS`: a stream that delivers nothing for this long is opened again on a
+    /// new client. The client only learns that its connection is gone from a reset or a close:
+    /// a connection dropped silently on the way (a NAT or a proxy forgetting it) leaves the
+    /// stream waiting for ever, and a client can also be left unable to reconnect after an
+    /// outage (seen against the emulator restarted mid-stream, about one run in ten). An idle
+    /// subscription pays one new stream per period.
+    pub fn idle(&self) -> Option<Duration> {
+        self.idle
     }
 
     /// Opens a stream on a client (and so a connection) of its own.

@@ -20,7 +20,7 @@ fn defaults_apply_when_only_required_variables_are_set() {
         max_outstanding_messages: per_core.max_outstanding_messages,
         max_outstanding_bytes: per_core.max_outstanding_bytes,
         max_concurrent_writes: per_core.max_concurrent_writes, pull_streams: per_core.pull_streams,
-        max_lease_extension: secs(60), shutdown_timeout: secs(8),
+        stream_idle: Some(secs(60)), max_lease_extension: secs(60), shutdown_timeout: secs(8),
         progress_interval: Some(secs(30)), log_format: LogFormat::Auto, log_filter: "info".into(),
         pubsub_endpoint: None, pubsub_emulator: None, storage_emulator: None, health_addr: None,
         write_timeout: secs(60), liveness_stall: secs(120), startup_check: true,
@@ -36,9 +36,10 @@ fn values_are_trimmed_and_understood() {
         ("BUCKET_NAME", " gs://my-bucket "), ("OBJECT_PREFIX", "in/"), ("LOG_FORMAT", " json"),
         ("PROGRESS_INTERVAL_SECS", "0"), ("HEALTH_PORT", "8080"),
         ("STORAGE_EMULATOR_HOST", "127.0.0.1:4443"), ("PULL_STREAMS", "32"),
+        ("STREAM_IDLE_SECS", "0"),
     ]);
     let c = c.expect("valid: a full subscription path needs no PROJECT_ID");
-    assert_eq!(c.pull_streams, 32);
+    assert_eq!((c.pull_streams, c.stream_idle), (32, None));
     assert_eq!((c.subscription.as_str(), c.bucket.as_str()), ("projects/o/subscriptions/sub", "my-bucket"));
     assert_eq!(c.names.template(), "in/message_{publish_time}_{message_id}.{ext}");
     assert_eq!((c.progress_interval, c.log_format, c.startup_check), (None, LogFormat::Json, false));

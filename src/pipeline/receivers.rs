@@ -1,10 +1,10 @@
 //! The receive loops, one per open pull stream: the first opened at start, more opened and
 //! closed as [`Demand`] says after each window of [`SAMPLES`] samples.
 
-use super::{Pipeline, PipelineError, Run};
+use super::{Ended, Pipeline, PipelineError, Run};
 use crate::streams::PullStreams;
 use crate::streams::demand::{Demand, Step, Window};
-use google_cloud_pubsub::subscriber::ShutdownToken;
+use google_cloud_pubsub::subscriber::{MessageStream, ShutdownToken};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::{JoinError, JoinSet};
@@ -28,13 +28,22 @@ pub(super) struct Receivers {
     streams: PullStreams,
     pipeline: Arc<Pipeline>,
     run: Run,
-    loops: JoinSet<Result<(), PipelineError>>,
-    /// The open streams, oldest first: each one's loop's close token and its client's flush.
-    open: Vec<(CancellationToken, ShutdownToken)>,
+    /// Each loop's stream id and how it ended.
+    loops: JoinSet<(u64, Result<Ended, PipelineError>)>,
+    /// The open streams, oldest first.
+    open: Vec<Open>,
     /// A task per closed stream, waiting for its client to flush its acks and nacks once its
     /// messages are settled.
     flushes: TaskTracker,
-    opened: usize,
+    /// Streams opened so far: the next one's id.
+    opened: u64,
+}
+
+/// An open stream: its id, its loop's close token and its client's flush.
+struct Open {
+    id: u64,
+    close: CancellationToken,
+    flush: ShutdownToken,
 }
 
 impl Receivers {
@@ -46,12 +55,41 @@ impl Receivers {
     /// Opens a stream and starts its receive loop.
     pub(super) async fn open(&mut self) -> Result<(), PipelineError> {
         let stream = self.streams.open(self.open.len()).await.map_err(PipelineError::Stream)?;
-        let close = self.run.stopping.child_token();
-        self.open.push((close.clone(), stream.shutdown_token()));
-        self.opened += 1;
-        let receive = self.pipeline.clone().receive(stream, close, self.run.clone());
-        self.loops.spawn(receive);
+        let open = self.start(stream);
+        self.open.push(open);
         self.pipeline.stats.pull_streams(self.open.len(), true);
+        Ok(())
+    }
+
+    /// Starts a receive loop on `stream`.
+    fn start(&mut self, stream: MessageStream) -> Open {
+        let (id, close) = (self.opened, self.run.stopping.child_token());
+        self.opened += 1;
+        let flush = stream.shutdown_token();
+        let idle = self.streams.idle();
+        let receive = self.pipeline.clone().receive(stream, close.clone(), idle, self.run.clone());
+        self.loops.spawn(async move { (id, receive.await) });
+        Open { id, close, flush }
+    }
+
+    /// Opens the stream `id`, whose loop ended idle, again on a new client, in its place (and
+    /// with its share of the flow control); the old client flushes as a closed one does. The
+    /// state changes only once the new stream is made, so a shutdown meanwhile leaves the old
+    /// one to [`Receivers::stop`].
+    async fn reopen(&mut self, id: u64) -> Result<(), PipelineError> {
+        let Some(index) = self.open.iter().position(|o| o.id == id) else { return Ok(()) };
+        let stream = self.streams.open(index).await.map_err(PipelineError::Stream)?;
+        let open = self.start(stream);
+        let old = std::mem::replace(&mut self.open[index], open);
+        self.flushes.spawn(async move { old.flush.shutdown().await });
+        self.pipeline.stats.pull_streams(self.open.len(), true);
+        let idle_secs = self.streams.idle().map_or(0, |d| d.as_secs());
+        info!(
+            streams = self.open.len(),
+            idle_secs,
+            event = "stream_reopened",
+            "a pull stream delivered nothing for {idle_secs} s: opened again on a new connection"
+        );
         Ok(())
     }
 
@@ -59,7 +97,7 @@ impl Receivers {
     /// any others.
     fn close_newest(&mut self) {
         if self.open.len() > 1
-            && let Some((close, flush)) = self.open.pop()
+            && let Some(Open { close, flush, .. }) = self.open.pop()
         {
             close.cancel();
             self.flushes.spawn(async move { flush.shutdown().await });
@@ -68,13 +106,18 @@ impl Receivers {
     }
 
     /// Waits until a loop ends unasked: its stream failed or ended. A closed stream's loop
-    /// ending is no news.
+    /// ending is no news; an idle one's stream is opened again.
     pub(super) async fn failed(&mut self) -> PipelineError {
         loop {
             match self.loops.join_next().await {
                 None => std::future::pending().await,
-                Some(Ok(Ok(()))) => continue,
-                Some(Ok(Err(e))) => return e,
+                Some(Ok((_, Ok(Ended::Closed)))) => continue,
+                Some(Ok((id, Ok(Ended::Idle)))) => {
+                    if let Err(e) = self.reopen(id).await {
+                        return e;
+                    }
+                }
+                Some(Ok((_, Err(e)))) => return e,
                 Some(Err(panic)) => return PipelineError::Receiver(panic),
             }
         }
@@ -90,7 +133,7 @@ impl Receivers {
         // Each stream's client acks what was acked, nacks anything it still leases (messages it
         // had read but not handed out) and waits for those RPCs once every handler is consumed.
         // The streams flush at the same time, each in its own lease loop.
-        for (_, flush) in self.open.drain(..) {
+        for Open { flush, .. } in self.open.drain(..) {
             self.flushes.spawn(async move { flush.shutdown().await });
         }
         self.flushes.close();
@@ -130,8 +173,10 @@ impl Receivers {
 }
 
 /// A receive loop's result: a panic in one (a bug) ends the run as a failed stream does.
-fn outcome(ended: Result<Result<(), PipelineError>, JoinError>) -> Result<(), PipelineError> {
-    ended.unwrap_or_else(|e| Err(PipelineError::Receiver(e)))
+fn outcome(
+    ended: Result<(u64, Result<Ended, PipelineError>), JoinError>,
+) -> Result<(), PipelineError> {
+    ended.map_err(PipelineError::Receiver).and_then(|(_, ended)| ended.map(drop))
 }
 
 /// Samples the pipeline and makes a [`Window`] of every [`SAMPLES`] samples.

@@ -23,6 +23,10 @@ pub enum Mode {
     Reset,
     /// Accept and never answer; open connections freeze too, until the mode changes again.
     Hang,
+    /// Open connections go silent for good, as a NAT or load balancer that forgot them: the
+    /// server's side is closed, the client's is held with neither bytes nor a close; new
+    /// connections pass.
+    Blackhole,
 }
 
 pub struct Proxy {
@@ -47,7 +51,7 @@ impl Proxy {
                     Mode::Refuse => drop(client),
                     Mode::Reset => drop(client.set_zero_linger()),
                     Mode::Hang => hold_while_hanging(rx).await,
-                    Mode::Pass => forward(client, upstream, rx).await,
+                    Mode::Pass | Mode::Blackhole => forward(client, upstream, mode, rx).await,
                 }
             }
         };
@@ -86,8 +90,15 @@ async fn hold_while_hanging(mut rx: watch::Receiver<Mode>) {
     }
 }
 
-/// Forwards one connection until both sides are done or a fault mode is set.
-async fn forward(mut client: TcpStream, upstream: SocketAddr, mut rx: watch::Receiver<Mode>) {
+/// Forwards one connection, accepted in mode `accepted`, until both sides are done or another
+/// fault mode is set.
+async fn forward(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    accepted: Mode,
+    mut rx: watch::Receiver<Mode>,
+) {
+    rx.borrow_and_update();
     // Upstream down: the client sees its connection closed, as behind a load balancer.
     let Ok(mut server) = TcpStream::connect(upstream).await else { return };
     let _ = server.set_nodelay(true);
@@ -97,7 +108,7 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, mut rx: watch::Rec
                 return Mode::Refuse; // proxy dropped: just close
             }
             let mode = *rx.borrow_and_update();
-            if mode != Mode::Pass {
+            if mode != Mode::Pass && mode != accepted {
                 return mode;
             }
         }
@@ -108,6 +119,10 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, mut rx: watch::Rec
     };
     match fault {
         Some(Mode::Reset) => drop(client.set_zero_linger()),
+        Some(Mode::Blackhole) => {
+            drop(server);
+            std::future::pending::<()>().await;
+        }
         Some(Mode::Hang) => {
             // Freeze: upstream goes away, the client keeps a socket that never answers.
             drop(server);
