@@ -1,8 +1,8 @@
 //! `--sweep`: the worker's rate against storage latency, message size and write limit, next to the
 //! bound `min(writes / mean latency, limit)`. The limit is what this machine does at all for a
-//! size: the lower of the Pub/Sub ceiling and the storage ceiling through the proxy at no added
-//! latency (steady rates, at the highest `--writes`), measured before and after the size's cells;
-//! the bound uses their mean. The defaults' bound is the limit itself: they are to reach it at
+//! size: the least of the Pub/Sub ceiling and the storage ceiling through the proxy at no added
+//! latency (steady rates, at the highest `--writes`) and the worker's own rate there (the
+//! defaults), measured before and after the size's cells; the bound uses their mean. The defaults' bound is the limit itself: they are to reach it at
 //! every latency. Each cell runs the worker once on a fresh backlog, through the proxy.
 
 use super::{Bench, HttpProxy, Latency, round};
@@ -77,15 +77,14 @@ pub async fn run(
     println!("{head}  CPU µs  (all)");
     for &size in &grid.sizes {
         let sized = Bench { size, ..base.clone() };
-        let before = limit(&sized.with(&vars(high))?, proxy).await?;
+        let before = limit(&sized.with(&vars(high))?, &sized, proxy).await?;
         let mut cells = Vec::new();
         for &latency in &latencies {
             proxy.set_latency(latency);
             for &w in &writes {
                 let bench =
                     Bench { latency, ..w.map_or(Ok(sized.clone()), |w| sized.with(&vars(w)))? };
-                let expected =
-                    bound(w.unwrap_or(default_writes), latency, before[0].min(before[1]));
+                let expected = bound(w.unwrap_or(default_writes), latency, least(before));
                 let most = ((256 << 20) / size).clamp(1000, 20_000);
                 let n = messages.unwrap_or(((expected * CELL_SECS) as usize).clamp(1000, most));
                 let run = bench
@@ -99,8 +98,8 @@ pub async fn run(
                 cells.push((latency, w, n, run));
             }
         }
-        let after = limit(&sized.with(&vars(high))?, proxy).await?;
-        let limit = (before[0].min(before[1]) + after[0].min(after[1])) / 2.0;
+        let after = limit(&sized.with(&vars(high))?, &sized, proxy).await?;
+        let limit = (least(before) + least(after)) / 2.0;
         for (latency, w, n, run) in cells {
             let bound = w.map_or(limit, |w| bound(w, latency, limit));
             let (rates, ms, sigma) = (&run.rates, latency.median().as_millis(), latency.sigma());
@@ -121,7 +120,8 @@ pub async fn run(
                 "cpu_us_per_msg": round(cpu[0]), "cpu_us_per_msg_all": round(cpu[1]),
             }));
         }
-        let ceilings = format!("Pub/Sub and storage ceilings {before:.0?}, after {after:.0?}");
+        let ceilings =
+            format!("Pub/Sub, storage and worker ceilings {before:.0?}, after {after:.0?}");
         println!("{size} B: limit {limit:.0} msg/s ({ceilings})");
         let (before, after, limit) = (before.map(round), after.map(round), round(limit));
         limits.push(json!({ "size": size, "before": before, "after": after, "limit": limit }));
@@ -140,12 +140,29 @@ fn bound(writes: usize, latency: Latency, limit: f64) -> f64 {
     if mean > 0.0 { (writes as f64 / mean).min(limit) } else { limit }
 }
 
-/// The Pub/Sub and the storage ceiling's steady rates through the proxy at no added latency.
-async fn limit(bench: &Bench<'_>, proxy: &HttpProxy) -> anyhow::Result<[f64; 2]> {
+/// The Pub/Sub and the storage ceiling's steady rates through the proxy at no added latency
+/// (`ceilings` sets the storage ceiling's writes), and the worker's own: `worker` (the defaults)
+/// on a backlog through the proxy at no added latency. On a machine where the emulators, the
+/// proxy and the worker share the cores, the worker, writing while it receives, cannot reach
+/// the lower of the first two, each measured alone: its own rate there is its ceiling.
+async fn limit(
+    ceilings: &Bench<'_>,
+    worker: &Bench<'_>,
+    proxy: &HttpProxy,
+) -> anyhow::Result<[f64; 3]> {
     proxy.set_latency(Latency::ZERO);
-    let bench = Bench { latency: Latency::ZERO, ..bench.clone() };
+    let bench = Bench { latency: Latency::ZERO, ..ceilings.clone() };
     // Enough to be past the ramp, within ~128 MB of messages in the emulator.
     let n = ((128 << 20) / bench.size).clamp(2000, 5000);
     let pubsub = bench.pubsub_ceiling(n).await.context("Pub/Sub ceiling")?.steady;
-    Ok([pubsub, bench.storage_ceiling(n).await.context("storage ceiling")?.steady])
+    let storage = bench.storage_ceiling(n).await.context("storage ceiling")?.steady;
+    let worker = Bench { latency: Latency::ZERO, ..worker.clone() };
+    let n = ((128 << 20) / worker.size).clamp(2000, 20_000);
+    let own = worker.backlog_run(n).await.context("the worker's ceiling")?.rates.steady;
+    Ok([pubsub, storage, own])
+}
+
+/// The least of the ceilings.
+fn least(ceilings: [f64; 3]) -> f64 {
+    ceilings.into_iter().fold(f64::INFINITY, f64::min)
 }
