@@ -84,7 +84,8 @@ impl Receivers {
         self.flushes.spawn(async move { old.flush.shutdown().await });
         self.pipeline.stats.pull_streams(self.open.len(), true);
         let idle_secs = self.streams.idle().map_or(0, |d| d.as_secs());
-        info!(
+        // At debug: an idle subscription does this every period; the metric counts it.
+        debug!(
             streams = self.open.len(),
             idle_secs,
             event = "stream_reopened",
