@@ -8,12 +8,19 @@ use super::{SLOW_START_EXIT, TOLERANCE};
 /// How the limit grows while storage keeps up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Growth {
-    /// Until the first sign of congestion, the limit doubles each round trip it could use more.
+    /// Until congestion shows, the limit doubles each round trip it could use more.
     SlowStart,
+    /// Slow start after one round whose median was over [`SLOW_START_EXIT`] baselines: the limit
+    /// holds for a round; a second such round in a row ends slow start, a round under it goes
+    /// on with it. With a long tail one round's median is over 1.5 baselines by chance about
+    /// one round in ten (16 writes at sigma 1, against a baseline that is itself a median), so
+    /// a single round ended slow start within its first dozen rounds most of the time, and the
+    /// limit then took tens of seconds to grow by its root (30 s at 200 ms, sigma 1, in the
+    /// benchmark's sweep); a queue that is building shows in the next round too.
+    Suspect,
     /// The limit just doubled: most writes that end in this round began before, at half of it,
     /// so this round cannot tell whether the new limit queues; the limit waits for the next.
-    /// `slow_start`: whether slow start goes on afterwards.
-    Doubled { slow_start: bool },
+    Doubled,
     /// After the first sign of congestion: the limit grows by its square root per round trip.
     Steady,
 }
@@ -53,8 +60,10 @@ pub(super) enum Step {
 /// the limit grows next. In the manner of Vector's `manage_limit`:
 ///
 /// - push-back from storage (429, 503, timeouts) triggers a back-off, whatever else was seen;
-/// - a round median over [`TOLERANCE`] baselines means writes queue: ease;
-/// - a round median over [`SLOW_START_EXIT`] baselines ends slow start (the queue is building);
+/// - in slow start, a round median over [`SLOW_START_EXIT`] baselines holds the limit for a
+///   round, and a second in a row ends slow start (a queue is building; one alone may be the
+///   tail's chance);
+/// - otherwise a round median over [`TOLERANCE`] baselines means writes queue: ease;
 /// - a round that used every permit, with a baseline known and not just after a doubling, grows
 ///   the limit: doubling in slow start, by its square root after;
 /// - otherwise the limit holds.
@@ -63,23 +72,30 @@ pub(super) enum Step {
 pub(super) fn decide(seen: Seen, growth: Growth) -> (Step, Growth) {
     let over = |factor: f64| matches!((seen.median, seen.baseline), (Some(m), Some(b)) if m > factor as f32 * b);
     let running = !seen.probing;
-    let growth = match growth {
-        _ if !(running && over(SLOW_START_EXIT)) => growth,
-        Growth::SlowStart | Growth::Steady => Growth::Steady,
-        Growth::Doubled { .. } => Growth::Doubled { slow_start: false },
-    };
     if seen.pushed_back {
         return (Step::BackOff, Growth::Steady);
+    }
+    // A sign of a queue building (in slow start, even a queue: the median of a few writes is
+    // twice the baseline by chance too, early), and a round that says something of the limit's
+    // own load.
+    let sign = running && over(SLOW_START_EXIT);
+    if sign && matches!(growth, Growth::SlowStart | Growth::Doubled) {
+        return (Step::Hold, Growth::Suspect);
     }
     if running && over(TOLERANCE) {
         return (Step::Ease, Growth::Steady);
     }
+    let judged = running && seen.median.is_some() && seen.baseline.is_some();
+    let growth = match growth {
+        Growth::Suspect if sign => Growth::Steady,
+        Growth::Suspect if judged => Growth::SlowStart,
+        growth => growth,
+    };
     let may_grow = seen.full && running && seen.baseline.is_some();
     match growth {
-        Growth::SlowStart if may_grow => (Step::Double, Growth::Doubled { slow_start: true }),
+        Growth::SlowStart if may_grow => (Step::Double, Growth::Doubled),
         Growth::Steady if may_grow => (Step::Grow, Growth::Steady),
-        Growth::Doubled { slow_start: true } => (Step::Hold, Growth::SlowStart),
-        Growth::Doubled { slow_start: false } => (Step::Hold, Growth::Steady),
+        Growth::Doubled => (Step::Hold, Growth::SlowStart),
         growth => (Step::Hold, growth),
     }
 }

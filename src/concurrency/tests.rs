@@ -19,12 +19,14 @@ struct Storage {
     rate: Option<f64>,
     push_back_above: Option<usize>,
     throttle: Option<u64>,
+    /// The latencies' random seed.
+    seed: u64,
 }
 
 impl Storage {
     fn new(median_ms: u64, sigma: f64) -> Self {
         let latency = Latency::new(Duration::from_millis(median_ms), sigma);
-        Self { latency, rate: None, push_back_above: None, throttle: None }
+        Self { latency, rate: None, push_back_above: None, throttle: None, seed: 7 }
     }
 
     fn mean(&self) -> Duration {
@@ -159,7 +161,7 @@ async fn drive_with(client: Client, max: usize, storage: Storage, secs: u64) -> 
         Arc::new(Bucket { per_second, second, throttled: AtomicU64::new(0) })
     });
     let client = Arc::new(client);
-    let mut rng = StdRng::seed_from_u64(7);
+    let mut rng = StdRng::seed_from_u64(storage.seed);
     let start = Instant::now();
     let (half, end) = (start + Duration::from_secs(secs / 2), start + Duration::from_secs(secs));
     let (mut at_half, mut highest_limit) = (None, 0);
@@ -242,6 +244,22 @@ async fn a_long_tail_at_200_ms_does_not_hold_the_limit_down() {
     assert_a_long_tail_does_not_hold_the_limit_down(1024, 200).await;
 }
 
+/// Slow start is not ended by the tail's chance: at 200 ms, sigma 1, the limit passes 1,024
+/// within 10 s in 15 of 16 seeded runs. When one round's median over 1.5 baselines (or over 2)
+/// ended it, 11 of 16 did, and the others grew by the root from a limit of 16-64 for tens of
+/// seconds. The one left (seed 2) saw two rounds of 16 writes in a row at 1.6 and 2.2 times the
+/// baseline, with no queue: a chance that small samples keep.
+#[tokio::test(start_paused = true)]
+async fn a_long_tail_does_not_end_slow_start_by_chance() {
+    let mut highest = Vec::new();
+    for seed in 1..=16 {
+        let storage = Storage { seed, ..Storage::new(200, 1.0) };
+        highest.push(drive(2048, storage, 10).await.highest_limit);
+    }
+    let passed = highest.iter().filter(|&&h| h >= 1024).count();
+    assert!(passed >= 15, "{passed} of 16 seeds past 1,024: {highest:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_storage_that_queues_keeps_the_limit_near_what_it_serves() {
     for (median, sigma, rate) in [(10, 0.0, 2_000.0), (50, 0.5, 2_000.0), (200, 1.0, 500.0)] {
@@ -310,7 +328,7 @@ async fn push_back_halves_the_limit_and_the_cap_holds() {
 /// permit was used, push-back, a probe) and how the limit grows -> the step and what follows.
 #[test]
 fn the_rule_at_the_end_of_a_round() {
-    use Growth::{Doubled, SlowStart, Steady};
+    use Growth::{Doubled, SlowStart, Steady, Suspect};
     use Step::{BackOff, Double, Ease, Grow, Hold};
     let seen = |median_ms: f32, full: bool, pushed_back: bool, probing: bool| Seen {
         median: Some(median_ms / 1000.0),
@@ -320,27 +338,28 @@ fn the_rule_at_the_end_of_a_round() {
         probing,
     };
     let not_yet = Seen { baseline: None, ..seen(10.0, true, false, false) };
-    let after_double = Doubled { slow_start: true };
+    let too_few = Seen { median: None, ..seen(10.0, true, false, false) };
     let cases = [
         // (what, seen, growth) -> (step, growth next)
         ("push-back wins over all", seen(50.0, true, true, false), SlowStart, (BackOff, Steady)),
         ("push-back during a probe", seen(10.0, true, true, true), Steady, (BackOff, Steady)),
         ("a queue eases", seen(25.0, true, false, false), Steady, (Ease, Steady)),
-        ("a queue ends slow start", seen(25.0, true, false, false), SlowStart, (Ease, Steady)),
-        ("slow start doubles", seen(10.0, true, false, false), SlowStart, (Double, after_double)),
-        ("then waits a round", seen(10.0, true, false, false), after_double, (Hold, SlowStart)),
         (
-            "a building queue: grow slowly",
-            seen(16.0, true, false, false),
+            "a queue in slow start: hold first",
+            seen(25.0, true, false, false),
             SlowStart,
-            (Grow, Steady),
+            (Hold, Suspect),
         ),
-        (
-            "a building queue after a doubling waits, then grows slowly",
-            seen(16.0, true, false, false),
-            after_double,
-            (Hold, Steady),
-        ),
+        ("a queue ends a suspicion", seen(25.0, true, false, false), Suspect, (Ease, Steady)),
+        ("slow start doubles", seen(10.0, true, false, false), SlowStart, (Double, Doubled)),
+        ("then waits a round", seen(10.0, true, false, false), Doubled, (Hold, SlowStart)),
+        ("a first sign: hold a round", seen(16.0, true, false, false), SlowStart, (Hold, Suspect)),
+        ("a sign after a doubling too", seen(16.0, true, false, false), Doubled, (Hold, Suspect)),
+        ("a second sign: grow slowly", seen(16.0, true, false, false), Suspect, (Grow, Steady)),
+        ("no second sign: double on", seen(12.0, true, false, false), Suspect, (Double, Doubled)),
+        ("no sign, permits to spare", seen(12.0, false, false, false), Suspect, (Hold, SlowStart)),
+        ("a probe's round says nothing", seen(16.0, true, false, true), Suspect, (Hold, Suspect)),
+        ("too few writes say nothing", too_few, Suspect, (Hold, Suspect)),
         ("steady grows by its root", seen(12.0, true, false, false), Steady, (Grow, Steady)),
         ("permits to spare: hold", seen(10.0, false, false, false), SlowStart, (Hold, SlowStart)),
         ("no baseline yet: hold", not_yet, SlowStart, (Hold, SlowStart)),
