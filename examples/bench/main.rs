@@ -4,6 +4,7 @@
 //! objects through its own `/metrics`, its CPU and memory through `testkit::process`.
 
 mod callgrind;
+mod feed;
 mod streams;
 mod sweep;
 mod throttle;
@@ -36,7 +37,7 @@ const PASS_THROUGH: &str = "OBJECT_COMPRESSION MAX_OUTSTANDING_MESSAGES MAX_OUTS
 /// shutdown (docs/performance.md). Worker variables such as PULL_STREAMS pass through.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Messages per run [default: 20000; with --throttle, 4000; in a sweep, what takes ~15 s per
+    /// Messages per run [default: 20000; with --throttle, 4000; in a sweep, what takes --cell-seconds per
     /// cell]
     #[arg(long, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
     messages: Option<u64>,
@@ -46,8 +47,9 @@ struct Args {
     /// Runs of both ceilings, the worker and a busy shutdown; min, median and max of each figure
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
     runs: u64,
-    /// Time another program with the same variables (it must serve the worker's /metrics); with
-    /// --throttle, given again for each build to compare, whose runs then alternate
+    /// Time another program with the same variables (it must serve the worker's /metrics, and may
+    /// be a script that sets variables and execs the worker); given again for each build or
+    /// setting to compare (the default mode and --throttle), whose runs then alternate
     #[arg(long, value_name = "PATH")]
     worker: Vec<PathBuf>,
     /// Storage answers take MS (the median) through testkit's latency proxy
@@ -106,9 +108,11 @@ fn main() -> anyhow::Result<()> {
     ensure!(!(args.sweep && fixed), "--sweep sets MAX_CONCURRENT_WRITES itself: unset it");
     let fast = args.storage == Storage::Fast;
     ensure!(!args.callgrind || fast, "--callgrind measures the worker alone: add --storage fast");
+    let compares =
+        args.throttle.is_some() || !(args.sweep || args.callgrind || args.publish.is_some());
     ensure!(
-        args.worker.len() <= 1 || args.throttle.is_some(),
-        "--worker is given once, unless with --throttle"
+        args.worker.len() <= 1 || compares,
+        "--worker is given once, unless in the default mode or with --throttle"
     );
     if let Some(template) = &args.object_name {
         NameTemplate::parse(template, "").map_err(|e| anyhow::anyhow!("OBJECT_NAME {e}"))?;
@@ -198,18 +202,23 @@ async fn run(args: Args, ca: Option<LoopbackCa>) -> anyhow::Result<()> {
         throttle::run(&bench, &proxy, &bins, per_second, n, args.runs).await?;
     } else {
         let n = messages.unwrap_or(20_000);
-        let mut runs = Vec::new();
+        let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); bins.len()];
         for i in 1..=args.runs {
-            let figures = bench.run(n).await?;
-            let figure = |name| figures.iter().find(|(k, _)| *k == name).map_or(f64::NAN, |f| f.1);
-            let (rate, per_cpu) = (figure("worker_msgs_per_s"), figure("worker_msgs_per_cpu_s"));
-            eprintln!(
-                "run {i}/{}: {rate:.0} msg/s, {per_cpu:.0} msg per worker CPU-second",
-                args.runs
-            );
-            runs.push(figures);
+            for (b, bin) in bins.iter().enumerate() {
+                let figures = Bench { bin, ..bench.clone() }.run(n).await?;
+                let figure =
+                    |name| figures.iter().find(|(k, _)| *k == name).map_or(f64::NAN, |f| f.1);
+                let (rate, per_cpu) =
+                    (figure("worker_msgs_per_s"), figure("worker_msgs_per_cpu_s"));
+                eprintln!(
+                    "run {i}/{}, {}: {rate:.0} msg/s, {per_cpu:.0} msg per worker CPU-second",
+                    args.runs,
+                    bin.display()
+                );
+                runs[b].push(figures);
+            }
         }
-        report(&args, n, binary_mb, &overrides, &runs);
+        report(&args, n, binary_mb, &overrides, &bins, &runs);
     }
     let counts =
         [cap.map(|c| ("pubsub cap", c.connections())), tls.map(|t| ("tls", t.connections()))];
@@ -276,6 +285,15 @@ impl Bench<'_> {
         payload(self.size, i)
     }
 
+    /// Message `i`: its payload, and with `tagged` two in three a `task_type` attribute.
+    fn message(&self, i: usize) -> OutMessage {
+        let tasks = ["file_processing", "data_transformation"];
+        match tasks.get(i % 3).filter(|_| self.tagged) {
+            Some(task) => OutMessage::new(self.payload(i)).attr("task_type", *task),
+            None => OutMessage::new(self.payload(i)),
+        }
+    }
+
     /// A fresh topic, subscription and bucket, with a backlog of `n` messages from number `from`.
     async fn fresh(&self, from: usize, n: usize) -> anyhow::Result<Fresh<'_>> {
         self.fresh_with(from, n, None, 60).await
@@ -293,13 +311,9 @@ impl Bench<'_> {
         let (ps, topic) = (self.emu.pubsub(), testkit::unique_name("bench"));
         ps.create_topic(&topic).await?;
         ps.create_subscription(&topic, &topic, lease, policy).await?;
-        let tasks = ["file_processing", "data_transformation"];
-        let message = |i: usize| match tasks.get(i % 3).filter(|_| self.tagged) {
-            Some(task) => OutMessage::new(self.payload(i)).attr("task_type", *task),
-            None => OutMessage::new(self.payload(i)),
-        };
         if n > 0 {
-            ps.publish(&topic, &(from..from + n).map(message).collect::<Vec<_>>()).await?;
+            let messages: Vec<_> = (from..from + n).map(|i| self.message(i)).collect();
+            ps.publish(&topic, &messages).await?;
             // Let the JVM settle (GC after the publish burst) before anything is timed.
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -398,16 +412,25 @@ impl Bench<'_> {
     }
 
     /// The worker on a fresh backlog of `n` messages, timed until it has written them all; once
-    /// it is idle, its memory and CPU time, then SIGTERM.
+    /// it is idle, its memory and CPU time, then SIGTERM. A backlog larger than
+    /// [`Bench::first`] is topped up as the worker writes, so that it never runs dry.
     async fn backlog_run(&self, n: usize) -> anyhow::Result<WorkerRun> {
-        let fresh = self.fresh(0, n).await?;
+        let first = self.first(n);
+        let fresh = self.fresh(0, first).await?;
         let start = Instant::now();
         let mut worker = Worker::spawn(self, &fresh.name, "worker")?;
         let deadline = start + self.budget(n);
-        // Objects and CPU time at the 10% and the 90% object: the steady CPU per message.
-        let (count_10, cpu_10) = worker.wait_for(n / 10, deadline).await?;
-        let (count_90, cpu_90) = worker.wait_for(n * 9 / 10, deadline).await?;
-        worker.wait_for(n, deadline).await?;
+        let written = worker.count.clone();
+        let pace = feed::Pace { per_second: None, seconds: None };
+        let feeding = self.feed(&fresh.name, first..n, pace, &written);
+        let watching = async {
+            // Objects and CPU time at the 10% and the 90% object: the steady CPU per message.
+            let tenth = worker.wait_for(n / 10, deadline).await?;
+            let ninetieth = worker.wait_for(n * 9 / 10, deadline).await?;
+            worker.wait_for(n, deadline).await?;
+            anyhow::Ok((tenth, ninetieth))
+        };
+        let (_, ((count_10, cpu_10), (count_90, cpu_90))) = tokio::try_join!(feeding, watching)?;
         let rates = worker.rates(start, n);
         // Let the acks flush and the process go idle.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -504,27 +527,48 @@ impl Drop for Fresh<'_> {
 
 type Figures = Vec<(&'static str, f64)>;
 
-fn report(args: &Args, n: usize, binary_mb: f64, overrides: &[(String, String)], runs: &[Figures]) {
-    println!("\n{n} messages x {} B, {} run(s)", args.size, runs.len());
+/// Each build's (or setting's) runs: min, median and max of each figure, and a `BENCH {json}`
+/// line with the medians, one per build.
+fn report(
+    args: &Args,
+    n: usize,
+    binary_mb: f64,
+    overrides: &[(String, String)],
+    bins: &[PathBuf],
+    runs: &[Vec<Figures>],
+) {
+    let overrides: Vec<String> = overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let storage =
+        clap::ValueEnum::to_possible_value(&args.storage).map(|v| v.get_name().to_owned());
+    let setup = json!({ "storage": storage, "latency_ms": args.latency, "sigma": args.sigma,
+        "tls": args.tls, "pubsub_cap_mbps": args.pubsub_cap, "object_name": args.object_name });
+    for (bin, runs) in bins.iter().zip(runs) {
+        println!("\n{n} messages x {} B, {} run(s): {}", args.size, runs.len(), bin.display());
+        let medians = summary_table(runs);
+        let summary = json!({ "messages": n, "size": args.size, "runs": runs.len(),
+            "binary_mb": round(binary_mb), "worker": bin.display().to_string(),
+            "overrides": overrides, "setup": setup, "median": medians });
+        println!("BENCH {summary}");
+    }
+}
+
+/// Prints min, median and max of each figure over `runs` (each the same figures in the same
+/// order); returns the medians by name.
+fn summary_table(runs: &[Figures]) -> serde_json::Map<String, serde_json::Value> {
     println!("{:<32} {:>10} {:>10} {:>10}", "", "min", "median", "max");
     let mut medians = serde_json::Map::new();
     for (i, (name, _)) in runs[0].iter().enumerate() {
         let mut values: Vec<f64> = runs.iter().map(|r| r[i].1).collect();
         values.sort_by(f64::total_cmp);
         let (min, median, max) = (values[0], values[values.len() / 2], values[values.len() - 1]);
-        let fmt = |v: f64| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.3}") };
+        let fmt = |v: f64| match v {
+            _ if v.fract() == 0.0 || v >= 100.0 => format!("{v:.0}"),
+            _ => format!("{v:.3}"),
+        };
         println!("{name:<32} {:>10} {:>10} {:>10}", fmt(min), fmt(median), fmt(max));
         medians.insert(name.to_string(), json!(round(median)));
     }
-    let overrides: Vec<String> = overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let storage =
-        clap::ValueEnum::to_possible_value(&args.storage).map(|v| v.get_name().to_owned());
-    let setup = json!({ "storage": storage, "latency_ms": args.latency, "sigma": args.sigma,
-        "tls": args.tls, "pubsub_cap_mbps": args.pubsub_cap, "object_name": args.object_name });
-    let (runs, binary_mb) = (runs.len(), round(binary_mb));
-    let summary = json!({ "messages": n, "size": args.size, "runs": runs, "binary_mb": binary_mb,
-        "overrides": overrides, "setup": setup, "median": medians });
-    println!("BENCH {summary}");
+    medians
 }
 
 /// To three decimals, for the JSON lines.

@@ -12,22 +12,19 @@
 //! keeps each one fed; the excess waits, queued on the streams, and is not counted. The emulator
 //! holds that queue in direct memory and fails (`OutOfMemoryError`) past a few GB: the publisher
 //! pauses while more than [`AHEAD`] bytes are published and not yet written.
+//!
+//! [`AHEAD`]: super::feed::AHEAD
 
-use super::{Bench, Worker, payload, round};
-use anyhow::Context as _;
+use super::{Bench, Worker, feed::Pace, round};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use testkit::{OutMessage, PubSub};
 
 /// Seconds per window, as the worker's own (`pipeline::receivers`).
 const WINDOW: usize = 5;
 /// The subscription's ack deadline and the worker's lease: messages queued on a capped stream
 /// wait there; a shorter lease would expire in the queue and bring them back again and again.
 const LEASE: i32 = 600;
-/// Bytes published and not yet written above which the publisher waits.
-const AHEAD: usize = 256 << 20;
 
 pub async fn run(base: &Bench<'_>, per_second: f64, seconds: u64) -> anyhow::Result<()> {
     let lease = LEASE.to_string();
@@ -120,9 +117,9 @@ struct Phase {
 async fn phase(bench: &Bench<'_>, per_second: f64, seconds: u64) -> anyhow::Result<Phase> {
     let fresh = bench.fresh_with(0, 0, None, LEASE).await?;
     let mut worker = Worker::spawn(bench, &fresh.name, "streams")?;
-    let (pubsub, topic) = (bench.emu.pubsub(), fresh.name.clone());
-    let written = AtomicU64::new(0);
-    let publishing = publish(&pubsub, bench.size, &topic, per_second, seconds, &written);
+    let (written, duration) = (worker.count.clone(), Duration::from_secs(seconds));
+    let pace = Pace { per_second: Some(per_second), seconds: Some(duration) };
+    let publishing = bench.feed(&fresh.name, 0..usize::MAX, pace, &written);
     let start = Instant::now();
     let mut samples: Vec<(u64, usize)> = Vec::new();
     let sampling = async {
@@ -131,7 +128,6 @@ async fn phase(bench: &Bench<'_>, per_second: f64, seconds: u64) -> anyhow::Resu
         while start.elapsed() < Duration::from_secs(seconds) {
             ticks.tick().await;
             let objects = worker.written().await?;
-            written.store(objects, Ordering::Relaxed);
             let streams = worker.last.get("pubsub_gcs_worker_pull_streams").copied();
             samples.push((objects, streams.unwrap_or(0.0) as usize));
             if let Some(status) = worker.process.exited()? {
@@ -160,36 +156,6 @@ async fn phase(bench: &Bench<'_>, per_second: f64, seconds: u64) -> anyhow::Resu
         .collect();
     let peak_rss_mb = usage.peak_rss_kib as f64 / 1024.0;
     Ok(Phase { windows, events, opened, peak_rss_mb })
-}
-
-/// Publishes `per_second` messages a second to `topic` for `seconds`, spread over time: a batch
-/// every 10 ms (five to each of the emulator's 50 ms polls), or what is due after a slow call;
-/// nothing while [`AHEAD`] bytes wait to be `written`.
-async fn publish(
-    pubsub: &PubSub,
-    size: usize,
-    topic: &str,
-    per_second: f64,
-    seconds: u64,
-    written: &AtomicU64,
-) -> anyhow::Result<()> {
-    let start = Instant::now();
-    let (mut sent, ahead) = (0usize, (AHEAD / size.max(1)).max(1));
-    let mut ticks = tokio::time::interval(Duration::from_millis(10));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    while start.elapsed() < Duration::from_secs(seconds) {
-        ticks.tick().await;
-        let due = (start.elapsed().as_secs_f64() * per_second) as usize;
-        let due = due.min(written.load(Ordering::Relaxed) as usize + ahead);
-        let batch: Vec<OutMessage> =
-            (sent..due.min(sent + 100)).map(|i| OutMessage::new(payload(size, i))).collect();
-        if batch.is_empty() {
-            continue;
-        }
-        pubsub.publish(topic, &batch).await.context("publishing")?;
-        sent += batch.len();
-    }
-    Ok(())
 }
 
 /// The stream events of a worker's log: (event, streams open after it, rate before it).

@@ -6,7 +6,7 @@
 //! the write limit the worker reported while it wrote. With several `--worker` builds, their runs
 //! alternate, so that a change of load on the machine meets each alike.
 
-use super::{Bench, HttpProxy, Worker, round};
+use super::{Bench, Figures, HttpProxy, Worker, round, summary_table};
 use anyhow::ensure;
 use serde_json::json;
 use std::path::PathBuf;
@@ -50,17 +50,7 @@ pub async fn run(
     let mut summary = Vec::new();
     for (bin, runs) in bins.iter().zip(&figures) {
         println!("{}", bin.display());
-        println!("{:<28} {:>10} {:>10} {:>10}", "", "min", "median", "max");
-        let mut medians = serde_json::Map::new();
-        for (k, (name, _)) in runs[0].iter().enumerate() {
-            let mut values: Vec<f64> = runs.iter().map(|r| r[k].1).collect();
-            values.sort_by(f64::total_cmp);
-            let (min, median, max) =
-                (values[0], values[values.len() / 2], values[values.len() - 1]);
-            let fmt = |v: f64| if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.3}") };
-            println!("{name:<28} {:>10} {:>10} {:>10}", fmt(min), fmt(median), fmt(max));
-            medians.insert(name.to_string(), json!(round(median)));
-        }
+        let medians = summary_table(runs);
         let each: Vec<f64> = runs.iter().map(|r| round(r[1].1)).collect();
         summary.push(json!({ "worker": bin.display().to_string(), "share_steady": each,
             "median": medians }));
@@ -70,8 +60,6 @@ pub async fn run(
     println!("THROTTLE {summary}");
     Ok(())
 }
-
-type Figures = Vec<(&'static str, f64)>;
 
 /// One worker on a fresh backlog of `n` messages behind a bucket that takes `per_second`.
 async fn one(

@@ -3,6 +3,8 @@
 
 use super::Bench;
 use anyhow::{Context as _, bail, ensure};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use testkit::process::{self, Process, Usage};
 
@@ -18,6 +20,8 @@ pub struct Worker {
     /// The write limit at each poll, and the last page's counters.
     pub limits: Vec<f64>,
     pub last: std::collections::BTreeMap<String, f64>,
+    /// Objects written at the last poll, for a publisher that keeps a backlog ahead of them.
+    pub count: Arc<AtomicU64>,
 }
 
 impl Worker {
@@ -39,7 +43,8 @@ impl Worker {
     pub fn watch(process: Process, poll: (Duration, Duration)) -> Self {
         let http = reqwest::Client::new();
         let (samples, limits, last) = (Vec::new(), Vec::new(), Default::default());
-        Self { process, metrics: None, http, samples, poll, limits, last }
+        let count = Arc::default();
+        Self { process, metrics: None, http, samples, poll, limits, last, count }
     }
 
     /// Polls until `n` objects are written; the count and the worker's CPU time then.
@@ -75,7 +80,9 @@ impl Worker {
         let limit = self.last.get("pubsub_gcs_worker_write_concurrency_limit");
         self.limits.extend(limit);
         let total = self.last.get("pubsub_gcs_worker_objects_written_total");
-        Ok(*total.context("no objects_written_total in /metrics")? as u64)
+        let total = *total.context("no objects_written_total in /metrics")? as u64;
+        self.count.store(total, Ordering::Relaxed);
+        Ok(total)
     }
 
     /// The rates, from the polls: when the k-th object was written, interpolated between two.
@@ -95,12 +102,15 @@ impl Worker {
     }
 }
 
-/// The rates of one phase: messages per second from its start to the last one (`overall`) and
-/// between the 10% and the 90% one (`steady`); seconds to the first and to the last one.
+/// The rates of one phase: messages per second from its start to the last one (`overall`),
+/// between the 10% and the 90% one (`steady`) and between the 50% and the 95% one (`late`: once
+/// the worker has opened the streams and grown the write limit it needs); seconds to the first
+/// and to the last one.
 #[derive(Clone, Copy)]
 pub struct Rates {
     pub overall: f64,
     pub steady: f64,
+    pub late: f64,
     pub first: f64,
     pub total: f64,
     pub count: usize,
@@ -109,9 +119,10 @@ pub struct Rates {
 impl Rates {
     /// From `at(k)`, the seconds until the k-th message was done.
     pub fn new(n: usize, at: impl Fn(usize) -> f64) -> Self {
-        let (a, b) = ((n / 10).max(1), n * 9 / 10);
-        let (overall, steady) = (n as f64 / at(n), (b - a) as f64 / (at(b) - at(a)));
-        Self { overall, steady, first: at(1), total: at(n), count: n }
+        let between = |a: usize, b: usize| (b - a) as f64 / (at(b) - at(a));
+        let (overall, steady) = (n as f64 / at(n), between((n / 10).max(1), n * 9 / 10));
+        let late = between((n / 2).max(1), n * 19 / 20);
+        Self { overall, steady, late, first: at(1), total: at(n), count: n }
     }
 
     pub fn of_times(start: Instant, mut times: Vec<Instant>) -> Self {
@@ -123,7 +134,8 @@ impl Rates {
     pub fn combine(self, b: Self) -> Self {
         let (count, total, steady) =
             (self.count + b.count, self.total + b.total, (self.steady + b.steady) / 2.0);
-        Rates { overall: count as f64 / total, steady, first: self.first, total, count }
+        let (late, first) = ((self.late + b.late) / 2.0, self.first);
+        Rates { overall: count as f64 / total, steady, late, first, total, count }
     }
 }
 
