@@ -104,8 +104,20 @@ pub async fn run(
                     .with_context(|| format!("{size} B, {latency:?}, writes {w:?}"))?;
                 let done = rows.len() + cells.len() + 1;
                 let left = started.elapsed().as_secs() as usize * (total - done) / done / 60;
-                let late = run.rates.late;
-                eprintln!("sweep: cell {done}/{total}: {late:.0} msg/s; about {left} min left");
+                // The cell's figures now, for a sweep that fails before its table.
+                let (rates, peak_mb) = (&run.rates, run.usage.peak_rss_kib as f64 / 1024.0);
+                let (ms, sigma) = (latency.median().as_millis(), latency.sigma());
+                let writes = w.map_or("default".to_string(), |w| w.to_string());
+                eprintln!(
+                    "sweep: cell {done}/{total} ({size} B, {ms} ms, sigma {sigma}, writes {writes}): \
+                     late {:.0}, \
+                     steady {:.0}, overall {:.0} msg/s, peak {peak_mb:.1} MB, {:.0} µs/msg; \
+                     about {left} min left",
+                    rates.late,
+                    rates.steady,
+                    rates.overall,
+                    run.steady_cpu_per_msg * 1e6
+                );
                 cells.push((latency, w, n, run));
             }
         }
