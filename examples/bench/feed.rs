@@ -2,8 +2,10 @@
 //! API): for streams on demand (`--publish`, at a set rate) and for backlogs larger than the
 //! emulator should hold at once (topped up as the worker writes). The emulator keeps published
 //! messages in memory, and those queued on a stream in direct memory, where it failed with
-//! `OutOfMemoryError` past a few GB: the publisher never runs more than [`AHEAD`] bytes ahead of
-//! what the worker has written.
+//! `OutOfMemoryError` past a few GB, and each of its pulls costs more the longer its backlog (with
+//! one stream, 256 B: some 80,000 messages a second from a backlog of 20,000, 20,000 from 150,000
+//! and 5,000 from 400,000): the publisher never runs more than [`AHEAD`] bytes or
+//! [`AHEAD_MESSAGES`] messages ahead of what the worker has written.
 
 use super::Bench;
 use anyhow::Context as _;
@@ -14,6 +16,10 @@ use testkit::OutMessage;
 
 /// Bytes published and not yet written above which the publisher waits.
 pub const AHEAD: usize = 256 << 20;
+
+/// Messages published and not yet written above which the publisher waits: some seconds of the
+/// worker's rate on this VM.
+const AHEAD_MESSAGES: usize = 50_000;
 
 /// A backlog of at most this many messages is published before the worker starts; the rest
 /// follows while it runs. Publishing the whole of a long cell first would add its own minutes to
@@ -29,9 +35,10 @@ pub struct Pace {
 }
 
 impl Bench<'_> {
-    /// Messages published and not yet written at most: [`AHEAD`] bytes' worth.
+    /// Messages published and not yet written at most: [`AHEAD`] bytes' worth, at most
+    /// [`AHEAD_MESSAGES`].
     pub fn ahead(&self) -> usize {
-        (AHEAD / self.size.max(1)).max(1)
+        (AHEAD / self.size.max(1)).clamp(1, AHEAD_MESSAGES)
     }
 
     /// How much of a backlog of `n` is published before the worker starts.

@@ -1,12 +1,22 @@
-//! What the tests and the soak rely on the Pub/Sub emulator, as `testkit` starts it (mended), to
-//! do with a retry policy: hand a nacked message back after its backoff, however the ack ids
-//! before it were settled. The jar alone stops doing so for good (docs/testing.md, "Messages the
-//! emulator never delivered again"); these tests fail on it (`PUBSUB_EMULATOR_BIN` set to its
-//! launcher runs it unmended). They drive the emulator over REST, with no worker.
+//! What the tests, the soak and the benchmark rely on the Pub/Sub emulator, as `testkit` starts
+//! it (mended), to do as Pub/Sub does:
+//! - with a retry policy, hand a nacked message back after its backoff, however the ack ids
+//!   before it were settled. The jar alone stops doing so for good (docs/testing.md, "Messages
+//!   the emulator never delivered again");
+//! - lease a StreamingPull stream only what its client reads. The jar's pusher leases a stream
+//!   100 messages each 50 ms whether or not its client reads (docs/testing.md, "The Pub/Sub
+//!   emulator, mended").
+//!
+//! These tests fail on the jar alone (`PUBSUB_EMULATOR_BIN` set to its launcher runs it
+//! unmended). They drive the emulator over REST, with no worker, and with the worker's Pub/Sub
+//! client for the stream.
 
 use crate::support::app::Result;
 use crate::support::{Emulators, OutMessage, unique_name, wait_for};
 use anyhow::Context;
+use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
+use google_cloud_pubsub::client::Subscriber;
+use pubsub_gcs_worker::clients::emulator_url;
 use std::time::Duration;
 use testkit::{DeliveryPolicy, PubSub, Received};
 
@@ -51,6 +61,45 @@ async fn messages_nacked_together_leave_redelivery_going() -> Result {
     // probe's: nothing to see but what follows.
     tokio::time::sleep(Duration::from_secs(5)).await;
     sub.assert_nacked_messages_come_back("probe").await
+}
+
+/// A stream whose client reads one message and then nothing more (its flow control full, say)
+/// holds only what its connection buffers: the rest of the backlog stays with the subscription,
+/// for other streams and pulls, as Pub/Sub leases a stream only what its client's flow control
+/// takes. The jar's pusher leases it 100 messages every 50 ms regardless, so within the 3 s
+/// below the whole backlog, and a pull finds nothing until the leases run out.
+#[tokio::test]
+async fn a_stream_leases_only_what_its_client_reads() -> Result {
+    const MESSAGES: usize = 800;
+    let emulators = Emulators::shared().await;
+    let pubsub = emulators.pubsub();
+    let (topic, name) = (unique_name("topic"), unique_name("sub"));
+    pubsub.create_topic(&topic).await?;
+    pubsub.create_subscription(&topic, &name, 60, None).await?;
+    // 64 KiB each, 50 MB in all: far more than a connection's HTTP/2 windows (a few MB).
+    let body = vec![b'x'; 64 << 10];
+    let messages: Vec<OutMessage> = (0..MESSAGES).map(|_| OutMessage::new(body.clone())).collect();
+    pubsub.publish(&topic, &messages).await?;
+
+    let subscriber = Subscriber::builder()
+        .with_credentials(Anonymous::new().build())
+        .with_endpoint(emulator_url(&emulators.pubsub_addr().to_string()))
+        .build()
+        .await?;
+    let mut stream = subscriber.subscribe(pubsub.subscription_path(&name)).build();
+    let first = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
+    let (_, _handler) =
+        first.context("no message on the stream in 30 s")?.context("no stream")??;
+    // The stream is open and not read: what the emulator leases it meanwhile waits unread.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pulled = pubsub.pull_all(&name).await?.len();
+    assert!(
+        pulled >= MESSAGES / 2,
+        "a pull found {pulled} of {MESSAGES} messages while one stream read a single one: the \
+         emulator leased the rest to the stream unread (is it mended? docs/testing.md)"
+    );
+    drop(stream);
+    Ok(())
 }
 
 /// A fresh topic and a subscription with a dead-letter policy and a retry policy of [`BACKOFF`].

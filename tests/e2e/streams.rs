@@ -23,11 +23,11 @@ fn stream_events(lines: &[Value]) -> Vec<(String, u64, u64)> {
 /// connection of its own, keeping each one because the rate grew by at least half a stream;
 /// every message still becomes exactly one object.
 ///
-/// The publisher sends as the worker runs, not a backlog first: the emulator ignores flow
-/// control and hands every message it has to the stream that asks first (up to 1,000 each 50
-/// ms), so a backlog would all be queued on the first stream, behind its cap, and a second
-/// stream would get nothing, where Pub/Sub would have held back all but the first stream's
-/// share of `MAX_OUTSTANDING_*`.
+/// The publisher sends as the worker runs, not a backlog first: the emulator (mended) leases a
+/// stream what its connection takes, and behind the cap a connection's buffers (the HTTP/2
+/// window, the sockets') hold tens of seconds of messages, so a backlog would queue on the first
+/// stream while it alone is open; Pub/Sub would have held back all but the stream's share of
+/// `MAX_OUTSTANDING_*`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capped_streams_are_opened_up_to_the_maximum() -> Result {
     const CAP: u64 = 60_000;
@@ -102,9 +102,8 @@ async fn small_messages_on_loopback_keep_one_stream() -> Result {
     Gcs::new(&storage.url(), PROJECT_ID).create_bucket(&fx.bucket).await?;
     let messages: Vec<OutMessage> =
         (0..N).map(|i| OutMessage::new(format!("{i:06} {}", "x".repeat(249)))).collect();
-    // The emulator pushes a backlog into the stream at once, whatever the flow control; a lease
-    // shorter than the time the worker takes to read it would expire there and come back over
-    // and over on a busy machine: a lease longer than the run.
+    // What the emulator has sent waits in the connection's buffers until the worker reads it; a
+    // lease longer than the run, so that none expires there on a busy machine and comes again.
     let subscription = format!("{}-long-lease", fx.subscription);
     fx.pubsub.create_subscription(&fx.topic, &subscription, 300, None).await?;
     fx.pubsub.publish(&fx.topic, &messages).await?;

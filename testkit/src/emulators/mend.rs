@@ -1,4 +1,4 @@
-//! Mends for two defects of the Pub/Sub emulator's jar (0.8.20; docs/testing.md, "The Pub/Sub
+//! Mends for three defects of the Pub/Sub emulator's jar (0.8.20; docs/testing.md, "The Pub/Sub
 //! emulator, mended"), each a class compiled against the jar with the machine's JDK and put first
 //! on the classpath (`java -cp MEND:JAR Main`):
 //! - `InternalStatus.java`: the jar lacks `io.grpc.InternalStatus.asRuntimeException(Status,
@@ -6,7 +6,11 @@
 //!   messages and wearing the emulator down;
 //! - `MessageBacklog.java`: the task that redelivers messages after their retry-policy backoff
 //!   dies of the first ack id that is no longer outstanding when it falls due, and with it every
-//!   later backed-off redelivery of the subscription.
+//!   later backed-off redelivery of the subscription;
+//! - `StreamingPullPusher.java`: a stream's pusher pulls 100 messages and sleeps 50 ms, whatever
+//!   it got and whether or not its client reads, so one stream carries at most 2,000 messages a
+//!   second (Pub/Sub's some 40,000 of 256 B) and leases what the client's flow control will not
+//!   read yet.
 //!
 //! Each only for a jar that needs it; without a JDK the emulator runs unmended, warned.
 
@@ -32,7 +36,7 @@ struct Mend {
     stub: Option<&'static str>,
 }
 
-const MENDS: [Mend; 2] = [
+const MENDS: [Mend; 3] = [
     Mend {
         inspect: "io.grpc.InternalStatus",
         needed: |javap| !javap.contains(" asRuntimeException("),
@@ -54,6 +58,26 @@ const MENDS: [Mend; 2] = [
         ),
         class: "com/google/cloud/pubsub/testing/v1/MessageBacklog$ExpireOutstandingMessagesRunnable.class",
         stub: Some("com/google/cloud/pubsub/testing/v1/MessageBacklog.class"),
+    },
+    Mend {
+        inspect: "com.google.cloud.pubsub.testing.v1.FakePubsubServer$StreamingPullPusher",
+        // The pusher's own state, which the mend's constructor takes as the jar's does.
+        needed: |javap| {
+            [
+                "terminationFuture;",
+                "deadlineSecs;",
+                "ackConfirmationsAggregator;",
+                "responseBuilder()",
+            ]
+            .iter()
+            .all(|member| javap.contains(member))
+        },
+        source: (
+            "com/google/cloud/pubsub/testing/v1/FakePubsubServer.java",
+            include_str!("StreamingPullPusher.java"),
+        ),
+        class: "com/google/cloud/pubsub/testing/v1/FakePubsubServer$StreamingPullPusher.class",
+        stub: Some("com/google/cloud/pubsub/testing/v1/FakePubsubServer.class"),
     },
 ];
 
