@@ -200,12 +200,17 @@ impl Pipeline {
                 next = within(idle, stream.next()) => next,
             };
             let Some(next) = next else { return Ok(Ended::Idle) };
-            let (message, handler) = match next {
+            let (mut message, handler) = match next {
                 Some(Ok(received)) => received,
                 Some(Err(e)) => return Err(PipelineError::Stream(e)),
                 None => return Err(PipelineError::StreamEnded),
             };
             self.stats.received(handler.delivery_attempt());
+            // The gRPC decoder hands out the data as a slice of the buffer the whole response was
+            // read into (many messages): one message held keeps all of it alive. Copied, the
+            // memory held is what the budget counts: on 150,000 messages of 256 B the peak RSS
+            // fell from 72-75 to 31-34 MB, for no CPU that showed (docs/performance.md).
+            message.data = Bytes::copy_from_slice(&message.data);
             debug!(
                 message_id = %message.message_id,
                 delivery_attempt = handler.delivery_attempt(),
