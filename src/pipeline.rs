@@ -7,11 +7,11 @@
 //! be redelivered. The permits cap the writes running at once; each stream's flow control (its
 //! share of `MAX_OUTSTANDING_MESSAGES`/`_BYTES`, enforced by the service) caps how many messages
 //! are leased, and one [`Budget`] of the whole size caps the messages held here, from every
-//! stream together, even if the service sends more (the emulator ignores flow control). On
-//! shutdown, or when a stream fails, every loop stops receiving, messages still waiting for a
-//! permit are nacked at once, and [`Pipeline::drain`] gives in-flight writes the shutdown budget,
-//! nacks whatever is still running when it runs out, and waits for every stream's client to
-//! flush its acks.
+//! stream together, even if the service sends more (the Pub/Sub emulator, unmended, ignores flow
+//! control). On shutdown, or when a stream fails, every loop stops receiving, messages still
+//! waiting for a permit are nacked at once, and [`Pipeline::drain`] gives in-flight writes the
+//! shutdown budget, nacks whatever is still running when it runs out, and waits for every
+//! stream's client to flush its acks.
 
 mod backoff;
 mod budget;

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 /// The streams' flow control, held by the worker as well: the service stops sending on each
-/// stream at its share of `MAX_OUTSTANDING_MESSAGES`/`_BYTES`, the emulator does not, and
-/// reading stops here instead, on every stream at once. Unlike a semaphore it cannot be closed,
-/// so a reservation cannot fail and drop a message.
+/// stream at its share of `MAX_OUTSTANDING_MESSAGES`/`_BYTES`, the Pub/Sub emulator unmended
+/// does not, and reading stops here instead, on every stream at once. Unlike a semaphore it
+/// cannot be closed, so a reservation cannot fail and drop a message.
 pub(super) struct Budget {
     /// Messages and bytes still free.
     free: Mutex<(u64, u64)>,
