@@ -1,18 +1,19 @@
 //! `--publish R`: streams on demand, measured. A publisher sends R messages a second while the
 //! worker runs, for `--seconds`; not a backlog first, since the emulator leases a stream what
 //! its connection takes, and behind a cap a connection's buffers hold tens of seconds of it: a
-//! backlog would queue on the first stream while it alone is open. Each run is two phases on fresh subscriptions: first `PULL_STREAMS=1`, whose
-//! rate is one stream's (the baseline, in the same command, so that a slow day meets both
-//! alike), then the worker's own maximum, sampled each second. Every 5 s window in which the
+//! backlog would queue on the first stream while it alone is open. Each run is two phases on
+//! fresh subscriptions: first `PULL_STREAMS=1`, whose rate is one stream's (the baseline, in the
+//! same command, so that a slow day meets both alike), then the worker's own maximum, sampled
+//! each second. Every 5 s window in which the
 //! number of open streams held is a row: its rate over (streams x one stream's rate), and over
 //! (streams x the cap in messages) with `--pubsub-cap`.
 //!
 //! The emulator splits what arrives between the streams that are ready for more, each pulling
 //! again at once while it gets messages and 50 ms after it got none. A publisher well above what
 //! the streams carry keeps each one fed; the excess waits, in the backlog or queued on the
-//! streams, and is not counted. The emulator
-//! holds that queue in direct memory and fails (`OutOfMemoryError`) past a few GB: the publisher
-//! pauses while more than [`AHEAD`] bytes are published and not yet written.
+//! streams, and is not counted. The emulator holds what is queued in memory and fails
+//! (`OutOfMemoryError`) past a few GB: the publisher pauses while more than [`AHEAD`] bytes are
+//! published and not yet written.
 //!
 //! [`AHEAD`]: super::feed::AHEAD
 
