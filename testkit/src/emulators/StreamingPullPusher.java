@@ -5,7 +5,7 @@
 // carries at most 2,000 messages a second (about 1,600-2,000 measured on loopback), where a
 // Pub/Sub stream carries about 10 MB/s (some 40,000 messages of 256 B), and it pulls on while
 // the client's flow control has stopped reading, so the messages it leases wait in the server's
-// send buffer (and with large messages fill the JVM's heap).
+// send buffer (with large messages they filled its direct memory: OutOfMemoryError).
 //
 // This file is a stub of the jar's FakePubsubServer: only its inner class is kept (javac cannot
 // compile a class of that name beside the jar's). The inner class, first on the classpath in
