@@ -36,6 +36,7 @@ use receivers::{Receivers, Sampler};
 use settle::{Delivery, Settlement};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::task::JoinError;
 use tokio::time::{Instant, timeout_at};
@@ -138,6 +139,7 @@ impl Pipeline {
             budget: Budget::new(&self.limits),
             stopping: CancellationToken::new(),
             abandon: CancellationToken::new(),
+            waited: Arc::new(AtomicU64::new(0)),
         };
         self.stats.write_limit(run.writes.current());
         let mut receivers = Receivers::new(streams, self.clone(), run.clone());
@@ -163,7 +165,8 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         tokio::pin!(shutdown);
         let mut demand = Demand::new(receivers.max());
-        let mut sampler = Sampler::new(self.stats.received_total());
+        let waited = || run.waited.load(Ordering::Relaxed);
+        let mut sampler = Sampler::new(self.stats.received_total(), waited());
         let mut samples = tokio::time::interval(receivers::SAMPLE);
         samples.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -172,7 +175,7 @@ impl Pipeline {
                 () = &mut shutdown => return Ok(()),
                 failed = receivers.failed() => return Err(failed),
                 _ = samples.tick() => {
-                    if let Some(window) = sampler.sample(self, run) {
+                    if let Some(window) = sampler.sample(self, run, receivers.open_now()) {
                         receivers.follow(&mut demand, window).await;
                     }
                 }
@@ -194,11 +197,15 @@ impl Pipeline {
         loop {
             // Read as soon as the service sends: a read message is leased (its deadline is
             // extended) while it waits for a write permit; an unread one is not.
+            let waiting = Instant::now();
             let next = tokio::select! {
                 biased;
                 () = close.cancelled() => return Ok(Ended::Closed),
                 next = within(idle, stream.next()) => next,
             };
+            // About 50 ns a message, against some 50 µs of CPU to write it.
+            let waited = waiting.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
+            run.waited.fetch_add(waited, Ordering::Relaxed);
             let Some(next) = next else { return Ok(Ended::Idle) };
             let (mut message, handler) = match next {
                 Some(Ok(received)) => received,
@@ -330,4 +337,8 @@ struct Run {
     stopping: CancellationToken,
     /// Cancelled when the shutdown budget is spent: running writes are abandoned and nacked.
     abandon: CancellationToken,
+    /// Nanoseconds the receive loops spent waiting for their streams, all together: a loop that
+    /// seldom waits reads what its stream has already brought, and another stream would not
+    /// make it read faster ([`Demand`]).
+    waited: Arc<AtomicU64>,
 }

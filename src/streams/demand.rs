@@ -4,10 +4,11 @@
 //! A stream that is not needed costs CPU and memory (about 15-30% more CPU and 14 MB with four
 //! streams where one carried the load, docs/performance.md), and one stream carries about
 //! 10 MB/s (some 40,000 messages of 256 B a second), so most subscriptions need one. A stream
-//! is the limit only when the writes could take more and messages arrive, yet the rate stays
-//! where it is: then Pub/Sub may have more than the stream brings (its byte cap, or its
-//! share of the flow control), or the publishers may be sending no more. Only trying tells the
-//! two apart, as Vector's adaptive concurrency tries one more request: open one stream, and keep
+//! is the limit only when the writes could take more and the receive loops wait for messages,
+//! yet the rate stays where it is: then Pub/Sub may have more than the stream brings (its byte
+//! cap, or its share of the flow control), or the publishers may be sending no more. A worker
+//! short of CPU waits for no stream (its loops read what the streams already brought), and
+//! another stream would only add work. Only trying tells the first two apart, as Vector's adaptive concurrency tries one more request: open one stream, and keep
 //! it if the next window's rate grew as a stream more would carry, else close it and wait longer
 //! before the next try.
 
@@ -41,6 +42,9 @@ pub struct Window {
     /// In most samples no message waited for a write permit and the held messages were well
     /// under `MAX_OUTSTANDING_*`: the writes would have taken more.
     pub room: bool,
+    /// The receive loops waited for their streams for most of the window: messages came no
+    /// faster than they were read.
+    pub starved: bool,
 }
 
 /// What to do after a window.
@@ -143,7 +147,7 @@ impl Demand {
             self.wait -= 1;
             return Step::Hold;
         }
-        if self.streams() < self.max && window.room && window.rate > 0.0 {
+        if self.streams() < self.max && window.room && window.starved && window.rate > 0.0 {
             let recent = self.recent.iter().chain([&window.rate]);
             self.trial = Some(recent.sum::<f64>() / (self.recent.len() + 1) as f64);
             return Step::Open;
@@ -169,17 +173,20 @@ mod tests {
     use super::*;
 
     fn busy(rate: f64) -> Window {
-        Window { rate, seconds: 5.0, room: true }
+        Window { rate, seconds: 5.0, room: true, starved: true }
     }
 
     /// Each row: the windows in order and the step after each, from one stream of at most 4.
     #[test]
     fn the_rule_as_a_table() {
-        let write_bound = |rate| Window { rate, seconds: 5.0, room: false };
+        let write_bound = |rate| Window { rate, seconds: 5.0, room: false, starved: true };
+        let cpu_bound = |rate| Window { rate, seconds: 5.0, room: true, starved: false };
         #[rustfmt::skip]
         let cases: &[(&str, &[(Window, Step)])] = &[
             ("writes bound: never a try", &[
                 (write_bound(5000.0), Step::Hold), (write_bound(5000.0), Step::Hold)]),
+            ("short of CPU, the loops seldom wait: never a try", &[
+                (cpu_bound(15000.0), Step::Hold), (cpu_bound(15000.0), Step::Hold)]),
             ("nothing arrives: never a try", &[(busy(0.0), Step::Hold), (busy(0.0), Step::Hold)]),
             ("capped streams: grow to the maximum, then hold", &[
                 (busy(30.0), Step::Open), (busy(60.0), Step::Keep), (busy(60.0), Step::Open),
