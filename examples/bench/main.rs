@@ -431,7 +431,7 @@ impl Bench<'_> {
             anyhow::Ok((tenth, ninetieth))
         };
         let (_, ((count_10, cpu_10), (count_90, cpu_90))) = tokio::try_join!(feeding, watching)?;
-        let rates = worker.rates(start, n);
+        let (rates, late_limit) = (worker.rates(start, n), worker.late_limit(n));
         // Let the acks flush and the process go idle.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let usage = worker.process.usage()?;
@@ -439,7 +439,7 @@ impl Bench<'_> {
         let (written, log) = (worker.stopped("written"), worker.process.log_path().display());
         ensure!(written == Some(n as u64), "{written:?} of {n} objects written: {log}");
         let steady_cpu = (cpu_90 - cpu_10).as_secs_f64() / (count_90 - count_10).max(1) as f64;
-        Ok(WorkerRun { rates, usage, steady_cpu_per_msg: steady_cpu, idle_exit_s })
+        Ok(WorkerRun { rates, usage, steady_cpu_per_msg: steady_cpu, idle_exit_s, late_limit })
     }
 
     /// The default mode's run: both ceilings, the worker on a backlog, then a busy shutdown;

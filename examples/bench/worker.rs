@@ -96,6 +96,17 @@ impl Worker {
         })
     }
 
+    /// The median write limit of the polls from the `n / 2`-th object on (the late rate's part
+    /// of the run); NaN without a poll that read it. The last poll reads both the count and the
+    /// limit, so the two lists line up from their ends.
+    pub fn late_limit(&self, n: usize) -> f64 {
+        let late = self.samples.iter().rev().zip(self.limits.iter().rev());
+        let mut late: Vec<f64> =
+            late.take_while(|((_, count), _)| *count >= (n / 2) as u64).map(|(_, l)| *l).collect();
+        late.sort_by(f64::total_cmp);
+        late.get(late.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+
     /// The counter `key` of the worker's `stopped` line.
     pub fn stopped(&self, key: &str) -> Option<u64> {
         self.process.event("stopped")?[key].as_u64()
@@ -147,4 +158,6 @@ pub struct WorkerRun {
     /// CPU seconds per object between the 10% and the 90% object: without start-up.
     pub steady_cpu_per_msg: f64,
     pub idle_exit_s: f64,
+    /// The write limit's median from the 50% object on ([`Worker::late_limit`]).
+    pub late_limit: f64,
 }
