@@ -25,8 +25,9 @@ const MOST: u32 = SAMPLES * 4 / 5;
 const FULL: f64 = 0.9;
 /// A window in which the receive loops waited for their streams at least this share of the time
 /// (each loop of its own) is starved: the messages came no faster than they were read. Measured
-/// on 256 B messages with the worker short of CPU, the loops waited 2% of a steady window; at
-/// start, while the backlog began to flow, 10-98%.
+/// on 256 B messages with the worker short of CPU, the loops waited 2-3% of a steady window; in
+/// a run's first windows, while the backlog began to flow, 12-98%. A loop's wait counts in the
+/// window in which it ends.
 const STARVED: f64 = 0.5;
 
 /// The open streams' receive loops, and the flushes of every stream opened.
