@@ -32,6 +32,7 @@
 //! limit at its floor whenever latency had a long tail.
 
 use rule::{Growth, Seen, Step, decide};
+use samples::{Probe, Round, median};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -97,35 +98,6 @@ enum Phase {
     Running,
 }
 
-/// The writes of the latest probe.
-#[derive(Debug)]
-struct Probe {
-    /// Tags this probe's writes; a write of an earlier probe that ends late is not counted.
-    number: u32,
-    /// Writes begun in this probe, and how many it takes.
-    begun: usize,
-    target: usize,
-    /// Of those, how many have ended, and the seconds of those that were answered.
-    ended: usize,
-    seconds: Vec<f32>,
-    /// Every write has ended and the median is in `baselines`.
-    measured: bool,
-}
-
-/// What happened since the round trip began.
-#[derive(Debug)]
-struct Round {
-    started: Instant,
-    /// The previous round's median, in seconds: a round lasts at least that long, so that the
-    /// writes begun at a new limit have ended before the limit changes again.
-    previous: f32,
-    /// Seconds taken by each write answered in this round.
-    seconds: Vec<f32>,
-    /// Every permit was in use at some point: more would have been used.
-    full: bool,
-    pushed_back: bool,
-}
-
 /// How a write ended, for the limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -174,27 +146,46 @@ impl WriteLimit {
         // Counts down however the wait ends, a cancelled one included.
         let _waiting = Waiting(&self.waiting);
         loop {
-            // Registered before the check, so a place freed in between is not missed.
-            let freed = self.freed.notified();
-            {
-                let mut state = self.lock();
-                let allowed = state.allowed();
-                if state.in_flight < allowed {
-                    state.in_flight += 1;
-                    if state.in_flight >= allowed {
-                        state.round.full = true;
-                    }
-                    let probe = state.begin_write();
-                    return WritePermit {
-                        limit: self.clone(),
-                        started: Instant::now(),
-                        probe,
-                        settled: false,
-                    };
-                }
-                state.round.full = true;
+            if let Some(permit) = self.try_acquire() {
+                return permit;
+            }
+            // In the queue before the second look, so that a place freed in between wakes it
+            // (a notification it no longer needs passes to the next waiter when it is dropped).
+            let mut freed = std::pin::pin!(self.freed.notified());
+            freed.as_mut().enable();
+            if let Some(permit) = self.try_acquire() {
+                return permit;
             }
             freed.await;
+        }
+    }
+
+    /// A place under the limit, if one is free now.
+    fn try_acquire(self: &Arc<Self>) -> Option<WritePermit> {
+        let mut state = self.lock();
+        let (allowed, free) = (state.allowed(), state.free());
+        if free == 0 {
+            state.round.full = true;
+            return None;
+        }
+        state.in_flight += 1;
+        if state.in_flight >= allowed {
+            state.round.full = true;
+        }
+        let probe = state.begin_write();
+        // The probe's last write lets the limit's other three quarters in.
+        let opened = (state.free() + 1).saturating_sub(free);
+        drop(state);
+        self.wake(opened);
+        Some(WritePermit { limit: self.clone(), started: Instant::now(), probe, settled: false })
+    }
+
+    /// Wakes a waiter for each of `places` that opened: when the limit binds, thousands of
+    /// messages wait, and waking them all for a few places (as each rise of the limit did) cost
+    /// the worker more CPU than the writes.
+    fn wake(&self, places: usize) {
+        for _ in 0..places.min(self.waiting()) {
+            self.freed.notify_one();
         }
     }
 
@@ -214,7 +205,7 @@ impl WriteLimit {
 
     fn settle(&self, permit: &WritePermit, outcome: Outcome) {
         let mut state = self.lock();
-        let allowed_before = state.allowed();
+        let free = state.free();
         state.in_flight = state.in_flight.saturating_sub(1);
         let seconds = permit.started.elapsed().as_secs_f32();
         if permit.probe == Some(state.probe.number) {
@@ -231,13 +222,11 @@ impl WriteLimit {
             Outcome::PushedBack | Outcome::Failed => {}
         }
         state.adjust(self.max);
-        // A higher limit, or the end of a probe, frees several places at once.
-        let more = state.allowed() > allowed_before;
+        // This write's place, unless the limit fell below the writes in flight, and as many
+        // more as a higher limit or the end of a probe opened.
+        let opened = state.free().saturating_sub(free);
         drop(state);
-        if more {
-            self.freed.notify_waiters();
-        }
-        self.freed.notify_one();
+        self.wake(opened);
     }
 }
 
@@ -250,6 +239,11 @@ impl State {
             Phase::Running => limit,
         };
         allowed as usize
+    }
+
+    /// Places under the limit no write holds.
+    fn free(&self) -> usize {
+        self.allowed().saturating_sub(self.in_flight)
     }
 
     /// Counts a write that begins now; returns its probe's number while probing.
@@ -327,58 +321,6 @@ impl State {
     }
 }
 
-impl Probe {
-    fn new(number: u32, target: usize) -> Self {
-        let seconds = Vec::with_capacity(target);
-        Self { number, begun: 0, target, ended: 0, seconds, measured: false }
-    }
-
-    /// Every write of the probe has begun and ended.
-    fn finished(&self) -> bool {
-        self.begun >= self.target && self.ended >= self.begun
-    }
-
-    /// The median duration of the probe's writes, once it is known: every write has begun and
-    /// more than half of those answered have ended. A write still running counts as slower
-    /// than every ended one, which it nearly always is, since they all began within a round.
-    fn median(&mut self) -> Option<f32> {
-        if self.begun < self.target {
-            return None;
-        }
-        let failed = self.ended - self.seconds.len();
-        let counted = self.begun - failed;
-        let middle = counted / 2;
-        if middle >= self.seconds.len() {
-            return None;
-        }
-        let (_, m, _) = self.seconds.select_nth_unstable_by(middle, f32::total_cmp);
-        Some(*m)
-    }
-}
-
-/// The median of `seconds` (reordered), if it has any.
-fn median(seconds: &mut [f32]) -> Option<f32> {
-    if seconds.is_empty() {
-        return None;
-    }
-    let middle = seconds.len() / 2;
-    let (_, m, _) = seconds.select_nth_unstable_by(middle, f32::total_cmp);
-    Some(*m)
-}
-
-impl Round {
-    fn new(started: Instant) -> Self {
-        Self { started, previous: 0.0, seconds: Vec::new(), full: false, pushed_back: false }
-    }
-
-    /// Begins the next round, keeping the samples' allocation.
-    fn restart(&mut self, started: Instant, previous: f32) {
-        (self.started, self.previous) = (started, previous);
-        self.seconds.clear();
-        (self.full, self.pushed_back) = (false, false);
-    }
-}
-
 impl WritePermit {
     /// Reports how the write ended; the time since the permit was taken is its duration.
     pub fn settle(mut self, outcome: Outcome) {
@@ -397,6 +339,7 @@ impl Drop for WritePermit {
 }
 
 mod rule;
+mod samples;
 #[cfg(test)]
 mod tests;
 

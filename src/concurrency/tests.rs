@@ -370,3 +370,36 @@ fn the_rule_at_the_end_of_a_round() {
         assert_eq!(decide(seen, growth), expected, "{what}");
     }
 }
+
+/// Waiters take the places that open, as many as open: the last write of a probe lets the
+/// limit's other three quarters in, a rise of the limit its new places, a settled write its own;
+/// no place stays free while messages wait. Writes take whole milliseconds, and the limit is
+/// looked at half a millisecond after, when every woken waiter has run.
+#[tokio::test(start_paused = true)]
+async fn no_place_stays_free_while_messages_wait() {
+    let limit = WriteLimit::new(2048);
+    let mut rng = StdRng::seed_from_u64(7);
+    for _ in 0..200 {
+        let (limit, took) = (limit.clone(), Duration::from_millis(rng.random_range(5..15)));
+        tokio::spawn(async move {
+            loop {
+                let permit = limit.acquire().await;
+                tokio::time::sleep(took).await;
+                permit.settle(Outcome::Answered);
+            }
+        });
+    }
+    let start = Instant::now();
+    let (mut probes, mut probing) = (0, true);
+    // Past the first periodic probe, which begins after PERIOD.
+    for ms in 0..PERIOD.as_millis() as u64 + 5_000 {
+        tokio::time::sleep_until(start + Duration::from_micros(ms * 1000 + 500)).await;
+        let (waiting, state) = (limit.waiting(), limit.lock());
+        let what = format!("at {ms} ms: {waiting} waiting, {state:?}");
+        assert!(waiting == 0 || state.free() == 0, "{what}");
+        let now = state.phase == Phase::Probing;
+        probes += usize::from(now && !probing);
+        probing = now;
+    }
+    assert!(probes >= 1 && limit.current() >= 100, "{probes} probes, limit {:?}", limit.lock());
+}
