@@ -229,9 +229,10 @@ async fn limit(
 }
 
 /// Bytes of messages the Pub/Sub emulator may take in before the sweep restarts it, each
-/// message counted with [`EMULATOR_OVERHEAD`]: it keeps what it was sent though every run's
-/// subscription is deleted after it, and it failed (an `OutOfMemoryError`, or a publisher whose
-/// connection dropped) after 13-15 GB of 64 KiB messages, and after some 10 million of 256 B.
+/// message counted with [`EMULATOR_OVERHEAD`]: its memory grows with what it was sent though
+/// every run's subscription is deleted after it (as far as its failures show), and it failed (an `OutOfMemoryError`, or a publisher whose
+/// connection dropped) after 13-15 GB of 64 KiB messages, and after some 8 million of 256 B (16
+/// runs of a sweep).
 const EMULATOR_BYTES: u64 = 4 << 30;
 /// What the emulator is taken to keep of a message besides its data (a guess from the two
 /// failures above, on the safe side).
