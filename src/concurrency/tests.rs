@@ -371,10 +371,10 @@ fn the_rule_at_the_end_of_a_round() {
     }
 }
 
-/// Waiters take the places that open, as many as open: the last write of a probe lets the
-/// limit's other three quarters in, a rise of the limit its new places, a settled write its own;
-/// no place stays free while messages wait. Writes take whole milliseconds, and the limit is
-/// looked at half a millisecond after, when every woken waiter has run.
+/// Waiters take the places that open, as many as open (a probe's last write lets the other three
+/// quarters in, a rise its new places, a settled write its own): none stays free while messages
+/// wait, up to past the first periodic probe. Writes take whole milliseconds, and the limit is
+/// read half a millisecond after, when every woken waiter has run.
 #[tokio::test(start_paused = true)]
 async fn no_place_stays_free_while_messages_wait() {
     let limit = WriteLimit::new(2048);
@@ -389,17 +389,13 @@ async fn no_place_stays_free_while_messages_wait() {
             }
         });
     }
-    let start = Instant::now();
-    let (mut probes, mut probing) = (0, true);
-    // Past the first periodic probe, which begins after PERIOD.
+    let (start, mut probes, mut probing) = (Instant::now(), 0, true);
     for ms in 0..PERIOD.as_millis() as u64 + 5_000 {
         tokio::time::sleep_until(start + Duration::from_micros(ms * 1000 + 500)).await;
         let (waiting, state) = (limit.waiting(), limit.lock());
-        let what = format!("at {ms} ms: {waiting} waiting, {state:?}");
-        assert!(waiting == 0 || state.free() == 0, "{what}");
+        assert!(waiting == 0 || state.free() == 0, "at {ms} ms: {waiting} waiting, {state:?}");
         let now = state.phase == Phase::Probing;
-        probes += usize::from(now && !probing);
-        probing = now;
+        (probes, probing) = (probes + usize::from(now && !probing), now);
     }
     assert!(probes >= 1 && limit.current() >= 100, "{probes} probes, limit {:?}", limit.lock());
 }
