@@ -181,8 +181,8 @@ impl WriteLimit {
     }
 
     /// Wakes a waiter for each of `places` that opened: when the limit binds, thousands of
-    /// messages wait, and waking them all for a few places (as each rise of the limit did) cost
-    /// the worker more CPU than the writes.
+    /// messages wait, and waking them all for a few places (as each rise of the limit did) ran
+    /// thousands of tasks only to find the places taken.
     fn wake(&self, places: usize) {
         for _ in 0..places.min(self.waiting()) {
             self.freed.notify_one();
@@ -223,7 +223,7 @@ impl WriteLimit {
         }
         state.adjust(self.max);
         // This write's place, unless the limit fell below the writes in flight, and as many
-        // more as a higher limit or the end of a probe opened.
+        // more as a higher limit opened (a probe ends in `try_acquire`).
         let opened = state.free().saturating_sub(free);
         drop(state);
         self.wake(opened);
